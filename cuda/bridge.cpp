@@ -1,0 +1,40 @@
+// Shared pieces of the C++ bridge: error passing and device facts for `lcm info`.
+#include "bridge.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <cuda_runtime.h>
+
+#include <cstring>
+
+namespace lcm {
+static thread_local std::string last_error;
+
+void set_last_error(const std::string& msg) { last_error = msg; }
+
+int kernel_dtype(const at::Tensor& t) {
+  if (t.scalar_type() == at::kFloat) return 0;
+  if (t.scalar_type() == at::kBFloat16) return 1;
+  TORCH_CHECK(false, "unsupported dtype ", t.scalar_type(), " (the kernels take float32 or bfloat16)");
+}
+}  // namespace lcm
+
+extern "C" {
+
+const char* lcm_last_error() { return lcm::last_error.c_str(); }
+
+// CUDA runtime version as 1000*major + 10*minor, or -1 when the runtime cannot be queried.
+int lcm_cuda_runtime_version() {
+  int v = 0;
+  return cudaRuntimeGetVersion(&v) == cudaSuccess ? v : -1;
+}
+
+// Name, compute capability, SM count and memory of device `index` into `buf`.
+int lcm_cuda_device_describe(int index, char* buf, int len) {
+  return lcm::guarded("device_describe", [&] {
+    const cudaDeviceProp* p = at::cuda::getDeviceProperties(index);
+    snprintf(buf, len, "%s (sm_%d%d, %d SMs, %.1f GiB)", p->name, p->major, p->minor,
+             p->multiProcessorCount, p->totalGlobalMem / 1073741824.0);
+  });
+}
+
+}  // extern "C"

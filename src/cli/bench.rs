@@ -1,0 +1,80 @@
+use anyhow::{bail, Result};
+use lcm::bench::rmsnorm::{self, RmsNormBench};
+use tch::{Device, Kind};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Fused RMSNorm kernel against the pure-tch reference (forward, backward).
+    #[command(
+        after_help = "Example:\n  lcm bench rmsnorm --device cuda --rows 262144 --dim 768 --dtype bf16"
+    )]
+    Rmsnorm(RmsNormArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RmsNormArgs {
+    /// cuda or cpu (the kernel needs cuda; on cpu only the reference runs).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Rows (tokens) of the input.
+    #[arg(long, default_value_t = 262_144)]
+    rows: i64,
+    /// Row length (model width); repeat to measure several.
+    #[arg(long, default_values_t = [768, 1024, 4096])]
+    dim: Vec<i64>,
+    /// bf16 or f32; repeat to measure both.
+    #[arg(long, default_values_t = ["bf16".to_string(), "f32".to_string()])]
+    dtype: Vec<String>,
+    /// Device memory bandwidth used as the ceiling, in GB/s (H200 copy: about 4250).
+    #[arg(long, default_value_t = 4250.0)]
+    peak_gbps: f64,
+    /// Write the results as JSON lines to this file too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" => bail!("--device cuda: no CUDA device is visible (try --device cpu)"),
+        _ => bail!("--device {s}: expected cuda or cpu"),
+    }
+}
+
+pub fn parse_kind(s: &str) -> Result<Kind> {
+    match s {
+        "bf16" => Ok(Kind::BFloat16),
+        "f32" => Ok(Kind::Float),
+        _ => bail!("--dtype {s}: expected bf16 or f32"),
+    }
+}
+
+pub fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Rmsnorm(a) => {
+            let device = parse_device(&a.device)?;
+            let mut lines = vec![];
+            println!("{}", rmsnorm::header());
+            for dtype in &a.dtype {
+                let kind = parse_kind(dtype)?;
+                for &dim in &a.dim {
+                    let r = RmsNormBench {
+                        device,
+                        rows: a.rows,
+                        dim,
+                        kind,
+                        peak_gbps: a.peak_gbps,
+                    }
+                    .run()?;
+                    println!("{r}");
+                    lines.push(serde_json::to_string(&r)?);
+                }
+            }
+            if let Some(path) = a.json {
+                lcm::util::write_atomic(&path, (lines.join("\n") + "\n").as_bytes())?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! One module per subcommand: its clap arguments and the call into the library.
+
+pub mod bench;
+pub mod info;

@@ -1,0 +1,55 @@
+//! Raw declarations of the C ABI in `cuda/bridge.h`, and the one safe pattern for calling it.
+
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int};
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+use crate::error::{Error, Result};
+
+extern "C" {
+    pub fn lcm_last_error() -> *const c_char;
+    pub fn lcm_cuda_runtime_version() -> c_int;
+    pub fn lcm_cuda_device_describe(index: c_int, buf: *mut c_char, len: c_int) -> c_int;
+
+    pub fn lcm_rmsnorm(
+        x: *const C_tensor,
+        w: *const C_tensor,
+        eps: f64,
+        y: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_rmsnorm_forward_raw(
+        x: *const C_tensor,
+        w: *const C_tensor,
+        eps: f64,
+        y: *mut *mut C_tensor,
+        rstd: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_rmsnorm_backward_raw(
+        x: *const C_tensor,
+        w: *const C_tensor,
+        rstd: *const C_tensor,
+        dy: *const C_tensor,
+        dx: *mut *mut C_tensor,
+        dw: *mut *mut C_tensor,
+    ) -> c_int;
+}
+
+/// Calls a bridge function that fills `N` output tensor pointers, and takes ownership of
+/// them. On failure nothing was allocated and the bridge's message becomes the error.
+///
+/// # Safety
+/// `call` must pass valid tensor pointers and write exactly `N` owned `at::Tensor*`
+/// outputs when it returns 0.
+pub unsafe fn call<const N: usize>(
+    call: impl FnOnce(&mut [*mut C_tensor; N]) -> c_int,
+) -> Result<[Tensor; N]> {
+    let mut out = [std::ptr::null_mut(); N];
+    if call(&mut out) != 0 {
+        let msg = CStr::from_ptr(lcm_last_error())
+            .to_string_lossy()
+            .into_owned();
+        return Err(Error::Cuda(msg));
+    }
+    Ok(out.map(|p| Tensor::from_ptr(p)))
+}

@@ -1,0 +1,48 @@
+//! The bridge to our CUDA kernels (compiled by build.rs from `cuda/` when nvcc is present).
+//!
+//! Each op family has a C++ autograd Function in `cuda/<op>.cpp` exposed through the C ABI
+//! of `cuda/bridge.h`; [`ffi`] declares it and the functions here wrap each call so that
+//! Rust owns the returned tensors and C++ failures become [`Error::Cuda`](crate::Error).
+
+#[cfg(lcm_cuda)]
+pub mod ffi;
+
+/// Whether this build contains our CUDA kernels.
+pub const KERNELS_BUILT: bool = cfg!(lcm_cuda);
+
+/// Names of the kernel families compiled in (one per `cuda/*.cu`), empty without nvcc.
+pub fn compiled_kernels() -> Vec<&'static str> {
+    env!("LCM_CUDA_KERNELS")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// CUDA runtime version as "major.minor", when the kernels were built and a runtime loads.
+pub fn runtime_version() -> Option<String> {
+    #[cfg(lcm_cuda)]
+    {
+        let v = unsafe { ffi::lcm_cuda_runtime_version() };
+        if v > 0 {
+            return Some(format!("{}.{}", v / 1000, (v % 1000) / 10));
+        }
+    }
+    None
+}
+
+/// A one-line description of CUDA device `index` (name, compute capability, SMs, memory).
+pub fn describe_device(index: usize) -> Option<String> {
+    #[cfg(lcm_cuda)]
+    {
+        let mut buf = vec![0u8; 256];
+        let rc = unsafe {
+            ffi::lcm_cuda_device_describe(index as i32, buf.as_mut_ptr().cast(), buf.len() as i32)
+        };
+        if rc == 0 {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            return Some(String::from_utf8_lossy(&buf[..end]).into_owned());
+        }
+    }
+    let _ = index;
+    None
+}

@@ -1,0 +1,38 @@
+//! The `lcm` command line: parses arguments and calls into the library; no logic of its own.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lcm",
+    version,
+    about = "Pretrain and evaluate long-context LMs with retrieval attention (GCA/DRT, HSA)",
+    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Versions, devices, compiled CUDA kernels and the tokenizer's location.
+    Info(cli::info::Args),
+    /// Benchmarks of the ops: CUDA kernels against their pure-tch references.
+    #[command(subcommand)]
+    Bench(cli::bench::Command),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => cli::info::run(args),
+        Command::Bench(cmd) => cli::bench::run(cmd),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,20 @@
+//! Ops with two implementations: a pure-tch reference (runs anywhere, with autograd, the
+//! ground truth) and a hand-written CUDA kernel (`cuda/<op>.cu`). The plain function
+//! dispatches; the model never knows which one ran.
+//!
+//! Dispatch picks the kernel for a CUDA tensor when this build has kernels, unless
+//! `LCM_REFERENCE_OPS=1` is set (to measure or debug against the reference).
+
+pub mod rmsnorm;
+
+pub use rmsnorm::{rms_norm, rms_norm_reference};
+
+use std::sync::OnceLock;
+
+/// Whether dispatch should use CUDA kernels for a tensor on `device`.
+pub fn use_kernels(device: tch::Device) -> bool {
+    static FORCE_REFERENCE: OnceLock<bool> = OnceLock::new();
+    let forced =
+        *FORCE_REFERENCE.get_or_init(|| std::env::var("LCM_REFERENCE_OPS").is_ok_and(|v| v == "1"));
+    crate::cuda::KERNELS_BUILT && device.is_cuda() && !forced
+}
