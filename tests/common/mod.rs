@@ -1,0 +1,47 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use tch::{Device, Kind, Tensor};
+
+/// The CUDA device for GPU tests, or `None` after printing that the test was not run:
+/// such a test passes on a machine without CUDA but says so (scripts/gpu-test.sh runs
+/// them on a GPU machine).
+pub fn cuda_or_skip(test: &str) -> Option<Device> {
+    if tch::Cuda::is_available() {
+        Some(Device::Cuda(0))
+    } else {
+        // Written to the raw stderr handle, which the test harness does not capture, so
+        // the line shows in the log of a passing run.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "[gpu test not run: no CUDA device] {test}");
+        None
+    }
+}
+
+/// Largest |a - b| - rtol * |b| over all elements (<= atol means allclose).
+pub fn excess(a: &Tensor, b: &Tensor, rtol: f64) -> f64 {
+    let a = a.to_kind(Kind::Double).to_device(Device::Cpu);
+    let b = b.to_kind(Kind::Double).to_device(Device::Cpu);
+    ((&a - &b).abs() - b.abs() * rtol).max().double_value(&[])
+}
+
+/// Asserts elementwise |a - b| <= atol + rtol * |b|, naming what was compared.
+pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, atol: f64, rtol: f64) {
+    assert_eq!(a.size(), b.size(), "{what}: shapes differ");
+    let e = excess(a, b, rtol);
+    assert!(
+        e <= atol,
+        "{what}: max(|a-b| - rtol|b|) = {e:.3e} exceeds atol {atol:.1e}"
+    );
+}
+
+/// Asserts ||a - b|| / ||b|| <= tol (for reductions whose summation order differs).
+pub fn assert_rel_norm(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
+    let a = a.to_kind(Kind::Double).to_device(Device::Cpu);
+    let b = b.to_kind(Kind::Double).to_device(Device::Cpu);
+    let rel = (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-30);
+    assert!(
+        rel <= tol,
+        "{what}: relative error {rel:.3e} exceeds {tol:.1e}"
+    );
+}
