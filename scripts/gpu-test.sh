@@ -7,12 +7,22 @@
 #                                           .device/bin against the torch install at
 #                                           TORCH_DIR (default: the GPU image's), logging
 #                                           to $OUT/gpu-tests.log when OUT is set
+#   scripts/gpu-test.sh exec CMD...         there: run CMD with the same libraries, e.g.
+#                                           scripts/gpu-test.sh exec .device/bin/lcm bench rmsnorm
 #
-# With the device tool: build here, then run with carry [".device"]:
-#   scripts/gpu-test.sh run && .device/bin/lcm bench rmsnorm
+# With the device tool: build here, then run there with carry [".device"].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin=.device/bin
+default_torch=/opt/torch/.venv/lib/python3.12/site-packages/torch
+
+# The libraries of a torch wheel install (what the rpaths point to on the build machine).
+use_torch() {
+  local td=$1 sp
+  sp=$(dirname "$td")
+  [ -d "$td/lib" ] || { echo "[gpu-test] error: no torch install at $td" >&2; exit 2; }
+  export LD_LIBRARY_PATH=$td/lib:$sp/nvidia/cu13/lib:$sp/nvidia/cudnn/lib:$sp/nvidia/nccl/lib:$sp/nvidia/cusparselt/lib:$sp/nvidia/nvshmem/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+}
 
 case "${1:-}" in
 build)
@@ -32,10 +42,13 @@ for line in sys.stdin:
   strip --strip-debug "$bin"/*
   ls -la "$bin"
   ;;
+exec)
+  shift
+  use_torch "${TORCH_DIR:-$default_torch}"
+  exec "$@"
+  ;;
 run)
-  td=${2:-/opt/torch/.venv/lib/python3.12/site-packages/torch}
-  sp=$(dirname "$td")
-  export LD_LIBRARY_PATH=$td/lib:$sp/nvidia/cu13/lib:$sp/nvidia/cudnn/lib:$sp/nvidia/nccl/lib:$sp/nvidia/cusparselt/lib:$sp/nvidia/nvshmem/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  use_torch "${2:-$default_torch}"
   log=${OUT:-/tmp}/gpu-tests.log
   : >"$log"
   "$bin/lcm" info | tee -a "$log"
@@ -49,7 +62,7 @@ run)
   exit $status
   ;;
 *)
-  sed -n '2,13p' "$0"
+  sed -n '2,15p' "$0"
   exit 2
   ;;
 esac

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, assert_rel_norm, cuda_or_skip};
+use common::{assert_close, assert_rel_norm, cuda_or_skip, poison_cuda_allocator};
 use lcm::ops::{rms_norm, rms_norm_reference};
 use tch::{Device, Kind, Tensor};
 
@@ -37,7 +37,11 @@ fn run(f: impl Fn(&Tensor, &Tensor) -> Tensor, x: &Tensor, w: &Tensor, dy: &Tens
     let xg = x.detach().set_requires_grad(true);
     let wg = w.detach().set_requires_grad(true);
     let y = f(&xg, &wg);
-    let acc = if y.kind() == Kind::Double { Kind::Double } else { Kind::Float };
+    let acc = if y.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
     let loss = (y.to_kind(acc) * dy.to_kind(acc)).sum(acc);
     let g = Tensor::run_backward(&[&loss], &[&xg, &wg], false, false);
     [y.detach(), g[0].shallow_clone(), g[1].shallow_clone()]
@@ -145,6 +149,7 @@ fn cuda_kernel_matches_reference() {
             let w = Tensor::randn([d], (kind, dev)) * 0.5 + 1.0;
             let dy = Tensor::randn(shape, (kind, dev));
             let want = run(|a, b| rms_norm_reference(a, b, EPS), &x, &w, &dy);
+            poison_cuda_allocator(dev);
             let got = run(|a, b| rms_norm_cuda(a, b, EPS).unwrap(), &x, &w, &dy);
             let tag = |n: &str| format!("{n} {kind:?} {shape:?}");
             assert_eq!(got[0].kind(), kind);

@@ -13,7 +13,10 @@ pub fn cuda_or_skip(test: &str) -> Option<Device> {
         // Written to the raw stderr handle, which the test harness does not capture, so
         // the line shows in the log of a passing run.
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "[gpu test not run: no CUDA device] {test}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "[gpu test not run: no CUDA device] {test}"
+        );
         None
     }
 }
@@ -44,4 +47,17 @@ pub fn assert_rel_norm(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
         rel <= tol,
         "{what}: relative error {rel:.3e} exceeds {tol:.1e}"
     );
+}
+
+/// Fills memory that the CUDA caching allocator will hand out next with NaN, so that a
+/// kernel output left partly unwritten (outputs come from `at::empty`) fails the
+/// comparison instead of passing on stale data. Covers both allocator pools: one large
+/// block (split for big requests) and many small (< 1 MiB) ones.
+pub fn poison_cuda_allocator(device: Device) {
+    let big = Tensor::full([64 << 20], f64::NAN, (Kind::Float, device));
+    let small: Vec<Tensor> = (0..64)
+        .map(|_| Tensor::full([(1 << 18) - 1024], f64::NAN, (Kind::Float, device)))
+        .collect();
+    drop(big);
+    drop(small);
 }
