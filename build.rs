@@ -2,7 +2,7 @@
 //! sets rpaths so binaries run without LD_LIBRARY_PATH, and compiles our CUDA kernels
 //! (`cuda/*.cu`, nvcc) and their C++ autograd bridges (`cuda/*.cpp`, against the libtorch
 //! headers) when nvcc is available. Without nvcc the crate still builds, CPU/reference-only;
-//! `LCM_CUDA=1` turns a missing nvcc into an error.
+//! `LCM_CUDA=1` turns a missing nvcc into an error; `LCM_CUDA=0` leaves the kernels out.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -61,9 +61,11 @@ fn main() {
     }
 
     let nvcc = cuda_root.join("bin").join("nvcc");
-    let want_cuda = env::var("LCM_CUDA").map(|v| v == "1").unwrap_or(false);
+    // LCM_CUDA=1: kernels required; LCM_CUDA=0: build without them even if nvcc is there.
+    let lcm_cuda = env::var("LCM_CUDA").unwrap_or_default();
+    let want_cuda = lcm_cuda == "1";
     let have_nvcc = nvcc.is_file() && cuda_root.join("include").join("nv").join("target").exists();
-    if !have_nvcc {
+    if !have_nvcc || lcm_cuda == "0" {
         if want_cuda {
             panic!(
                 "LCM_CUDA=1 but no nvcc at {} (with CCCL headers); run scripts/setup.sh",

@@ -18,11 +18,40 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    /// A bad input record or file: `path:line: message` (line of a JSON-lines file, row
+    /// of a parquet file), or `path: message` when no line applies.
+    #[error("{}{}: {msg}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Input {
+        path: PathBuf,
+        line: Option<u64>,
+        msg: String,
+    },
+    /// A tokenizer file that cannot be loaded or used.
+    #[error("tokenizer {}: {msg}", path.display())]
+    Tokenizer { path: PathBuf, msg: String },
+    /// A token corpus (`.bin`/`.idx`, raw `.data`) that is corrupt, incomplete or not one.
+    #[error("corpus {}: {msg}", path.display())]
+    Corpus { path: PathBuf, msg: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    pub fn input(path: impl Into<PathBuf>, line: Option<u64>, msg: impl Into<String>) -> Self {
+        Error::Input {
+            path: path.into(),
+            line,
+            msg: msg.into(),
+        }
+    }
+
+    pub fn corpus(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Corpus {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cuda;
+pub mod data;
 pub mod error;
 pub mod info;
 pub mod ops;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
     name = "lcm",
     version,
     about = "Pretrain and evaluate long-context LMs with retrieval attention (GCA/DRT, HSA)",
-    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16"
+    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,6 +23,12 @@ enum Command {
     /// Benchmarks of the ops: CUDA kernels against their pure-tch references.
     #[command(subcommand)]
     Bench(cli::bench::Command),
+    /// Raw text to token corpora: `lcm preprocess pile` (Megatron/GPT-NeoX .bin/.idx).
+    #[command(subcommand)]
+    Preprocess(cli::preprocess::Command),
+    /// Inspect a token corpus: `stats`, `cat --doc N`.
+    #[command(subcommand)]
+    Corpus(cli::corpus::Command),
 }
 
 fn main() {
@@ -30,6 +36,8 @@ fn main() {
     let result = match cli.command {
         Command::Info(args) => cli::info::run(args),
         Command::Bench(cmd) => cli::bench::run(cmd),
+        Command::Preprocess(cmd) => cli::preprocess::run(cmd),
+        Command::Corpus(cmd) => cli::corpus::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,4 +1,6 @@
 //! One module per subcommand: its clap arguments and the call into the library.
 
 pub mod bench;
+pub mod corpus;
 pub mod info;
+pub mod preprocess;

@@ -1,0 +1,761 @@
+//! `lcm preprocess pile`: input shards to a token corpus, in parallel, deterministic.
+//!
+//! One reader thread streams the shards in order (I/O, zstd, line splitting, parquet
+//! decoding) as numbered batches of about 1 MiB; `workers` threads parse the JSON and
+//! tokenise; the calling thread writes the results back in batch order. The output is
+//! therefore the same bytes whatever the number of workers, and those of GPT-NeoX's
+//! `preprocess_data.py --append-eod` for the same documents and tokenizer. A fixed number
+//! of permits circulates between the reader and the writer, so memory is bounded by
+//! `permits x batch size` whatever the size of the shards.
+//!
+//! Each finished shard is a checkpoint: the output files are synced and
+//! `PREFIX.resume.tmp` records how far they go. `--resume` cuts the temporary files back
+//! to the last checkpoint and goes on from the next shard. Output is written under
+//! temporary names and renamed at the end (`.bin` before `.idx`), so no interrupted run
+//! leaves files that look complete.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, unbounded};
+
+use crate::data::indexed::{with_suffix, Checkpoint, IndexedWriter, TokenDtype};
+use crate::data::inputs::{parse_line, BatchLimits, InputKind, RawBatch, Records, ShardReader};
+use crate::data::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Megatron / GPT-NeoX `PREFIX.bin` + `PREFIX.idx`.
+    Indexed,
+    /// The reference system's flat little-endian uint16 file, `PREFIX.data`.
+    Raw,
+}
+
+impl Format {
+    /// The files that make a finished corpus, in the order they are renamed into place.
+    pub fn outputs(self, prefix: &Path) -> Vec<PathBuf> {
+        match self {
+            Format::Indexed => vec![with_suffix(prefix, ".bin"), with_suffix(prefix, ".idx")],
+            Format::Raw => vec![with_suffix(prefix, ".data")],
+        }
+    }
+}
+
+pub struct Options {
+    /// Input shards, in order (see [`crate::data::inputs::expand_inputs`]).
+    pub inputs: Vec<PathBuf>,
+    /// Output prefix: `PREFIX.bin`/`.idx` (or `.data`) and `PREFIX.json`.
+    pub output: PathBuf,
+    pub format: Format,
+    pub workers: usize,
+    /// Keep the shards an interrupted run finished.
+    pub resume: bool,
+    /// Replace an existing finished corpus.
+    pub force: bool,
+    /// Count and skip recoverable bad records instead of failing.
+    pub skip_bad_lines: bool,
+    pub limits: BatchLimits,
+}
+
+/// Documents, tokens (EOD included) and bytes of text.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub documents: u64,
+    pub tokens: u64,
+    pub text_bytes: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.documents += o.documents;
+        self.tokens += o.tokens;
+        self.text_bytes += o.text_bytes;
+    }
+}
+
+/// What was left out, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Skipped {
+    /// Documents whose text is "" (GPT-NeoX skips them too).
+    pub empty_documents: u64,
+    /// Records that are not usable documents (with `--skip-bad-lines`).
+    pub bad_lines: u64,
+    /// Lines holding only whitespace.
+    pub blank_lines: u64,
+    /// Input files of 0 bytes (with `--skip-bad-lines`).
+    pub empty_files: u64,
+}
+
+impl Skipped {
+    fn add(&mut self, o: &Skipped) {
+        self.empty_documents += o.empty_documents;
+        self.bad_lines += o.bad_lines;
+        self.blank_lines += o.blank_lines;
+        self.empty_files += o.empty_files;
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InputSummary {
+    pub path: PathBuf,
+    pub kind: InputKind,
+    pub file_bytes: u64,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub skipped: Skipped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenizerSummary {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub vocab_size: usize,
+    pub eod_token: String,
+    pub eod_id: u32,
+}
+
+/// What identifies a run's work: a resumed run must match it exactly.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    pub format: Format,
+    pub dtype: TokenDtype,
+    pub tokenizer_sha256: String,
+    pub eod_id: u32,
+    pub skip_bad_lines: bool,
+    /// Path, size in bytes and modification time (seconds) of each input.
+    pub inputs: Vec<(PathBuf, u64, u64)>,
+}
+
+/// `PREFIX.json`: how the corpus was made and what it holds.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub format: Format,
+    pub files: Vec<PathBuf>,
+    pub dtype: TokenDtype,
+    pub append_eod: bool,
+    pub tokenizer: TokenizerSummary,
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Per `meta.pile_set_name` ("(none)" for documents without one).
+    pub sets: BTreeMap<String, Counts>,
+    pub skipped: Skipped,
+    /// The first bad records (`path:line: reason`), at most [`MAX_EXAMPLES`].
+    pub bad_line_examples: Vec<String>,
+    pub inputs: Vec<InputSummary>,
+    pub fingerprint: Fingerprint,
+}
+
+pub const MAX_EXAMPLES: usize = 20;
+const NO_SET: &str = "(none)";
+
+/// Progress, reported after every batch written.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    /// Bytes of the input files read so far (compressed, as on disk) and in all.
+    pub file_bytes_read: u64,
+    pub file_bytes_total: u64,
+    /// Uncompressed input bytes written out so far.
+    pub input_bytes: u64,
+    pub documents: u64,
+    pub tokens: u64,
+    pub shards_done: usize,
+    pub shards_total: usize,
+    /// Shards skipped because a resumed run had finished them.
+    pub shards_resumed: usize,
+    pub seconds: f64,
+}
+
+/// The resume state, `PREFIX.resume.tmp`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    fingerprint: Fingerprint,
+    checkpoint: Checkpoint,
+    shards_done: usize,
+    inputs: Vec<InputSummary>,
+    bad_line_examples: Vec<String>,
+    sets: BTreeMap<String, Counts>,
+}
+
+/// Runs the pipeline; returns what `PREFIX.json` records.
+pub fn run(
+    opts: &Options,
+    tok: &Tokenizer,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Summary> {
+    if opts.inputs.is_empty() {
+        return Err(Error::Invalid("no input files".into()));
+    }
+    let dtype = match opts.format {
+        Format::Indexed => TokenDtype::for_vocab(tok.vocab_size()),
+        Format::Raw if tok.vocab_size() <= 1 << 16 => TokenDtype::Uint16,
+        Format::Raw => {
+            return Err(Error::Invalid(format!(
+                "--format raw stores uint16 ids; this tokenizer has {} ids",
+                tok.vocab_size()
+            )))
+        }
+    };
+    let prefix = &opts.output;
+    if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let fingerprint = Fingerprint {
+        format: opts.format,
+        dtype,
+        tokenizer_sha256: tok.sha256().to_string(),
+        eod_id: tok.eod(),
+        skip_bad_lines: opts.skip_bad_lines,
+        inputs: opts
+            .inputs
+            .iter()
+            .map(|p| {
+                let m = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
+                Ok((p.clone(), m.len(), mtime))
+            })
+            .collect::<Result<_>>()?,
+    };
+
+    // A finished corpus is replaced only when asked; a resumed one that is already
+    // finished with the same inputs is left as it is.
+    let json_path = with_suffix(prefix, ".json");
+    let finals = opts.format.outputs(prefix);
+    if finals.iter().any(|p| p.exists()) || json_path.exists() {
+        if opts.resume && finals.iter().all(|p| p.exists()) {
+            if let Ok(s) = std::fs::read(&json_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Summary>(&b).ok())
+                .ok_or(())
+            {
+                if s.fingerprint == fingerprint {
+                    return Ok(s);
+                }
+            }
+        }
+        if !opts.force {
+            let which = finals
+                .iter()
+                .chain([&json_path])
+                .find(|p| p.exists())
+                .unwrap();
+            return Err(Error::Invalid(format!(
+                "{} exists; pass --force to replace the corpus{}",
+                which.display(),
+                if opts.resume {
+                    " (it was made from other inputs or options, so --resume cannot keep it)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        // The index goes first, so that no moment shows a new .bin beside an old .idx.
+        for p in finals.iter().rev().chain([&json_path]) {
+            match std::fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(p, e)),
+                _ => {}
+            }
+        }
+    }
+
+    let state_path = with_suffix(prefix, ".resume.tmp");
+    let state: Option<State> = if opts.resume && state_path.exists() {
+        let bytes = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
+        let st: State = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::corpus(
+                &state_path,
+                format!("unreadable resume state ({e}); run without --resume"),
+            )
+        })?;
+        if st.fingerprint != fingerprint {
+            return Err(Error::corpus(
+                &state_path,
+                "the interrupted run had other inputs, tokenizer or options; run without --resume to start over",
+            ));
+        }
+        Some(st)
+    } else {
+        None
+    };
+
+    let mut sink = match (&state, opts.format) {
+        (Some(st), Format::Indexed) => {
+            Sink::Indexed(IndexedWriter::resume(prefix, dtype, st.checkpoint)?)
+        }
+        (None, Format::Indexed) => Sink::Indexed(IndexedWriter::create(prefix, dtype)?),
+        (st, Format::Raw) => Sink::Raw(RawWriter::open(prefix, st.as_ref().map(|s| s.checkpoint))?),
+    };
+    if state.is_none() {
+        let _ = std::fs::remove_file(&state_path);
+    }
+
+    let start_shard = state.as_ref().map_or(0, |s| s.shards_done);
+    let mut inputs: Vec<InputSummary> = state.as_ref().map_or(vec![], |s| s.inputs.clone());
+    let mut examples: Vec<String> = state
+        .as_ref()
+        .map_or(vec![], |s| s.bad_line_examples.clone());
+    let mut sets: BTreeMap<String, Counts> =
+        state.as_ref().map_or(BTreeMap::new(), |s| s.sets.clone());
+    let mut checkpoint = state
+        .as_ref()
+        .map_or(Checkpoint::default(), |s| s.checkpoint);
+
+    let file_bytes_total: u64 = fingerprint.inputs.iter().map(|i| i.1).sum();
+    let done_bytes: u64 = fingerprint.inputs[..start_shard].iter().map(|i| i.1).sum();
+    let consumed = Arc::new(AtomicU64::new(done_bytes));
+    let mut prog = Progress {
+        file_bytes_total,
+        file_bytes_read: done_bytes,
+        shards_total: opts.inputs.len(),
+        shards_done: start_shard,
+        shards_resumed: start_shard,
+        documents: checkpoint.sequences,
+        tokens: checkpoint.bin_bytes / dtype.size() as u64,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    progress(&prog);
+
+    let workers = opts.workers.max(1);
+    let permits = 4 * workers + 4;
+    let (job_tx, job_rx) = bounded::<Job>(permits);
+    let (done_tx, done_rx) = unbounded::<Done>();
+    let (permit_tx, permit_rx) = bounded::<()>(permits);
+    for _ in 0..permits {
+        permit_tx.send(()).unwrap();
+    }
+
+    let result: Result<()> = std::thread::scope(|s| {
+        // Owned here so that an early return drops them: the reader and the workers then
+        // see their channels close and stop.
+        let permit_tx = permit_tx;
+        let done_rx = done_rx;
+        // Reader: shards in order, batches numbered.
+        {
+            let consumed = consumed.clone();
+            let inputs = &opts.inputs;
+            let limits = opts.limits;
+            let skip = opts.skip_bad_lines;
+            s.spawn(move || {
+                let mut seq = 0u64;
+                for (shard, path) in inputs.iter().enumerate().skip(start_shard) {
+                    let mut send =
+                        |batch: Result<RawBatch>, last: bool, empty_file: bool| -> bool {
+                            if permit_rx.recv().is_err() {
+                                return false;
+                            }
+                            let ok = job_tx
+                                .send(Job {
+                                    seq,
+                                    shard,
+                                    last,
+                                    empty_file,
+                                    batch,
+                                })
+                                .is_ok();
+                            seq += 1;
+                            ok
+                        };
+                    let empty = || RawBatch {
+                        first_line: 1,
+                        records: Records::Lines {
+                            buf: vec![],
+                            ends: vec![],
+                        },
+                        bytes: 0,
+                    };
+                    let is_empty = std::fs::metadata(path)
+                        .map(|m| m.len() == 0)
+                        .unwrap_or(false);
+                    if is_empty && skip {
+                        if !send(Ok(empty()), true, true) {
+                            return;
+                        }
+                        continue;
+                    }
+                    let mut reader = match ShardReader::open(path, limits, consumed.clone()) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            send(Err(e), true, false);
+                            return;
+                        }
+                    };
+                    loop {
+                        match reader.next_batch() {
+                            Ok(Some(b)) => {
+                                if !send(Ok(b), false, false) {
+                                    return;
+                                }
+                            }
+                            Ok(None) => {
+                                if !send(Ok(empty()), true, false) {
+                                    return;
+                                }
+                                break;
+                            }
+                            Err(e) => {
+                                send(Err(e), true, false);
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        // Workers: parse and tokenise.
+        for _ in 0..workers {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            let inputs = &opts.inputs;
+            let skip = opts.skip_bad_lines;
+            s.spawn(move || {
+                for job in job_rx {
+                    let out = job
+                        .batch
+                        .and_then(|b| encode_batch(&inputs[job.shard], b, tok, dtype, skip));
+                    let done = Done {
+                        seq: job.seq,
+                        shard: job.shard,
+                        last: job.last,
+                        empty_file: job.empty_file,
+                        out,
+                    };
+                    if done_tx.send(done).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(job_rx);
+        drop(done_tx);
+
+        // Writer: in batch order.
+        let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
+        let mut next = 0u64;
+        let mut shard_sum: Option<InputSummary> = None;
+        for done in done_rx.iter() {
+            pending.insert(done.seq, done);
+            while let Some(d) = pending.remove(&next) {
+                next += 1;
+                let _ = permit_tx.send(());
+                let out = d.out?;
+                let path = &opts.inputs[d.shard];
+                let sum = shard_sum.get_or_insert_with(|| InputSummary {
+                    path: path.clone(),
+                    kind: InputKind::of(path).unwrap_or(InputKind::Jsonl),
+                    file_bytes: fingerprint.inputs[d.shard].1,
+                    counts: Counts::default(),
+                    skipped: Skipped::default(),
+                });
+                sink.append(&out.tokens, &out.sizes)?;
+                sum.counts.add(&out.counts);
+                sum.skipped.add(&out.skipped);
+                sum.skipped.empty_files += d.empty_file as u64;
+                for (k, v) in &out.sets {
+                    sets.entry(k.clone()).or_default().add(v);
+                }
+                for (line, msg) in out.bad {
+                    if examples.len() < MAX_EXAMPLES {
+                        examples.push(format!("{}:{line}: {msg}", path.display()));
+                    }
+                }
+                prog.input_bytes += out.input_bytes;
+                prog.documents += out.counts.documents;
+                prog.tokens += out.counts.tokens;
+                if d.last {
+                    inputs.push(shard_sum.take().unwrap());
+                    checkpoint = sink.checkpoint()?;
+                    let st = State {
+                        fingerprint: fingerprint.clone(),
+                        checkpoint,
+                        shards_done: d.shard + 1,
+                        inputs: inputs.clone(),
+                        bad_line_examples: examples.clone(),
+                        sets: sets.clone(),
+                    };
+                    crate::util::write_atomic(
+                        &state_path,
+                        &serde_json::to_vec_pretty(&st).unwrap(),
+                    )?;
+                    prog.shards_done = d.shard + 1;
+                }
+                prog.file_bytes_read = consumed.load(Ordering::Relaxed);
+                prog.seconds = started.elapsed().as_secs_f64();
+                progress(&prog);
+            }
+        }
+        if inputs.len() != opts.inputs.len() {
+            return Err(Error::Invalid(format!(
+                "internal: {} of {} shards written",
+                inputs.len(),
+                opts.inputs.len()
+            )));
+        }
+        Ok(())
+    });
+    result?;
+
+    let mut counts = Counts::default();
+    let mut skipped = Skipped::default();
+    for i in &inputs {
+        counts.add(&i.counts);
+        skipped.add(&i.skipped);
+    }
+    let summary = Summary {
+        format: opts.format,
+        files: finals.clone(),
+        dtype,
+        append_eod: true,
+        tokenizer: TokenizerSummary {
+            path: tok.path().to_path_buf(),
+            sha256: tok.sha256().to_string(),
+            vocab_size: tok.vocab_size(),
+            eod_token: tok.eod_token().to_string(),
+            eod_id: tok.eod(),
+        },
+        counts,
+        sets,
+        skipped,
+        bad_line_examples: examples,
+        inputs,
+        fingerprint,
+    };
+    sink.finish()?;
+    crate::util::write_atomic(
+        &json_path,
+        (serde_json::to_string_pretty(&summary).unwrap() + "\n").as_bytes(),
+    )?;
+    let _ = std::fs::remove_file(&state_path);
+    prog.seconds = started.elapsed().as_secs_f64();
+    prog.file_bytes_read = file_bytes_total;
+    progress(&prog);
+    Ok(summary)
+}
+
+struct Job {
+    seq: u64,
+    shard: usize,
+    last: bool,
+    empty_file: bool,
+    batch: Result<RawBatch>,
+}
+
+struct Done {
+    seq: u64,
+    shard: usize,
+    last: bool,
+    empty_file: bool,
+    out: Result<BatchOut>,
+}
+
+#[derive(Default)]
+struct BatchOut {
+    tokens: Vec<u8>,
+    sizes: Vec<i32>,
+    counts: Counts,
+    skipped: Skipped,
+    sets: BTreeMap<String, Counts>,
+    bad: Vec<(u64, String)>,
+    input_bytes: u64,
+}
+
+/// Parses and tokenises one batch. A bad record fails the batch unless `skip`.
+fn encode_batch(
+    path: &Path,
+    b: RawBatch,
+    tok: &Tokenizer,
+    dtype: TokenDtype,
+    skip: bool,
+) -> Result<BatchOut> {
+    let mut out = BatchOut {
+        input_bytes: b.bytes,
+        ..Default::default()
+    };
+    let mut ids: Vec<u32> = Vec::new();
+    let bad = |out: &mut BatchOut, line: u64, msg: String| -> Result<()> {
+        if !skip {
+            return Err(Error::input(
+                path,
+                Some(line),
+                format!("{msg} (--skip-bad-lines skips such records)"),
+            ));
+        }
+        out.skipped.bad_lines += 1;
+        if out.bad.len() < MAX_EXAMPLES {
+            out.bad.push((line, msg));
+        }
+        Ok(())
+    };
+    let mut doc = |out: &mut BatchOut, line: u64, text: &str, set: Option<&str>| -> Result<()> {
+        if text.is_empty() {
+            out.skipped.empty_documents += 1;
+            return Ok(());
+        }
+        ids.clear();
+        if let Err(msg) = tok.encode_into(text, &mut ids) {
+            return bad(out, line, msg);
+        }
+        ids.push(tok.eod());
+        let size = i32::try_from(ids.len()).map_err(|_| {
+            Error::input(
+                path,
+                Some(line),
+                format!("{} tokens in one document", ids.len()),
+            )
+        })?;
+        dtype.extend_le(&mut out.tokens, &ids).map_err(|id| {
+            Error::input(
+                path,
+                Some(line),
+                format!("token id {id} does not fit {}", dtype.name()),
+            )
+        })?;
+        out.sizes.push(size);
+        let c = Counts {
+            documents: 1,
+            tokens: ids.len() as u64,
+            text_bytes: text.len() as u64,
+        };
+        out.counts.add(&c);
+        let set = set.unwrap_or(NO_SET);
+        match out.sets.get_mut(set) {
+            Some(s) => s.add(&c),
+            None => {
+                out.sets.insert(set.to_string(), c);
+            }
+        }
+        Ok(())
+    };
+    match &b.records {
+        Records::Lines { buf, ends } => {
+            let mut start = 0;
+            for (i, &end) in ends.iter().enumerate() {
+                let line_no = b.first_line + i as u64;
+                let line = &buf[start..end];
+                start = end;
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    out.skipped.blank_lines += 1;
+                    continue;
+                }
+                match parse_line(line) {
+                    Ok(d) => doc(&mut out, line_no, &d.text, d.set_name.as_deref())?,
+                    Err(msg) => bad(&mut out, line_no, msg)?,
+                }
+            }
+        }
+        Records::Texts(texts) => {
+            for (i, t) in texts.iter().enumerate() {
+                let line_no = b.first_line + i as u64;
+                match t {
+                    Ok(text) => doc(&mut out, line_no, text, None)?,
+                    Err(msg) => bad(&mut out, line_no, msg.clone())?,
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+enum Sink {
+    Indexed(IndexedWriter),
+    Raw(RawWriter),
+}
+
+impl Sink {
+    fn append(&mut self, tokens: &[u8], sizes: &[i32]) -> Result<()> {
+        match self {
+            Sink::Indexed(w) => w.append(tokens, sizes),
+            Sink::Raw(w) => w.append(tokens, sizes.len() as u64),
+        }
+    }
+
+    fn checkpoint(&mut self) -> Result<Checkpoint> {
+        match self {
+            Sink::Indexed(w) => w.checkpoint(),
+            Sink::Raw(w) => w.checkpoint(),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Sink::Indexed(w) => w.finish().map(|_| ()),
+            Sink::Raw(w) => w.finish(),
+        }
+    }
+}
+
+/// `PREFIX.data.tmp`, renamed to `PREFIX.data` when finished.
+struct RawWriter {
+    tmp: PathBuf,
+    done: PathBuf,
+    w: BufWriter<File>,
+    at: Checkpoint,
+}
+
+impl RawWriter {
+    fn open(prefix: &Path, resume: Option<Checkpoint>) -> Result<Self> {
+        let tmp = with_suffix(prefix, ".data.tmp");
+        let (f, at) = match resume {
+            None => (
+                File::create(&tmp).map_err(|e| Error::io(&tmp, e))?,
+                Checkpoint::default(),
+            ),
+            Some(at) => {
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .open(&tmp)
+                    .map_err(|e| Error::io(&tmp, e))?;
+                let have = f.metadata().map_err(|e| Error::io(&tmp, e))?.len();
+                if have < at.bin_bytes {
+                    return Err(Error::corpus(
+                        &tmp,
+                        "shorter than its checkpoint; run without --resume",
+                    ));
+                }
+                f.set_len(at.bin_bytes).map_err(|e| Error::io(&tmp, e))?;
+                f.seek(SeekFrom::End(0)).map_err(|e| Error::io(&tmp, e))?;
+                (f, at)
+            }
+        };
+        Ok(RawWriter {
+            done: with_suffix(prefix, ".data"),
+            tmp,
+            w: BufWriter::with_capacity(1 << 20, f),
+            at,
+        })
+    }
+
+    fn append(&mut self, tokens: &[u8], docs: u64) -> Result<()> {
+        self.w
+            .write_all(tokens)
+            .map_err(|e| Error::io(&self.tmp, e))?;
+        self.at.bin_bytes += tokens.len() as u64;
+        self.at.sequences += docs;
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<Checkpoint> {
+        self.w.flush().map_err(|e| Error::io(&self.tmp, e))?;
+        self.w
+            .get_ref()
+            .sync_data()
+            .map_err(|e| Error::io(&self.tmp, e))?;
+        Ok(self.at)
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.checkpoint()?;
+        std::fs::rename(&self.tmp, &self.done).map_err(|e| Error::io(&self.done, e))
+    }
+}
