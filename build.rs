@@ -105,6 +105,8 @@ fn main() {
     let mut cu = cc::Build::new();
     cu.cuda(true)
         .cudart("shared")
+        // cc would add nvcc's -G (device debug, no optimisation) whenever debug info is on.
+        .debug(false)
         .flag("-std=c++17")
         .flag("-O3")
         .flag("--use_fast_math")
