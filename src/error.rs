@@ -18,6 +18,10 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    /// A configuration value is missing, unknown or wrong; `key` is its dotted path
+    /// (`model.drt.topk`) and the message says what is allowed.
+    #[error("config key `{key}`: {message}")]
+    Config { key: String, message: String },
     /// A bad input record or file: `path:line: message` (line of a JSON-lines file, row
     /// of a parquet file), or `path: message` when no line applies.
     #[error("{}{}: {msg}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]

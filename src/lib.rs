@@ -11,6 +11,7 @@ pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod info;
+pub mod model;
 pub mod ops;
 pub mod util;
 

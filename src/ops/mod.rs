@@ -5,9 +5,23 @@
 //! Dispatch picks the kernel for a CUDA tensor when this build has kernels, unless
 //! `LCM_REFERENCE_OPS=1` is set (to measure or debug against the reference).
 
+pub mod gca;
+pub mod hsa;
+pub mod retrieval;
 pub mod rmsnorm;
+pub mod swa;
 
+pub use gca::{gca, gca_reference};
+pub use hsa::{hsa, hsa_reference};
+pub use retrieval::{
+    chunk_retrieval, chunk_retrieval_reference, token_retrieval, token_retrieval_reference,
+    Retrieval, SlotWeighting,
+};
 pub use rmsnorm::{rms_norm, rms_norm_reference};
+pub use swa::{
+    bidirectional_attention, bidirectional_attention_reference, causal_attention,
+    causal_attention_reference, sliding_window_attention, sliding_window_attention_reference,
+};
 
 use std::sync::OnceLock;
 

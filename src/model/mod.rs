@@ -1,0 +1,47 @@
+//! The models: a config (JSON, validated) builds one of four archs behind one trait.
+//!
+//! * `drt`: Grouped Cross Attention with landmarks ([`drt`], seed-report 2).
+//! * `swa_hsa`: sliding window + Hierarchical Sparse Attention ([`swa_hsa`], seed-report 3.4).
+//! * `swa`, `dense`: baselines without retrieval ([`baseline`]).
+//!
+//! Attention runs through [`crate::ops`], so the CUDA kernels replace the references
+//! without the models knowing. Parameter names are stable (checkpoints are saved by name);
+//! each arch's module lists its names.
+
+pub mod baseline;
+pub mod config;
+pub mod drt;
+pub mod encoder;
+pub mod flops;
+pub mod layers;
+pub mod swa_hsa;
+
+pub use config::{Arch, ModelConfig};
+
+use tch::Tensor;
+
+/// What the trainer and the evaluator see of a model.
+pub trait LanguageModel {
+    /// logits (B, T, V) float for raw tokens (B, T) int64; logits[:, t] predicts token t+1.
+    /// Chunked archs insert their landmarks internally and drop the landmark positions from
+    /// the output, so callers never see landmarks. `train` turns on Gumbel noise etc.
+    fn forward(&self, tokens: &Tensor, train: bool) -> Tensor;
+    fn config(&self) -> &ModelConfig;
+    /// Tokens must be a multiple of this (the chunk size; 1 for swa/dense).
+    fn length_multiple(&self) -> i64;
+    /// FLOPs per token of a forward+backward at sequence length t (each arch documents its
+    /// formula; conventions in [`flops`]).
+    fn flops_per_token(&self, t: i64) -> f64;
+    /// Optional hook for the trainer (e.g. the residual warm-up): set the current step.
+    fn set_step(&mut self, _step: u64) {}
+}
+
+/// Builds the model `cfg` describes, its parameters created under `vs`.
+pub fn build(vs: &tch::nn::Path, cfg: &ModelConfig) -> crate::Result<Box<dyn LanguageModel>> {
+    cfg.validate()?;
+    Ok(match cfg.arch {
+        Arch::Drt => Box::new(drt::Drt::new(vs, cfg)?),
+        Arch::SwaHsa => Box::new(swa_hsa::SwaHsa::new(vs, cfg)?),
+        Arch::Swa | Arch::Dense => Box::new(baseline::Transformer::new(vs, cfg)?),
+    })
+}

@@ -1,0 +1,75 @@
+//! Grouped Cross Attention (GCA, seed-report 2.2 step 6 and 4.1): two-stage attention of a
+//! chunk's queries over K retrieved chunks.
+//!
+//! Stage 1: for each retrieved chunk `k`, a softmax attention of every query over that
+//! chunk's `K_CTX` slots alone. Stage 2: the K per-chunk outputs are summed with the
+//! retrieval weights `w[b, k]`. Because stage 2 is a weighted sum, the loss is
+//! differentiable in the weights, which is what makes retrieval learnable.
+//!
+//! Shapes: `q (B, Hq, Q, D)`, `k`/`v (B, Hkv, K, K_CTX, D)`, `weights (B, K)` (shared by all
+//! heads); output `(B, Hq, Q, D)` in `q`'s dtype. GQA: query head `i` reads kv head
+//! `i / (Hq / Hkv)`. `softmax_one` adds `exp(0)` to every per-chunk denominator
+//! (softmax-off-by-one); DRT with S=63 gets that effect from its zeroed landmark slot
+//! instead and passes `false`. Test: `tests/ops_gca.rs`.
+
+use tch::{Kind, Tensor};
+
+/// Softmax over the last dimension in fp32. With `off_by_one` the denominator gains a
+/// virtual zero logit (`exp(0)`), so a row can put (almost) no mass anywhere. `-inf`
+/// entries get zero mass; rows of only `-inf` give zeros (off by one) or NaN (plain).
+pub fn softmax_last(scores: &Tensor, off_by_one: bool) -> Tensor {
+    let s = scores.to_kind(Kind::Float);
+    if !off_by_one {
+        return s.softmax(-1, Kind::Float);
+    }
+    // Shift by max(row max, 0), a constant for autograd, so exp never overflows.
+    let m = s.amax([-1].as_slice(), true).clamp_min(0.0).detach();
+    let e = (&s - &m).exp();
+    let denom = e.sum_dim_intlist([-1].as_slice(), true, Kind::Float) + (-m).exp();
+    e / denom
+}
+
+/// The two-stage GCA as plain tensor ops (autograd on any device).
+pub fn gca_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    weights: &Tensor,
+    scale: f64,
+    softmax_one: bool,
+) -> Tensor {
+    let (qs, ks) = (q.size(), k.size());
+    assert!(
+        qs.len() == 4 && ks.len() == 5 && v.size() == ks,
+        "gca: q {qs:?} must be (B, Hq, Q, D), k/v {ks:?} (B, Hkv, K, K_CTX, D)"
+    );
+    let (b, hq, nq, d) = (qs[0], qs[1], qs[2], qs[3]);
+    let (hkv, nk) = (ks[1], ks[2]);
+    assert!(
+        ks[0] == b && ks[4] == d && hq % hkv == 0 && weights.size() == [b, nk],
+        "gca: q {qs:?}, k {ks:?} and weights {:?} (B, K) disagree",
+        weights.size()
+    );
+    let qg = q.reshape([b, hkv, hq / hkv, 1, nq, d]); // broadcasts over the K chunks
+    let scores = qg.matmul(&k.unsqueeze(2).transpose(-1, -2)) * scale; // (B, Hkv, G, K, Q, K_CTX)
+    let p = softmax_last(&scores, softmax_one).to_kind(v.kind());
+    let per_chunk = p.matmul(&v.unsqueeze(2)).to_kind(Kind::Float); // (B, Hkv, G, K, Q, D)
+    let w = weights.to_kind(Kind::Float).reshape([b, 1, 1, nk, 1, 1]);
+    (per_chunk * w)
+        .sum_dim_intlist([3].as_slice(), false, Kind::Float)
+        .reshape([b, hq, nq, d])
+        .to_kind(q.kind())
+}
+
+/// GCA by whichever implementation suits the input. No kernel exists yet (`cuda/gca.cu` is
+/// the kernels issue's), so this is always the reference.
+pub fn gca(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    weights: &Tensor,
+    scale: f64,
+    softmax_one: bool,
+) -> Tensor {
+    gca_reference(q, k, v, weights, scale, softmax_one)
+}

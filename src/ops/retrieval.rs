@@ -1,0 +1,171 @@
+//! Retrieval: which past chunks a query reads, and with what weights.
+//!
+//! * [`chunk_retrieval`] (GCA/DRT, seed-report 2.2 step 4): one retrieval per chunk, from
+//!   the chunk's landmark query against every chunk's landmark key, strictly causal (chunk
+//!   `i` sees chunks `j < i`); top-k (Gumbel noise on the selection only, in training);
+//!   softmax over the chosen noise-free scores.
+//! * [`token_retrieval`] (HSA, seed-report 3.2): one retrieval per token and retrieval
+//!   head; token `t` sees chunk `d` iff `(d + 1) * S <= t` (the chunk is complete before
+//!   `t`); top-k, slots sorted by chunk index descending (most recent first), then
+//!   stick-breaking or softmax weights, in fp32.
+//!
+//! Both return [`Retrieval`]: fp32 `weights` and int64 `indices` of the same shape, with
+//! index `-1` and weight 0 in slots that found no visible chunk (e.g. every slot of chunk
+//! 0). Weights are differentiable in the scores (and so in queries and keys); indices are
+//! not. All-masked rows give weight 0 without producing NaN in forward or backward.
+//! Test: `tests/ops_retrieval.rs`.
+
+use tch::{Kind, Tensor};
+
+/// The chosen chunks and their weights.
+#[derive(Debug)]
+pub struct Retrieval {
+    /// fp32, differentiable; 0 in empty slots.
+    pub weights: Tensor,
+    /// int64 chunk numbers; -1 in empty slots.
+    pub indices: Tensor,
+}
+
+impl Retrieval {
+    /// `indices` with empty slots mapped to chunk 0, for gathers (their weight is 0).
+    pub fn gather_indices(&self) -> Tensor {
+        self.indices.clamp_min(0)
+    }
+}
+
+/// How a token's K slot scores become weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotWeighting {
+    /// `w_k = sigmoid(s_k) * prod_{j<k} (1 - sigmoid(s_j))` over the descending slots.
+    StickBreaking,
+    Softmax,
+}
+
+/// Gumbel(0, 1) noise `-log(E)`, `E ~ Exp(1)`, shaped like `x` (no gradient).
+fn gumbel_like(x: &Tensor) -> Tensor {
+    let mut e = Tensor::empty_like(x);
+    let _ = e.exponential_(1.0);
+    -e.log()
+}
+
+/// Top-k of `scores` (masked entries `-inf`) on the last dim: `(indices or -1, valid)`.
+/// Noise, when asked for, changes only which entries are chosen.
+fn select_topk(scores: &Tensor, visible: &Tensor, k: i64, gumbel: bool) -> (Tensor, Tensor) {
+    let selection = if gumbel {
+        scores.detach() + gumbel_like(scores)
+    } else {
+        scores.detach()
+    };
+    let selection = selection.masked_fill(&visible.logical_not(), f64::NEG_INFINITY);
+    let (_, idx) = selection.topk(k, -1, true, true);
+    let valid = visible.gather(-1, &idx, false);
+    (idx.masked_fill(&valid.logical_not(), -1), valid)
+}
+
+/// Softmax over the valid slots; empty slots and rows of only empty slots get 0, with no
+/// NaN anywhere (the masked logits are a large finite negative, not `-inf`).
+fn softmax_valid(chosen: &Tensor, valid: &Tensor) -> Tensor {
+    let finite = chosen.masked_fill(&valid.logical_not(), -1e30);
+    finite.softmax(-1, Kind::Float) * valid.to_kind(Kind::Float)
+}
+
+/// Stick-breaking weights over slots in order: `exp(s_k - sum_{j<=k} softplus(s_j))`.
+/// Empty slots must come last (they do after the descending sort); they get 0.
+fn stick_breaking(chosen: &Tensor, valid: &Tensor) -> Tensor {
+    let s = chosen.masked_fill(&valid.logical_not(), 0.0);
+    let log_w = &s - s.softplus().cumsum(-1, Kind::Float);
+    log_w.exp() * valid.to_kind(Kind::Float)
+}
+
+/// Chunk-level scores `q_lmk . k_lmk / sqrt(d)`, `(N, C, C)` fp32, with `-inf` where the key
+/// chunk is not strictly before the query chunk.
+pub fn chunk_retrieval_scores(q_lmk: &Tensor, k_lmk: &Tensor) -> Tensor {
+    let (c, d) = (q_lmk.size()[1], q_lmk.size()[2]);
+    let scores = q_lmk
+        .to_kind(Kind::Float)
+        .matmul(&k_lmk.to_kind(Kind::Float).transpose(-1, -2))
+        / (d as f64).sqrt();
+    let visible = chunk_visibility(c, q_lmk.device());
+    scores.masked_fill(&visible.logical_not(), f64::NEG_INFINITY)
+}
+
+/// `(C, C)` bool: query chunk `i` may read key chunk `j` iff `j < i`.
+pub fn chunk_visibility(c: i64, device: tch::Device) -> Tensor {
+    Tensor::ones([c, c], (Kind::Bool, device)).tril(-1)
+}
+
+/// DRT retrieval for landmark queries `q_lmk (N, C, d)` (already RMSNorm'd) against
+/// landmark keys `k_lmk (N, C, d)`: weights and indices `(N, C, min(C, topk))`. Row `i` is
+/// landmark `i`'s choice, which serves chunk `i + 1` (the caller shifts).
+pub fn chunk_retrieval_reference(
+    q_lmk: &Tensor,
+    k_lmk: &Tensor,
+    topk: i64,
+    gumbel: bool,
+) -> Retrieval {
+    let c = q_lmk.size()[1];
+    let scores = chunk_retrieval_scores(q_lmk, k_lmk);
+    let visible = chunk_visibility(c, q_lmk.device()).expand_as(&scores);
+    let (indices, valid) = select_topk(&scores, &visible, topk.min(c), gumbel);
+    let chosen = scores.gather(-1, &indices.clamp_min(0), false);
+    Retrieval {
+        weights: softmax_valid(&chosen, &valid),
+        indices,
+    }
+}
+
+/// Chunk retrieval by whichever implementation suits the input (reference for now).
+pub fn chunk_retrieval(q_lmk: &Tensor, k_lmk: &Tensor, topk: i64, gumbel: bool) -> Retrieval {
+    chunk_retrieval_reference(q_lmk, k_lmk, topk, gumbel)
+}
+
+/// `(L, C)` bool: token `t` may read chunk `d` iff `(d + 1) * chunk_size <= t`.
+pub fn token_visibility(l: i64, c: i64, chunk_size: i64, device: tch::Device) -> Tensor {
+    let t = Tensor::arange(l, (Kind::Int64, device)).view([l, 1]);
+    let ends = (Tensor::arange(c, (Kind::Int64, device)) + 1) * chunk_size;
+    ends.view([1, c]).le_tensor(&t)
+}
+
+/// HSA retrieval for token queries `q (N, L, r, dr)` against chunk landmarks
+/// `lmk (N, C, r, dr)` (r retrieval heads): weights and indices `(N, L, r, min(C, topk))`,
+/// slots in descending chunk order with empty slots last. Scores are `q . lmk / sqrt(dr)`.
+pub fn token_retrieval_reference(
+    q: &Tensor,
+    lmk: &Tensor,
+    chunk_size: i64,
+    topk: i64,
+    weighting: SlotWeighting,
+    gumbel: bool,
+) -> Retrieval {
+    let (l, dr) = (q.size()[1], q.size()[3]);
+    let c = lmk.size()[1];
+    let qf = q.to_kind(Kind::Float).permute([0, 2, 1, 3]); // (N, r, L, dr)
+    let kf = lmk.to_kind(Kind::Float).permute([0, 2, 3, 1]); // (N, r, dr, C)
+    let scores = (qf.matmul(&kf) / (dr as f64).sqrt()).permute([0, 2, 1, 3]); // (N, L, r, C)
+    let visible = token_visibility(l, c, chunk_size, q.device())
+        .unsqueeze(1)
+        .expand_as(&scores);
+    let scores = scores.masked_fill(&visible.logical_not(), f64::NEG_INFINITY);
+    let (picked, _) = select_topk(&scores, &visible, topk.min(c), gumbel);
+    // Most recent chunk first; -1 (empty) sorts last.
+    let (indices, _) = picked.sort(-1, true);
+    let valid = indices.ge(0);
+    let chosen = scores.gather(-1, &indices.clamp_min(0), false);
+    let weights = match weighting {
+        SlotWeighting::StickBreaking => stick_breaking(&chosen, &valid),
+        SlotWeighting::Softmax => softmax_valid(&chosen, &valid),
+    };
+    Retrieval { weights, indices }
+}
+
+/// Token retrieval by whichever implementation suits the input (reference for now).
+pub fn token_retrieval(
+    q: &Tensor,
+    lmk: &Tensor,
+    chunk_size: i64,
+    topk: i64,
+    weighting: SlotWeighting,
+    gumbel: bool,
+) -> Retrieval {
+    token_retrieval_reference(q, lmk, chunk_size, topk, weighting, gumbel)
+}

@@ -1,0 +1,191 @@
+//! Self-attention ops: causal sliding-window attention (optionally with ALiBi), full causal
+//! attention (the `dense` baseline) and bidirectional attention (the chunk encoder).
+//!
+//! Layout: `q (B, Hq, T, D)`, `k`/`v (B, Hkv, T, D)` with `Hq % Hkv == 0` (GQA: query head
+//! `i` reads kv head `i / (Hq / Hkv)`); the output has `q`'s shape and dtype. Scores are
+//! taken in the input dtype, the softmax in fp32, then probabilities are rounded to `v`'s
+//! dtype for the value product, as flash attention does.
+//!
+//! Sliding window: query `t` sees keys `t - window ..= t` (itself plus `window` past keys,
+//! flash-attn's `window_size = (window, 0)`). ALiBi adds `-m_h * (t - s)` to the score of
+//! key `s`, with per-head slopes `m_h` ([`crate::model::layers::alibi_slopes`]).
+//!
+//! The sliding-window reference is blocked so that it never forms a `T x T` matrix: query
+//! blocks of `bs = min(window, T)` rows attend to their own block plus the
+//! `ceil(window / bs)` previous blocks (one previous block when `bs = window`), so memory
+//! is `O(T * window)`. Test: `tests/ops_swa.rs`.
+
+use tch::{Kind, Tensor};
+
+/// `(B, Hq, T, D)` -> `(B, Hkv, G, T, D)` so that a kv tensor unsqueezed at dim 2 broadcasts
+/// over the query heads of its group.
+fn group_queries(q: &Tensor, hkv: i64) -> Tensor {
+    let s = q.size();
+    q.reshape([s[0], hkv, s[1] / hkv, s[2], s[3]])
+}
+
+fn check_gqa(q: &Tensor, k: &Tensor, v: &Tensor) {
+    let (qs, ks) = (q.size(), k.size());
+    assert!(
+        qs.len() == 4 && ks.len() == 4 && v.size() == ks,
+        "attention: q {qs:?}, k {ks:?}, v {:?} must be (B, H, T, D)",
+        v.size()
+    );
+    assert!(
+        qs[0] == ks[0] && qs[3] == ks[3] && qs[1] % ks[1] == 0,
+        "attention: q {qs:?} and k {ks:?} disagree (batch, head dim, or Hq % Hkv != 0)"
+    );
+}
+
+/// Softmax over the last dim in fp32; rows whose every entry is `-inf` give zeros, not NaN.
+fn masked_softmax(scores: &Tensor) -> Tensor {
+    scores
+        .to_kind(Kind::Float)
+        .softmax(-1, Kind::Float)
+        .nan_to_num(0.0, None, None)
+}
+
+/// Attention over explicit scores: `q`, `k`, `v` grouped as by [`group_queries`], `bias` and
+/// `mask` (true = visible) broadcast against `(B, Hkv, G, Tq, Tk)`.
+fn attend_dense(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Tensor {
+    check_gqa(q, k, v);
+    let qs = q.size();
+    let hkv = k.size()[1];
+    let qg = group_queries(q, hkv);
+    let mut scores = qg
+        .matmul(&k.unsqueeze(2).transpose(-1, -2))
+        .to_kind(Kind::Float)
+        * scale;
+    if let Some(b) = bias {
+        scores = scores.g_add(b);
+    }
+    if let Some(m) = mask {
+        scores = scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY);
+    }
+    let p = masked_softmax(&scores).to_kind(v.kind());
+    p.matmul(&v.unsqueeze(2)).reshape(qs.as_slice())
+}
+
+/// ALiBi bias `-m_h * dist` for a distance matrix `dist (Tq, Tk)`: returns `(Hkv, G, Tq, Tk)`,
+/// which broadcasts against grouped scores `(B, Hkv, G, Tq, Tk)`.
+fn alibi_bias(slopes: &Tensor, hkv: i64, dist: &Tensor) -> Tensor {
+    let hq = slopes.size()[0];
+    let mut shape = vec![hkv, hq / hkv];
+    shape.extend(std::iter::repeat(1).take(dist.dim()));
+    let m = slopes.to_kind(Kind::Float).reshape(shape.as_slice());
+    -(m * dist.to_kind(Kind::Float))
+}
+
+/// Full causal attention (`T x T`; the `dense` baseline and the naive ground truth), with
+/// optional ALiBi slopes `(Hq,)` and an optional window (keys `t - window ..= t`).
+pub fn causal_attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: Option<i64>,
+    alibi: Option<&Tensor>,
+    scale: f64,
+) -> Tensor {
+    let t = q.size()[2];
+    let pos = Tensor::arange(t, (Kind::Int64, q.device()));
+    let dist = pos.unsqueeze(1) - pos.unsqueeze(0); // (Tq, Tk): query - key
+    let mut mask = dist.ge(0);
+    if let Some(w) = window {
+        mask = mask.logical_and(&dist.le(w));
+    }
+    let bias = alibi.map(|m| alibi_bias(m, k.size()[1], &dist));
+    attend_dense(q, k, v, bias.as_ref(), Some(&mask), scale)
+}
+
+/// Full causal attention by whichever implementation suits the input (reference for now).
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    alibi: Option<&Tensor>,
+    scale: f64,
+) -> Tensor {
+    causal_attention_reference(q, k, v, None, alibi, scale)
+}
+
+/// Bidirectional (unmasked) attention, e.g. within one chunk in the encoder: `q (B, Hq, L, D)`.
+pub fn bidirectional_attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+    attend_dense(q, k, v, None, None, scale)
+}
+
+/// Bidirectional attention by whichever implementation suits the input (reference for now).
+pub fn bidirectional_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+    bidirectional_attention_reference(q, k, v, scale)
+}
+
+/// Blocked causal sliding-window attention (see the module doc). `window >= 0`.
+pub fn sliding_window_attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: i64,
+    alibi: Option<&Tensor>,
+    scale: f64,
+) -> Tensor {
+    check_gqa(q, k, v);
+    assert!(window >= 0, "sliding_window_attention: window {window} < 0");
+    let qs = q.size();
+    let (b, hq, t, d) = (qs[0], qs[1], qs[2], qs[3]);
+    let hkv = k.size()[1];
+    let g = hq / hkv;
+    let dev = q.device();
+
+    let bs = window.min(t).max(1);
+    let nprev = (window + bs - 1) / bs; // previous blocks a query block may reach
+    let nb = (t + bs - 1) / bs;
+    let tp = nb * bs;
+    let front = nprev * bs;
+    let span = front + bs; // keys per query block
+
+    // Keys padded with `front` masked slots before position 0 and up to `tp` after, then cut
+    // into overlapping windows: block n holds key positions n*bs - front .. n*bs + bs.
+    let blocks = |x: &Tensor| x.constant_pad_nd([0, 0, front, tp - t]).unfold(2, span, bs); // (B, Hkv, nb, D, span)
+    let kt = blocks(k).unsqueeze(2); // (B, Hkv, 1, nb, D, span)
+    let vb = blocks(v).transpose(-1, -2).unsqueeze(2); // (B, Hkv, 1, nb, span, D)
+    let qb = q
+        .constant_pad_nd([0, 0, 0, tp - t])
+        .reshape([b, hkv, g, nb, bs, d]);
+    let mut scores = qb.matmul(&kt).to_kind(Kind::Float) * scale; // (B, Hkv, G, nb, bs, span)
+
+    let i = Tensor::arange(bs, (Kind::Int64, dev)).view([bs, 1]);
+    let j = Tensor::arange(span, (Kind::Int64, dev)).view([1, span]);
+    let n = Tensor::arange(nb, (Kind::Int64, dev)).view([nb, 1, 1]);
+    let dist = &i - &j + front; // (bs, span): query position - key position
+    let key_pos = n * bs - front + &j; // (nb, 1, span)
+    let visible = dist
+        .ge(0)
+        .logical_and(&dist.le(window))
+        .logical_and(&key_pos.ge(0)); // (nb, bs, span)
+    if let Some(m) = alibi {
+        scores = scores.g_add(&alibi_bias(m, hkv, &dist).unsqueeze(2)); // over blocks
+    }
+    let scores = scores.masked_fill(&visible.logical_not(), f64::NEG_INFINITY);
+    let p = masked_softmax(&scores).to_kind(v.kind());
+    let o = p.matmul(&vb); // (B, Hkv, G, nb, bs, D)
+    o.reshape([b, hq, tp, d]).narrow(2, 0, t)
+}
+
+/// Sliding-window attention by whichever implementation suits the input. No kernel exists
+/// yet (`cuda/swa.cu` is the kernels issue's), so this is always the reference.
+pub fn sliding_window_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: i64,
+    alibi: Option<&Tensor>,
+    scale: f64,
+) -> Tensor {
+    sliding_window_attention_reference(q, k, v, window, alibi, scale)
+}
