@@ -3,6 +3,7 @@
 //! long enough that the launch cost is small (the sizes used are hundreds of MB).
 
 pub mod rmsnorm;
+pub mod tokenizer;
 
 use std::time::Instant;
 use tch::Device;

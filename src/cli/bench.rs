@@ -9,6 +9,31 @@ pub enum Command {
         after_help = "Example:\n  lcm bench rmsnorm --device cuda --rows 262144 --dim 768 --dtype bf16"
     )]
     Rmsnorm(RmsNormArgs),
+    /// The tokenizer alone on all cores (in-memory texts, no I/O): the ceiling for
+    /// `lcm preprocess pile` on the same input.
+    #[command(
+        after_help = "Example:\n  lcm bench tokenizer --input data/sample-pile/train/00.jsonl.zst --repeats 3"
+    )]
+    Tokenizer(TokenizerArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TokenizerArgs {
+    /// Input shards (.jsonl, .jsonl.zst, .parquet, directories, globs), read into memory first.
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<String>,
+    /// tokenizer.json [default: the GPT-NeoX-20B tokenizer from scripts/setup.sh].
+    #[arg(long)]
+    tokenizer: Option<std::path::PathBuf>,
+    /// Threads [default: the number of cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed passes over the texts; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Write the result as JSON to this file too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -52,6 +77,24 @@ pub fn parse_kind(s: &str) -> Result<Kind> {
 
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
+        Command::Tokenizer(a) => {
+            use anyhow::Context;
+            let paths = lcm::data::inputs::expand_inputs(&a.input).context("--input")?;
+            let tok_path = a
+                .tokenizer
+                .unwrap_or_else(lcm::info::default_tokenizer_path);
+            let tok = lcm::data::Tokenizer::load(&tok_path, "<|endoftext|>")?;
+            let texts = lcm::bench::tokenizer::load_texts(&paths)?;
+            let threads = a
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let r = lcm::bench::tokenizer::run(&tok, &texts, threads, a.repeats)?;
+            println!("{r}");
+            if let Some(path) = a.json {
+                lcm::util::write_atomic(&path, (serde_json::to_string(&r)? + "\n").as_bytes())?;
+            }
+            Ok(())
+        }
         Command::Rmsnorm(a) => {
             let device = parse_device(&a.device)?;
             let mut lines = vec![];

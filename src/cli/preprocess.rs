@@ -117,21 +117,24 @@ fn pile(a: PileArgs) -> Result<()> {
     let mut reporter = Reporter::new(a.progress_secs);
     let summary = preprocess::run(&opts, &tok, &mut |p| reporter.update(p))
         .with_context(|| format!("preprocessing into {}", a.output.display()))?;
+    if reporter.updates == 0 {
+        println!(
+            "{}: already complete (--resume), nothing to do: {} documents, {} tokens",
+            a.output.display(),
+            summary.counts.documents,
+            summary.counts.tokens
+        );
+        return Ok(());
+    }
     reporter.finish();
     let secs = t0.elapsed().as_secs_f64();
-    if reporter.last.shards_resumed == opts.inputs.len()
-        && reporter.last.documents > 0
-        && reporter.updates <= 1
-    {
-        println!("already complete (--resume): nothing to do");
-    }
     println!(
         "{} documents, {} tokens ({}) from {} files in {secs:.2} s: {:.0} tokens/s end to end",
         summary.counts.documents,
         summary.counts.tokens,
         summary.dtype.name(),
         summary.inputs.len(),
-        reporter.last.tokens as f64 / secs.max(1e-9),
+        (reporter.last.tokens - reporter.first_tokens) as f64 / secs.max(1e-9),
     );
     let s = &summary.skipped;
     println!(
@@ -158,6 +161,8 @@ struct Reporter {
     next: Instant,
     last: Progress,
     updates: usize,
+    /// Tokens already written by the run being resumed (not counted in the rate).
+    first_tokens: u64,
 }
 
 impl Reporter {
@@ -179,15 +184,16 @@ impl Reporter {
             next: Instant::now() + Duration::from_secs_f64(every_secs.max(0.1)),
             last: Progress::default(),
             updates: 0,
+            first_tokens: 0,
         }
     }
 
-    fn rates(p: &Progress) -> String {
+    fn rates(&self, p: &Progress) -> String {
         let s = p.seconds.max(1e-9);
         format!(
             "{:.1} MB/s text, {:.2}M tokens/s, {} docs, shard {}/{}",
             p.input_bytes as f64 / s / 1e6,
-            p.tokens as f64 / s / 1e6,
+            (p.tokens - self.first_tokens) as f64 / s / 1e6,
             p.documents,
             p.shards_done,
             p.shards_total
@@ -195,13 +201,16 @@ impl Reporter {
     }
 
     fn update(&mut self, p: &Progress) {
+        if self.updates == 0 {
+            self.first_tokens = p.tokens;
+        }
         self.updates += 1;
         self.last = p.clone();
         match &self.bar {
             Some(b) => {
                 b.set_length(p.file_bytes_total);
                 b.set_position(p.file_bytes_read.min(p.file_bytes_total));
-                b.set_message(Self::rates(p));
+                b.set_message(self.rates(p));
             }
             None => {
                 if Instant::now() >= self.next {
@@ -210,7 +219,7 @@ impl Reporter {
                         "[preprocess] {:5.1}% of {:.1} MB read, {}",
                         100.0 * p.file_bytes_read as f64 / p.file_bytes_total.max(1) as f64,
                         p.file_bytes_total as f64 / 1e6,
-                        Self::rates(p)
+                        self.rates(p)
                     );
                 }
             }
@@ -219,8 +228,8 @@ impl Reporter {
 
     fn finish(&self) {
         match &self.bar {
-            Some(b) => b.finish_with_message(Self::rates(&self.last)),
-            None => eprintln!("[preprocess] done: {}", Self::rates(&self.last)),
+            Some(b) => b.finish_with_message(self.rates(&self.last)),
+            None => eprintln!("[preprocess] done: {}", self.rates(&self.last)),
         }
     }
 }

@@ -167,7 +167,7 @@ pub struct IndexedWriter {
 }
 
 /// A point the writer can be reopened at (see [`IndexedWriter::resume`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     pub bin_bytes: u64,
     pub sequences: u64,
@@ -327,15 +327,6 @@ impl IndexedWriter {
         std::fs::rename(&idx_tmp, &idx).map_err(|e| Error::io(&idx, e))?;
         let _ = std::fs::remove_file(&self.sizes_tmp);
         Ok(at)
-    }
-}
-
-impl Default for Checkpoint {
-    fn default() -> Self {
-        Checkpoint {
-            bin_bytes: 0,
-            sequences: 0,
-        }
     }
 }
 

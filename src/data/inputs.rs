@@ -222,7 +222,7 @@ pub struct ShardReader {
 
 enum Inner {
     Lines(Box<dyn BufRead + Send>),
-    Parquet(ParquetText),
+    Parquet(Box<ParquetText>),
 }
 
 impl ShardReader {
@@ -259,7 +259,7 @@ impl ShardReader {
             }
             InputKind::Parquet => {
                 consumed.fetch_add(len, Ordering::Relaxed);
-                Inner::Parquet(ParquetText::open(path)?)
+                Inner::Parquet(Box::new(ParquetText::open(path)?))
             }
         };
         Ok(ShardReader {

@@ -130,8 +130,24 @@ pub struct Fingerprint {
     pub tokenizer_sha256: String,
     pub eod_id: u32,
     pub skip_bad_lines: bool,
-    /// Path, size in bytes and modification time (seconds) of each input.
+    /// Path, size in bytes and modification time (nanoseconds) of each input.
     pub inputs: Vec<(PathBuf, u64, u64)>,
+}
+
+impl Fingerprint {
+    /// Whether a run with this fingerprint can keep the first `done` shards of an earlier
+    /// one: same options and tokenizer, and those shards unchanged (same path, size and
+    /// modification time). The shards after them may differ: they are read afresh.
+    pub fn continues(&self, earlier: &Fingerprint, done: usize) -> bool {
+        self.format == earlier.format
+            && self.dtype == earlier.dtype
+            && self.tokenizer_sha256 == earlier.tokenizer_sha256
+            && self.eod_id == earlier.eod_id
+            && self.skip_bad_lines == earlier.skip_bad_lines
+            && done <= self.inputs.len()
+            && done <= earlier.inputs.len()
+            && self.inputs[..done] == earlier.inputs[..done]
+    }
 }
 
 /// `PREFIX.json`: how the corpus was made and what it holds.
@@ -222,7 +238,7 @@ pub fn run(
                     .modified()
                     .ok()
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_secs());
+                    .map_or(0, |d| d.as_nanos() as u64);
                 Ok((p.clone(), m.len(), mtime))
             })
             .collect::<Result<_>>()?,
@@ -278,10 +294,11 @@ pub fn run(
                 format!("unreadable resume state ({e}); run without --resume"),
             )
         })?;
-        if st.fingerprint != fingerprint {
+        if !fingerprint.continues(&st.fingerprint, st.shards_done) {
             return Err(Error::corpus(
                 &state_path,
-                "the interrupted run had other inputs, tokenizer or options; run without --resume to start over",
+                "the interrupted run had another tokenizer or options, or its finished shards have \
+                 changed since; run without --resume to start over",
             ));
         }
         Some(st)

@@ -16,6 +16,10 @@ use crate::error::{Error, Result};
 /// (when the tokenizer allows it).
 pub const DEFAULT_CHUNK_BYTES: usize = 256 * 1024;
 
+/// Documents with more pieces than this are encoded with their pieces in parallel (rayon),
+/// so that one huge document does not leave the other cores idle.
+const PARALLEL_PIECES: usize = 8;
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
@@ -106,11 +110,30 @@ impl Tokenizer {
     /// Appends the ids of `text` to `out` (no EOD).
     pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) -> std::result::Result<(), String> {
         if self.chunk_safe && self.chunk_bytes > 0 && text.len() > self.chunk_bytes {
+            let mut pieces = vec![];
             let mut start = 0;
             while start < text.len() {
                 let end = split_point(text.as_bytes(), start + self.chunk_bytes);
-                self.encode_piece(&text[start..end], out)?;
+                pieces.push(&text[start..end]);
                 start = end;
+            }
+            if pieces.len() > PARALLEL_PIECES {
+                use rayon::prelude::*;
+                let ids: Vec<Vec<u32>> = pieces
+                    .par_iter()
+                    .map(|p| {
+                        let mut v = vec![];
+                        self.encode_piece(p, &mut v).map(|_| v)
+                    })
+                    .collect::<std::result::Result<_, _>>()?;
+                out.reserve(ids.iter().map(Vec::len).sum());
+                for v in ids {
+                    out.extend_from_slice(&v);
+                }
+            } else {
+                for p in pieces {
+                    self.encode_piece(p, out)?;
+                }
             }
             Ok(())
         } else {
@@ -178,16 +201,16 @@ fn chunk_safe(j: &serde_json::Value) -> bool {
             .unwrap_or(true);
     let model = j.get("model").unwrap_or(&Value::Null);
     let model_ok =
-        ty(model).as_deref() == Some("BPE") && model.get("dropout").is_none_or(Value::is_null);
+        ty(model).as_deref() == Some("BPE") && model.get("dropout").map_or(true, Value::is_null);
     let post_ok = match j.get("post_processor") {
         None | Some(Value::Null) => true,
         Some(p) => ty(p).as_deref() == Some("ByteLevel"),
     };
-    let plain = |k: &str| j.get(k).is_none_or(Value::is_null);
+    let plain = |k: &str| j.get(k).map_or(true, Value::is_null);
     let added_ok = j
         .get("added_tokens")
         .and_then(Value::as_array)
-        .is_none_or(|toks| {
+        .map_or(true, |toks| {
             toks.iter().all(|t| {
                 let content = t.get("content").and_then(Value::as_str).unwrap_or("");
                 let ws = content.chars().filter(|c| c.is_whitespace()).count();
