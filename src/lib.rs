@@ -13,6 +13,7 @@ pub mod error;
 pub mod info;
 pub mod model;
 pub mod ops;
+pub mod train;
 pub mod util;
 
 pub use error::{Error, Result};

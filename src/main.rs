@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
     name = "lcm",
     version,
     about = "Pretrain and evaluate long-context LMs with retrieval attention (GCA/DRT, HSA)",
-    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train"
+    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train\n  lcm pretrain --config configs/drt-tiny.json"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,6 +29,8 @@ enum Command {
     /// Inspect a token corpus: `stats`, `cat --doc N`.
     #[command(subcommand)]
     Corpus(cli::corpus::Command),
+    /// Train a model (drt, swa_hsa, swa, dense) from a JSON config.
+    Pretrain(cli::pretrain::Args),
 }
 
 fn main() {
@@ -38,6 +40,7 @@ fn main() {
         Command::Bench(cmd) => cli::bench::run(cmd),
         Command::Preprocess(cmd) => cli::preprocess::run(cmd),
         Command::Corpus(cmd) => cli::corpus::run(cmd),
+        Command::Pretrain(args) => cli::pretrain::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

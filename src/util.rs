@@ -31,3 +31,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Error::io(path, e)
     })
 }
+
+/// SplitMix64: a tiny generator whose output is fixed by its definition, so sample `i` of
+/// a run is the same tokens in every version of lcm (data order is part of exact resume).
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    /// A generator for item `index` of stream `seed`, independent of every other item.
+    pub fn for_item(seed: u64, index: u64) -> Self {
+        let mut g = SplitMix64(seed ^ 0x9e37_79b9_7f4a_7c15);
+        let s = g.next_u64() ^ index.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        SplitMix64(s)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, n) (n > 0), by rejection so that no value is favoured.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let x = self.next_u64();
+            if x < zone {
+                return x % n;
+            }
+        }
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

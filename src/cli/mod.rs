@@ -4,3 +4,4 @@ pub mod bench;
 pub mod corpus;
 pub mod info;
 pub mod preprocess;
+pub mod pretrain;

@@ -11,7 +11,11 @@ use crate::error::Result;
 /// The pure-tch reference, differentiable by autograd on any device.
 /// Computes in fp32 (fp64 for fp64 inputs) and rounds once to `x`'s dtype.
 pub fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
-    let acc = if x.kind() == Kind::Double { Kind::Double } else { Kind::Float };
+    let acc = if x.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
     let xf = x.to_kind(acc);
     let rstd = (xf.square().mean_dim(-1, true, acc) + eps).rsqrt();
     (xf * rstd * w.to_kind(acc)).to_kind(x.kind())

@@ -1,0 +1,14 @@
+//! Pretraining: config, data sampling (with synthetic needles), AdamW with fp32 master
+//! weights, the learning-rate schedule, checkpoints and metrics, and the loop itself.
+
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod optim;
+pub mod sampler;
+pub mod schedule;
+pub mod synthetic;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use trainer::{train, TrainOptions, TrainSummary};

@@ -1,0 +1,175 @@
+//! Training and eval batches: random windows of `seq_len + 1` tokens, sample `i` fully
+//! determined by (seed, i), so a run's data does not depend on how it was interrupted.
+//!
+//! A window starts uniformly at random in the concatenated token stream of a corpus, which
+//! weights documents by their length (the reference's length-weighted choice) and lets a
+//! window cross document boundaries (EOD tokens separate them). With several corpora, the
+//! corpus is drawn by the mixture weights first.
+
+use std::ops::Range;
+use std::path::Path;
+
+use tch::{Device, Tensor};
+
+use crate::data::indexed::IndexedCorpus;
+use crate::error::{Error, Result};
+use crate::train::config::{RandomHaystack, TrainConfig};
+use crate::train::synthetic::PasskeyConfig;
+use crate::util::SplitMix64;
+
+/// Targets that carry no loss.
+pub const IGNORE: i64 = -100;
+
+enum Haystack {
+    Corpora {
+        corpora: Vec<IndexedCorpus>,
+        cumulative: Vec<f64>,
+    },
+    Random(RandomHaystack),
+}
+
+pub struct Sampler {
+    haystack: Haystack,
+    seq_len: usize,
+    seed: u64,
+    passkey: Option<PasskeyConfig>,
+}
+
+/// One micro-batch on its device: inputs and targets (B, T) int64, targets IGNORE where
+/// there is no loss, and `answer` (B, T) bool marking the targets of synthetic answers.
+pub struct Batch {
+    pub inputs: Tensor,
+    pub targets: Tensor,
+    pub answer: Tensor,
+}
+
+impl Sampler {
+    pub fn for_training(cfg: &TrainConfig) -> Result<Self> {
+        let haystack = match &cfg.data.random {
+            Some(r) => Haystack::Random(r.clone()),
+            None => {
+                let corpora = cfg
+                    .data
+                    .train
+                    .iter()
+                    .map(|c| open_corpus(&c.prefix, cfg.seq_len))
+                    .collect::<Result<Vec<_>>>()?;
+                let total: f64 = cfg.data.train.iter().map(|c| c.weight).sum();
+                let cumulative = cfg
+                    .data
+                    .train
+                    .iter()
+                    .scan(0.0, |acc, c| {
+                        *acc += c.weight / total;
+                        Some(*acc)
+                    })
+                    .collect();
+                Haystack::Corpora {
+                    corpora,
+                    cumulative,
+                }
+            }
+        };
+        Ok(Sampler {
+            haystack,
+            seq_len: cfg.seq_len as usize,
+            seed: cfg.seed,
+            passkey: cfg.data.synthetic.clone(),
+        })
+    }
+
+    /// Held-out windows: the eval corpus (or the training haystack), a separate seed
+    /// stream, and the same synthetic mixture so that the eval loss includes answers.
+    pub fn for_eval(cfg: &TrainConfig) -> Result<Self> {
+        let mut s = Self::for_training(cfg)?;
+        if let Some(prefix) = &cfg.data.eval {
+            s.haystack = Haystack::Corpora {
+                corpora: vec![open_corpus(prefix, cfg.seq_len)?],
+                cumulative: vec![1.0],
+            };
+        }
+        s.seed = cfg.seed ^ 0x0e7a_1000_0000_0000;
+        Ok(s)
+    }
+
+    /// Sample `index`: the window (seq_len + 1 ids), targets to ignore, answer targets.
+    pub fn sample(&self, index: u64) -> (Vec<u32>, Vec<bool>, Vec<bool>) {
+        let mut rng = SplitMix64::for_item(self.seed, index);
+        let n = self.seq_len + 1;
+        let mut window: Vec<u32> = match &self.haystack {
+            Haystack::Random(r) => (0..n)
+                .map(|_| r.lo + rng.below((r.hi - r.lo) as u64) as u32)
+                .collect(),
+            Haystack::Corpora {
+                corpora,
+                cumulative,
+            } => {
+                let u = rng.unit();
+                let k = cumulative
+                    .iter()
+                    .position(|&c| u < c)
+                    .unwrap_or(corpora.len() - 1);
+                let tokens = corpora[k].tokens();
+                let start = rng.below((tokens.len() - n + 1) as u64) as usize;
+                tokens.slice(start..start + n).to_vec()
+            }
+        };
+        let mut ignore = vec![false; self.seq_len];
+        let mut answer = vec![false; self.seq_len];
+        if let Some(p) = &self.passkey {
+            if rng.unit() < p.rate {
+                p.insert(&mut window, &mut ignore, &mut answer, &mut rng);
+            }
+        }
+        (window, ignore, answer)
+    }
+
+    /// The samples `indices` as one batch on `device`.
+    pub fn batch(&self, indices: Range<u64>, device: Device) -> Batch {
+        let b = (indices.end - indices.start) as i64;
+        let t = self.seq_len;
+        let mut inputs = Vec::with_capacity(b as usize * t);
+        let mut targets = Vec::with_capacity(b as usize * t);
+        let mut answers = Vec::with_capacity(b as usize * t);
+        for i in indices {
+            let (w, ignore, answer) = self.sample(i);
+            inputs.extend(w[..t].iter().map(|&x| x as i64));
+            targets.extend((0..t).map(|j| if ignore[j] { IGNORE } else { w[j + 1] as i64 }));
+            answers.extend(answer);
+        }
+        let shape = [b, t as i64];
+        Batch {
+            inputs: Tensor::from_slice(&inputs).view(shape).to_device(device),
+            targets: Tensor::from_slice(&targets).view(shape).to_device(device),
+            answer: Tensor::from_slice(&answers).view(shape).to_device(device),
+        }
+    }
+}
+
+fn open_corpus(prefix: &Path, seq_len: i64) -> Result<IndexedCorpus> {
+    let c = IndexedCorpus::open(prefix)?;
+    if c.num_tokens() < seq_len as u64 + 1 {
+        return Err(Error::Invalid(format!(
+            "{}: {} tokens, fewer than one window of seq_len + 1 = {}",
+            prefix.display(),
+            c.num_tokens(),
+            seq_len + 1
+        )));
+    }
+    Ok(c)
+}
+
+/// Global sample indices of micro-batch `micro` of optimizer step `step` on `rank`: every
+/// (step, micro, rank) gets its own disjoint block, so ranks never share samples and a
+/// resumed run continues the same sequence.
+pub fn sample_range(
+    step: u64,
+    micro: u64,
+    grad_accum: u64,
+    rank: u64,
+    world: u64,
+    batch: u64,
+) -> Range<u64> {
+    let block = ((step * grad_accum + micro) * world + rank) * batch;
+    block..block + batch
+}

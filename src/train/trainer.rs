@@ -1,0 +1,318 @@
+//! The training loop. Built for data parallelism from the start: rank and world size pick
+//! disjoint samples, rank 0 alone writes checkpoints and metrics, and
+//! [`all_reduce_gradients`] is the one place where gradients would be summed across ranks.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tch::{nn::VarStore, Kind, Reduction, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::{self, LanguageModel};
+use crate::train::checkpoint::{self, State};
+use crate::train::config::{Precision, TrainConfig};
+use crate::train::metrics::{Metrics, MetricsFile};
+use crate::train::optim::AdamW;
+use crate::train::sampler::{sample_range, Batch, Sampler, IGNORE};
+use crate::train::schedule::learning_rate;
+
+#[derive(Default, Clone)]
+pub struct TrainOptions {
+    /// A checkpoint (`step-*` folder) or run folder whose newest checkpoint to resume.
+    pub resume: Option<PathBuf>,
+    pub rank: u64,
+    /// World size; 0 is taken as 1.
+    pub world: u64,
+    /// Show a progress bar (when stderr is a terminal; plain lines otherwise).
+    pub progress: bool,
+    /// Stop after this step as if interrupted (saving a checkpoint): for tests and for
+    /// splitting a long run into sessions.
+    pub stop_after: Option<u64>,
+    /// Set (by a Ctrl-C handler) to save a checkpoint and stop after the current step.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+#[derive(Debug)]
+pub struct TrainSummary {
+    pub step: u64,
+    pub last_loss: f64,
+    pub checkpoint: Option<PathBuf>,
+    pub interrupted: bool,
+}
+
+/// Sums gradients over ranks. A single process has nothing to sum; a multi-GPU run adds
+/// its collective here (the sampler and checkpointing already honour rank and world).
+fn all_reduce_gradients(_opt: &AdamW, world: u64) {
+    debug_assert!(world <= 1, "multi-rank gradient reduction is not wired yet");
+}
+
+/// Mean cross-entropy over targets that are not IGNORE (fp32, whatever the logits' dtype).
+pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let v = logits.size()[2];
+    logits
+        .to_kind(Kind::Float)
+        .view([-1, v])
+        .cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Mean, IGNORE, 0.0)
+}
+
+/// Exact-match rate of argmax predictions on answer targets, if the batch has any.
+fn answer_accuracy(logits: &Tensor, batch: &Batch) -> Option<(f64, f64)> {
+    let total = batch.answer.sum(Kind::Int64).int64_value(&[]);
+    if total == 0 {
+        return None;
+    }
+    let hit = logits
+        .argmax(-1, false)
+        .eq_tensor(&batch.targets)
+        .logical_and(&batch.answer);
+    Some((hit.sum(Kind::Int64).int64_value(&[]) as f64, total as f64))
+}
+
+/// A seed for the model's own randomness (Gumbel noise) at (step, micro-batch), so that
+/// a resumed run draws the same noise as an uninterrupted one.
+fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
+    let mut g = crate::util::SplitMix64::for_item(seed ^ 0x5eed, step * 1_000_003 + micro);
+    (g.next_u64() >> 1) as i64
+}
+
+pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+    let world = opts.world.max(1);
+    let device = cfg.device()?;
+    tch::manual_seed(cfg.seed as i64);
+    let mut vs = VarStore::new(device);
+    let mut model = model::build(&vs.root(), &cfg.model)?;
+    let multiple = model.length_multiple();
+    if cfg.seq_len % multiple != 0 {
+        return Err(Error::Config {
+            key: "seq_len".into(),
+            message: format!(
+                "{} is not a multiple of the model's chunk size {multiple}",
+                cfg.seq_len
+            ),
+        });
+    }
+    let mut opt = AdamW::new(&vs);
+    if cfg.precision == Precision::Bf16 {
+        opt.split_bf16(&mut vs);
+    }
+
+    let mut samples = 0u64;
+    let mut tokens = 0u64;
+    if let Some(path) = &opts.resume {
+        let ckpt = checkpoint::resolve(path)?;
+        let state = checkpoint::load(&ckpt, &mut opt, true)?;
+        samples = state.samples;
+        tokens = state.tokens;
+        eprintln!("resumed from {} at step {}", ckpt.display(), state.step);
+    }
+    let start = opt.step;
+
+    let sampler = Sampler::for_training(cfg)?;
+    let eval_sampler = if cfg.log.eval_every > 0 {
+        Some(Sampler::for_eval(cfg)?)
+    } else {
+        None
+    };
+    let writer = opts.rank == 0;
+    let mut metrics = if writer {
+        Some(MetricsFile::open(
+            &cfg.checkpoint.dir.join("metrics.jsonl"),
+        )?)
+    } else {
+        None
+    };
+    let peak = cfg
+        .log
+        .peak_tflops
+        .or(if device.is_cuda() { Some(799.0) } else { None });
+    let flops_per_token = model.flops_per_token(cfg.seq_len);
+    let tokens_per_step = cfg.batch_size as u64 * cfg.grad_accum * world * cfg.seq_len as u64;
+
+    let bar = progress_bar(opts.progress, start, cfg.steps);
+    let mut last_ckpt = None;
+    let mut last_loss = f64::NAN;
+    let mut interrupted = false;
+    let mut window_start = Instant::now();
+    let mut window_tokens = 0u64;
+    let save = |opt: &AdamW, step: u64, samples: u64, tokens: u64| -> Result<Option<PathBuf>> {
+        if !writer {
+            return Ok(None);
+        }
+        let state = State {
+            step,
+            samples,
+            tokens,
+            seed: cfg.seed,
+            lcm_version: env!("CARGO_PKG_VERSION").into(),
+            config: cfg.clone(),
+        };
+        checkpoint::save(&cfg.checkpoint.dir, opt, &state, cfg.checkpoint.keep).map(Some)
+    };
+
+    for step in start..cfg.steps {
+        model.set_step(step);
+        let mut loss_sum = 0.0;
+        let mut answers = (0.0, 0.0);
+        for micro in 0..cfg.grad_accum {
+            tch::manual_seed(step_seed(cfg.seed, step, micro));
+            let range = sample_range(
+                step,
+                micro,
+                cfg.grad_accum,
+                opts.rank,
+                world,
+                cfg.batch_size as u64,
+            );
+            let batch = sampler.batch(range, device);
+            let logits = model.forward(&batch.inputs, true);
+            let loss = lm_loss(&logits, &batch.targets);
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                return Err(diverged(format!("loss is {value}"), step, &last_ckpt));
+            }
+            (loss / cfg.grad_accum as f64).backward();
+            loss_sum += value;
+            if let Some((h, t)) = answer_accuracy(&logits.detach(), &batch) {
+                answers.0 += h;
+                answers.1 += t;
+            }
+        }
+        all_reduce_gradients(&opt, world);
+        let lr = learning_rate(&cfg.optim, step, cfg.steps);
+        let grad_norm = opt
+            .step(&cfg.optim, lr)
+            .map_err(|norm| diverged(format!("gradient norm is {norm}"), step, &last_ckpt))?;
+        opt.zero_grad();
+        samples += cfg.grad_accum * world * cfg.batch_size as u64;
+        tokens += tokens_per_step;
+        window_tokens += tokens_per_step;
+        last_loss = loss_sum / cfg.grad_accum as f64;
+        let done = step + 1;
+
+        if done % cfg.log.every.max(1) == 0 || done == cfg.steps {
+            let secs = window_start.elapsed().as_secs_f64();
+            let tps = window_tokens as f64 / secs.max(1e-9);
+            window_start = Instant::now();
+            window_tokens = 0;
+            let eval_loss = match &eval_sampler {
+                Some(es) if done % cfg.log.eval_every == 0 || done == cfg.steps => {
+                    Some(evaluate(model.as_ref(), es, cfg, device))
+                }
+                _ => None,
+            };
+            let m = Metrics {
+                step: done,
+                loss: last_loss,
+                lr,
+                grad_norm,
+                tokens,
+                tokens_per_s: tps,
+                mfu: peak.map(|p| flops_per_token * tps / (p * 1e12)),
+                peak_memory: None,
+                answer_acc: (answers.1 > 0.0).then(|| answers.0 / answers.1),
+                eval_loss,
+            };
+            let line = format_metrics(&m);
+            match &bar {
+                Some(b) => b.set_message(line),
+                None => eprintln!("step {done}/{} {line}", cfg.steps),
+            }
+            if let Some(f) = metrics.as_mut() {
+                f.write(&m)?;
+            }
+        }
+        if let Some(b) = &bar {
+            b.set_position(done);
+        }
+
+        let stop = opts.stop_after.is_some_and(|s| done >= s);
+        interrupted = opts
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst));
+        let periodic = cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0;
+        if periodic || stop || interrupted || done == cfg.steps {
+            if !opt.all_finite() {
+                return Err(diverged("weights are not finite".into(), step, &last_ckpt));
+            }
+            last_ckpt = save(&opt, done, samples, tokens)?;
+        }
+        if stop || interrupted {
+            break;
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    Ok(TrainSummary {
+        step: opt.step,
+        last_loss,
+        checkpoint: last_ckpt,
+        interrupted,
+    })
+}
+
+/// The error for a run that diverged; the last good checkpoint is never overwritten.
+fn diverged(what: String, step: u64, last: &Option<PathBuf>) -> Error {
+    Error::Invalid(format!(
+        "{what} at step {step}: stopping; the last good checkpoint ({}) is intact. \
+         A lower optim.lr or a smaller optim.grad_clip may help.",
+        last.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none saved yet".into())
+    ))
+}
+
+/// Mean loss over `log.eval_batches` fixed held-out batches, without gradients or noise.
+pub fn evaluate(
+    model: &dyn LanguageModel,
+    sampler: &Sampler,
+    cfg: &TrainConfig,
+    device: tch::Device,
+) -> f64 {
+    tch::no_grad(|| {
+        let b = cfg.batch_size as u64;
+        let losses: Vec<f64> = (0..cfg.log.eval_batches.max(1))
+            .map(|i| {
+                let batch = sampler.batch(i * b..(i + 1) * b, device);
+                lm_loss(&model.forward(&batch.inputs, false), &batch.targets).double_value(&[])
+            })
+            .collect();
+        losses.iter().sum::<f64>() / losses.len() as f64
+    })
+}
+
+fn format_metrics(m: &Metrics) -> String {
+    let mut s = format!(
+        "loss {:.4} lr {:.2e} gnorm {:.3} {:.0} tok/s",
+        m.loss, m.lr, m.grad_norm, m.tokens_per_s
+    );
+    if let Some(mfu) = m.mfu {
+        s += &format!(" mfu {:.1}%", 100.0 * mfu);
+    }
+    if let Some(a) = m.answer_acc {
+        s += &format!(" answer {:.0}%", 100.0 * a);
+    }
+    if let Some(e) = m.eval_loss {
+        s += &format!(" eval {e:.4}");
+    }
+    s
+}
+
+fn progress_bar(wanted: bool, start: u64, total: u64) -> Option<ProgressBar> {
+    if !wanted || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(total).with_position(start);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    Some(bar)
+}

@@ -1,0 +1,270 @@
+//! The trainer on CPU: config errors, sampling, schedule, exact resume, NaN handling, bf16.
+
+use std::path::Path;
+
+use lcm::train::config::{apply_override, TrainConfig};
+use lcm::train::sampler::{sample_range, Sampler, IGNORE};
+use lcm::train::schedule::learning_rate;
+use lcm::train::{checkpoint, train, TrainOptions};
+use serde_json::{json, Value};
+use tch::{Kind, Tensor};
+
+/// A DRT small enough to train a few steps in well under a second, on a random haystack
+/// with passkey rows.
+fn tiny(dir: &Path) -> Value {
+    json!({
+        "model": {
+            "arch": "drt", "vocab_size": 65, "d_model": 32, "n_heads": 2, "d_ff": 64, "window": 16,
+            "drt": { "chunk_size": 7, "landmark_id": 64, "landmark_slot": "zeroed", "topk": 2,
+                     "encoder_layers": 1, "decoder_layers": [1, 1] }
+        },
+        "data": {
+            "random": { "lo": 10, "hi": 64 },
+            "synthetic": { "rate": 0.5, "key_len": 2, "key_lo": 2, "key_hi": 10,
+                           "needle": [1, 1], "question": [0, 0], "min_gap": 20 }
+        },
+        "optim": { "lr": 3e-3, "warmup_steps": 2 },
+        "steps": 6, "batch_size": 2, "seq_len": 56, "device": "cpu", "seed": 7,
+        "checkpoint": { "dir": dir, "every": 0, "keep": 5 },
+        "log": { "every": 1, "eval_every": 3, "eval_batches": 1 }
+    })
+}
+
+fn config(v: Value) -> TrainConfig {
+    TrainConfig::from_json(v).unwrap()
+}
+
+fn weights(ckpt: &Path) -> Vec<(String, Tensor)> {
+    let mut w = Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("optim.lrr", json!(1.0), "optim.lrr"),
+        ("steps", json!(0), "steps"),
+        ("device", json!("gpu"), "device"),
+        ("data.random.hi", json!(1000), "data.random.hi"),
+        (
+            "data.synthetic.min_gap",
+            json!(1000),
+            "data.synthetic.min_gap",
+        ),
+        ("batch_size", json!("four"), "batch_size"),
+    ];
+    for (key, value, named) in cases {
+        let mut v = tiny(dir.path());
+        apply_override(&mut v, &format!("{key}={value}")).unwrap();
+        let err = TrainConfig::from_json(v).unwrap_err().to_string();
+        assert!(
+            err.contains(named),
+            "{key}={value}: error does not name `{named}`: {err}"
+        );
+    }
+    let mut v = tiny(dir.path());
+    v["model"]["drt"]["topk"] = json!(0);
+    let err = TrainConfig::from_json(v).unwrap_err().to_string();
+    assert!(err.contains("model.drt.topk"), "{err}");
+}
+
+#[test]
+fn overrides_parse_json_or_strings() {
+    let mut v = json!({"a": {"b": 1}});
+    apply_override(&mut v, "a.b=2.5").unwrap();
+    apply_override(&mut v, "a.c=[1,2]").unwrap();
+    apply_override(&mut v, "d=runs/x").unwrap();
+    assert_eq!(v, json!({"a": {"b": 2.5, "c": [1, 2]}, "d": "runs/x"}));
+    assert!(
+        apply_override(&mut v, "d.e=1").is_err(),
+        "cannot set inside a string"
+    );
+    assert!(apply_override(&mut v, "novalue").is_err());
+}
+
+#[test]
+fn model_section_can_name_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    std::fs::write(dir.path().join("m.json"), v["model"].to_string()).unwrap();
+    v["model"] = json!("m.json");
+    let path = dir.path().join("train.json");
+    std::fs::write(&path, v.to_string()).unwrap();
+    let c = TrainConfig::load(&path, &["steps=3".into()]).unwrap();
+    assert_eq!(c.steps, 3);
+    assert_eq!(c.model.d_model, 32);
+}
+
+#[test]
+fn samples_are_deterministic_and_ranks_disjoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(tiny(dir.path()));
+    let s = Sampler::for_training(&c).unwrap();
+    assert_eq!(s.sample(5), s.sample(5));
+    assert_ne!(s.sample(5).0, s.sample(6).0);
+    // (step, micro, rank) blocks never overlap.
+    let mut seen = std::collections::HashSet::new();
+    for step in 0..4 {
+        for micro in 0..3 {
+            for rank in 0..2 {
+                for i in sample_range(step, micro, 3, rank, 2, 4) {
+                    assert!(seen.insert(i), "sample {i} used twice");
+                }
+            }
+        }
+    }
+    assert_eq!(seen.len(), 4 * 3 * 2 * 4);
+}
+
+#[test]
+fn passkey_rows_mask_the_needle_and_mark_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["data"]["synthetic"]["rate"] = json!(1.0);
+    let c = config(v);
+    let s = Sampler::for_training(&c).unwrap();
+    for i in 0..50 {
+        let (w, ignore, answer) = s.sample(i);
+        let t = c.seq_len as usize;
+        // The answer is the last key_len targets, the same ids as the key after the needle.
+        assert_eq!(answer.iter().filter(|&&a| a).count(), 2);
+        assert!(answer[t - 2] && answer[t - 1]);
+        let key = &w[t - 1..t + 1];
+        assert_eq!(&w[t - 3..t - 1], &[0, 0], "question precedes the answer");
+        let p = (0..t)
+            .find(|&p| w[p..p + 2] == [1, 1])
+            .expect("needle present");
+        assert_eq!(&w[p + 2..p + 4], key, "needle key equals the answer");
+        assert!(t - 1 - (p + 2) >= 20, "min_gap respected");
+        // Targets predicting the needle's key carry no loss.
+        assert!(ignore[p + 1] && ignore[p + 2] && !ignore[p + 3]);
+    }
+    let b = s.batch(0..3, tch::Device::Cpu);
+    assert_eq!(b.inputs.size(), [3, 56]);
+    let ignored = b.targets.eq(IGNORE).sum(Kind::Int64).int64_value(&[]);
+    assert_eq!(ignored, 3 * 2);
+}
+
+#[test]
+fn schedule_warms_up_then_decays_to_min() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["optim"] = json!({"lr": 1.0, "min_lr": 0.1, "warmup_steps": 4});
+    let o = config(v).optim;
+    assert_eq!(learning_rate(&o, 0, 100), 0.25);
+    assert_eq!(learning_rate(&o, 3, 100), 1.0);
+    assert!((learning_rate(&o, 4, 100) - 1.0).abs() < 1e-12);
+    assert!(
+        (learning_rate(&o, 52, 100) - 0.55).abs() < 1e-12,
+        "midpoint of the cosine"
+    );
+    assert!((learning_rate(&o, 100, 100) - 0.1).abs() < 1e-12);
+}
+
+/// k steps + resume + (n - k) steps gives bit-identical weights and moments to n steps.
+#[test]
+fn resume_is_exact_on_cpu() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let full = train(&config(tiny(a.path())), &TrainOptions::default()).unwrap();
+    let cb = config(tiny(b.path()));
+    let first = train(
+        &cb,
+        &TrainOptions {
+            stop_after: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(first.step, 3);
+    let rest = train(
+        &cb,
+        &TrainOptions {
+            resume: Some(b.path().into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(rest.step, 6);
+    let (pa, pb) = (full.checkpoint.unwrap(), rest.checkpoint.unwrap());
+    let (wa, wb) = (weights(&pa), weights(&pb));
+    assert_eq!(wa.len(), wb.len());
+    for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs after resume");
+    }
+    let ma = Tensor::read_safetensors(pa.join("optim.safetensors")).unwrap();
+    let mb: std::collections::HashMap<_, _> =
+        Tensor::read_safetensors(pb.join("optim.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    for (n, t) in &ma {
+        assert!(t.equal(&mb[n]), "optimizer state {n} differs after resume");
+    }
+    assert_eq!(checkpoint::read_state(&pb).unwrap().samples, 6 * 2);
+    // Training moved the weights and the metrics file has one line a step.
+    let metrics = std::fs::read_to_string(b.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 6);
+    assert!(metrics.lines().last().unwrap().contains("\"eval_loss\""));
+}
+
+#[test]
+fn checkpoints_keep_the_newest_k() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["checkpoint"]["every"] = json!(1);
+    v["checkpoint"]["keep"] = json!(2);
+    train(&config(v), &TrainOptions::default()).unwrap();
+    let names: Vec<String> = checkpoint::list(dir.path())
+        .unwrap()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["step-00000005", "step-00000006"]);
+    assert!(!std::fs::read_dir(dir.path()).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".tmp")));
+}
+
+/// A diverging run stops with an error naming the step and leaves the last good
+/// checkpoint loadable.
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["optim"] = json!({"lr": 1e30, "min_lr": 1e30, "warmup_steps": 0, "grad_clip": 0.0, "weight_decay": 0.0});
+    v["checkpoint"]["every"] = json!(1);
+    let err = train(&config(v), &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at step") && err.contains("intact"), "{err}");
+    let last = checkpoint::resolve(dir.path()).unwrap();
+    let state = checkpoint::read_state(&last).unwrap();
+    assert!(state.step >= 1);
+    let w = weights(&last);
+    assert!(!w.is_empty());
+    assert!(
+        w.iter()
+            .all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1),
+        "the kept checkpoint holds finite weights"
+    );
+}
+
+/// bf16 training runs and keeps fp32 master weights in the checkpoint.
+#[test]
+fn bf16_keeps_fp32_master_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["precision"] = json!("bf16");
+    v["steps"] = json!(3);
+    let s = train(&config(v), &TrainOptions::default()).unwrap();
+    assert!(s.last_loss.is_finite());
+    for (n, t) in weights(&s.checkpoint.unwrap()) {
+        assert_eq!(t.kind(), Kind::Float, "{n}");
+    }
+}
