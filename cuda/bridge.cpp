@@ -2,6 +2,7 @@
 #include "bridge.h"
 
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <cuda_runtime.h>
 
 #include <cstring>
@@ -35,6 +36,17 @@ int lcm_cuda_device_describe(int index, char* buf, int len) {
     snprintf(buf, len, "%s (sm_%d%d, %d SMs, %.1f GiB)", p->name, p->major, p->minor,
              p->multiProcessorCount, p->totalGlobalMem / 1073741824.0);
   });
+}
+
+// Peak bytes allocated through PyTorch's caching allocator on `device` since the start
+// (or the last reset), or -1 on failure.
+int64_t lcm_cuda_peak_allocated(int device) {
+  try {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device);
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  } catch (...) {
+    return -1;
+  }
 }
 
 }  // extern "C"

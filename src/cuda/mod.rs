@@ -46,3 +46,17 @@ pub fn describe_device(index: usize) -> Option<String> {
     let _ = index;
     None
 }
+
+/// Peak bytes allocated on CUDA device `index` by libtorch's caching allocator (the
+/// figure `torch.cuda.max_memory_allocated` reports), when the kernels were built.
+pub fn peak_allocated(index: usize) -> Option<u64> {
+    #[cfg(lcm_cuda)]
+    {
+        let v = unsafe { ffi::lcm_cuda_peak_allocated(index as i32) };
+        if v >= 0 {
+            return Some(v as u64);
+        }
+    }
+    let _ = index;
+    None
+}

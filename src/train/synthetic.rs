@@ -99,11 +99,7 @@ impl PasskeyConfig {
         window[p..p + self.needle.len()].copy_from_slice(&self.needle);
         let k0 = p + self.needle.len();
         window[k0..k0 + self.key_len].copy_from_slice(&key);
-        for t in k0.saturating_sub(1)..k0 + self.key_len - 1 {
-            ignore[t] = true;
-        }
-        for t in ans_start - 1..n - 1 {
-            answer[t] = true;
-        }
+        ignore[k0.saturating_sub(1)..k0 + self.key_len - 1].fill(true);
+        answer[ans_start - 1..n - 1].fill(true);
     }
 }

@@ -212,7 +212,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 tokens,
                 tokens_per_s: tps,
                 mfu: peak.map(|p| flops_per_token * tps / (p * 1e12)),
-                peak_memory: None,
+                peak_memory: match device {
+                    tch::Device::Cuda(i) => crate::cuda::peak_allocated(i),
+                    _ => None,
+                },
                 answer_acc: (answers.1 > 0.0).then(|| answers.0 / answers.1),
                 eval_loss,
             };
