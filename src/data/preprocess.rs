@@ -1,7 +1,7 @@
 //! `lcm preprocess pile`: input shards to a token corpus, in parallel, deterministic.
 //!
 //! One reader thread streams the shards in order (I/O, zstd, line splitting, parquet
-//! decoding) as numbered batches of about 1 MiB; `workers` threads parse the JSON and
+//! decoding) as numbered batches of about 256 KiB; `workers` threads parse the JSON and
 //! tokenise; the calling thread writes the results back in batch order. The output is
 //! therefore the same bytes whatever the number of workers, and those of GPT-NeoX's
 //! `preprocess_data.py --append-eod` for the same documents and tokenizer. A fixed number

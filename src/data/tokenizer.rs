@@ -18,7 +18,7 @@ pub const DEFAULT_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Documents with more pieces than this are encoded with their pieces in parallel (rayon),
 /// so that one huge document does not leave the other cores idle.
-const PARALLEL_PIECES: usize = 8;
+const PARALLEL_PIECES: usize = 2;
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
