@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
     name = "lcm",
     version,
     about = "Pretrain and evaluate long-context LMs with retrieval attention (GCA/DRT, HSA)",
-    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train\n  lcm pretrain --config configs/drt-tiny.json"
+    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train\n  lcm pretrain --config configs/drt-tiny.json\n  lcm plot runs/drt-tiny/metrics.jsonl"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,6 +31,8 @@ enum Command {
     Corpus(cli::corpus::Command),
     /// Train a model (drt, swa_hsa, swa, dense) from a JSON config.
     Pretrain(cli::pretrain::Args),
+    /// Draw the loss curve of a training run's metrics.jsonl as a PNG.
+    Plot(cli::plot::Args),
 }
 
 fn main() {
@@ -41,6 +43,7 @@ fn main() {
         Command::Preprocess(cmd) => cli::preprocess::run(cmd),
         Command::Corpus(cmd) => cli::corpus::run(cmd),
         Command::Pretrain(args) => cli::pretrain::run(args),
+        Command::Plot(args) => cli::plot::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

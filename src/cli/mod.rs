@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod corpus;
 pub mod info;
+pub mod plot;
 pub mod preprocess;
 pub mod pretrain;

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod optim;
+pub mod plot;
 pub mod sampler;
 pub mod schedule;
 pub mod synthetic;

@@ -1,0 +1,123 @@
+//! `lcm plot`: the loss curve of a metrics file as a PNG.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Fonts tried for the labels, in order (`LCM_FONT` first); DejaVu ships with most Linux
+/// distributions.
+const FONTS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+fn register_font() -> Result<()> {
+    let candidates: Vec<PathBuf> = std::env::var_os("LCM_FONT")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(FONTS.iter().map(PathBuf::from))
+        .collect();
+    for p in &candidates {
+        if let Ok(bytes) = std::fs::read(p) {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+    Err(Error::Invalid(format!(
+        "no TrueType font for the labels (tried {}); set LCM_FONT to a .ttf file",
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+/// Training loss (and eval loss, where recorded) by step, from a metrics.jsonl file.
+pub struct Curves {
+    pub train: Vec<(f64, f64)>,
+    pub eval: Vec<(f64, f64)>,
+}
+
+pub fn read_metrics(path: &Path) -> Result<Curves> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut c = Curves {
+        train: vec![],
+        eval: vec![],
+    };
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::Invalid(format!("{}:{}: not JSON: {e}", path.display(), i + 1)))?;
+        let num = |k: &str| v.get(k).and_then(|x| x.as_f64());
+        let step = num("step")
+            .ok_or_else(|| Error::Invalid(format!("{}:{}: no `step`", path.display(), i + 1)))?;
+        if let Some(l) = num("loss") {
+            c.train.push((step, l));
+        }
+        if let Some(l) = num("eval_loss") {
+            c.eval.push((step, l));
+        }
+    }
+    if c.train.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no loss values to plot",
+            path.display()
+        )));
+    }
+    Ok(c)
+}
+
+/// Draws the curves into `out` (PNG), through a temporary file and a rename.
+pub fn plot_loss(c: &Curves, title: &str, out: &Path) -> Result<()> {
+    register_font()?;
+    let tmp = out.with_extension("tmp.png");
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(&tmp, (900, 540)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let all = c.train.iter().chain(&c.eval);
+        let (x0, x1) = all
+            .clone()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (y0, y1) = all.fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let pad = ((y1 - y0) * 0.05).max(1e-3);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss (nats/token)")
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new(c.train.iter().copied(), &BLUE))?
+            .label("train")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        if !c.eval.is_empty() {
+            chart
+                .draw_series(LineSeries::new(c.eval.iter().copied(), RED.stroke_width(2)))?
+                .label("eval")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| Error::Invalid(format!("{}: {e}", out.display())))?;
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+}

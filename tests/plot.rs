@@ -1,0 +1,43 @@
+//! `lcm plot`: a PNG from a metrics file; clear errors for files it cannot use.
+
+use lcm::train::plot::{plot_loss, read_metrics};
+
+#[test]
+fn draws_a_png_from_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("metrics.jsonl");
+    let lines: Vec<String> = (1..=20)
+        .map(|s| {
+            format!(
+                "{{\"step\":{s},\"loss\":{},\"eval_loss\":{}}}",
+                5.0 / s as f64,
+                if s % 5 == 0 { "4.0" } else { "null" }
+            )
+        })
+        .collect();
+    std::fs::write(&m, lines.join("\n")).unwrap();
+    let c = read_metrics(&m).unwrap();
+    assert_eq!((c.train.len(), c.eval.len()), (20, 4));
+    let out = dir.path().join("loss.png");
+    plot_loss(&c, "test", &out).unwrap();
+    let png = std::fs::read(&out).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(
+        png.len() > 5_000,
+        "an image with content, got {} bytes",
+        png.len()
+    );
+    assert!(!dir.path().join("loss.tmp.png").exists());
+}
+
+#[test]
+fn bad_metrics_name_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("metrics.jsonl");
+    std::fs::write(&m, "{\"step\":1,\"loss\":2.0}\nnot json\n").unwrap();
+    let err = read_metrics(&m).err().unwrap().to_string();
+    assert!(err.contains("metrics.jsonl:2"), "{err}");
+    std::fs::write(&m, "").unwrap();
+    let err = read_metrics(&m).err().unwrap().to_string();
+    assert!(err.contains("no loss values"), "{err}");
+}
