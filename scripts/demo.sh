@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on small bundled data, on any machine (CPU is enough):
-# set-up, build, then each stage of the pipeline in order.
+# set-up, build, a real-text sample of the Pile, preprocessing, a short DRT training run,
+# and its loss curve. Re-running skips what is already done (set-up, sample, corpus).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -11,3 +12,25 @@ lcm=target/release/lcm
 
 echo "[demo] lcm info"
 $lcm info
+
+echo "[demo] a real-text sample in the Pile's format (data/sample-pile)"
+scripts/make-sample-pile.sh
+
+mkdir -p data/tokens
+for split in train val; do
+  input=data/sample-pile/$split
+  [ -d "$input" ] || input=data/sample-pile/$split.jsonl.zst
+  if [ -f data/tokens/sample_$split.idx ]; then
+    echo "[demo] corpus data/tokens/sample_$split present"
+  else
+    echo "[demo] lcm preprocess pile --input $input --output data/tokens/sample_$split"
+    $lcm preprocess pile --input "$input" --output "data/tokens/sample_$split"
+  fi
+done
+$lcm corpus stats data/tokens/sample_train
+
+echo "[demo] lcm pretrain --config configs/drt-tiny.json (CPU, a minute or two)"
+rm -rf runs/drt-tiny
+$lcm pretrain --config configs/drt-tiny.json
+$lcm plot runs/drt-tiny/metrics.jsonl
+echo "[demo] done: checkpoints and loss.png in runs/drt-tiny"
