@@ -268,3 +268,99 @@ fn bf16_keeps_fp32_master_weights() {
         assert_eq!(t.kind(), Kind::Float, "{n}");
     }
 }
+
+/// Parses planted facts `needle name value` back out of a window (needle = [1, 1]).
+fn facts(w: &[u32], key_len: usize) -> Vec<(Vec<u32>, Vec<u32>, usize)> {
+    (0..w.len() - 2 - 2 * key_len)
+        .filter(|&p| w[p..p + 2] == [1, 1])
+        .map(|p| {
+            (
+                w[p + 2..p + 2 + key_len].to_vec(),
+                w[p + 2 + key_len..p + 2 + 2 * key_len].to_vec(),
+                p,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn multi_key_rows_ask_one_of_several_needles() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["data"]["synthetic"]["task"] = json!("multi_key");
+    v["data"]["synthetic"]["n_keys"] = json!(3);
+    v["data"]["synthetic"]["rate"] = json!(1.0);
+    let c = config(v);
+    let s = Sampler::for_training(&c).unwrap();
+    let t = c.seq_len as usize;
+    for i in 0..50 {
+        let (w, ignore, answer) = s.sample(i);
+        let f = facts(&w, 2);
+        assert_eq!(f.len(), 3, "three needles in sample {i}");
+        let asked = &w[t - 3..t - 1];
+        let key = &w[t - 1..t + 1];
+        assert_eq!(&w[t - 5..t - 3], &[0, 0], "question, then the asked name");
+        let hit: Vec<_> = f
+            .iter()
+            .filter(|(name, _, _)| name.as_slice() == asked)
+            .collect();
+        assert_eq!(hit.len(), 1, "the asked name is planted once");
+        assert_eq!(hit[0].1, key, "the answer is the asked needle's key");
+        for (_, _, p) in &f {
+            assert!(
+                (p + 1..p + 5).all(|j| ignore[j]),
+                "names and keys carry no loss"
+            );
+            assert!(t - 1 - (p + 6) >= 20, "min_gap respected");
+        }
+        assert!(answer[t - 2] && answer[t - 1]);
+    }
+}
+
+#[test]
+fn multi_hop_rows_chain_to_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["seq_len"] = json!(112);
+    v["data"]["synthetic"]["task"] = json!("multi_hop");
+    v["data"]["synthetic"]["n_keys"] = json!(3);
+    v["data"]["synthetic"]["rate"] = json!(1.0);
+    let c = config(v);
+    let s = Sampler::for_training(&c).unwrap();
+    let t = c.seq_len as usize;
+    for i in 0..50 {
+        let (w, _, _) = s.sample(i);
+        let f = facts(&w, 2);
+        assert_eq!(f.len(), 3);
+        // Follow the chain from the asked name to the key, each hop to an earlier fact.
+        let mut name = w[t - 3..t - 1].to_vec();
+        let mut pos = usize::MAX;
+        for _ in 0..3 {
+            let (_, value, p) = f
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .expect("each hop is planted")
+                .clone();
+            assert!(p < pos, "hops appear in order");
+            pos = p;
+            name = value;
+        }
+        assert_eq!(name, &w[t - 1..t + 1], "three hops end at the answer");
+    }
+}
+
+#[test]
+fn synthetic_task_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["data"]["synthetic"]["n_keys"] = json!(2);
+    let err = TrainConfig::from_json(v).unwrap_err().to_string();
+    assert!(err.contains("data.synthetic.n_keys"), "{err}");
+    let mut v = tiny(dir.path());
+    v["data"]["synthetic"]["task"] = json!("haystack");
+    let err = TrainConfig::from_json(v).unwrap_err().to_string();
+    assert!(
+        err.contains("data.synthetic.task") && err.contains("multi_key"),
+        "{err}"
+    );
+}

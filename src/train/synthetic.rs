@@ -7,26 +7,50 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::util::SplitMix64;
 
-/// A passkey row: `... needle key ... question key` where `key` is `key_len` random ids.
-/// Ids are given directly (tokenised phrases for a real vocabulary, arbitrary ids for a
-/// toy one), so this works with any tokenizer.
+/// Which retrieval task a synthetic row poses (seed-report 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// One needle `needle key`; the answer is the key.
+    #[default]
+    Passkey,
+    /// `n_keys` needles `needle name_i key_i` (RULER's multi-key NIAH); the question names
+    /// one of them and the answer is its key.
+    MultiKey,
+    /// A chain `needle name_1 key`, `needle name_2 name_1`, ..., in order; the question asks
+    /// for `name_n` and the answer is the key at the end of `n_keys` hops.
+    MultiHop,
+}
+
+/// A synthetic retrieval row: needles planted in the window and a question at its end,
+/// answered by `key_len` random ids. Ids are given directly (tokenised phrases for a real
+/// vocabulary, arbitrary ids for a toy one), so this works with any tokenizer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PasskeyConfig {
-    /// Fraction of training windows that get a needle.
+    #[serde(default)]
+    pub task: Task,
+    /// Needles (multi_key) or hops (multi_hop); 1 for passkey.
+    #[serde(default = "one")]
+    pub n_keys: usize,
+    /// Fraction of training windows that get a synthetic row.
     pub rate: f64,
-    /// Tokens in the key.
+    /// Tokens in each key and each name.
     pub key_len: usize,
-    /// Key ids are drawn uniformly from [key_lo, key_hi).
+    /// Key and name ids are drawn uniformly from [key_lo, key_hi).
     pub key_lo: u32,
     pub key_hi: u32,
-    /// Ids placed just before the key in the haystack ("The pass key is").
+    /// Ids placed before each planted fact ("The pass key is").
     pub needle: Vec<u32>,
     /// Ids placed before the answer at the end ("What is the pass key? The pass key is").
     pub question: Vec<u32>,
-    /// The key sits at least this many tokens before the answer (e.g. past the window).
+    /// Every fact sits at least this many tokens before the answer (e.g. past the window).
     #[serde(default)]
     pub min_gap: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn bad(key: &str, msg: impl Into<String>) -> Error {
@@ -47,6 +71,19 @@ impl PasskeyConfig {
         if self.key_lo >= self.key_hi || self.key_hi as i64 > vocab {
             return Err(bad("key_hi", "need key_lo < key_hi <= model.vocab_size"));
         }
+        if self.n_keys == 0 || (self.task == Task::Passkey && self.n_keys != 1) {
+            return Err(bad(
+                "n_keys",
+                "must be 1 for passkey and at least 1 otherwise",
+            ));
+        }
+        let distinct = ((self.key_hi - self.key_lo) as f64).powi(self.key_len as i32);
+        if (self.n_keys as f64) > distinct / 2.0 {
+            return Err(bad(
+                "n_keys",
+                format!("too many for {distinct} possible names"),
+            ));
+        }
         if let Some(&id) = self
             .needle
             .iter()
@@ -59,7 +96,7 @@ impl PasskeyConfig {
             return Err(bad(
                 "min_gap",
                 format!(
-                    "needle, question, two keys and min_gap need {} tokens, more than seq_len = {seq_len}",
+                    "the facts, question, answer and min_gap need {} tokens, more than seq_len = {seq_len}",
                     self.row_len() + self.min_gap
                 ),
             ));
@@ -67,13 +104,47 @@ impl PasskeyConfig {
         Ok(())
     }
 
-    fn row_len(&self) -> usize {
-        self.needle.len() + self.question.len() + 2 * self.key_len
+    /// Tokens of one planted fact.
+    fn fact_len(&self) -> usize {
+        self.needle.len()
+            + match self.task {
+                Task::Passkey => self.key_len,
+                Task::MultiKey | Task::MultiHop => 2 * self.key_len,
+            }
     }
 
-    /// Writes a needle into `window` (seq_len + 1 tokens, inputs then the last target) and
-    /// marks targets: `ignore[t]` for the key inside the haystack (unpredictable), and
-    /// `answer[t]` for the key at the end. Target t predicts window[t + 1].
+    /// Tokens of every fact, the question (with its name) and the answer.
+    fn row_len(&self) -> usize {
+        let facts = self.fact_len() * self.n_keys;
+        let asked = if self.task == Task::Passkey {
+            0
+        } else {
+            self.key_len
+        };
+        facts + self.question.len() + asked + self.key_len
+    }
+
+    fn random_key(&self, rng: &mut SplitMix64) -> Vec<u32> {
+        (0..self.key_len)
+            .map(|_| self.key_lo + rng.below((self.key_hi - self.key_lo) as u64) as u32)
+            .collect()
+    }
+
+    /// `n` random keys, pairwise different (so a question has one answer).
+    fn distinct_keys(&self, n: usize, rng: &mut SplitMix64) -> Vec<Vec<u32>> {
+        let mut keys: Vec<Vec<u32>> = Vec::with_capacity(n);
+        while keys.len() < n {
+            let k = self.random_key(rng);
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        keys
+    }
+
+    /// Writes a row into `window` (seq_len + 1 tokens, inputs then the last target) and
+    /// marks targets: `ignore[t]` for names and keys inside the haystack (unpredictable),
+    /// `answer[t]` for the answer at the end. Target t predicts window[t + 1].
     pub fn insert(
         &self,
         window: &mut [u32],
@@ -82,24 +153,59 @@ impl PasskeyConfig {
         rng: &mut SplitMix64,
     ) {
         let n = window.len();
-        let key: Vec<u32> = (0..self.key_len)
-            .map(|_| self.key_lo + rng.below((self.key_hi - self.key_lo) as u64) as u32)
-            .collect();
-        // The answer ends the window; the question sits right before it.
+        // Facts: (tokens, the range within them that cannot be predicted).
+        let (facts, asked, key): (Vec<Vec<u32>>, Vec<u32>, Vec<u32>) = match self.task {
+            Task::Passkey => {
+                let key = self.random_key(rng);
+                (vec![[self.needle.as_slice(), &key].concat()], vec![], key)
+            }
+            Task::MultiKey => {
+                let names = self.distinct_keys(self.n_keys, rng);
+                let keys: Vec<Vec<u32>> = (0..self.n_keys).map(|_| self.random_key(rng)).collect();
+                let facts = names
+                    .iter()
+                    .zip(&keys)
+                    .map(|(nm, k)| [self.needle.as_slice(), nm, k].concat())
+                    .collect();
+                let j = rng.below(self.n_keys as u64) as usize;
+                (facts, names[j].clone(), keys[j].clone())
+            }
+            Task::MultiHop => {
+                // name_0 holds the key; name_i holds name_{i-1}; the question asks name_last.
+                let names = self.distinct_keys(self.n_keys, rng);
+                let key = self.random_key(rng);
+                let facts = (0..self.n_keys)
+                    .map(|i| {
+                        let value = if i == 0 { &key } else { &names[i - 1] };
+                        [self.needle.as_slice(), &names[i], value].concat()
+                    })
+                    .collect();
+                (facts, names[self.n_keys - 1].clone(), key)
+            }
+        };
+        // The end of the window: question, the asked name (if any), the answer.
         let ans_start = n - self.key_len;
-        let q_start = ans_start - self.question.len();
-        window[q_start..ans_start].copy_from_slice(&self.question);
+        let q_start = ans_start - asked.len() - self.question.len();
+        window[q_start..q_start + self.question.len()].copy_from_slice(&self.question);
+        window[q_start + self.question.len()..ans_start].copy_from_slice(&asked);
         window[ans_start..].copy_from_slice(&key);
-        // The needle anywhere that leaves min_gap tokens between its key and the answer.
-        let needle_len = self.needle.len() + self.key_len;
-        let last = ans_start
-            .saturating_sub(self.min_gap + needle_len)
-            .min(q_start - needle_len);
-        let p = rng.below(last as u64 + 1) as usize;
-        window[p..p + self.needle.len()].copy_from_slice(&self.needle);
-        let k0 = p + self.needle.len();
-        window[k0..k0 + self.key_len].copy_from_slice(&key);
-        ignore[k0.saturating_sub(1)..k0 + self.key_len - 1].fill(true);
         answer[ans_start - 1..n - 1].fill(true);
+        // Facts in order at random non-overlapping places, all ending min_gap before the
+        // answer: draw the free space before each fact, sorted.
+        let total: usize = facts.iter().map(Vec::len).sum();
+        let limit = ans_start.saturating_sub(self.min_gap).min(q_start);
+        let free = limit - total;
+        let mut gaps: Vec<usize> = (0..facts.len())
+            .map(|_| rng.below(free as u64 + 1) as usize)
+            .collect();
+        gaps.sort_unstable();
+        let mut used = 0;
+        for (fact, gap) in facts.iter().zip(gaps) {
+            let p = gap + used;
+            window[p..p + fact.len()].copy_from_slice(fact);
+            let secret = p + self.needle.len();
+            ignore[secret.saturating_sub(1)..p + fact.len() - 1].fill(true);
+            used += fact.len();
+        }
     }
 }
