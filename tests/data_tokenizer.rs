@@ -102,3 +102,86 @@ proptest! {
         prop_assert_eq!(pieces, whole, "text {:?}", text);
     }
 }
+
+/// The NeoX tokenizer with its ASCII fast path and no pieces.
+fn fast_only() -> &'static Tokenizer {
+    static TOK: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
+    TOK.get_or_init(|| {
+        let path = lcm::info::default_tokenizer_path();
+        assert!(
+            path.is_file(),
+            "tokenizer missing at {}: run scripts/setup.sh",
+            path.display()
+        );
+        let mut t = Tokenizer::load(&path, "<|endoftext|>").unwrap();
+        assert!(
+            t.has_fast_path(),
+            "the NeoX tokenizer qualifies for the fast path"
+        );
+        t.set_chunk_bytes(0);
+        t
+    })
+}
+
+fn reference(text: &str) -> Vec<u32> {
+    tokenizer()
+        .inner()
+        .encode(text, true)
+        .unwrap()
+        .get_ids()
+        .to_vec()
+}
+
+#[test]
+fn fast_path_matches_tokenizers_on_the_sample_pile() {
+    use rayon::prelude::*;
+    let shards: Vec<_> = ["val.jsonl.zst", "test.jsonl.zst", "train/00.jsonl.zst"]
+        .iter()
+        .map(|s| data_util::sample_shard(s))
+        .collect();
+    let texts = lcm::bench::tokenizer::load_texts(&shards).unwrap();
+    let t = fast_only();
+    let ascii = texts.iter().filter(|s| s.is_ascii()).count();
+    assert!(ascii > texts.len() / 3, "{ascii} of {} ASCII", texts.len());
+    texts.par_iter().enumerate().for_each(|(i, text)| {
+        let mut got = vec![];
+        t.encode_into(text, &mut got).unwrap();
+        assert!(got == reference(text), "document {i} differs");
+    });
+}
+
+fn ascii_fragment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("word".to_string()),
+        Just("Word".to_string()),
+        (1usize..30).prop_map(|n| " ".repeat(n)),
+        Just("\n".to_string()),
+        Just("\r\n".to_string()),
+        Just("\t".to_string()),
+        Just(" \n ".to_string()),
+        Just("'s".to_string()),
+        Just("'ll".to_string()),
+        Just("'re".to_string()),
+        Just("'".to_string()),
+        Just("don't".to_string()),
+        Just("123".to_string()),
+        Just("...".to_string()),
+        Just("<|endoftext|>".to_string()),
+        Just("<|padding|>".to_string()),
+        Just("<|".to_string()),
+        "[\\x00-\\x7f]{1,6}",
+        "[a-z0-9 .,;!?'\n\t-]{1,12}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn fast_path_equals_tokenizers(parts in prop::collection::vec(ascii_fragment(), 0..40)) {
+        let text: String = parts.concat();
+        let mut got = vec![];
+        fast_only().encode_into(&text, &mut got).unwrap();
+        prop_assert_eq!(got, reference(&text), "text {:?}", text);
+    }
+}

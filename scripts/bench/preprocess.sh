@@ -70,14 +70,16 @@ def run(cmd):
 # Interleaved (alone, lcm, python, alone, lcm, ...), so that whatever else the machine
 # does falls on all three alike; medians over the repeats.
 import re
-alone_s, lcm_wall, lcm_main, lcm_pipe, py_times = [], [], [], [], []
+alone_s, fast_s, lcm_wall, lcm_main, lcm_pipe, py_times = [], [], [], [], [], []
 script = os.path.join(os.path.dirname(os.path.abspath(lcm)), "../../scripts/bench/neox_preprocess.py")
 for r in range(repeats):
     _, o = run([lcm, "bench", "tokenizer", "--input", shard, "--tokenizer", tok, "--threads", str(workers),
                 "--repeats", "1", "--json", f"{out}/tokenizer.json"])
-    alone = json.load(open(f"{out}/tokenizer.json"))
+    alone, fast = [json.loads(l) for l in open(f"{out}/tokenizer.json")]
     alone_s.append(alone["seconds"])
-    print(f"[{r}] {o.strip()}", flush=True)
+    fast_s.append(fast["seconds"])
+    for l in o.strip().splitlines():
+        print(f"[{r}] {l}", flush=True)
     dt, o = run([lcm, "preprocess", "pile", "--input", shard, "--output", f"{out}/lcm", "--tokenizer", tok,
                  "--workers", str(workers), "--force"])
     m = re.search(r"in ([\d.]+) s: .* over the ([\d.]+) s after", o)
@@ -91,6 +93,7 @@ summary = json.load(open(f"{out}/lcm.json"))
 tokens = summary["tokens"]
 py_tokens = json.loads(o)["tokens"]
 alone_tps = alone["tokens"] / statistics.median(alone_s)
+fast_tps = fast["tokens"] / statistics.median(fast_s)
 same = all(filecmp.cmp(f"{out}/lcm{e}", f"{out}/neox_text_document{e}", shallow=False) for e in (".bin", ".idx"))
 med = statistics.median
 lcm_s, py_s = med(lcm_wall), med(py_times)
@@ -105,6 +108,8 @@ res = {
     "workers": workers,
     "tokenizer_alone_seconds": alone_s,
     "tokenizer_alone_tokens_per_s": alone_tps,
+    "lcm_encoder_alone_seconds": fast_s,
+    "lcm_encoder_alone_tokens_per_s": fast_tps,
     "lcm_wall_seconds": lcm_wall,
     "lcm_after_startup_seconds": lcm_main,
     "lcm_pipeline_seconds": lcm_pipe,
@@ -116,15 +121,18 @@ res = {
     "identical_bytes": same,
 }
 res["lcm_vs_tokenizer_alone"] = {k: res[f"lcm_tokens_per_s_{k}"] / alone_tps for k in ("wall", "after_startup", "pipeline")}
+res["lcm_vs_lcm_encoder_alone"] = {k: res[f"lcm_tokens_per_s_{k}"] / fast_tps for k in ("wall", "after_startup", "pipeline")}
 res["lcm_vs_python_wall"] = res["lcm_tokens_per_s_wall"] / res["python_tokens_per_s_wall"]
 json.dump(res, open(f"{out}/results.json", "w"), indent=2)
-v = res["lcm_vs_tokenizer_alone"]
+v, w = res["lcm_vs_tokenizer_alone"], res["lcm_vs_lcm_encoder_alone"]
 print(f"""
 shard {shard}: {res['documents']} documents, {res['text_mb']:.1f} MB of text, {tokens} tokens (EOD included), {workers} workers, median of {repeats}
-  tokenizer alone (lcm bench tokenizer, texts in memory)   {alone_tps:>10,.0f} tokens/s  {med(alone_s):6.2f} s
-  lcm preprocess pile, pipeline (after tokenizer load)     {rate(lcm_pipe):>10,.0f} tokens/s  {med(lcm_pipe):6.2f} s  {v['pipeline']:6.1%} of alone
-  lcm preprocess pile, from main() (+ tokenizer load)      {rate(lcm_main):>10,.0f} tokens/s  {med(lcm_main):6.2f} s  {v['after_startup']:6.1%} of alone
-  lcm preprocess pile, process wall (+ libtorch start-up)  {rate(lcm_wall):>10,.0f} tokens/s  {lcm_s:6.2f} s  {v['wall']:6.1%} of alone
+                                                                                    vs tokenizers  vs lcm encoder
+  tokenizer alone: tokenizers encode_fast, texts in memory {alone_tps:>10,.0f} tokens/s  {med(alone_s):6.2f} s
+  tokenizer alone: lcm encoder (ASCII fast path)           {fast_tps:>10,.0f} tokens/s  {med(fast_s):6.2f} s
+  lcm preprocess pile, pipeline (after tokenizer load)     {rate(lcm_pipe):>10,.0f} tokens/s  {med(lcm_pipe):6.2f} s  {v['pipeline']:6.1%}  {w['pipeline']:6.1%}
+  lcm preprocess pile, from main() (+ tokenizer load)      {rate(lcm_main):>10,.0f} tokens/s  {med(lcm_main):6.2f} s  {v['after_startup']:6.1%}  {w['after_startup']:6.1%}
+  lcm preprocess pile, process wall (+ libtorch start-up)  {rate(lcm_wall):>10,.0f} tokens/s  {lcm_s:6.2f} s  {v['wall']:6.1%}  {w['wall']:6.1%}
   GPT-NeoX way in Python, process wall                     {res['python_tokens_per_s_wall']:>10,.0f} tokens/s  {py_s:6.2f} s
   lcm / Python (process wall both) = {res['lcm_vs_python_wall']:.2f}x (target >= 1.5x); targets: >= 90% of alone
   .bin/.idx identical to Python's: {same}""")

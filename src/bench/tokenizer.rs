@@ -43,8 +43,20 @@ pub fn load_texts(paths: &[PathBuf]) -> Result<Vec<String>> {
     Ok(texts)
 }
 
+/// Which encoder to time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoder {
+    /// `tokenizers`' own `Tokenizer::encode_fast`, one call a document.
+    Tokenizers,
+    /// What `lcm preprocess` runs: the exact ASCII fast path, long documents in pieces
+    /// ([`crate::data::Tokenizer::encode_doc`]).
+    Lcm,
+}
+
 #[derive(Debug, serde::Serialize)]
 pub struct TokenizerReport {
+    pub encoder: Encoder,
     pub threads: usize,
     pub documents: usize,
     pub text_bytes: u64,
@@ -60,7 +72,11 @@ impl std::fmt::Display for TokenizerReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "tokenizer alone, {} threads: {} documents, {:.1} MB, {} tokens in {:.3} s = {:.0} tokens/s ({:.2} MB/s)",
+            "tokenizer alone ({}), {} threads: {} documents, {:.1} MB, {} tokens in {:.3} s = {:.0} tokens/s ({:.2} MB/s)",
+            match self.encoder {
+                Encoder::Tokenizers => "tokenizers encode_fast",
+                Encoder::Lcm => "lcm encoder",
+            },
             self.threads,
             self.documents,
             self.text_bytes as f64 / 1e6,
@@ -72,11 +88,12 @@ impl std::fmt::Display for TokenizerReport {
     }
 }
 
-/// Encodes every text with `Tokenizer::encode_fast` (one call a document, dynamic load
-/// balancing over `threads` rayon threads), `repeats` times; reports the median.
+/// Encodes every text (one call a document, dynamic load balancing over `threads` rayon
+/// threads), `repeats` times; reports the median.
 pub fn run(
     tok: &Tokenizer,
     texts: &[String],
+    encoder: Encoder,
     threads: usize,
     repeats: usize,
 ) -> Result<TokenizerReport> {
@@ -93,10 +110,12 @@ pub fn run(
             .install(|| {
                 texts
                     .par_iter()
-                    .map(|s| {
-                        inner
+                    .map(|s| match encoder {
+                        Encoder::Tokenizers => inner
                             .encode_fast(s.as_str(), true)
                             .map(|e| e.len() as u64 + 1)
+                            .map_err(|e| e.to_string()),
+                        Encoder::Lcm => tok.encode_doc(s).map(|ids| ids.len() as u64),
                     })
                     .try_reduce(|| 0, |a, b| Ok(a + b))
             })
@@ -107,6 +126,7 @@ pub fn run(
     let seconds = samples[samples.len() / 2];
     let text_bytes = texts.iter().map(|s| s.len() as u64).sum();
     Ok(TokenizerReport {
+        encoder,
         threads,
         documents: texts.len(),
         text_bytes,

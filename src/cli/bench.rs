@@ -9,8 +9,9 @@ pub enum Command {
         after_help = "Example:\n  lcm bench rmsnorm --device cuda --rows 262144 --dim 768 --dtype bf16"
     )]
     Rmsnorm(RmsNormArgs),
-    /// The tokenizer alone on all cores (in-memory texts, no I/O): the ceiling for
-    /// `lcm preprocess pile` on the same input.
+    /// The tokenizer alone on all cores (in-memory texts, no I/O): `tokenizers`' own
+    /// encode_fast, then lcm's encoder (its exact ASCII fast path), which is the ceiling
+    /// for `lcm preprocess pile` on the same input.
     #[command(
         after_help = "Example:\n  lcm bench tokenizer --input data/sample-pile/train/00.jsonl.zst --repeats 3"
     )]
@@ -31,7 +32,7 @@ pub struct TokenizerArgs {
     /// Timed passes over the texts; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// Write the result as JSON to this file too.
+    /// Write the results as JSON lines to this file too.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
@@ -88,10 +89,15 @@ pub fn run(cmd: Command) -> Result<()> {
             let threads = a
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let r = lcm::bench::tokenizer::run(&tok, &texts, threads, a.repeats)?;
-            println!("{r}");
+            use lcm::bench::tokenizer::{run, Encoder};
+            let mut lines = String::new();
+            for enc in [Encoder::Tokenizers, Encoder::Lcm] {
+                let r = run(&tok, &texts, enc, threads, a.repeats)?;
+                println!("{r}");
+                lines += &(serde_json::to_string(&r)? + "\n");
+            }
             if let Some(path) = a.json {
-                lcm::util::write_atomic(&path, (serde_json::to_string(&r)? + "\n").as_bytes())?;
+                lcm::util::write_atomic(&path, lines.as_bytes())?;
             }
             Ok(())
         }

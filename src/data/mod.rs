@@ -2,6 +2,7 @@
 //! shard readers (jsonl, jsonl.zst, parquet), the tokenizer, and the preprocessing
 //! pipeline behind `lcm preprocess pile`.
 
+pub mod fast;
 pub mod indexed;
 pub mod inputs;
 pub mod preprocess;

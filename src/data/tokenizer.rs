@@ -29,6 +29,8 @@ pub struct Tokenizer {
     vocab_size: usize,
     chunk_safe: bool,
     chunk_bytes: usize,
+    fast: Option<crate::data::fast::FastPath>,
+    use_fast: bool,
 }
 
 impl Tokenizer {
@@ -53,7 +55,6 @@ impl Tokenizer {
         })?;
         let vocab_size = inner.get_vocab_size(true);
         Ok(Tokenizer {
-            inner,
             path: path.to_path_buf(),
             sha256: format!("{:x}", Sha256::digest(&bytes)),
             eod,
@@ -61,6 +62,9 @@ impl Tokenizer {
             vocab_size,
             chunk_safe: chunk_safe(&json),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            fast: crate::data::fast::FastPath::new(&json, &inner),
+            use_fast: true,
+            inner,
         })
     }
 
@@ -101,6 +105,16 @@ impl Tokenizer {
     /// [`Tokenizer::chunk_safe`] holds.
     pub fn set_chunk_bytes(&mut self, n: usize) {
         self.chunk_bytes = n;
+    }
+
+    /// Whether this tokenizer has the exact ASCII fast path ([`crate::data::fast`]).
+    pub fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Turns the fast path off (every text through `tokenizers`' own `encode`) or on.
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.use_fast = on;
     }
 
     pub fn inner(&self) -> &tokenizers::Tokenizer {
@@ -150,6 +164,13 @@ impl Tokenizer {
     }
 
     fn encode_piece(&self, text: &str, out: &mut Vec<u32>) -> std::result::Result<(), String> {
+        if let Some(fast) = self
+            .fast
+            .as_ref()
+            .filter(|f| self.use_fast && f.applies(text))
+        {
+            return fast.encode(self.inner.get_model(), text, out);
+        }
         let enc = self
             .inner
             .encode_fast(text, true)
