@@ -364,3 +364,32 @@ fn synthetic_task_errors_name_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn variable_tracking_rows_answer_every_name_holding_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["seq_len"] = json!(112);
+    v["data"]["synthetic"]["task"] = json!("variable_tracking");
+    v["data"]["synthetic"]["n_keys"] = json!(3);
+    v["data"]["synthetic"]["rate"] = json!(1.0);
+    let c = config(v);
+    let s = Sampler::for_training(&c).unwrap();
+    let t = c.seq_len as usize;
+    for i in 0..50 {
+        let (w, _, answer) = s.sample(i);
+        let mut f = facts(&w, 2);
+        f.sort_by_key(|x| x.2);
+        assert_eq!(f.len(), 3);
+        // The question gives the key; the answer lists the chain's names in order.
+        let answer_ids = &w[t + 1 - 6..];
+        let key = &w[t + 1 - 8..t + 1 - 6];
+        assert_eq!(&w[t + 1 - 10..t + 1 - 8], &[0, 0]);
+        assert_eq!(f[0].1, key, "the first name holds the key");
+        assert_eq!(f[1].1, f[0].0, "each later name holds the previous one");
+        assert_eq!(f[2].1, f[1].0);
+        let names: Vec<u32> = f.iter().flat_map(|x| x.0.clone()).collect();
+        assert_eq!(answer_ids, names.as_slice());
+        assert_eq!(answer.iter().filter(|&&a| a).count(), 6);
+    }
+}

@@ -20,6 +20,9 @@ pub enum Task {
     /// A chain `needle name_1 key`, `needle name_2 name_1`, ..., in order; the question asks
     /// for `name_n` and the answer is the key at the end of `n_keys` hops.
     MultiHop,
+    /// RULER's variable tracking: the same chain, but the question gives the key and the
+    /// answer is every name that holds it, in chain order (`n_keys * key_len` ids).
+    VariableTracking,
 }
 
 /// A synthetic retrieval row: needles planted in the window and a question at its end,
@@ -78,7 +81,7 @@ impl PasskeyConfig {
             ));
         }
         let distinct = ((self.key_hi - self.key_lo) as f64).powi(self.key_len as i32);
-        if (self.n_keys as f64) > distinct / 2.0 {
+        if (self.n_keys as f64 + 1.0) > distinct / 2.0 {
             return Err(bad(
                 "n_keys",
                 format!("too many for {distinct} possible names"),
@@ -109,8 +112,16 @@ impl PasskeyConfig {
         self.needle.len()
             + match self.task {
                 Task::Passkey => self.key_len,
-                Task::MultiKey | Task::MultiHop => 2 * self.key_len,
+                _ => 2 * self.key_len,
             }
+    }
+
+    /// Ids of the answer at the end of the row.
+    fn answer_len(&self) -> usize {
+        match self.task {
+            Task::VariableTracking => self.n_keys * self.key_len,
+            _ => self.key_len,
+        }
     }
 
     /// Tokens of every fact, the question (with its name) and the answer.
@@ -170,21 +181,26 @@ impl PasskeyConfig {
                 let j = rng.below(self.n_keys as u64) as usize;
                 (facts, names[j].clone(), keys[j].clone())
             }
-            Task::MultiHop => {
-                // name_0 holds the key; name_i holds name_{i-1}; the question asks name_last.
-                let names = self.distinct_keys(self.n_keys, rng);
-                let key = self.random_key(rng);
+            Task::MultiHop | Task::VariableTracking => {
+                // name_0 holds the key; name_i holds name_{i-1}. Names and key all differ.
+                let mut ids = self.distinct_keys(self.n_keys + 1, rng);
+                let key = ids.pop().unwrap();
+                let names = ids;
                 let facts = (0..self.n_keys)
                     .map(|i| {
                         let value = if i == 0 { &key } else { &names[i - 1] };
                         [self.needle.as_slice(), &names[i], value].concat()
                     })
                     .collect();
-                (facts, names[self.n_keys - 1].clone(), key)
+                if self.task == Task::MultiHop {
+                    (facts, names[self.n_keys - 1].clone(), key)
+                } else {
+                    (facts, key, names.concat())
+                }
             }
         };
         // The end of the window: question, the asked name (if any), the answer.
-        let ans_start = n - self.key_len;
+        let ans_start = n - key.len();
         let q_start = ans_start - asked.len() - self.question.len();
         window[q_start..q_start + self.question.len()].copy_from_slice(&self.question);
         window[q_start + self.question.len()..ans_start].copy_from_slice(&asked);
