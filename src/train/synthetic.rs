@@ -132,7 +132,7 @@ impl PasskeyConfig {
         } else {
             self.key_len
         };
-        facts + self.question.len() + asked + self.key_len
+        facts + self.question.len() + asked + self.answer_len()
     }
 
     fn random_key(&self, rng: &mut SplitMix64) -> Vec<u32> {
