@@ -5,15 +5,9 @@
 use lcm::ops::hsa_reference;
 use tch::{Device, Kind, Tensor};
 
-fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
-    assert_eq!(got.size(), want.size(), "{what}: shapes");
-    let diff = (got - want).abs().max().double_value(&[]);
-    let scale = want.abs().max().double_value(&[]);
-    assert!(
-        diff <= 1e-5 + 1e-4 * scale,
-        "{what}: max diff {diff} (scale {scale})"
-    );
-}
+mod common;
+
+use common::assert_close_to_scale as assert_close;
 
 #[allow(clippy::too_many_arguments)]
 fn naive(

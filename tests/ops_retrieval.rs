@@ -6,15 +6,9 @@
 use lcm::ops::{chunk_retrieval_reference, token_retrieval_reference, SlotWeighting};
 use tch::{Device, Kind, Tensor};
 
-fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
-    assert_eq!(got.size(), want.size(), "{what}: shapes");
-    let diff = (got - want).abs().max().double_value(&[]);
-    let scale = want.abs().max().double_value(&[]);
-    assert!(
-        diff <= 1e-5 + 1e-4 * scale,
-        "{what}: max diff {diff} (scale {scale})"
-    );
-}
+mod common;
+
+use common::assert_close_to_scale as assert_close;
 
 fn all_finite(t: &Tensor) -> bool {
     t.isfinite().all().int64_value(&[]) == 1

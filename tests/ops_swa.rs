@@ -9,15 +9,9 @@ use lcm::ops::{
 };
 use tch::{Device, Kind, Tensor};
 
-fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
-    assert_eq!(got.size(), want.size(), "{what}: shapes");
-    let diff = (got - want).abs().max().double_value(&[]);
-    let scale = want.abs().max().double_value(&[]);
-    assert!(
-        diff <= 1e-5 + 1e-4 * scale,
-        "{what}: max diff {diff} (scale {scale})"
-    );
-}
+mod common;
+
+use common::assert_close_to_scale as assert_close;
 
 /// Query `t` attends to keys in `lo(t) ..= hi(t)`, one query at a time.
 fn naive(

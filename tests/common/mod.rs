@@ -61,3 +61,15 @@ pub fn poison_cuda_allocator(device: Device) {
     drop(big);
     drop(small);
 }
+
+/// Asserts max |got - want| <= 1e-5 + 1e-4 * max |want|: the fp32 tolerance of the
+/// reference ops against their naive loops (the scale makes it relative to the output).
+pub fn assert_close_to_scale(got: &Tensor, want: &Tensor, what: &str) {
+    assert_eq!(got.size(), want.size(), "{what}: shapes");
+    let diff = (got - want).abs().max().double_value(&[]);
+    let scale = want.abs().max().double_value(&[]);
+    assert!(
+        diff <= 1e-5 + 1e-4 * scale,
+        "{what}: max diff {diff} (scale {scale})"
+    );
+}
