@@ -269,6 +269,19 @@ fn bf16_keeps_fp32_master_weights() {
     }
 }
 
+/// A sampler whose every window is a `task` row with `n_keys` facts.
+fn synthetic_sampler(task: &str, n_keys: usize, seq_len: i64) -> (TrainConfig, Sampler) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["seq_len"] = json!(seq_len);
+    v["data"]["synthetic"]["task"] = json!(task);
+    v["data"]["synthetic"]["n_keys"] = json!(n_keys);
+    v["data"]["synthetic"]["rate"] = json!(1.0);
+    let c = config(v);
+    let s = Sampler::for_training(&c).unwrap();
+    (c, s)
+}
+
 /// Parses planted facts `needle name value` back out of a window (needle = [1, 1]).
 fn facts(w: &[u32], key_len: usize) -> Vec<(Vec<u32>, Vec<u32>, usize)> {
     (0..w.len() - 2 - 2 * key_len)
@@ -285,13 +298,7 @@ fn facts(w: &[u32], key_len: usize) -> Vec<(Vec<u32>, Vec<u32>, usize)> {
 
 #[test]
 fn multi_key_rows_ask_one_of_several_needles() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut v = tiny(dir.path());
-    v["data"]["synthetic"]["task"] = json!("multi_key");
-    v["data"]["synthetic"]["n_keys"] = json!(3);
-    v["data"]["synthetic"]["rate"] = json!(1.0);
-    let c = config(v);
-    let s = Sampler::for_training(&c).unwrap();
+    let (c, s) = synthetic_sampler("multi_key", 3, 56);
     let t = c.seq_len as usize;
     for i in 0..50 {
         let (w, ignore, answer) = s.sample(i);
@@ -319,14 +326,7 @@ fn multi_key_rows_ask_one_of_several_needles() {
 
 #[test]
 fn multi_hop_rows_chain_to_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut v = tiny(dir.path());
-    v["seq_len"] = json!(112);
-    v["data"]["synthetic"]["task"] = json!("multi_hop");
-    v["data"]["synthetic"]["n_keys"] = json!(3);
-    v["data"]["synthetic"]["rate"] = json!(1.0);
-    let c = config(v);
-    let s = Sampler::for_training(&c).unwrap();
+    let (c, s) = synthetic_sampler("multi_hop", 3, 112);
     let t = c.seq_len as usize;
     for i in 0..50 {
         let (w, _, _) = s.sample(i);
@@ -367,14 +367,7 @@ fn synthetic_task_errors_name_the_key() {
 
 #[test]
 fn variable_tracking_rows_answer_every_name_holding_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut v = tiny(dir.path());
-    v["seq_len"] = json!(112);
-    v["data"]["synthetic"]["task"] = json!("variable_tracking");
-    v["data"]["synthetic"]["n_keys"] = json!(3);
-    v["data"]["synthetic"]["rate"] = json!(1.0);
-    let c = config(v);
-    let s = Sampler::for_training(&c).unwrap();
+    let (c, s) = synthetic_sampler("variable_tracking", 3, 112);
     let t = c.seq_len as usize;
     for i in 0..50 {
         let (w, _, answer) = s.sample(i);
