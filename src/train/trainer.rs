@@ -193,15 +193,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         last_loss = loss_sum / cfg.grad_accum as f64;
         let done = step + 1;
 
-        if done % cfg.log.every.max(1) == 0 || done == cfg.steps {
+        let eval_due =
+            eval_sampler.is_some() && (done % cfg.log.eval_every.max(1) == 0 || done == cfg.steps);
+        if done % cfg.log.every.max(1) == 0 || done == cfg.steps || eval_due {
             let secs = window_start.elapsed().as_secs_f64();
             let tps = window_tokens as f64 / secs.max(1e-9);
             window_start = Instant::now();
             window_tokens = 0;
             let eval_loss = match &eval_sampler {
-                Some(es) if done % cfg.log.eval_every == 0 || done == cfg.steps => {
-                    Some(evaluate(model.as_ref(), es, cfg, device))
-                }
+                Some(es) if eval_due => Some(evaluate(model.as_ref(), es, cfg, device)),
                 _ => None,
             };
             let m = Metrics {
