@@ -28,6 +28,14 @@ fn draws_a_png_from_metrics() {
         png.len()
     );
     assert!(!dir.path().join("loss.tmp.png").exists());
+    // Without a font (a bare GPU machine) the curves are still drawn, without text.
+    std::env::set_var("LCM_FONT", dir.path().join("no-such-font.ttf"));
+    let bare = dir.path().join("bare.png");
+    plot_loss(&c, "test", &bare).unwrap();
+    std::env::remove_var("LCM_FONT");
+    let bare = std::fs::read(&bare).unwrap();
+    assert_eq!(&bare[..8], b"\x89PNG\r\n\x1a\n");
+    assert_ne!(bare, png, "no labels, a different picture");
 }
 
 #[test]

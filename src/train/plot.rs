@@ -6,8 +6,8 @@ use plotters::prelude::*;
 
 use crate::error::{Error, Result};
 
-/// Fonts tried for the labels, in order (`LCM_FONT` first); DejaVu ships with most Linux
-/// distributions.
+/// Fonts tried for the labels, in order, unless `LCM_FONT` names one; DejaVu ships with
+/// most Linux distributions.
 const FONTS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
@@ -15,11 +15,10 @@ const FONTS: &[&str] = &[
 ];
 
 fn register_font() -> Result<()> {
-    let candidates: Vec<PathBuf> = std::env::var_os("LCM_FONT")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(FONTS.iter().map(PathBuf::from))
-        .collect();
+    let candidates: Vec<PathBuf> = match std::env::var_os("LCM_FONT") {
+        Some(f) => vec![PathBuf::from(f)],
+        None => FONTS.iter().map(PathBuf::from).collect(),
+    };
     for p in &candidates {
         if let Ok(bytes) = std::fs::read(p) {
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
@@ -76,9 +75,16 @@ pub fn read_metrics(path: &Path) -> Result<Curves> {
     Ok(c)
 }
 
-/// Draws the curves into `out` (PNG), through a temporary file and a rename.
+/// Draws the curves into `out` (PNG), through a temporary file and a rename. Without a
+/// font (a bare GPU machine has none) the curves are still drawn, without any text.
 pub fn plot_loss(c: &Curves, title: &str, out: &Path) -> Result<()> {
-    register_font()?;
+    let text = match register_font() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("warning: {e}; drawing the plot without labels");
+            false
+        }
+    };
     let tmp = out.with_extension("tmp.png");
     let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         let root = BitMapBackend::new(&tmp, (900, 540)).into_drawing_area();
@@ -89,32 +95,43 @@ pub fn plot_loss(c: &Curves, title: &str, out: &Path) -> Result<()> {
             .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
         let (y0, y1) = all.fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
         let pad = ((y1 - y0) * 0.05).max(1e-3);
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc("loss (nats/token)")
-            .draw()?;
-        chart
-            .draw_series(LineSeries::new(c.train.iter().copied(), &BLUE))?
-            .label("train")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-        if !c.eval.is_empty() {
-            chart
-                .draw_series(LineSeries::new(c.eval.iter().copied(), RED.stroke_width(2)))?
-                .label("eval")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(12);
+        if text {
+            builder
+                .caption(title, ("sans-serif", 22))
+                .x_label_area_size(40)
+                .y_label_area_size(60);
         }
-        chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE)
-            .draw()?;
+        let mut chart = builder.build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))?;
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc("step").y_desc("loss (nats/token)");
+        } else {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.draw()?;
+        let train = chart.draw_series(LineSeries::new(c.train.iter().copied(), &BLUE))?;
+        if text {
+            train
+                .label("train")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        }
+        if !c.eval.is_empty() {
+            let eval =
+                chart.draw_series(LineSeries::new(c.eval.iter().copied(), RED.stroke_width(2)))?;
+            if text {
+                eval.label("eval")
+                    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+            }
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .border_style(BLACK)
+                .background_style(WHITE)
+                .draw()?;
+        }
         root.present()?;
         Ok(())
     };
