@@ -11,13 +11,7 @@ use proptest::prelude::*;
 fn small_chunks() -> &'static Tokenizer {
     static TOK: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
     TOK.get_or_init(|| {
-        let path = lcm::info::default_tokenizer_path();
-        assert!(
-            path.is_file(),
-            "tokenizer missing at {}: run scripts/setup.sh",
-            path.display()
-        );
-        let mut t = Tokenizer::load(&path, "<|endoftext|>").unwrap();
+        let mut t = data_util::load_tokenizer();
         assert!(
             t.chunk_safe(),
             "the NeoX tokenizer's configuration allows pieces"
@@ -107,13 +101,7 @@ proptest! {
 fn fast_only() -> &'static Tokenizer {
     static TOK: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
     TOK.get_or_init(|| {
-        let path = lcm::info::default_tokenizer_path();
-        assert!(
-            path.is_file(),
-            "tokenizer missing at {}: run scripts/setup.sh",
-            path.display()
-        );
-        let mut t = Tokenizer::load(&path, "<|endoftext|>").unwrap();
+        let mut t = data_util::load_tokenizer();
         assert!(
             t.has_fast_path(),
             "the NeoX tokenizer qualifies for the fast path"

@@ -8,18 +8,22 @@ use std::sync::OnceLock;
 
 use lcm::data::Tokenizer;
 
-/// The GPT-NeoX-20B tokenizer; fails with a clear message when set-up has not run.
+/// A fresh GPT-NeoX-20B tokenizer (to configure); fails with a clear message when set-up
+/// has not run.
+pub fn load_tokenizer() -> Tokenizer {
+    let path = lcm::info::default_tokenizer_path();
+    assert!(
+        path.is_file(),
+        "the GPT-NeoX-20B tokenizer is missing at {}: run scripts/setup.sh (scripts/test.sh does)",
+        path.display()
+    );
+    Tokenizer::load(&path, "<|endoftext|>").unwrap()
+}
+
+/// The GPT-NeoX-20B tokenizer as loaded, shared by the tests of one file.
 pub fn tokenizer() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| {
-        let path = lcm::info::default_tokenizer_path();
-        assert!(
-            path.is_file(),
-            "the GPT-NeoX-20B tokenizer is missing at {}: run scripts/setup.sh (scripts/test.sh does)",
-            path.display()
-        );
-        Tokenizer::load(&path, "<|endoftext|>").unwrap()
-    })
+    TOK.get_or_init(load_tokenizer)
 }
 
 /// A shard of the sample pile; fails with a clear message when it has not been built.
