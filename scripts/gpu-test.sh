@@ -13,7 +13,8 @@
 # With the device tool: build here, then run there with carry [".device"].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bin=.device/bin
+# LCM_DEVICE_BIN: another folder under .device (e.g. one per worktree), carried instead.
+bin=${LCM_DEVICE_BIN:-.device/bin}
 default_torch=/opt/torch/.venv/lib/python3.12/site-packages/torch
 
 # The libraries of a torch wheel install (what the rpaths point to on the build machine).
@@ -38,7 +39,7 @@ for line in sys.stdin:
         print(m["executable"])' |
     while read -r exe; do cp "$exe" "$bin/$(basename "$exe" | sed "s/-[0-9a-f]*$//")"; done
   cargo build --release
-  cp target/release/lcm "$bin/lcm"
+  cp "${CARGO_TARGET_DIR:-target}/release/lcm" "$bin/lcm"
   strip --strip-debug "$bin"/*
   ls -la "$bin"
   ;;
