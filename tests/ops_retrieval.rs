@@ -3,7 +3,10 @@
 //! `(d+1)*S <= t`, descending slots, stick-breaking or softmax). Weights and their
 //! gradients agree to 1e-5 + 1e-4 * max |expected|; indices agree exactly.
 
-use lcm::ops::{chunk_retrieval_reference, token_retrieval_reference, SlotWeighting};
+use lcm::ops::{
+    chunk_retrieval_blocked, chunk_retrieval_reference, token_retrieval_blocked,
+    token_retrieval_reference, SlotWeighting,
+};
 use tch::{Device, Kind, Tensor};
 
 mod common;
@@ -207,5 +210,74 @@ fn token_retrieval_matches_naive() {
             total.le(1.0 + 1e-5).all().int64_value(&[]) == 1,
             "weights sum above 1"
         );
+    }
+}
+
+/// The blocked retrievals of segmented inference pick the same chunks with the same weights
+/// as the full references, for any block size (1 key per block, blocks that do not divide
+/// the memory, one block for all) and for a segment anywhere in the sequence; slots beyond
+/// the reference's `min(C, topk)` are empty.
+#[test]
+fn blocked_retrievals_match_the_references() {
+    tch::manual_seed(8);
+    let opts = (Kind::Float, Device::Cpu);
+    let (n, c, d, topk) = (2, 11, 16, 4);
+    let ql = Tensor::randn([n, c, d], opts);
+    let kl = Tensor::randn([n, c, d], opts);
+    let want = chunk_retrieval_reference(&ql, &kl, topk, false);
+    for block in [1, 3, 4, 64] {
+        for (first, len) in [(0, 11), (0, 2), (3, 5), (8, 3)] {
+            // Keys of every chunk up to the segment's end, as a store would hold them.
+            let r = chunk_retrieval_blocked(
+                &ql.narrow(1, first, len),
+                &kl.narrow(1, 0, first + len),
+                first,
+                topk,
+                block,
+            );
+            let idx = want.indices.narrow(1, first, len);
+            assert!(
+                r.indices.equal(&idx),
+                "chunk block {block} segment {first}+{len}: {:?} vs {:?}",
+                r.indices,
+                idx
+            );
+            assert_close(
+                &r.weights,
+                &want.weights.narrow(1, first, len),
+                "chunk weights",
+            );
+        }
+    }
+
+    let (l, r_heads, dr, s, topk) = (40, 2, 8, 4, 3);
+    let q = Tensor::randn([n, l, r_heads, dr], opts);
+    let lmk = Tensor::randn([n, l / s, r_heads, dr], opts);
+    for weighting in [SlotWeighting::StickBreaking, SlotWeighting::Softmax] {
+        let want = token_retrieval_reference(&q, &lmk, s, topk, weighting, false);
+        for block in [1, 3, 64] {
+            for (first, len) in [(0, 40), (0, 8), (12, 16), (36, 4)] {
+                let chunks = (first + len) / s;
+                let got = token_retrieval_blocked(
+                    &q.narrow(1, first, len),
+                    &lmk.narrow(1, 0, chunks),
+                    first,
+                    s,
+                    topk,
+                    weighting,
+                    block,
+                );
+                let idx = want.indices.narrow(1, first, len);
+                assert!(
+                    got.indices.equal(&idx),
+                    "token {weighting:?} block {block} segment {first}+{len}"
+                );
+                assert_close(
+                    &got.weights,
+                    &want.weights.narrow(1, first, len),
+                    "token weights",
+                );
+            }
+        }
     }
 }

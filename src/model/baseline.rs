@@ -6,6 +6,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
+use super::cache::{InferenceState, StateOptions};
 use super::config::{Arch, ModelConfig};
 use super::flops;
 use super::layers::{embedding, AttnMask, AttnSpec, Block, LmHead, RmsNorm};
@@ -77,6 +78,23 @@ impl LanguageModel for Transformer {
 
     fn length_multiple(&self) -> i64 {
         1
+    }
+
+    fn new_state(&self, _opts: &StateOptions) -> InferenceState {
+        InferenceState::new(self.layers.len(), 0, None)
+    }
+
+    fn forward_segment(&self, tokens: &Tensor, state: &mut InferenceState) -> Tensor {
+        let mut x = self.embed.forward(tokens);
+        for (layer, cache) in self.layers.iter().zip(state.attn.iter_mut()) {
+            x = layer.forward_cached(&x, cache);
+        }
+        state.positions += tokens.size()[1];
+        self.norm.forward(&x)
+    }
+
+    fn head(&self, hidden: &Tensor) -> Tensor {
+        self.lm_head.forward(hidden)
     }
 
     /// Per token: `n_layers` blocks over the mean number of visible keys (a window of `W`

@@ -21,6 +21,7 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use super::cache::{ChunkStore, InferenceState, KvCache, StateOptions};
 use super::config::{DrtConfig, LandmarkSlot, ModelConfig};
 use super::encoder::{ChunkEncoder, EncoderSpec};
 use super::flops;
@@ -57,17 +58,27 @@ impl UpperLayer {
         }
     }
 
-    /// GCA output `(N, C*(S+1), d)`; zeros for chunk 0, which has nothing to read.
-    fn gca(&self, r: &Tensor, mem: &GroupMemory, cfg: &ModelConfig, chunks: i64) -> Tensor {
+    /// GCA output `(N, C*(S+1), d)`: chunks `skip..C` read `mem` (one entry per chunk), the
+    /// first `skip` get zeros (the full forward skips chunk 0, which has nothing to read; a
+    /// later inference segment skips none).
+    fn gca(
+        &self,
+        r: &Tensor,
+        mem: &GroupMemory,
+        cfg: &ModelConfig,
+        chunks: i64,
+        skip: i64,
+    ) -> Tensor {
         let (n, p) = (r.size()[0], r.size()[1]);
         let span = p / chunks;
+        let reading = chunks - skip;
         let (hq, hd) = (cfg.n_heads, cfg.head_dim());
         let q = self
             .q_proj
             .forward(&self.gca_norm.forward(r))
             .view([n, chunks, span, hq, hd])
-            .narrow(1, 1, chunks - 1)
-            .reshape([n * (chunks - 1), span, hq, hd])
+            .narrow(1, skip, reading)
+            .reshape([n * reading, span, hq, hd])
             .transpose(1, 2);
         let o = ops::gca(
             &q,
@@ -77,11 +88,15 @@ impl UpperLayer {
             1.0 / (hd as f64).sqrt(),
             false,
         );
-        let o = o.transpose(1, 2).reshape([n, (chunks - 1) * span, hq * hd]);
+        let o = o.transpose(1, 2).reshape([n, reading * span, hq * hd]);
         let o = self.o_proj.forward(&o);
-        Tensor::cat(&[o.zeros_like().narrow(1, 0, span), o], 1)
+        if skip == 0 {
+            return o;
+        }
+        Tensor::cat(&[o.zeros_like().narrow(1, 0, skip * span), o], 1)
     }
 
+    /// `cache`: a segment after the positions it holds (then every chunk reads `mem`).
     fn forward(
         &self,
         x: &Tensor,
@@ -89,12 +104,17 @@ impl UpperLayer {
         cfg: &ModelConfig,
         chunks: i64,
         residual: bool,
+        cache: Option<&mut KvCache>,
     ) -> Tensor {
-        let r = self.block.attend(x);
+        let skip = if cache.is_some() { 0 } else { 1 };
+        let r = match cache {
+            Some(c) => self.block.attend_cached(x, c),
+            None => self.block.attend(x),
+        };
         let Some(mem) = mem else {
             return self.block.mlp(&r, None);
         };
-        let g = self.gca(&r, mem, cfg, chunks);
+        let g = self.gca(&r, mem, cfg, chunks, skip);
         if residual {
             // Warm-up layout (issue 7): the GCA output also joins the residual stream.
             self.block.mlp(&(r + g), None)
@@ -287,7 +307,7 @@ impl Drt {
             let r = ops::chunk_retrieval(&q, &lmk_keys, d.topk, train && d.gumbel);
             let mem = (c > 1).then(|| self.gather(&mem_k, &mem_v, &r, n, c));
             for layer in &group.layers {
-                h = layer.forward(&h, mem.as_ref(), &self.cfg, c, residual);
+                h = layer.forward(&h, mem.as_ref(), &self.cfg, c, residual, None);
             }
             retrievals.push(r);
         }
@@ -300,6 +320,91 @@ impl Drt {
             logits: self.lm_head.forward(&real),
             retrievals,
         }
+    }
+}
+
+impl Drt {
+    /// Slots per chunk in the memory: S+1 with the zeroed landmark slot, S without it.
+    fn memory_rows(&self) -> i64 {
+        let d = self.drt();
+        match d.landmark_slot {
+            LandmarkSlot::Zeroed => d.chunk_size + 1,
+            LandmarkSlot::Dropped => d.chunk_size,
+        }
+    }
+
+    /// The memory that serves chunks `first..first + c` of a segment: chunk `first + i`
+    /// reads landmark `first + i - 1`'s choice, `served` `(N, c, K)`.
+    fn gather_served(&self, store: &ChunkStore, served: &Retrieval) -> GroupMemory {
+        let s = served.indices.size(); // (N, c, K)
+        let (n, c, nk) = (s[0], s[1], s[2]);
+        let (k, v) = store.gather(&served.gather_indices()); // (N, c, K, rows, Hkv, hd)
+        let ks = k.size();
+        let arrange = |m: Tensor| {
+            m.reshape([n * c, nk, ks[3], ks[4], ks[5]])
+                .permute([0, 3, 1, 2, 4])
+        };
+        GroupMemory {
+            k: arrange(k),
+            v: arrange(v),
+            weights: served.weights.reshape([n * c, nk]),
+        }
+    }
+
+    /// One inference segment: `tokens (N, c*S)` after what `state` has seen. Returns the
+    /// final-normed hidden states of the real tokens `(N, c*S, d)`.
+    pub fn forward_segment(&self, tokens: &Tensor, state: &mut InferenceState) -> Tensor {
+        let d = self.drt();
+        let (n, t) = (tokens.size()[0], tokens.size()[1]);
+        let (s, dm) = (d.chunk_size, self.cfg.d_model);
+        let c = t / s;
+        let x = self.insert_landmarks(tokens);
+        let mut h = self.embed.forward(&x);
+        let mut caches = state.attn.iter_mut();
+        for layer in &self.lower {
+            h = layer.forward_cached(&h, caches.next().expect("one cache per layer"));
+        }
+        let (mem_k, mem_v, lmk_keys) = self.encode_chunks(&h, n, c);
+        let store = state.store.as_mut().expect("a DRT state has a chunk store");
+        let first = store.len();
+        let rows = mem_k.size()[1];
+        let kv = |m: &Tensor| m.view([n, c, rows, self.cfg.n_kv_heads, self.cfg.head_dim()]);
+        store.append(&kv(&mem_k), &kv(&mem_v), &lmk_keys);
+        let residual = self.step < d.residual_warmup_steps;
+        for (g, group) in self.groups.iter().enumerate() {
+            let lmk_state = h.view([n, c, s + 1, dm]).select(2, s);
+            let q = group.lmk_norm.forward(&lmk_state);
+            let r = ops::chunk_retrieval_blocked(
+                &q,
+                &store.landmarks(),
+                first,
+                d.topk,
+                ops::retrieval::RETRIEVAL_BLOCK,
+            );
+            let before = state.carried[g].take().unwrap_or_else(|| Retrieval {
+                weights: Tensor::zeros([n, 1, d.topk], (Kind::Float, h.device())),
+                indices: Tensor::full([n, 1, d.topk], -1, (Kind::Int64, h.device())),
+            });
+            let served = Retrieval {
+                weights: Tensor::cat(&[&before.weights, &r.weights.narrow(1, 0, c - 1)], 1),
+                indices: Tensor::cat(&[&before.indices, &r.indices.narrow(1, 0, c - 1)], 1),
+            };
+            state.carried[g] = Some(Retrieval {
+                weights: r.weights.narrow(1, c - 1, 1),
+                indices: r.indices.narrow(1, c - 1, 1),
+            });
+            let mem = self.gather_served(store, &served);
+            for layer in &group.layers {
+                let cache = caches.next().expect("one cache per layer");
+                h = layer.forward(&h, Some(&mem), &self.cfg, c, residual, Some(cache));
+            }
+        }
+        state.positions += c * (s + 1);
+        self.norm
+            .forward(&h)
+            .view([n, c, s + 1, dm])
+            .narrow(2, 0, s)
+            .reshape([n, t, dm])
     }
 }
 
@@ -357,5 +462,32 @@ impl LanguageModel for Drt {
 
     fn set_step(&mut self, step: u64) {
         self.step = step;
+    }
+
+    fn new_state(&self, opts: &StateOptions) -> InferenceState {
+        let d = self.drt();
+        let (hkv, hd) = (self.cfg.n_kv_heads, self.cfg.head_dim());
+        let chunks = (opts.capacity_tokens + d.chunk_size - 1) / d.chunk_size;
+        let store = ChunkStore::new(
+            opts.batch,
+            chunks,
+            self.memory_rows(),
+            hkv,
+            hd,
+            &[self.cfg.d_model],
+            opts.kind,
+            opts.device,
+            opts.placement,
+        );
+        let layers = d.decoder_layers.iter().sum::<i64>() as usize;
+        InferenceState::new(layers, self.groups.len(), Some(store))
+    }
+
+    fn forward_segment(&self, tokens: &Tensor, state: &mut InferenceState) -> Tensor {
+        Drt::forward_segment(self, tokens, state)
+    }
+
+    fn head(&self, hidden: &Tensor) -> Tensor {
+        self.lm_head.forward(hidden)
     }
 }

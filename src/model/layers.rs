@@ -95,12 +95,19 @@ pub fn alibi_slopes(n_heads: i64, device: tch::Device) -> Tensor {
 /// Rotary embedding of `x (B, H, T, D)` at positions `0..T` (rotate-half convention: the
 /// first and second halves of each head are the two rotated coordinates).
 pub fn rope(x: &Tensor, theta: f64) -> Tensor {
+    rope_at(x, 0, theta)
+}
+
+/// [`rope`] at positions `start..start + T` (a segment after `start` cached positions).
+pub fn rope_at(x: &Tensor, start: i64, theta: f64) -> Tensor {
     let s = x.size();
     let (t, d) = (s[2], s[3]);
     let half = d / 2;
     let dev = x.device();
     let inv = (Tensor::arange(half, (Kind::Float, dev)) * (-2.0 * theta.ln() / d as f64)).exp();
-    let ang = Tensor::arange(t, (Kind::Float, dev)).unsqueeze(1) * inv.unsqueeze(0); // (T, D/2)
+    // Positions in f64 before the cast: f32 counts exactly only up to 2^24 (16.7M).
+    let pos = Tensor::arange_start(start, start + t, (Kind::Double, dev)).to_kind(Kind::Float);
+    let ang = pos.unsqueeze(1) * inv.unsqueeze(0); // (T, D/2)
     let (cos, sin) = (ang.cos(), ang.sin());
     let xf = x.to_kind(Kind::Float);
     let (x1, x2) = (xf.narrow(-1, 0, half), xf.narrow(-1, half, half));
@@ -168,8 +175,20 @@ impl SelfAttention {
 
     /// `x (B, T, d)` -> `(B, T, d)`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.run(x, None)
+    }
+
+    /// A segment `x (B, T, d)` after the positions `cache` holds: attends over the cached
+    /// keys and its own, then keeps in `cache` what the next segment needs (the last
+    /// `window` positions, or everything for causal attention).
+    pub fn forward_cached(&self, x: &Tensor, cache: &mut KvCache) -> Tensor {
+        self.run(x, Some(cache))
+    }
+
+    fn run(&self, x: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
         let s = &self.spec;
         let (b, t) = (x.size()[0], x.size()[1]);
+        let start = cache.as_ref().map_or(0, |c| c.position);
         let hd = s.d_model / s.n_heads;
         let heads = |y: Tensor, h: i64| y.view([b, t, h, hd]);
         let mut q = heads(self.q_proj.forward(x), s.n_heads);
@@ -183,8 +202,8 @@ impl SelfAttention {
         let mut slopes = None;
         match s.positional {
             Positional::Rope => {
-                q = rope(&q, s.rope_theta);
-                k = rope(&k, s.rope_theta);
+                q = rope_at(&q, start, s.rope_theta);
+                k = rope_at(&k, start, s.rope_theta);
             }
             Positional::Alibi if s.mask != AttnMask::Bidirectional => {
                 slopes = Some(alibi_slopes(s.n_heads, x.device()));
@@ -192,6 +211,21 @@ impl SelfAttention {
             _ => {}
         }
         let scale = 1.0 / (hd as f64).sqrt();
+        if let Some(cache) = cache {
+            let (k, v) = cache.extend(&k, &v, s.mask);
+            let o = match s.mask {
+                AttnMask::Sliding(w) => {
+                    ops::sliding_window_attention_cached(&q, &k, &v, w, slopes.as_ref(), scale)
+                }
+                AttnMask::Causal => ops::causal_attention(&q, &k, &v, slopes.as_ref(), scale),
+                AttnMask::Bidirectional => {
+                    panic!("bidirectional attention sees whole chunks and keeps no cache")
+                }
+            };
+            return self
+                .o_proj
+                .forward(&o.transpose(1, 2).reshape([b, t, s.n_heads * hd]));
+        }
         let o = match s.mask {
             AttnMask::Sliding(w) => {
                 ops::sliding_window_attention(&q, &k, &v, w, slopes.as_ref(), scale)
@@ -201,6 +235,47 @@ impl SelfAttention {
         };
         self.o_proj
             .forward(&o.transpose(1, 2).reshape([b, t, s.n_heads * hd]))
+    }
+}
+
+/// The keys and values one self-attention layer keeps between inference segments.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    /// Positions seen so far (the absolute position of the next one, for RoPE).
+    pub position: i64,
+    /// `(B, Hkv, T_kept, D)`, after RoPE where the layer uses it.
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+impl KvCache {
+    /// The cached keys and values followed by `k`/`v`; keeps what the next segment may see.
+    fn extend(&mut self, k: &Tensor, v: &Tensor, mask: AttnMask) -> (Tensor, Tensor) {
+        let cat = |old: &Option<Tensor>, new: &Tensor| match old {
+            Some(o) => Tensor::cat(&[o, new], 2),
+            None => new.shallow_clone(),
+        };
+        let (k_all, v_all) = (cat(&self.k, k), cat(&self.v, v));
+        self.position += k.size()[2];
+        let total = k_all.size()[2];
+        let keep = match mask {
+            AttnMask::Sliding(w) => w.min(total),
+            _ => total,
+        };
+        // A copy, so the kept slice does not pin the whole segment's keys in memory.
+        self.k = Some(k_all.narrow(2, total - keep, keep).copy());
+        self.v = Some(v_all.narrow(2, total - keep, keep).copy());
+        (k_all, v_all)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> i64 {
+        let b = |t: &Option<Tensor>| {
+            t.as_ref().map_or(0, |t| {
+                t.numel() as i64 * t.kind().elt_size_in_bytes() as i64
+            })
+        };
+        b(&self.k) + b(&self.v)
     }
 }
 
@@ -241,6 +316,16 @@ impl Block {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.mlp(&self.attend(x), None)
+    }
+
+    /// [`Block::attend`] for a segment after the positions `cache` holds.
+    pub fn attend_cached(&self, x: &Tensor, cache: &mut KvCache) -> Tensor {
+        x + self.attn.forward_cached(&self.attn_norm.forward(x), cache)
+    }
+
+    /// [`Block::forward`] for a segment after the positions `cache` holds.
+    pub fn forward_cached(&self, x: &Tensor, cache: &mut KvCache) -> Tensor {
+        self.mlp(&self.attend_cached(x, cache), None)
     }
 }
 

@@ -9,6 +9,7 @@
 //! each arch's module lists its names.
 
 pub mod baseline;
+pub mod cache;
 pub mod config;
 pub mod drt;
 pub mod encoder;
@@ -16,6 +17,7 @@ pub mod flops;
 pub mod layers;
 pub mod swa_hsa;
 
+pub use cache::{InferenceState, Placement, StateOptions};
 pub use config::{Arch, ModelConfig};
 
 use tch::Tensor;
@@ -34,6 +36,17 @@ pub trait LanguageModel {
     fn flops_per_token(&self, t: i64) -> f64;
     /// Optional hook for the trainer (e.g. the residual warm-up): set the current step.
     fn set_step(&mut self, _step: u64) {}
+
+    /// A fresh state for segmented inference ([`cache`]).
+    fn new_state(&self, opts: &StateOptions) -> InferenceState;
+    /// One segment of a long sequence, `tokens (N, T)` with `T` a multiple of
+    /// [`LanguageModel::length_multiple`], after the segments `state` has seen: the
+    /// final-normed hidden states `(N, T, d)` of its tokens (landmarks dropped). Feeding a
+    /// sequence segment by segment gives the logits of the full [`LanguageModel::forward`]
+    /// (`tests/model_segmented.rs`), with memory per token constant except the chunk memory.
+    fn forward_segment(&self, tokens: &Tensor, state: &mut InferenceState) -> Tensor;
+    /// Logits `(..., V)` of hidden states from [`LanguageModel::forward_segment`].
+    fn head(&self, hidden: &Tensor) -> Tensor;
 }
 
 /// Builds the model `cfg` describes, its parameters created under `vs`.

@@ -22,6 +22,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
+use super::cache::{ChunkStore, InferenceState, StateOptions};
 use super::config::{HsaConfig, ModelConfig, Weighting};
 use super::encoder::{ChunkEncoder, EncoderSpec};
 use super::flops;
@@ -211,21 +212,60 @@ impl SwaHsa {
             .q_proj
             .forward(&layer.norm.forward(x))
             .view([n, l, r, h.retrieval_dim / r]);
-        let weighting = match h.weighting {
-            Weighting::StickBreaking => SlotWeighting::StickBreaking,
-            Weighting::Softmax => SlotWeighting::Softmax,
-        };
         ops::token_retrieval(
             &q,
             &mem.landmarks,
             h.chunk_size,
             h.topk,
-            weighting,
+            self.slot_weighting(),
             train && h.gumbel,
         )
     }
 
-    fn hsa_layer(&self, layer: &HsaLayer, x: &Tensor, mem: &Memory, r: &Retrieval) -> Tensor {
+    fn slot_weighting(&self) -> SlotWeighting {
+        match self.hsa().weighting {
+            Weighting::StickBreaking => SlotWeighting::StickBreaking,
+            Weighting::Softmax => SlotWeighting::Softmax,
+        }
+    }
+
+    /// Retrieval for a segment whose first token is number `first`, against every landmark
+    /// in `store` (the segment's own chunks included).
+    fn retrieve_segment(
+        &self,
+        layer: &RetrievalLayer,
+        x: &Tensor,
+        store: &ChunkStore,
+        first: i64,
+    ) -> Retrieval {
+        let h = self.hsa();
+        let (n, l) = (x.size()[0], x.size()[1]);
+        let r = h.retrieval_heads;
+        let q = layer
+            .q_proj
+            .forward(&layer.norm.forward(x))
+            .view([n, l, r, h.retrieval_dim / r]);
+        let lmk = store.landmarks();
+        ops::token_retrieval_blocked(
+            &q,
+            &lmk,
+            first,
+            h.chunk_size,
+            h.topk,
+            self.slot_weighting(),
+            ops::retrieval::RETRIEVAL_BLOCK,
+        )
+    }
+
+    /// The HSA layer over memory `k`/`v (N, C*S, Hkv, hd)`, chunks named by `r.indices`.
+    fn hsa_layer(
+        &self,
+        layer: &HsaLayer,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        r: &Retrieval,
+    ) -> Tensor {
         let h = self.hsa();
         let (n, l) = (x.size()[0], x.size()[1]);
         let (hq, hkv, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim());
@@ -241,16 +281,7 @@ impl SwaHsa {
         let w = r.weights.expand([n, l, hkv, nk], false);
         let idx = r.indices.expand([n, l, hkv, nk], false);
         let scale = 1.0 / (hd as f64).sqrt();
-        let o = ops::hsa(
-            &q,
-            &mem.k,
-            &mem.v,
-            &w,
-            &idx,
-            h.chunk_size,
-            scale,
-            h.softmax_one,
-        );
+        let o = ops::hsa(&q, k, v, &w, &idx, h.chunk_size, scale, h.softmax_one);
         let o = layer.o_proj.forward(&o.reshape([n, l, hq * hd]));
         if self.step < h.residual_warmup_steps {
             let r = x + o; // warm-up layout: the HSA output joins the residual stream
@@ -276,7 +307,7 @@ impl SwaHsa {
         let mut retrievals = Vec::new();
         for g in &self.groups {
             let r = self.retrieve(&g.retrieval, &x, &mem, train);
-            x = self.hsa_layer(&g.hsa, &x, &mem, &r);
+            x = self.hsa_layer(&g.hsa, &x, &mem.k, &mem.v, &r);
             for layer in &g.layers {
                 x = layer.forward(&x);
             }
@@ -286,6 +317,48 @@ impl SwaHsa {
             logits: self.lm_head.forward(&self.norm.forward(&x)),
             retrievals,
         }
+    }
+}
+
+impl SwaHsa {
+    /// One inference segment: `tokens (N, c*S)` after what `state` has seen. Returns the
+    /// final-normed hidden states `(N, c*S, d)`.
+    pub fn forward_segment(&self, tokens: &Tensor, state: &mut InferenceState) -> Tensor {
+        let h = self.hsa();
+        let s = h.chunk_size;
+        let (n, l) = (tokens.size()[0], tokens.size()[1]);
+        let c = l / s;
+        let mut x = self.embed.forward(tokens);
+        let mut caches = state.attn.iter_mut();
+        for layer in &self.lower {
+            x = layer.forward_cached(&x, caches.next().expect("one cache per layer"));
+        }
+        let mem = self.chunk_memory(&x);
+        let store = state
+            .store
+            .as_mut()
+            .expect("an SWA+HSA state has a chunk store");
+        let (hkv, hd) = (self.cfg.n_kv_heads, self.cfg.head_dim());
+        let kv = |m: &Tensor| m.view([n, c, s, hkv, hd]);
+        store.append(&kv(&mem.k), &kv(&mem.v), &mem.landmarks);
+        let first = state.positions;
+        for g in &self.groups {
+            let r = self.retrieve_segment(&g.retrieval, &x, store, first);
+            // Only the chunks this segment reads, renumbered: the HSA op then never
+            // touches (or copies) the whole memory.
+            let (k, v, local) = store.compact(&r.gather_indices());
+            let flat = |m: Tensor| m.reshape([n, -1, hkv, hd]);
+            let r = Retrieval {
+                indices: local.masked_fill(&r.indices.lt(0), -1),
+                weights: r.weights,
+            };
+            x = self.hsa_layer(&g.hsa, &x, &flat(k), &flat(v), &r);
+            for layer in &g.layers {
+                x = layer.forward_cached(&x, caches.next().expect("one cache per layer"));
+            }
+        }
+        state.positions += l;
+        self.norm.forward(&x)
     }
 }
 
@@ -333,5 +406,32 @@ impl LanguageModel for SwaHsa {
 
     fn set_step(&mut self, step: u64) {
         self.step = step;
+    }
+
+    fn new_state(&self, opts: &StateOptions) -> InferenceState {
+        let h = self.hsa();
+        let chunks = (opts.capacity_tokens + h.chunk_size - 1) / h.chunk_size;
+        let r = h.retrieval_heads;
+        let store = ChunkStore::new(
+            opts.batch,
+            chunks,
+            h.chunk_size,
+            self.cfg.n_kv_heads,
+            self.cfg.head_dim(),
+            &[r, h.retrieval_dim / r],
+            opts.kind,
+            opts.device,
+            opts.placement,
+        );
+        let layers = (h.lower_layers + h.upper_layers) as usize;
+        InferenceState::new(layers, 0, Some(store))
+    }
+
+    fn forward_segment(&self, tokens: &Tensor, state: &mut InferenceState) -> Tensor {
+        SwaHsa::forward_segment(self, tokens, state)
+    }
+
+    fn head(&self, hidden: &Tensor) -> Tensor {
+        self.lm_head.forward(hidden)
     }
 }

@@ -14,13 +14,14 @@ pub mod swa;
 pub use gca::{gca, gca_reference};
 pub use hsa::{hsa, hsa_reference};
 pub use retrieval::{
-    chunk_retrieval, chunk_retrieval_reference, token_retrieval, token_retrieval_reference,
-    Retrieval, SlotWeighting,
+    chunk_retrieval, chunk_retrieval_blocked, chunk_retrieval_reference, token_retrieval,
+    token_retrieval_blocked, token_retrieval_reference, Retrieval, SlotWeighting,
 };
 pub use rmsnorm::{rms_norm, rms_norm_reference};
 pub use swa::{
     bidirectional_attention, bidirectional_attention_reference, causal_attention,
-    causal_attention_reference, sliding_window_attention, sliding_window_attention_reference,
+    causal_attention_reference, sliding_window_attention, sliding_window_attention_cached,
+    sliding_window_attention_reference,
 };
 
 use std::sync::OnceLock;

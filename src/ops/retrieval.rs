@@ -169,3 +169,121 @@ pub fn token_retrieval(
 ) -> Retrieval {
     token_retrieval_reference(q, lmk, chunk_size, topk, weighting, gumbel)
 }
+
+/// Keys scored per block by the blocked retrievals: bounds the score matrix at
+/// `queries x RETRIEVAL_BLOCK` however long the memory grows.
+pub const RETRIEVAL_BLOCK: i64 = 16384;
+
+/// Running top-k over key blocks: merges a block's scores `(..., n)` (masked `-inf`, key
+/// numbers `first..first+n`) into the best `k` so far, kept sorted by score.
+fn merge_topk(best: (Tensor, Tensor), block: &Tensor, first: i64, k: i64) -> (Tensor, Tensor) {
+    let n = *block.size().last().unwrap();
+    let ids =
+        Tensor::arange_start(first, first + n, (Kind::Int64, block.device())).expand_as(block);
+    let scores = Tensor::cat(&[&best.0, block], -1);
+    let ids = Tensor::cat(&[&best.1, &ids], -1);
+    let (top, pos) = scores.topk(k, -1, true, true);
+    (top, ids.gather(-1, &pos, false))
+}
+
+/// Empty running top-k: `k` slots of score `-inf` and index -1 in front of shape `lead`.
+fn empty_topk(lead: &[i64], k: i64, device: tch::Device) -> (Tensor, Tensor) {
+    let mut shape = lead.to_vec();
+    shape.push(k);
+    (
+        Tensor::full(shape.as_slice(), f64::NEG_INFINITY, (Kind::Float, device)),
+        Tensor::full(shape.as_slice(), -1, (Kind::Int64, device)),
+    )
+}
+
+/// DRT retrieval for a segment (inference): landmark queries `q_lmk (N, c, d)` whose first
+/// is landmark number `first`, against every landmark key so far `k_lmk (N, E, d)`, scored
+/// in blocks of `block` keys ([`RETRIEVAL_BLOCK`] in the models) so that no `c x E` (let alone `E x E`) matrix is
+/// formed. Landmark `first + i` sees keys `j < first + i`, as in [`chunk_retrieval_reference`],
+/// whose choices and weights this reproduces (no Gumbel noise: inference only). Returns
+/// `(N, c, topk)` with empty slots (index -1, weight 0) where fewer chunks are visible.
+pub fn chunk_retrieval_blocked(
+    q_lmk: &Tensor,
+    k_lmk: &Tensor,
+    first: i64,
+    topk: i64,
+    block: i64,
+) -> Retrieval {
+    let (n, c, d) = (q_lmk.size()[0], q_lmk.size()[1], q_lmk.size()[2]);
+    let e = k_lmk.size()[1];
+    let dev = q_lmk.device();
+    let q = q_lmk.to_kind(Kind::Float);
+    let q_num = Tensor::arange_start(first, first + c, (Kind::Int64, dev)).view([c, 1]);
+    let mut best = empty_topk(&[n, c], topk, dev);
+    // Keys at or after the last query's own landmark are never visible.
+    let end = e.min(first + c - 1).max(0);
+    let mut start = 0;
+    while start < end {
+        let len = block.min(end - start);
+        let kb = k_lmk.narrow(1, start, len).to_kind(Kind::Float);
+        let scores = q.matmul(&kb.transpose(-1, -2)) / (d as f64).sqrt(); // (N, c, len)
+        let k_num = Tensor::arange_start(start, start + len, (Kind::Int64, dev)).view([1, len]);
+        let scores = scores.masked_fill(&k_num.ge_tensor(&q_num), f64::NEG_INFINITY);
+        best = merge_topk(best, &scores, start, topk);
+        start += len;
+    }
+    let (chosen, idx) = best;
+    let valid = chosen.isfinite();
+    Retrieval {
+        weights: softmax_valid(&chosen, &valid),
+        indices: idx.masked_fill(&valid.logical_not(), -1),
+    }
+}
+
+/// HSA retrieval for a segment (inference): token queries `q (N, L, r, dr)` whose first is
+/// token number `first`, against every chunk landmark so far `lmk (N, E, r, dr)`, in blocks
+/// of `block` chunks. Token `t` sees chunk `d` iff `(d + 1) * chunk_size <= t`;
+/// slots most recent first, as [`token_retrieval_reference`] (no Gumbel noise). Returns
+/// `(N, L, r, topk)`.
+pub fn token_retrieval_blocked(
+    q: &Tensor,
+    lmk: &Tensor,
+    first: i64,
+    chunk_size: i64,
+    topk: i64,
+    weighting: SlotWeighting,
+    block: i64,
+) -> Retrieval {
+    let (n, l, r, dr) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);
+    let e = lmk.size()[1];
+    let dev = q.device();
+    let qf = q.to_kind(Kind::Float).permute([0, 2, 1, 3]); // (N, r, L, dr)
+    let t = Tensor::arange_start(first, first + l, (Kind::Int64, dev)).view([l, 1]);
+    let mut best = empty_topk(&[n, r, l], topk, dev);
+    // Chunks complete before the segment's last token.
+    let end = e.min((first + l - 1) / chunk_size).max(0);
+    let mut start = 0;
+    while start < end {
+        let len = block.min(end - start);
+        let kb = lmk
+            .narrow(1, start, len)
+            .to_kind(Kind::Float)
+            .permute([0, 2, 3, 1]);
+        let scores = qf.matmul(&kb) / (dr as f64).sqrt(); // (N, r, L, len)
+        let ends = (Tensor::arange_start(start, start + len, (Kind::Int64, dev)) + 1) * chunk_size;
+        let hidden = ends.view([1, len]).gt_tensor(&t);
+        let scores = scores.masked_fill(&hidden, f64::NEG_INFINITY);
+        best = merge_topk(best, &scores, start, topk);
+        start += len;
+    }
+    let (chosen, idx) = best;
+    let valid = chosen.isfinite();
+    let idx = idx.masked_fill(&valid.logical_not(), -1);
+    // Most recent chunk first; -1 (empty) sorts last.
+    let (indices, order) = idx.sort(-1, true);
+    let chosen = chosen.gather(-1, &order, false);
+    let valid = indices.ge(0);
+    let weights = match weighting {
+        SlotWeighting::StickBreaking => stick_breaking(&chosen, &valid),
+        SlotWeighting::Softmax => softmax_valid(&chosen, &valid),
+    };
+    Retrieval {
+        weights: weights.permute([0, 2, 1, 3]),
+        indices: indices.permute([0, 2, 1, 3]),
+    }
+}

@@ -84,7 +84,8 @@ fn alibi_bias(slopes: &Tensor, hkv: i64, dist: &Tensor) -> Tensor {
 }
 
 /// Full causal attention (`T x T`; the `dense` baseline and the naive ground truth), with
-/// optional ALiBi slopes `(Hq,)` and an optional window (keys `t - window ..= t`).
+/// optional ALiBi slopes `(Hq,)` and an optional window (keys `t - window ..= t`). With
+/// fewer queries than keys, the queries are the last positions (a segment after a cache).
 pub fn causal_attention_reference(
     q: &Tensor,
     k: &Tensor,
@@ -93,9 +94,16 @@ pub fn causal_attention_reference(
     alibi: Option<&Tensor>,
     scale: f64,
 ) -> Tensor {
-    let t = q.size()[2];
-    let pos = Tensor::arange(t, (Kind::Int64, q.device()));
-    let dist = pos.unsqueeze(1) - pos.unsqueeze(0); // (Tq, Tk): query - key
+    let (tq, tk) = (q.size()[2], k.size()[2]);
+    assert!(
+        tq <= tk,
+        "causal attention: {tq} queries but only {tk} keys"
+    );
+    // Queries are the last tq of the tk positions (all of them without a cache).
+    let dev = q.device();
+    let q_pos = Tensor::arange_start(tk - tq, tk, (Kind::Int64, dev));
+    let k_pos = Tensor::arange(tk, (Kind::Int64, dev));
+    let dist = q_pos.unsqueeze(1) - k_pos.unsqueeze(0); // (Tq, Tk): query - key
     let mut mask = dist.ge(0);
     if let Some(w) = window {
         mask = mask.logical_and(&dist.le(w));
@@ -188,4 +196,26 @@ pub fn sliding_window_attention(
     scale: f64,
 ) -> Tensor {
     sliding_window_attention_reference(q, k, v, window, alibi, scale)
+}
+
+/// Sliding-window attention of a segment's queries `q (B, Hq, Tq, D)` over the cached keys
+/// followed by the segment's own, `k`/`v (B, Hkv, Tk, D)` with `Tk >= Tq`: query `i` sits at
+/// key position `Tk - Tq + i`. Segmented inference calls this with the window's cache.
+pub fn sliding_window_attention_cached(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: i64,
+    alibi: Option<&Tensor>,
+    scale: f64,
+) -> Tensor {
+    let (tq, tk) = (q.size()[2], k.size()[2]);
+    assert!(tq <= tk, "sliding window: {tq} queries but only {tk} keys");
+    if tq == tk {
+        return sliding_window_attention(q, k, v, window, alibi, scale);
+    }
+    // Zero queries stand in for the cached positions; their rows are dropped. The cache
+    // holds at most `window` positions, so this costs at most one extra block of rows.
+    let padded = q.constant_pad_nd([0, 0, tk - tq, 0]);
+    sliding_window_attention(&padded, k, v, window, alibi, scale).narrow(2, tk - tq, tq)
 }
