@@ -49,4 +49,29 @@ int64_t lcm_cuda_peak_allocated(int device) {
   }
 }
 
+// Starts a new peak for lcm_cuda_peak_allocated on `device`; 0 on success.
+int lcm_cuda_reset_peak(int device) {
+  try {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device);
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// Free and total bytes of device `device` (cudaMemGetInfo), 0 on success. Memory the caching
+// allocator holds but does not use counts as used here, as the driver sees it.
+int lcm_cuda_mem_info(int device, int64_t* free_bytes, int64_t* total_bytes) {
+  int previous = 0;
+  if (cudaGetDevice(&previous) != cudaSuccess) return -1;
+  if (cudaSetDevice(device) != cudaSuccess) return -1;
+  size_t f = 0, t = 0;
+  cudaError_t rc = cudaMemGetInfo(&f, &t);
+  cudaSetDevice(previous);
+  if (rc != cudaSuccess) return -1;
+  *free_bytes = static_cast<int64_t>(f);
+  *total_bytes = static_cast<int64_t>(t);
+  return 0;
+}
+
 }  // extern "C"

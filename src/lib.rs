@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cuda;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod info;
 pub mod model;
 pub mod ops;

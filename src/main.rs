@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
     name = "lcm",
     version,
     about = "Pretrain and evaluate long-context LMs with retrieval attention (GCA/DRT, HSA)",
-    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train\n  lcm pretrain --config configs/drt-tiny.json\n  lcm plot runs/drt-tiny/metrics.jsonl"
+    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train\n  lcm pretrain --config configs/drt-tiny.json\n  lcm plot runs/drt-tiny/metrics.jsonl\n  lcm eval niah --checkpoint runs/drt-tiny --len 1K,4K --samples 2"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,6 +31,9 @@ enum Command {
     Corpus(cli::corpus::Command),
     /// Train a model (drt, swa_hsa, swa, dense) from a JSON config.
     Pretrain(cli::pretrain::Args),
+    /// Evaluate a checkpoint at long context: `niah` (needle in a haystack), `ppl`.
+    #[command(subcommand)]
+    Eval(cli::eval::Command),
     /// Draw the loss curve of a training run's metrics.jsonl as a PNG.
     Plot(cli::plot::Args),
 }
@@ -44,6 +47,7 @@ fn main() {
         Command::Corpus(cmd) => cli::corpus::run(cmd),
         Command::Pretrain(args) => cli::pretrain::run(args),
         Command::Plot(args) => cli::plot::run(args),
+        Command::Eval(cmd) => cli::eval::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

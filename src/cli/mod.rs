@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod corpus;
+pub mod eval;
 pub mod info;
 pub mod plot;
 pub mod preprocess;

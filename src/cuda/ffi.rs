@@ -11,6 +11,8 @@ extern "C" {
     pub fn lcm_last_error() -> *const c_char;
     pub fn lcm_cuda_runtime_version() -> c_int;
     pub fn lcm_cuda_peak_allocated(device: c_int) -> i64;
+    pub fn lcm_cuda_reset_peak(device: c_int) -> c_int;
+    pub fn lcm_cuda_mem_info(device: c_int, free: *mut i64, total: *mut i64) -> c_int;
     pub fn lcm_cuda_device_describe(index: c_int, buf: *mut c_char, len: c_int) -> c_int;
 
     pub fn lcm_rmsnorm(

@@ -60,3 +60,27 @@ pub fn peak_allocated(index: usize) -> Option<u64> {
     let _ = index;
     None
 }
+
+/// Free and total bytes of CUDA device `index` as the driver reports them, when the kernels
+/// were built (the memory planner of `lcm eval` reads this).
+pub fn mem_info(index: usize) -> Option<(u64, u64)> {
+    #[cfg(lcm_cuda)]
+    {
+        let (mut free, mut total) = (0i64, 0i64);
+        let rc = unsafe { ffi::lcm_cuda_mem_info(index as i32, &mut free, &mut total) };
+        if rc == 0 {
+            return Some((free as u64, total as u64));
+        }
+    }
+    let _ = index;
+    None
+}
+
+/// Starts a new peak for [`peak_allocated`] on CUDA device `index` (no-op without kernels).
+pub fn reset_peak(index: usize) {
+    #[cfg(lcm_cuda)]
+    unsafe {
+        ffi::lcm_cuda_reset_peak(index as i32);
+    }
+    let _ = index;
+}

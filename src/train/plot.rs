@@ -14,7 +14,7 @@ const FONTS: &[&str] = &[
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
 ];
 
-fn register_font() -> Result<()> {
+pub(crate) fn register_font() -> Result<()> {
     let candidates: Vec<PathBuf> = match std::env::var_os("LCM_FONT") {
         Some(f) => vec![PathBuf::from(f)],
         None => FONTS.iter().map(PathBuf::from).collect(),

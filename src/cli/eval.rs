@@ -1,0 +1,320 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use lcm::data::IndexedCorpus;
+use lcm::eval::grid::{self, GridOptions};
+use lcm::eval::lengths::{format_length, parse_depths, parse_lengths};
+use lcm::eval::niah::{Haystack, NiahTask, TaskSpec};
+use lcm::eval::{plan, ppl, Engine, PrefillOptions};
+use lcm::model::Placement;
+use tch::Device;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Needle in a haystack: accuracy by length x depth through segmented inference.
+    #[command(after_help = "Examples:
+  lcm eval niah --checkpoint runs/passkey-toy --len 256,4K,64K --samples 20
+  lcm eval niah --checkpoint models/drt-128m --len 4K,64K,1M,16M --task passkey
+  lcm eval niah --checkpoint models/drt-128m --len 16M --offload cpu --samples 1
+  lcm eval niah --checkpoint runs/drt-small --task s-niah --haystack data/tokens/sample_val
+
+Writes OUT/results.json (every sample; rewritten after each one) and OUT/heatmap.png.")]
+    Niah(NiahArgs),
+    /// Language-modelling loss by context length (log-loss in nats/token and perplexity).
+    #[command(after_help = "Example:
+  lcm eval ppl --checkpoint runs/drt-tiny --corpus data/tokens/sample_val --len 1K,4K,16K")]
+    Ppl(PplArgs),
+}
+
+#[derive(clap::Args)]
+pub struct Common {
+    /// A checkpoint folder (step-*) or a run folder (its newest checkpoint is used).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Lengths in tokens, comma-separated, with K/M suffixes (x1024, x1024^2). Each is
+    /// rounded down to a multiple of the model's chunk size.
+    #[arg(long = "len", value_name = "LENGTHS")]
+    lengths: String,
+    /// cuda or cpu [default: cuda when available].
+    #[arg(long)]
+    device: Option<String>,
+    /// Keep the chunk memory in (pinned) host memory, only landmarks on the GPU.
+    #[arg(long, value_name = "cpu")]
+    offload: Option<String>,
+    /// Tokens per prefill segment (rounded down to a multiple of the chunk size).
+    #[arg(long, default_value_t = 16384)]
+    segment: i64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct NiahArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Depths of the needle in the haystack, comma-separated, each in [0, 1].
+    #[arg(long, default_value = "0,0.25,0.5,0.75,1")]
+    depths: String,
+    /// Samples per (length, depth) cell.
+    #[arg(long, default_value_t = 10)]
+    samples: usize,
+    #[arg(long, value_enum, default_value_t = NiahTask::Passkey)]
+    task: NiahTask,
+    /// Facts for mq-niah, hops for multihop and vt.
+    #[arg(long, default_value_t = 2)]
+    keys: usize,
+    /// A token corpus prefix, or `random` (ids from the training config's data.random)
+    /// [default: the haystack the model trained on: data.random, else data.eval, else the
+    /// sample corpus data/tokens/sample_val].
+    #[arg(long)]
+    haystack: Option<String>,
+    /// tokenizer.json for s-niah's phrases [default: the NeoX tokenizer from set-up].
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Output folder [default: runs/eval-niah].
+    #[arg(long, default_value = "runs/eval-niah")]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct PplArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Token corpus prefix (.bin/.idx).
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Windows per length.
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+    /// Write the table as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Niah(a) => niah(a),
+        Command::Ppl(a) => ppl_cmd(a),
+    }
+}
+
+pub fn parse_device(name: Option<&str>) -> Result<Device> {
+    Ok(match name {
+        None => Device::cuda_if_available(),
+        Some("cpu") => Device::Cpu,
+        Some("cuda") => {
+            if !tch::Cuda::is_available() {
+                bail!("--device cuda: no CUDA device is available (try --device cpu)");
+            }
+            Device::Cuda(0)
+        }
+        Some(other) => bail!("--device {other}: expected cuda or cpu"),
+    })
+}
+
+pub fn parse_offload(v: Option<&str>) -> Result<Placement> {
+    match v {
+        None => Ok(Placement::Device),
+        Some("cpu") => Ok(Placement::Host),
+        Some(other) => bail!("--offload {other}: the only offload target is cpu"),
+    }
+}
+
+/// Runs the memory planner for the longest length; an error names what does not fit and
+/// the flag that would.
+pub fn check_memory(engine: &Engine, longest: i64, prefill: &PrefillOptions) -> Result<()> {
+    let cfg = engine.config();
+    let elt = engine.kind.elt_size_in_bytes();
+    let segment = engine.segment_tokens(prefill.segment);
+    let est =
+        |seg: i64, placement| plan::estimate(cfg, engine.params, longest, seg, placement, elt);
+    let chosen = est(segment, prefill.placement);
+    let offloaded = (prefill.placement == Placement::Device && engine.device.is_cuda())
+        .then(|| est(segment, Placement::Host));
+    let smaller = engine.segment_tokens(segment / 4);
+    let smaller_est = (smaller < segment).then(|| (smaller, est(smaller, prefill.placement)));
+    let avail = plan::Available::query(engine.device);
+    plan::check(
+        &chosen,
+        &avail,
+        !engine.device.is_cuda(),
+        offloaded.as_ref(),
+        smaller_est.as_ref().map(|(s, e)| (*s, e)),
+    )
+    .map_err(|m| anyhow::anyhow!("length {}: {m}", format_length(longest)))
+}
+
+fn load(common: &Common) -> Result<(Engine, Vec<i64>, PrefillOptions)> {
+    let device = parse_device(common.device.as_deref())?;
+    let placement = parse_offload(common.offload.as_deref())?;
+    let lengths = parse_lengths(&common.lengths)?;
+    let engine = Engine::load(&common.checkpoint, device)
+        .with_context(|| format!("loading {}", common.checkpoint.display()))?;
+    let prefill = PrefillOptions {
+        segment: common.segment,
+        placement,
+    };
+    for &l in &lengths {
+        if engine.usable_length(l) == 0 {
+            bail!(
+                "length {l} is shorter than one chunk ({} tokens)",
+                engine.model.length_multiple()
+            );
+        }
+    }
+    let longest = *lengths.iter().max().expect("at least one length");
+    check_memory(&engine, longest, &prefill)?;
+    Ok((engine, lengths, prefill))
+}
+
+fn haystack_for(args: &NiahArgs, engine: &Engine) -> Result<Haystack> {
+    let train = engine.train.as_ref();
+    let random = || {
+        train
+            .and_then(|t| t.data.random.as_ref())
+            .map(|r| Haystack::Random { lo: r.lo, hi: r.hi })
+    };
+    let corpus = |p: PathBuf| -> Result<Haystack> {
+        let corpus =
+            IndexedCorpus::open(&p).with_context(|| format!("haystack {}", p.display()))?;
+        Ok(Haystack::Corpus { prefix: p, corpus })
+    };
+    match args.haystack.as_deref() {
+        Some("random") => random().context(
+            "--haystack random: the checkpoint's training config has no data.random range",
+        ),
+        Some(p) => corpus(PathBuf::from(p)),
+        None => match (random(), train.and_then(|t| t.data.eval.clone())) {
+            (Some(r), _) => Ok(r),
+            (None, Some(p)) => corpus(p),
+            (None, None) => corpus(PathBuf::from("data/tokens/sample_val")),
+        },
+    }
+}
+
+fn niah(args: NiahArgs) -> Result<()> {
+    let (engine, lengths, prefill) = load(&args.common)?;
+    let depths = parse_depths(&args.depths)?;
+    let trained = engine
+        .train
+        .as_ref()
+        .and_then(|t| t.data.synthetic.as_ref());
+    let spec = TaskSpec::new(
+        args.task,
+        trained,
+        args.keys,
+        engine.config().vocab_size,
+        args.tokenizer.as_deref(),
+    )?;
+    let haystack = haystack_for(&args, &engine)?;
+    let (ckpt, step) = engine.checkpoint.clone().expect("loaded from a checkpoint");
+    eprintln!(
+        "{} on {} (step {step}), {:?}{}, haystack: {}, {} sample(s) per cell",
+        spec.task.name(),
+        ckpt.display(),
+        engine.device,
+        if prefill.placement == Placement::Host {
+            ", chunk memory offloaded to the host"
+        } else {
+            ""
+        },
+        haystack.describe(),
+        args.samples
+    );
+    let opts = GridOptions {
+        lengths,
+        depths,
+        samples: args.samples,
+        seed: args.common.seed,
+        prefill,
+        out: args.out.clone(),
+        progress: !args.common.quiet,
+    };
+    let report = grid::run(&engine, &spec, &haystack, &opts)?;
+    print!("{}", report.table());
+    let tps: Vec<String> = report
+        .lengths
+        .iter()
+        .filter_map(|&l| {
+            let rs: Vec<_> = report.samples.iter().filter(|s| s.length == l).collect();
+            (!rs.is_empty()).then(|| {
+                let secs: f64 = rs.iter().map(|s| s.prefill_seconds).sum::<f64>() / rs.len() as f64;
+                format!(
+                    "{}: {:.2} s ({:.0} tok/s)",
+                    format_length(l),
+                    secs,
+                    rs[0].used_length as f64 / secs.max(1e-9)
+                )
+            })
+        })
+        .collect();
+    println!("prefill per sample: {}", tps.join(", "));
+    let heat = args.out.join("heatmap.png");
+    if let Err(e) = lcm::eval::heatmap::draw(&report, &heat) {
+        eprintln!("warning: no heatmap: {e}");
+    }
+    println!(
+        "results: {} and {}",
+        args.out.join("results.json").display(),
+        heat.display()
+    );
+    Ok(())
+}
+
+fn ppl_cmd(args: PplArgs) -> Result<()> {
+    let (engine, lengths, prefill) = load(&args.common)?;
+    let corpus = IndexedCorpus::open(&args.corpus)
+        .with_context(|| format!("corpus {}", args.corpus.display()))?;
+    let total: u64 = lengths
+        .iter()
+        .map(|&l| (engine.usable_length(l) as u64) * args.samples as u64)
+        .sum();
+    let bar = (!args.common.quiet).then(|| {
+        let b = ProgressBar::new(total);
+        b.set_style(
+            ProgressStyle::with_template(
+                "[{bar:30}] {human_pos}/{human_len} tokens {per_sec} ETA {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let rows = ppl::run(
+        &engine,
+        &corpus,
+        &args.corpus.display().to_string(),
+        &lengths,
+        args.samples,
+        args.common.seed,
+        &prefill,
+        bar.as_ref(),
+    )?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    println!(
+        "{:>8} {:>10} {:>12} {:>11} {:>10}",
+        "length", "tokens", "log-loss", "perplexity", "tok/s"
+    );
+    for r in &rows {
+        println!(
+            "{:>8} {:>10} {:>12.4} {:>11.2} {:>10.0}",
+            format_length(r.length),
+            r.tokens,
+            r.log_loss,
+            r.perplexity,
+            r.tokens_per_second
+        );
+    }
+    println!("log-loss: mean next-token cross-entropy in nats/token; perplexity = exp(log-loss)");
+    if let Some(p) = &args.json {
+        let json = serde_json::to_vec_pretty(&rows)?;
+        lcm::util::write_atomic(p, &json)?;
+    }
+    Ok(())
+}

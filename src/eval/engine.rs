@@ -1,0 +1,181 @@
+//! The long-context inference engine: a model (from a checkpoint, or with random weights
+//! for benchmarks) and the segmented prefill that feeds it a sequence of any length, a
+//! segment at a time, keeping only the window caches and the chunk memory in between.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::{self, LanguageModel, ModelConfig, Placement, StateOptions};
+use crate::train::{checkpoint, TrainConfig};
+
+/// A model ready for inference: weights in the compute dtype (bf16 on a GPU, fp32 on the
+/// CPU), gradients off.
+pub struct Engine {
+    pub model: Box<dyn LanguageModel>,
+    _vs: nn::VarStore,
+    pub device: Device,
+    pub kind: Kind,
+    /// The training config saved with the checkpoint (None for random weights).
+    pub train: Option<TrainConfig>,
+    /// The checkpoint folder and its step.
+    pub checkpoint: Option<(PathBuf, u64)>,
+    pub params: i64,
+}
+
+/// How a prefill runs.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefillOptions {
+    /// Tokens per segment (a multiple of the model's chunk size).
+    pub segment: i64,
+    pub placement: Placement,
+}
+
+/// What a prefill measured.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefillStats {
+    pub tokens: i64,
+    pub seconds: f64,
+    /// Peak bytes allocated on the GPU during the prefill (libtorch's allocator).
+    pub peak_device_bytes: Option<u64>,
+    /// Bytes of chunk memory (keys and values) and landmarks at the end.
+    pub memory_bytes: i64,
+    pub landmark_bytes: i64,
+}
+
+impl PrefillStats {
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.seconds.max(1e-9)
+    }
+}
+
+fn compute_kind(device: Device) -> Kind {
+    if device.is_cuda() {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    }
+}
+
+impl Engine {
+    /// Loads the checkpoint `path` names (a `step-*` folder or a run folder's newest).
+    pub fn load(path: &Path, device: Device) -> Result<Self> {
+        let ckpt = checkpoint::resolve(path)?;
+        let state = checkpoint::read_state(&ckpt)?;
+        let mut engine = Engine::build(&state.config.model, device)?;
+        let weights = ckpt.join("model.safetensors");
+        engine
+            ._vs
+            .load(&weights)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", weights.display())))?;
+        engine._vs.set_kind(engine.kind);
+        engine.model.set_step(state.step);
+        engine.train = Some(state.config);
+        engine.checkpoint = Some((ckpt, state.step));
+        Ok(engine)
+    }
+
+    /// A model of `cfg` with its initial random weights (speed and memory benchmarks).
+    pub fn random(cfg: &ModelConfig, device: Device) -> Result<Self> {
+        let mut engine = Engine::build(cfg, device)?;
+        engine._vs.set_kind(engine.kind);
+        Ok(engine)
+    }
+
+    fn build(cfg: &ModelConfig, device: Device) -> Result<Self> {
+        let mut vs = nn::VarStore::new(device);
+        let model = model::build(&vs.root(), cfg)?;
+        vs.freeze();
+        let params = vs.variables().values().map(|t| t.numel() as i64).sum();
+        Ok(Engine {
+            model,
+            _vs: vs,
+            device,
+            kind: compute_kind(device),
+            train: None,
+            checkpoint: None,
+            params,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    /// The largest multiple of the chunk size not above `requested` (at least one chunk).
+    pub fn segment_tokens(&self, requested: i64) -> i64 {
+        let m = self.model.length_multiple();
+        (requested / m).max(1) * m
+    }
+
+    /// The largest usable length not above `requested` (a multiple of the chunk size).
+    pub fn usable_length(&self, requested: i64) -> i64 {
+        let m = self.model.length_multiple();
+        requested / m * m
+    }
+
+    /// Feeds `tokens (1, T)` (CPU, int64; `T` a multiple of the chunk size) segment by
+    /// segment; `on_segment(start, hidden)` receives each segment's final hidden states
+    /// `(1, len, d)`. `progress` advances by tokens.
+    pub fn prefill(
+        &self,
+        tokens: &Tensor,
+        opts: &PrefillOptions,
+        progress: Option<&ProgressBar>,
+        mut on_segment: impl FnMut(i64, &Tensor) -> Result<()>,
+    ) -> Result<PrefillStats> {
+        let t = tokens.size()[1];
+        let m = self.model.length_multiple();
+        if t % m != 0 {
+            return Err(Error::Invalid(format!(
+                "{t} tokens is not a multiple of the model's chunk size {m}"
+            )));
+        }
+        let segment = self.segment_tokens(opts.segment);
+        let cuda_index = match self.device {
+            Device::Cuda(i) => Some(i),
+            _ => None,
+        };
+        if let Some(i) = cuda_index {
+            tch::Cuda::synchronize(i as i64);
+            crate::cuda::reset_peak(i);
+        }
+        let started = Instant::now();
+        let mut state = self.model.new_state(&StateOptions {
+            batch: 1,
+            capacity_tokens: t,
+            placement: opts.placement,
+            kind: self.kind,
+            device: self.device,
+        });
+        tch::no_grad(|| -> Result<()> {
+            let mut start = 0;
+            while start < t {
+                let len = segment.min(t - start);
+                let x = tokens.narrow(1, start, len).to_device(self.device);
+                let h = self.model.forward_segment(&x, &mut state);
+                on_segment(start, &h)?;
+                start += len;
+                if let Some(p) = progress {
+                    p.inc(len as u64);
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(i) = cuda_index {
+            tch::Cuda::synchronize(i as i64);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let (memory_bytes, landmark_bytes) = state.store.as_ref().map_or((0, 0), |s| s.bytes());
+        Ok(PrefillStats {
+            tokens: t,
+            seconds,
+            peak_device_bytes: cuda_index.and_then(crate::cuda::peak_allocated),
+            memory_bytes,
+            landmark_bytes,
+        })
+    }
+}

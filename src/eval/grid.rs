@@ -1,0 +1,246 @@
+//! `lcm eval niah`: runs the lengths x depths x samples grid through the engine, prints
+//! the accuracy table, and writes `results.json` (every sample, rewritten atomically after
+//! each, so an interrupted run keeps what it measured) and `heatmap.png`.
+
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use super::engine::{Engine, PrefillOptions};
+use super::lengths::format_length;
+use super::niah::{build_sample, sample_seed, score, Haystack, TaskSpec};
+use crate::error::{Error, Result};
+use crate::util::{write_atomic, SplitMix64};
+
+pub struct GridOptions {
+    pub lengths: Vec<i64>,
+    pub depths: Vec<f64>,
+    pub samples: usize,
+    pub seed: u64,
+    pub prefill: PrefillOptions,
+    pub out: PathBuf,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleResult {
+    pub length: i64,
+    /// The length run: the largest multiple of the chunk size not above `length`.
+    pub used_length: i64,
+    pub depth: f64,
+    pub sample: usize,
+    pub seed: u64,
+    pub fact_position: usize,
+    pub answer: Vec<u32>,
+    pub prediction: Vec<u32>,
+    pub hit: bool,
+    pub single_token_hit: bool,
+    pub prefill_seconds: f64,
+    pub tokens_per_second: f64,
+    pub peak_device_bytes: Option<u64>,
+    pub chunk_memory_bytes: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    pub length: i64,
+    pub depth: f64,
+    pub samples: usize,
+    pub accuracy: f64,
+    pub single_token_accuracy: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub task: String,
+    pub checkpoint: Option<String>,
+    pub step: Option<u64>,
+    pub haystack: String,
+    pub device: String,
+    pub offload: bool,
+    pub segment: i64,
+    pub lengths: Vec<i64>,
+    pub depths: Vec<f64>,
+    pub samples_per_cell: usize,
+    pub cells: Vec<Cell>,
+    pub samples: Vec<SampleResult>,
+}
+
+impl Report {
+    fn cell_results(&self, length: i64, depth: f64) -> impl Iterator<Item = &SampleResult> {
+        self.samples
+            .iter()
+            .filter(move |s| s.length == length && s.depth == depth)
+    }
+
+    fn summarise(&mut self) {
+        let mut cells = Vec::new();
+        for &l in &self.lengths {
+            for &d in &self.depths {
+                let rs: Vec<_> = self.cell_results(l, d).collect();
+                if rs.is_empty() {
+                    continue;
+                }
+                let n = rs.len() as f64;
+                cells.push(Cell {
+                    length: l,
+                    depth: d,
+                    samples: rs.len(),
+                    accuracy: rs.iter().filter(|r| r.hit).count() as f64 / n,
+                    single_token_accuracy: rs.iter().filter(|r| r.single_token_hit).count() as f64
+                        / n,
+                });
+            }
+        }
+        self.cells = cells;
+    }
+
+    /// Accuracy of every sample at `length` (and the single-token score).
+    pub fn length_accuracy(&self, length: i64) -> Option<(f64, f64)> {
+        let rs: Vec<_> = self.samples.iter().filter(|s| s.length == length).collect();
+        if rs.is_empty() {
+            return None;
+        }
+        let n = rs.len() as f64;
+        Some((
+            rs.iter().filter(|r| r.hit).count() as f64 / n,
+            rs.iter().filter(|r| r.single_token_hit).count() as f64 / n,
+        ))
+    }
+
+    /// The terminal table: depth rows x length columns, exact-match accuracy in percent.
+    pub fn table(&self) -> String {
+        let mut s = format!("{:<14}", "depth \\ length");
+        for &l in &self.lengths {
+            s += &format!("{:>9}", format_length(l));
+        }
+        s.push('\n');
+        for &d in &self.depths {
+            s += &format!("{:<14}", format!("{d:.2}"));
+            for &l in &self.lengths {
+                match self.cells.iter().find(|c| c.length == l && c.depth == d) {
+                    Some(c) => s += &format!("{:>9.1}", 100.0 * c.accuracy),
+                    None => s += &format!("{:>9}", "-"),
+                }
+            }
+            s.push('\n');
+        }
+        for (name, pick) in [("all", 0), ("first token", 1)] {
+            s += &format!("{name:<14}");
+            for &l in &self.lengths {
+                match self.length_accuracy(l) {
+                    Some(a) => s += &format!("{:>9.1}", 100.0 * if pick == 0 { a.0 } else { a.1 }),
+                    None => s += &format!("{:>9}", "-"),
+                }
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    fn save(&self, out: &std::path::Path) -> Result<()> {
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| Error::Invalid(format!("results: {e}")))?;
+        write_atomic(&out.join("results.json"), &json)
+    }
+}
+
+/// Runs the grid. `spec` is the task, `haystack` where its text comes from.
+pub fn run(
+    engine: &Engine,
+    spec: &TaskSpec,
+    haystack: &Haystack,
+    opts: &GridOptions,
+) -> Result<Report> {
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let mut report = Report {
+        task: spec.task.name().to_string(),
+        checkpoint: engine
+            .checkpoint
+            .as_ref()
+            .map(|(p, _)| p.display().to_string()),
+        step: engine.checkpoint.as_ref().map(|(_, s)| *s),
+        haystack: haystack.describe(),
+        device: format!("{:?}", engine.device),
+        offload: opts.prefill.placement == crate::model::Placement::Host,
+        segment: engine.segment_tokens(opts.prefill.segment),
+        lengths: opts.lengths.clone(),
+        depths: opts.depths.clone(),
+        samples_per_cell: opts.samples,
+        cells: vec![],
+        samples: vec![],
+    };
+    let total: u64 = opts
+        .lengths
+        .iter()
+        .map(|&l| engine.usable_length(l) as u64 * (opts.depths.len() * opts.samples) as u64)
+        .sum();
+    let bar = opts.progress.then(|| {
+        let b = ProgressBar::new(total);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{msg:>22} [{bar:30}] {human_pos}/{human_len} tokens {per_sec} ETA {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    for (li, &length) in opts.lengths.iter().enumerate() {
+        let used = engine.usable_length(length);
+        for (di, &depth) in opts.depths.iter().enumerate() {
+            for s in 0..opts.samples {
+                let seed = sample_seed(opts.seed, li, di, s);
+                let mut rng = SplitMix64::new(seed);
+                let sample = build_sample(spec, used as usize, depth, haystack, &mut rng)?;
+                if let Some(b) = &bar {
+                    b.set_message(format!("{} depth {depth:.2} #{s}", format_length(length)));
+                }
+                let ids: Vec<i64> = sample.tokens.iter().map(|&t| t as i64).collect();
+                let tokens = Tensor::from_slice(&ids).view([1, used]);
+                // Targets: logits at p predict token p+1.
+                let first = sample.answer_start as i64 - 1;
+                let n_ans = sample.answer.len() as i64;
+                let mut picked = Vec::new();
+                let stats = engine.prefill(&tokens, &opts.prefill, bar.as_ref(), |start, h| {
+                    let len = h.size()[1];
+                    let lo = first.max(start);
+                    let hi = (first + n_ans).min(start + len);
+                    if lo < hi {
+                        picked.push(h.narrow(1, lo - start, hi - lo));
+                    }
+                    Ok(())
+                })?;
+                let hidden = Tensor::cat(&picked, 1);
+                let logits = tch::no_grad(|| engine.model.head(&hidden)).to_kind(Kind::Float);
+                let pred: Vec<i64> = Vec::try_from(logits.argmax(-1, false).view([-1]))
+                    .map_err(|e| Error::Invalid(format!("predictions: {e}")))?;
+                let sc = score(spec, &sample, pred.iter().map(|&p| p as u32).collect());
+                report.samples.push(SampleResult {
+                    length,
+                    used_length: used,
+                    depth,
+                    sample: s,
+                    seed,
+                    fact_position: sample.fact_position,
+                    answer: sample.answer.clone(),
+                    prediction: sc.prediction,
+                    hit: sc.hit,
+                    single_token_hit: sc.single_token_hit,
+                    prefill_seconds: stats.seconds,
+                    tokens_per_second: stats.tokens_per_second(),
+                    peak_device_bytes: stats.peak_device_bytes,
+                    chunk_memory_bytes: stats.memory_bytes,
+                });
+                report.summarise();
+                report.save(&opts.out)?;
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(report)
+}

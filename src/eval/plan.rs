@@ -1,0 +1,260 @@
+//! The memory planner: before any work, what a segmented prefill of `tokens` tokens will
+//! need on the compute device and in host memory, and whether that fits.
+//!
+//! The estimate adds the weights, the chunk memory (the only part that grows with the
+//! length), the window caches and one segment's activations, with the reference ops'
+//! largest intermediates spelled out (blocked sliding-window scores, GCA/HSA per-chunk
+//! scores and gathered chunks, retrieval score blocks), then a 25% margin and 1 GiB for
+//! the allocator and libraries. `lcm bench prefill` prints it beside the measured peak.
+
+use crate::model::{Arch, ModelConfig, Placement};
+use crate::ops::retrieval::RETRIEVAL_BLOCK;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Bytes by purpose, for one sample of `tokens` tokens fed in segments of `segment`.
+#[derive(Debug, Clone, Copy)]
+pub struct Estimate {
+    pub weights: f64,
+    /// Chunk keys and values (where the placement puts them).
+    pub memory: f64,
+    /// Landmarks (always on the compute device).
+    pub landmarks: f64,
+    pub caches: f64,
+    pub activations: f64,
+    pub placement: Placement,
+}
+
+impl Estimate {
+    /// Bytes on the compute device, margin included.
+    pub fn device_bytes(&self) -> f64 {
+        let on_device = match self.placement {
+            Placement::Device => self.memory,
+            Placement::Host => 0.0,
+        };
+        (self.weights + on_device + self.landmarks + self.caches + self.activations) * 1.25 + GIB
+    }
+
+    /// Bytes of host memory beyond the process's baseline.
+    pub fn host_bytes(&self) -> f64 {
+        match self.placement {
+            Placement::Host => self.memory * 1.05,
+            Placement::Device => 0.0,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "weights {:.2} GiB, chunk memory {:.2} GiB ({}), landmarks {:.2} GiB, caches {:.2} GiB, \
+             one segment's activations {:.2} GiB",
+            self.weights / GIB,
+            self.memory / GIB,
+            match self.placement {
+                Placement::Device => "on the device",
+                Placement::Host => "in host memory",
+            },
+            self.landmarks / GIB,
+            self.caches / GIB,
+            self.activations / GIB
+        )
+    }
+}
+
+/// Estimates a prefill of `tokens` tokens (batch 1) in segments of `segment` tokens.
+/// `elt` is the activation dtype's size (2 for bf16), `params` the parameter count.
+pub fn estimate(
+    cfg: &ModelConfig,
+    params: i64,
+    tokens: i64,
+    segment: i64,
+    placement: Placement,
+    elt: usize,
+) -> Estimate {
+    let e = elt as f64;
+    let (d, hq, hkv, hd) = (
+        cfg.d_model as f64,
+        cfg.n_heads as f64,
+        cfg.n_kv_heads as f64,
+        cfg.head_dim() as f64,
+    );
+    let w = cfg.window as f64;
+    // Positions of a segment (DRT adds a landmark per chunk), chunks per segment, and the
+    // sample's chunks, memory rows per chunk and landmark width.
+    let (p, c, total_chunks, rows, lmk_dim, layers) = match cfg.arch {
+        Arch::Drt => {
+            let dr = cfg.drt.as_ref().expect("validated");
+            let s = dr.chunk_size as f64;
+            (
+                segment as f64 * (s + 1.0) / s,
+                segment as f64 / s,
+                (tokens as f64 / s).ceil(),
+                s + 1.0,
+                d,
+                dr.decoder_layers.iter().sum::<i64>() as f64,
+            )
+        }
+        Arch::SwaHsa => {
+            let h = cfg.hsa.as_ref().expect("validated");
+            let s = h.chunk_size as f64;
+            (
+                segment as f64,
+                segment as f64 / s,
+                (tokens as f64 / s).ceil(),
+                s,
+                h.retrieval_dim as f64,
+                (h.lower_layers + h.upper_layers) as f64,
+            )
+        }
+        Arch::Swa | Arch::Dense => (
+            segment as f64,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            cfg.n_layers.unwrap_or(0) as f64,
+        ),
+    };
+    let memory = total_chunks * rows * hkv * hd * 2.0 * e;
+    let landmarks = total_chunks * lmk_dim * e;
+    let caches = match cfg.arch {
+        Arch::Dense => layers * 2.0 * tokens as f64 * hkv * hd * e,
+        _ => layers * 2.0 * w * hkv * hd * e,
+    };
+    // Blocked sliding-window scores: fp32 scores, their softmax and the rounded
+    // probabilities over (queries + cached) x 2 windows per head.
+    let keys = match cfg.arch {
+        Arch::Dense => tokens as f64,
+        _ => 2.0 * w.min(p + w),
+    };
+    let attn = hq * (p + w) * keys * (4.0 + 4.0 + e);
+    let mlp = p * cfg.d_ff as f64 * e * 3.0;
+    let hidden = p * d * e * 12.0;
+    let mut act = attn + mlp + hidden;
+    match cfg.arch {
+        Arch::Drt => {
+            let dr = cfg.drt.as_ref().expect("validated");
+            let (k, span) = (dr.topk as f64, (dr.chunk_size + 1) as f64);
+            // Gathered chunks (k and v) and GCA's per-chunk scores and outputs.
+            let gathered = c * k * rows * hkv * hd * 2.0 * e;
+            let gca = c * hq * k * span * (rows * (4.0 + 4.0 + e) + hd * 4.0);
+            let retrieval = c * (total_chunks.min(RETRIEVAL_BLOCK as f64) + 2.0 * k) * 4.0 * 3.0;
+            let encoder = c * hq * span * span * (8.0 + e) + c * span * d * e * 12.0;
+            act += gathered + gca + retrieval + encoder;
+        }
+        Arch::SwaHsa => {
+            let h = cfg.hsa.as_ref().expect("validated");
+            let (k, s) = (h.topk as f64, h.chunk_size as f64);
+            let g = hq / hkv;
+            // HSA's gathered chunks per token, its per-slot scores and outputs; retrieval
+            // scores per token and retrieval head over a block of chunks.
+            let gathered = p * hkv * k * s * hd * 2.0 * e;
+            let hsa = p * hkv * k * g * (s * (4.0 + 4.0 + e) + hd * 4.0);
+            let r = h.retrieval_heads as f64;
+            let retrieval =
+                p * r * (total_chunks.min(RETRIEVAL_BLOCK as f64) + 2.0 * k) * 4.0 * 3.0;
+            let encoder = c * hq * (s + 1.0) * (s + 1.0) * (8.0 + e) + c * (s + 1.0) * d * e * 12.0;
+            act += gathered + hsa + retrieval + encoder;
+        }
+        _ => {}
+    }
+    Estimate {
+        weights: params as f64 * e,
+        memory,
+        landmarks,
+        caches,
+        activations: act,
+        placement,
+    }
+}
+
+/// Memory available for a prefill: free bytes on the compute device (None on CPU or when
+/// unknown) and available host bytes (None when unknown).
+#[derive(Debug, Clone, Copy)]
+pub struct Available {
+    pub device: Option<f64>,
+    pub host: Option<f64>,
+}
+
+impl Available {
+    /// What this machine has now for `device`.
+    pub fn query(device: tch::Device) -> Self {
+        let gpu = match device {
+            tch::Device::Cuda(i) => crate::cuda::mem_info(i).map(|(f, _)| f as f64),
+            _ => None,
+        };
+        Available {
+            device: gpu,
+            host: host_available(),
+        }
+    }
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes.
+pub fn host_available() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+/// Whether `est` fits in `avail`; if not, a message naming what does not fit and the flag
+/// that would make it fit (`alternatives`: the same prefill offloaded, and with a smaller
+/// segment). `on_cpu`: the compute device is the host itself.
+pub fn check(
+    est: &Estimate,
+    avail: &Available,
+    on_cpu: bool,
+    offloaded: Option<&Estimate>,
+    smaller_segment: Option<(i64, &Estimate)>,
+) -> Result<(), String> {
+    let fits = |e: &Estimate| {
+        let dev_ok = on_cpu || avail.device.map_or(true, |f| e.device_bytes() <= f);
+        let host_need = if on_cpu {
+            e.device_bytes() + e.host_bytes()
+        } else {
+            e.host_bytes()
+        };
+        let host_ok = avail.host.map_or(true, |h| host_need <= h);
+        dev_ok && host_ok
+    };
+    if fits(est) {
+        return Ok(());
+    }
+    let mut msg = if on_cpu {
+        format!(
+            "this needs about {:.1} GiB of host memory, {:.1} GiB are available ({})",
+            (est.device_bytes() + est.host_bytes()) / GIB,
+            avail.host.unwrap_or(0.0) / GIB,
+            est.describe()
+        )
+    } else if avail.device.is_some_and(|f| est.device_bytes() > f) {
+        format!(
+            "this needs about {:.1} GiB on the GPU, {:.1} GiB are free ({})",
+            est.device_bytes() / GIB,
+            avail.device.unwrap_or(0.0) / GIB,
+            est.describe()
+        )
+    } else {
+        format!(
+            "this needs about {:.1} GiB of host memory, {:.1} GiB are available ({})",
+            est.host_bytes() / GIB,
+            avail.host.unwrap_or(0.0) / GIB,
+            est.describe()
+        )
+    };
+    if let Some(o) = offloaded.filter(|o| fits(o)) {
+        msg += &format!(
+            "; with --offload cpu it needs about {:.1} GiB on the GPU and {:.1} GiB of host memory",
+            o.device_bytes() / GIB,
+            o.host_bytes() / GIB
+        );
+    } else if let Some((seg, s)) = smaller_segment.filter(|(_, s)| fits(s)) {
+        msg += &format!(
+            "; with --segment {seg} it needs about {:.1} GiB",
+            s.device_bytes() / GIB
+        );
+    } else {
+        msg += "; no segment size or offloading makes it fit on this machine";
+    }
+    Err(msg)
+}

@@ -1,0 +1,102 @@
+//! `lcm eval ppl`: the language-modelling loss by context length, through the segmented
+//! engine. For each length, `samples` windows of `length + 1` tokens at seeded positions of
+//! a corpus; the loss is the mean next-token cross-entropy over every position of the
+//! window (nats per token, the "log-loss"; the reference prints this figure as
+//! "perplexity"), and the perplexity is its exponential.
+
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use super::engine::{Engine, PrefillOptions};
+use crate::data::IndexedCorpus;
+use crate::error::{Error, Result};
+use crate::util::SplitMix64;
+
+/// Positions whose logits are formed at once: bounds the `(positions, vocab)` fp32 block.
+const LOGIT_BLOCK: i64 = 2048;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PplRow {
+    pub length: i64,
+    pub used_length: i64,
+    pub samples: usize,
+    pub tokens: i64,
+    /// Mean cross-entropy, nats per token.
+    pub log_loss: f64,
+    pub perplexity: f64,
+    pub tokens_per_second: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    engine: &Engine,
+    corpus: &IndexedCorpus,
+    corpus_name: &str,
+    lengths: &[i64],
+    samples: usize,
+    seed: u64,
+    prefill: &PrefillOptions,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<Vec<PplRow>> {
+    let toks = corpus.tokens();
+    let mut rows = Vec::new();
+    for (li, &length) in lengths.iter().enumerate() {
+        let used = engine.usable_length(length);
+        if toks.len() < used as usize + 1 {
+            return Err(Error::Invalid(format!(
+                "{corpus_name}: {} tokens, fewer than the {} a window of length {length} needs",
+                toks.len(),
+                used + 1
+            )));
+        }
+        let (mut sum, mut count, mut secs) = (0.0f64, 0i64, 0.0f64);
+        for s in 0..samples {
+            let mut rng = SplitMix64::for_item(seed, ((li as u64) << 32) | s as u64);
+            let start = rng.below((toks.len() - used as usize) as u64) as usize;
+            let ids: Vec<i64> = toks
+                .slice(start..start + used as usize + 1)
+                .iter()
+                .map(|t| t as i64)
+                .collect();
+            let window = Tensor::from_slice(&ids);
+            let inputs = window.narrow(0, 0, used).view([1, used]);
+            let targets = window.narrow(0, 1, used).to_device(engine.device);
+            let stats = engine.prefill(&inputs, prefill, progress, |start, h| {
+                let len = h.size()[1];
+                let mut at = 0;
+                while at < len {
+                    let n = LOGIT_BLOCK.min(len - at);
+                    let logits = engine
+                        .model
+                        .head(&h.narrow(1, at, n))
+                        .to_kind(Kind::Float)
+                        .view([n, -1]);
+                    let t = targets.narrow(0, start + at, n);
+                    let loss = logits.cross_entropy_loss::<Tensor>(
+                        &t,
+                        None,
+                        tch::Reduction::Sum,
+                        -100,
+                        0.0,
+                    );
+                    sum += loss.double_value(&[]);
+                    count += n;
+                    at += n;
+                }
+                Ok(())
+            })?;
+            secs += stats.seconds;
+        }
+        let log_loss = sum / count.max(1) as f64;
+        rows.push(PplRow {
+            length,
+            used_length: used,
+            samples,
+            tokens: count,
+            log_loss,
+            perplexity: log_loss.exp(),
+            tokens_per_second: count as f64 / secs.max(1e-9),
+        });
+    }
+    Ok(rows)
+}
