@@ -6,6 +6,7 @@
 //! their largest magnitude (the only differences are summation orders, e.g. retrieval scores
 //! taken in blocks).
 
+mod common;
 mod model_util;
 
 use lcm::model::{InferenceState, LanguageModel, Placement, StateOptions};
@@ -26,7 +27,7 @@ fn segmented(
         capacity_tokens: t / 3,
         placement,
         kind: Kind::Float,
-        device: Device::Cpu,
+        device: x.device(),
     });
     let mut start = 0;
     let mut logits = Vec::new();
@@ -112,4 +113,40 @@ fn window_caches_stay_bounded_while_the_memory_grows() {
     });
     let _ = tch::no_grad(|| model.forward_segment(&x.narrow(1, 16, 16), &mut state));
     assert_eq!(state.cache_bytes(), 2 * first);
+}
+
+/// The same on the GPU, at a size closer to use: the repository's tiny configs (chunk 15 or
+/// 16, window 32, top-4), 2 x 2048 tokens in uneven segments, fp32, memory on the device
+/// and offloaded to pinned host memory.
+#[test]
+fn segmented_inference_matches_the_full_forward_on_cuda() {
+    let Some(dev) = common::cuda_or_skip("segmented_inference_matches_the_full_forward_on_cuda")
+    else {
+        return;
+    };
+    for name in ["drt-tiny", "swa-hsa-tiny", "swa-tiny", "dense-tiny"] {
+        let path = format!("configs/models/{name}.json");
+        let text = std::fs::read_to_string(&path).expect("config");
+        let cfg =
+            lcm::model::ModelConfig::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
+        tch::manual_seed(7);
+        let vs = tch::nn::VarStore::new(dev);
+        let model = lcm::model::build(&vs.root(), &cfg).expect("build");
+        let m = model.length_multiple();
+        let t = 2048 / m * m;
+        let x = Tensor::randint(cfg.vocab_size - 1, [2, t], (Kind::Int64, dev));
+        let full = tch::no_grad(|| model.forward(&x, false));
+        let a = (t / 3) / m * m;
+        let b = m * 5;
+        let segments = [a, b, t - a - b];
+        for placement in [Placement::Device, Placement::Host] {
+            let (seg, _) = tch::no_grad(|| segmented(&*model, &x, &segments, placement));
+            let diff = max_rel_diff(&full, &seg);
+            println!("{name} {placement:?}: max relative difference {diff:e}");
+            assert!(
+                diff <= 1e-4,
+                "{name} {placement:?}: logits differ by {diff:e}"
+            );
+        }
+    }
 }

@@ -16,6 +16,38 @@ pub enum Command {
         after_help = "Example:\n  lcm bench tokenizer --input data/sample-pile/train/00.jsonl.zst --repeats 3"
     )]
     Tokenizer(TokenizerArgs),
+    /// Segmented prefill (the engine of `lcm eval`): tokens/s and peak memory of a model
+    /// with random weights at long lengths, chunk memory on the GPU or offloaded.
+    #[command(after_help = "Examples:
+  lcm bench prefill --model configs/models/drt-128m.json --len 64K,1M,16M
+  lcm bench prefill --model configs/models/drt-128m.json --len 1M --offload cpu
+  lcm bench prefill --model configs/models/drt-tiny.json --len 4K --device cpu")]
+    Prefill(PrefillArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PrefillArgs {
+    /// Model config (JSON, the `model` section of a training config).
+    #[arg(long)]
+    model: std::path::PathBuf,
+    /// Lengths with K/M suffixes, comma-separated.
+    #[arg(long = "len", default_value = "64K,1M")]
+    lengths: String,
+    /// cuda or cpu.
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Keep the chunk memory in host memory.
+    #[arg(long, value_name = "cpu")]
+    offload: Option<String>,
+    /// Tokens per segment.
+    #[arg(long, default_value_t = 16384)]
+    segment: i64,
+    /// Skip the memory planner's check.
+    #[arg(long)]
+    no_check: bool,
+    /// Append the results as JSON lines to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -78,6 +110,7 @@ pub fn parse_kind(s: &str) -> Result<Kind> {
 
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
+        Command::Prefill(a) => prefill(a),
         Command::Tokenizer(a) => {
             use anyhow::Context;
             let paths = lcm::data::inputs::expand_inputs(&a.input).context("--input")?;
@@ -126,4 +159,56 @@ pub fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn prefill(a: PrefillArgs) -> Result<()> {
+    use anyhow::Context;
+    use lcm::eval::{lengths::parse_lengths, Engine, PrefillOptions};
+    let device = parse_device(&a.device)?;
+    let text = std::fs::read_to_string(&a.model).with_context(|| a.model.display().to_string())?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| a.model.display().to_string())?;
+    let cfg = lcm::model::ModelConfig::from_json(&value)
+        .with_context(|| a.model.display().to_string())?;
+    let name = a
+        .model
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    tch::manual_seed(0);
+    let engine = Engine::random(&cfg, device)?;
+    let opts = PrefillOptions {
+        segment: a.segment,
+        placement: super::eval::parse_offload(a.offload.as_deref())?,
+    };
+    let lengths = parse_lengths(&a.lengths)?;
+    println!(
+        "{name}: {:.1}M parameters, {:?}, segment {} tokens",
+        engine.params as f64 / 1e6,
+        engine.kind,
+        engine.segment_tokens(a.segment)
+    );
+    println!("{}", lcm::bench::prefill::header());
+    let mut lines = String::new();
+    for &l in &lengths {
+        if !a.no_check {
+            super::eval::check_memory(&engine, l, &opts)?;
+        }
+        let bar = indicatif::ProgressBar::new(engine.usable_length(l) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "[{bar:30}] {human_pos}/{human_len} tokens {per_sec} ETA {eta}",
+            )
+            .expect("static template"),
+        );
+        let r = lcm::bench::prefill::run(&engine, &name, l, &opts, Some(&bar))?;
+        bar.finish_and_clear();
+        println!("{r}");
+        lines += &(serde_json::to_string(&r)? + "\n");
+    }
+    if let Some(path) = a.json {
+        let mut all = std::fs::read_to_string(&path).unwrap_or_default();
+        all += &lines;
+        lcm::util::write_atomic(&path, all.as_bytes())?;
+    }
+    Ok(())
 }
