@@ -49,6 +49,13 @@ int64_t lcm_cuda_peak_allocated(int device) {
   }
 }
 
+// A page-locked copy of host tensor `t` (through libtorch's caching host allocator, so a
+// pending asynchronous copy from it keeps its block alive). tch's pin_memory passes a device
+// argument libtorch now warns about on every call.
+int lcm_pin_memory(const at::Tensor* t, at::Tensor** out) {
+  return lcm::guarded("pin_memory", [&] { *out = new at::Tensor(t->pin_memory()); });
+}
+
 // Starts a new peak for lcm_cuda_peak_allocated on `device`; 0 on success.
 int lcm_cuda_reset_peak(int device) {
   try {

@@ -84,3 +84,15 @@ pub fn reset_peak(index: usize) {
     }
     let _ = index;
 }
+
+/// A page-locked (pinned) copy of host tensor `t`, for asynchronous copies to a GPU.
+pub fn pin_memory(t: &tch::Tensor) -> tch::Tensor {
+    #[cfg(lcm_cuda)]
+    {
+        let pinned = unsafe { ffi::call::<1>(|out| ffi::lcm_pin_memory(t.as_ptr(), &mut out[0])) };
+        if let Ok([p]) = pinned {
+            return p;
+        }
+    }
+    t.pin_memory(tch::Device::Cuda(0))
+}

@@ -58,11 +58,12 @@ impl ChunkStore {
             Placement::Device => device,
         };
         let alloc = |shape: &[i64], dev: Device| {
-            let t = Tensor::zeros(shape, (kind, dev));
             if dev == Device::Cpu && device.is_cuda() {
-                t.pin_memory(device)
+                // Untouched pages of `empty` cost nothing; only the pinned copy is resident.
+                let t = Tensor::empty(shape, (kind, dev));
+                crate::cuda::pin_memory(&t)
             } else {
-                t
+                Tensor::zeros(shape, (kind, dev))
             }
         };
         let mut lmk_shape = vec![batch, capacity];
@@ -107,7 +108,7 @@ impl ChunkStore {
             shape[1] = cap;
             let big = Tensor::zeros(shape.as_slice(), (t.kind(), t.device()));
             let big = if t.device() == Device::Cpu && self.device.is_cuda() {
-                big.pin_memory(self.device)
+                crate::cuda::pin_memory(&big)
             } else {
                 big
             };
@@ -184,7 +185,7 @@ impl ChunkStore {
             }
             let staging = Tensor::empty(shape.as_slice(), (t.kind(), home));
             let staging = if self.device.is_cuda() {
-                staging.pin_memory(self.device)
+                crate::cuda::pin_memory(&staging)
             } else {
                 staging
             };

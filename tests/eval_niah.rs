@@ -1,0 +1,240 @@
+//! `lcm eval`: NIAH samples are laid out as specified (fact at the depth, answer at the
+//! end, exact length, every task), the grid's predictions are the full forward's argmax at
+//! the answer positions (so segmenting and position bookkeeping lose nothing), results and
+//! heatmap are written, lengths and depths parse with clear errors, the memory planner
+//! names the flag that would fit, and s-niah's phrases come from the NeoX tokenizer.
+
+use lcm::data::{IndexedCorpus, TokenDtype};
+use lcm::eval::grid::{self, GridOptions};
+use lcm::eval::lengths::{format_length, parse_depths, parse_lengths};
+use lcm::eval::niah::{build_sample, Haystack, NiahTask, TaskSpec};
+use lcm::eval::plan::{self, Available};
+use lcm::eval::{Engine, PrefillOptions};
+use lcm::model::{ModelConfig, Placement};
+use lcm::train::synthetic::{PasskeyConfig, Task};
+use lcm::util::SplitMix64;
+use tch::{Device, Tensor};
+
+const VOCAB: i64 = 64;
+
+fn facts() -> PasskeyConfig {
+    PasskeyConfig {
+        task: Task::Passkey,
+        n_keys: 1,
+        rate: 1.0,
+        key_len: 3,
+        key_lo: 10,
+        key_hi: 20,
+        needle: vec![1, 2],
+        question: vec![3, 4, 5],
+        min_gap: 0,
+    }
+}
+
+fn spec(task: NiahTask) -> TaskSpec {
+    TaskSpec::new(task, Some(&facts()), 3, VOCAB, None).unwrap()
+}
+
+#[test]
+fn samples_put_the_fact_at_the_depth_and_the_answer_at_the_end() {
+    let hay = Haystack::Random { lo: 30, hi: 60 };
+    for task in [
+        NiahTask::Passkey,
+        NiahTask::MqNiah,
+        NiahTask::Multihop,
+        NiahTask::Vt,
+    ] {
+        let spec = spec(task);
+        let mut last = None;
+        for depth in [0.0, 0.3, 0.5, 1.0] {
+            let mut rng = SplitMix64::new(3);
+            let s = build_sample(&spec, 200, depth, &hay, &mut rng).unwrap();
+            assert_eq!(s.tokens.len(), 200, "{task:?}");
+            assert_eq!(s.answer_start + s.answer.len(), 200, "{task:?}");
+            assert_eq!(&s.tokens[s.answer_start..], s.answer.as_slice());
+            assert_eq!(&s.tokens[s.fact_position..s.fact_position + 2], &[1, 2]);
+            let n_facts = s.tokens.windows(2).filter(|w| w == &[1, 2]).count();
+            let want = if task == NiahTask::Passkey { 1 } else { 3 };
+            assert_eq!(n_facts, want, "{task:?}: facts planted");
+            let answer_len = if task == NiahTask::Vt { 9 } else { 3 };
+            assert_eq!(s.answer.len(), answer_len, "{task:?}");
+            if depth == 0.0 {
+                assert_eq!(s.fact_position, 0, "{task:?}: depth 0 is the start");
+            }
+            if let Some(prev) = last {
+                assert!(s.fact_position > prev, "{task:?}: deeper facts sit later");
+            }
+            last = Some(s.fact_position);
+            if task == NiahTask::Passkey {
+                // The key is the answer, right after the needle.
+                let key = &s.tokens[s.fact_position + 2..s.fact_position + 5];
+                assert_eq!(key, s.answer.as_slice());
+                if depth == 1.0 {
+                    assert_eq!(
+                        s.fact_position + 5,
+                        s.answer_start - 3,
+                        "right before the question"
+                    );
+                }
+            }
+        }
+    }
+    // Too short for the task: a clear error, not a panic.
+    let mut rng = SplitMix64::new(1);
+    let err = build_sample(&spec(NiahTask::Passkey), 8, 0.5, &hay, &mut rng).unwrap_err();
+    assert!(err.to_string().contains("too short"), "{err}");
+}
+
+#[test]
+fn corpus_haystacks_loop_over_a_short_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("tiny");
+    let mut w = lcm::data::indexed::IndexedWriter::create(&prefix, TokenDtype::Uint16).unwrap();
+    w.add_document(&(30..50).collect::<Vec<u32>>()).unwrap();
+    w.finish().unwrap();
+    let hay = Haystack::Corpus {
+        prefix: prefix.clone(),
+        corpus: IndexedCorpus::open(&prefix).unwrap(),
+    };
+    let mut rng = SplitMix64::new(4);
+    let s = build_sample(&spec(NiahTask::Passkey), 100, 0.5, &hay, &mut rng).unwrap();
+    // Haystack tokens follow the corpus order, wrapping from 49 back to 30.
+    let text: Vec<u32> = s.tokens[..s.fact_position].to_vec();
+    for pair in text.windows(2) {
+        assert!(
+            pair[1] == pair[0] + 1 || (pair[0] == 49 && pair[1] == 30),
+            "{pair:?}"
+        );
+    }
+}
+
+fn tiny_drt() -> ModelConfig {
+    let v = serde_json::json!({
+        "arch": "drt", "vocab_size": VOCAB, "d_model": 32, "n_heads": 4, "n_kv_heads": 2,
+        "d_ff": 64, "window": 6,
+        "drt": {"chunk_size": 4, "landmark_id": VOCAB - 1, "topk": 2, "encoder_layers": 1,
+                "decoder_layers": [1, 1]}
+    });
+    ModelConfig::from_json(&v).unwrap()
+}
+
+#[test]
+fn grid_predictions_are_the_full_forward_argmax() {
+    tch::manual_seed(2);
+    let engine = Engine::random(&tiny_drt(), Device::Cpu).unwrap();
+    let spec = spec(NiahTask::Passkey);
+    let hay = Haystack::Random { lo: 30, hi: 60 };
+    let out = tempfile::tempdir().unwrap();
+    let opts = GridOptions {
+        lengths: vec![50, 96],
+        depths: vec![0.0, 1.0],
+        samples: 2,
+        seed: 9,
+        prefill: PrefillOptions {
+            segment: 12, // 3 chunks: the answer spans segment boundaries at some lengths
+            placement: Placement::Host,
+        },
+        out: out.path().to_path_buf(),
+        progress: false,
+    };
+    let report = grid::run(&engine, &spec, &hay, &opts).unwrap();
+    assert_eq!(report.samples.len(), 8);
+    assert_eq!(report.cells.len(), 4);
+    for r in &report.samples {
+        assert_eq!(r.used_length, r.length / 4 * 4, "rounded to the chunk size");
+        let mut rng = SplitMix64::new(r.seed);
+        let s = build_sample(&spec, r.used_length as usize, r.depth, &hay, &mut rng).unwrap();
+        assert_eq!(s.answer, r.answer);
+        let ids: Vec<i64> = s.tokens.iter().map(|&t| t as i64).collect();
+        let x = Tensor::from_slice(&ids).view([1, -1]);
+        let logits = tch::no_grad(|| engine.model.forward(&x, false));
+        let at = logits.narrow(1, s.answer_start as i64 - 1, s.answer.len() as i64);
+        let want: Vec<i64> = Vec::try_from(at.argmax(-1, false).view([-1])).unwrap();
+        let got: Vec<i64> = r.prediction.iter().map(|&p| p as i64).collect();
+        assert_eq!(got, want, "length {} depth {}", r.length, r.depth);
+        assert_eq!(r.hit, r.prediction == r.answer);
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["samples"].as_array().unwrap().len(), 8);
+    let table = report.table();
+    assert!(
+        table.contains("96") && table.contains("first token"),
+        "{table}"
+    );
+    lcm::eval::heatmap::draw(&report, &out.path().join("heatmap.png")).unwrap();
+    let png = std::fs::read(out.path().join("heatmap.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+}
+
+#[test]
+fn lengths_and_depths_parse_with_clear_errors() {
+    assert_eq!(
+        parse_lengths("4K, 64K,1M,16M,1000").unwrap(),
+        [4096, 65536, 1 << 20, 16 << 20, 1000]
+    );
+    assert_eq!(format_length(16 << 20), "16M");
+    assert_eq!(format_length(4096), "4K");
+    assert_eq!(format_length(4095), "4095");
+    let e = parse_lengths("4K,4Q").unwrap_err().to_string();
+    assert!(e.contains("`4Q`"), "{e}");
+    assert!(parse_lengths("0").is_err());
+    assert_eq!(parse_depths("0,0.5,1").unwrap(), [0.0, 0.5, 1.0]);
+    let e = parse_depths("0,1.5").unwrap_err().to_string();
+    assert!(e.contains("`1.5`"), "{e}");
+}
+
+#[test]
+fn the_planner_names_the_flag_that_fits() {
+    let text = std::fs::read_to_string("configs/models/drt-128m.json").unwrap();
+    let cfg = ModelConfig::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
+    let params = 146_000_000;
+    let est = |tokens, seg, p| plan::estimate(&cfg, params, tokens, seg, p, 2);
+    // The chunk memory grows linearly with the length; activations do not.
+    let (a, b) = (
+        est(1 << 20, 16380, Placement::Device),
+        est(16 << 20, 16380, Placement::Device),
+    );
+    assert!((b.memory / a.memory - 16.0).abs() < 0.01);
+    assert_eq!(a.activations, b.activations);
+    // 16M tokens: about 52 GB of chunk memory (seed-report 2.6).
+    assert!((b.memory / 1e9 - 52.0).abs() < 2.0, "{}", b.memory / 1e9);
+    let gib = (1u64 << 30) as f64;
+    let small_gpu = Available {
+        device: Some(40.0 * gib),
+        host: Some(500.0 * gib),
+    };
+    let off = est(16 << 20, 16380, Placement::Host);
+    let err = plan::check(&b, &small_gpu, false, Some(&off), None).unwrap_err();
+    assert!(err.contains("--offload cpu"), "{err}");
+    let big_gpu = Available {
+        device: Some(139.0 * gib),
+        host: Some(100.0 * gib),
+    };
+    assert!(plan::check(&b, &big_gpu, false, Some(&off), None).is_ok());
+    // Offloaded to a host without the room: no flag helps.
+    let small_host = Available {
+        device: Some(139.0 * gib),
+        host: Some(20.0 * gib),
+    };
+    let err = plan::check(&off, &small_host, false, None, None).unwrap_err();
+    assert!(err.contains("host memory"), "{err}");
+    // Activations too large for the GPU: a smaller segment is suggested.
+    let huge = est(1 << 20, 1 << 20, Placement::Device);
+    let smaller = est(1 << 20, 16380, Placement::Device);
+    let err = plan::check(&huge, &small_gpu, false, None, Some((16380, &smaller))).unwrap_err();
+    assert!(err.contains("--segment 16380"), "{err}");
+}
+
+#[test]
+fn s_niah_phrases_come_from_the_neox_tokenizer() {
+    let path = lcm::info::default_tokenizer_path();
+    let spec = TaskSpec::new(NiahTask::SNiah, None, 1, 50278, Some(&path)).unwrap();
+    assert_eq!(spec.facts.key_len, 7);
+    assert!(spec.facts.needle.len() > 5 && spec.facts.question.len() > 10);
+    let e = TaskSpec::new(NiahTask::SNiah, None, 1, VOCAB, Some(&path)).unwrap_err();
+    assert!(e.to_string().contains("vocabulary"), "{e}");
+    // Tasks built from the training config need it.
+    let e = TaskSpec::new(NiahTask::Passkey, None, 1, VOCAB, None).unwrap_err();
+    assert!(e.to_string().contains("data.synthetic"), "{e}");
+}
