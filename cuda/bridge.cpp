@@ -56,6 +56,15 @@ int lcm_pin_memory(const at::Tensor* t, at::Tensor** out) {
   return lcm::guarded("pin_memory", [&] { *out = new at::Tensor(t->pin_memory()); });
 }
 
+// An uninitialised page-locked host tensor of `ndim` sizes and `like`'s dtype, allocated
+// pinned (no pageable buffer to copy from first).
+int lcm_pinned_empty(const at::Tensor* like, const int64_t* sizes, int ndim, at::Tensor** out) {
+  return lcm::guarded("pinned_empty", [&] {
+    auto opts = at::TensorOptions().dtype(like->scalar_type()).device(at::kCPU).pinned_memory(true);
+    *out = new at::Tensor(at::empty(at::IntArrayRef(sizes, ndim), opts));
+  });
+}
+
 // Starts a new peak for lcm_cuda_peak_allocated on `device`; 0 on success.
 int lcm_cuda_reset_peak(int device) {
   try {

@@ -13,6 +13,12 @@ extern "C" {
     pub fn lcm_cuda_peak_allocated(device: c_int) -> i64;
     pub fn lcm_cuda_reset_peak(device: c_int) -> c_int;
     pub fn lcm_pin_memory(t: *const C_tensor, out: *mut *mut C_tensor) -> c_int;
+    pub fn lcm_pinned_empty(
+        like: *const C_tensor,
+        sizes: *const i64,
+        ndim: c_int,
+        out: *mut *mut C_tensor,
+    ) -> c_int;
     pub fn lcm_cuda_mem_info(device: c_int, free: *mut i64, total: *mut i64) -> c_int;
     pub fn lcm_cuda_device_describe(index: c_int, buf: *mut c_char, len: c_int) -> c_int;
 

@@ -96,3 +96,20 @@ pub fn pin_memory(t: &tch::Tensor) -> tch::Tensor {
     }
     t.pin_memory(tch::Device::Cuda(0))
 }
+
+/// An uninitialised pinned host tensor of `shape` and `kind`, allocated page-locked.
+pub fn pinned_empty(shape: &[i64], kind: tch::Kind) -> tch::Tensor {
+    #[cfg(lcm_cuda)]
+    {
+        let like = tch::Tensor::empty([0], (kind, tch::Device::Cpu));
+        let t = unsafe {
+            ffi::call::<1>(|out| {
+                ffi::lcm_pinned_empty(like.as_ptr(), shape.as_ptr(), shape.len() as i32, &mut out[0])
+            })
+        };
+        if let Ok([t]) = t {
+            return t;
+        }
+    }
+    pin_memory(&tch::Tensor::empty(shape, (kind, tch::Device::Cpu)))
+}

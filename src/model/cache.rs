@@ -59,9 +59,7 @@ impl ChunkStore {
         };
         let alloc = |shape: &[i64], dev: Device| {
             if dev == Device::Cpu && device.is_cuda() {
-                // Untouched pages of `empty` cost nothing; only the pinned copy is resident.
-                let t = Tensor::empty(shape, (kind, dev));
-                crate::cuda::pin_memory(&t)
+                crate::cuda::pinned_empty(shape, kind)
             } else {
                 Tensor::zeros(shape, (kind, dev))
             }
@@ -106,11 +104,10 @@ impl ChunkStore {
         let enlarge = |t: &Tensor| {
             let mut shape = t.size();
             shape[1] = cap;
-            let big = Tensor::zeros(shape.as_slice(), (t.kind(), t.device()));
             let big = if t.device() == Device::Cpu && self.device.is_cuda() {
-                crate::cuda::pin_memory(&big)
+                crate::cuda::pinned_empty(&shape, t.kind())
             } else {
-                big
+                Tensor::zeros(shape.as_slice(), (t.kind(), t.device()))
             };
             big.narrow(1, 0, self.len).copy_(&t.narrow(1, 0, self.len));
             big
@@ -183,11 +180,10 @@ impl ChunkStore {
             if home == self.device {
                 return t.index_select(1, &distinct);
             }
-            let staging = Tensor::empty(shape.as_slice(), (t.kind(), home));
             let staging = if self.device.is_cuda() {
-                crate::cuda::pin_memory(&staging)
+                crate::cuda::pinned_empty(&shape, t.kind())
             } else {
-                staging
+                Tensor::empty(shape.as_slice(), (t.kind(), home))
             };
             let staging = t.index_select_out(&staging, 1, &distinct);
             staging.to_device_(self.device, t.kind(), true, false)
