@@ -45,6 +45,9 @@ pub struct PrefillArgs {
     /// Skip the memory planner's check.
     #[arg(long)]
     no_check: bool,
+    /// Also time each phase of the forward (synchronising around each: a little slower).
+    #[arg(long)]
+    profile: bool,
     /// Append the results as JSON lines to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -200,9 +203,20 @@ fn prefill(a: PrefillArgs) -> Result<()> {
             )
             .expect("static template"),
         );
+        if a.profile {
+            lcm::model::profile::enable(device);
+        }
         let r = lcm::bench::prefill::run(&engine, &name, l, &opts, Some(&bar))?;
         bar.finish_and_clear();
         println!("{r}");
+        let phases = lcm::model::profile::take();
+        let total: f64 = phases.iter().map(|p| p.1).sum();
+        for (phase, secs) in &phases {
+            println!(
+                "    {phase:<28} {secs:>8.3} s {:>5.1}%",
+                100.0 * secs / total.max(1e-9)
+            );
+        }
         lines += &(serde_json::to_string(&r)? + "\n");
     }
     if let Some(path) = a.json {

@@ -104,7 +104,12 @@ pub fn pinned_empty(shape: &[i64], kind: tch::Kind) -> tch::Tensor {
         let like = tch::Tensor::empty([0], (kind, tch::Device::Cpu));
         let t = unsafe {
             ffi::call::<1>(|out| {
-                ffi::lcm_pinned_empty(like.as_ptr(), shape.as_ptr(), shape.len() as i32, &mut out[0])
+                ffi::lcm_pinned_empty(
+                    like.as_ptr(),
+                    shape.as_ptr(),
+                    shape.len() as i32,
+                    &mut out[0],
+                )
             })
         };
         if let Ok([t]) = t {

@@ -106,21 +106,24 @@ impl UpperLayer {
         residual: bool,
         cache: Option<&mut KvCache>,
     ) -> Tensor {
+        use super::profile::phase;
         let skip = if cache.is_some() { 0 } else { 1 };
-        let r = match cache {
+        let r = phase("upper: attention", || match cache {
             Some(c) => self.block.attend_cached(x, c),
             None => self.block.attend(x),
-        };
+        });
         let Some(mem) = mem else {
-            return self.block.mlp(&r, None);
+            return phase("upper: mlp", || self.block.mlp(&r, None));
         };
-        let g = self.gca(&r, mem, cfg, chunks, skip);
-        if residual {
-            // Warm-up layout (issue 7): the GCA output also joins the residual stream.
-            self.block.mlp(&(r + g), None)
-        } else {
-            self.block.mlp(&r, Some(&g))
-        }
+        let g = phase("upper: gca", || self.gca(&r, mem, cfg, chunks, skip));
+        phase("upper: mlp", || {
+            if residual {
+                // Warm-up layout (issue 7): the GCA output also joins the residual stream.
+                self.block.mlp(&(r + g), None)
+            } else {
+                self.block.mlp(&r, Some(&g))
+            }
+        })
     }
 }
 
@@ -354,6 +357,7 @@ impl Drt {
     /// One inference segment: `tokens (N, c*S)` after what `state` has seen. Returns the
     /// final-normed hidden states of the real tokens `(N, c*S, d)`.
     pub fn forward_segment(&self, tokens: &Tensor, state: &mut InferenceState) -> Tensor {
+        use super::profile::phase;
         let d = self.drt();
         let (n, t) = (tokens.size()[0], tokens.size()[1]);
         let (s, dm) = (d.chunk_size, self.cfg.d_model);
@@ -362,25 +366,31 @@ impl Drt {
         let mut h = self.embed.forward(&x);
         let mut caches = state.attn.iter_mut();
         for layer in &self.lower {
-            h = layer.forward_cached(&h, caches.next().expect("one cache per layer"));
+            let cache = caches.next().expect("one cache per layer");
+            h = phase("lower: attention", || layer.attend_cached(&h, cache));
+            h = phase("lower: mlp", || layer.mlp(&h, None));
         }
-        let (mem_k, mem_v, lmk_keys) = self.encode_chunks(&h, n, c);
+        let (mem_k, mem_v, lmk_keys) = phase("encoder", || self.encode_chunks(&h, n, c));
         let store = state.store.as_mut().expect("a DRT state has a chunk store");
         let first = store.len();
         let rows = mem_k.size()[1];
         let kv = |m: &Tensor| m.view([n, c, rows, self.cfg.n_kv_heads, self.cfg.head_dim()]);
-        store.append(&kv(&mem_k), &kv(&mem_v), &lmk_keys);
+        phase("memory: append", || {
+            store.append(&kv(&mem_k), &kv(&mem_v), &lmk_keys)
+        });
         let residual = self.step < d.residual_warmup_steps;
         for (g, group) in self.groups.iter().enumerate() {
             let lmk_state = h.view([n, c, s + 1, dm]).select(2, s);
             let q = group.lmk_norm.forward(&lmk_state);
-            let r = ops::chunk_retrieval_blocked(
-                &q,
-                &store.landmarks(),
-                first,
-                d.topk,
-                ops::retrieval::RETRIEVAL_BLOCK,
-            );
+            let r = phase("retrieval", || {
+                ops::chunk_retrieval_blocked(
+                    &q,
+                    &store.landmarks(),
+                    first,
+                    d.topk,
+                    ops::retrieval::RETRIEVAL_BLOCK,
+                )
+            });
             let before = state.carried[g].take().unwrap_or_else(|| Retrieval {
                 weights: Tensor::zeros([n, 1, d.topk], (Kind::Float, h.device())),
                 indices: Tensor::full([n, 1, d.topk], -1, (Kind::Int64, h.device())),
@@ -393,18 +403,20 @@ impl Drt {
                 weights: r.weights.narrow(1, c - 1, 1),
                 indices: r.indices.narrow(1, c - 1, 1),
             });
-            let mem = self.gather_served(store, &served);
+            let mem = phase("memory: gather", || self.gather_served(store, &served));
             for layer in &group.layers {
                 let cache = caches.next().expect("one cache per layer");
                 h = layer.forward(&h, Some(&mem), &self.cfg, c, residual, Some(cache));
             }
         }
         state.positions += c * (s + 1);
-        self.norm
-            .forward(&h)
-            .view([n, c, s + 1, dm])
-            .narrow(2, 0, s)
-            .reshape([n, t, dm])
+        phase("norm", || {
+            self.norm
+                .forward(&h)
+                .view([n, c, s + 1, dm])
+                .narrow(2, 0, s)
+                .reshape([n, t, dm])
+        })
     }
 }
 

@@ -15,6 +15,7 @@ pub mod drt;
 pub mod encoder;
 pub mod flops;
 pub mod layers;
+pub mod profile;
 pub mod swa_hsa;
 
 pub use cache::{InferenceState, Placement, StateOptions};
