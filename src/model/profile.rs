@@ -5,8 +5,11 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
+/// Seconds per phase name, in first-seen order.
+type Phases = Vec<(&'static str, f64)>;
+
 thread_local! {
-    static TIMES: RefCell<Option<(tch::Device, Vec<(&'static str, f64)>)>> = const { RefCell::new(None) };
+    static TIMES: RefCell<Option<(tch::Device, Phases)>> = const { RefCell::new(None) };
 }
 
 /// Starts collecting phase times on this thread for work on `device`.
@@ -15,7 +18,7 @@ pub fn enable(device: tch::Device) {
 }
 
 /// Stops collecting and returns the seconds per phase, in first-seen order.
-pub fn take() -> Vec<(&'static str, f64)> {
+pub fn take() -> Phases {
     TIMES.with(|t| t.borrow_mut().take().map(|(_, v)| v).unwrap_or_default())
 }
 
