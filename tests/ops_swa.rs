@@ -4,8 +4,8 @@
 
 use lcm::model::layers::alibi_slopes;
 use lcm::ops::{
-    bidirectional_attention_reference, causal_attention_reference,
-    sliding_window_attention_reference,
+    bidirectional_attention, bidirectional_attention_reference, causal_attention_reference,
+    sliding_window_attention, sliding_window_attention_reference, sliding_window_attention_sdpa,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -83,6 +83,13 @@ fn sliding_window_matches_naive_forward_and_backward() {
         // The windowed dense reference agrees too.
         let dense = causal_attention_reference(&q, &k, &v, Some(window), slopes.as_ref(), scale);
         assert_close(&dense, &want, &format!("{what} dense-windowed"));
+        // And the same blocking through libtorch's fused attention (math backend on CPU).
+        let fused = sliding_window_attention_sdpa(&q, &k, &v, window, slopes.as_ref(), scale);
+        assert_close(&fused, &want, &format!("{what} sdpa forward"));
+        let gf = grads(&fused, &r, &[&q, &k, &v]);
+        for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(gf.iter().zip(&gw)) {
+            assert_close(a, b, &format!("{what} sdpa {name}"));
+        }
     }
 }
 
@@ -118,5 +125,85 @@ fn alibi_slopes_follow_the_formula() {
     for i in 0..12 {
         let want = 2f64.powf(-8.0 * (i as f64 + 1.0) / 12.0);
         assert!((m.double_value(&[i]) - want).abs() < 1e-7);
+    }
+}
+
+/// On the GPU, bf16 inputs dispatch to the fused (SDPA) blocked window: forward and every
+/// gradient against the fp32 reference on the same bf16 values, at the 128M DRT's shape
+/// (window 512, 12 heads, D 64, ALiBi) and with GQA, T not a multiple of the window, a
+/// window longer than T. Tolerance: relative L2 error <= 1e-2 (bf16 inputs, outputs and
+/// probabilities; the fp32 reference rounds only its probabilities).
+#[test]
+fn fused_sliding_window_matches_the_reference_on_cuda() {
+    let Some(dev) = common::cuda_or_skip("fused_sliding_window_matches_the_reference_on_cuda")
+    else {
+        return;
+    };
+    tch::manual_seed(3);
+    for &(b, hq, hkv, t, w, d, alibi) in &[
+        (2, 12, 12, 2048, 512, 64, true),
+        (1, 8, 2, 1500, 512, 128, true),
+        (2, 4, 4, 300, 512, 64, false),
+        (1, 4, 1, 777, 64, 64, true),
+    ] {
+        let mk = |h| Tensor::randn([b, h, t, d], (Kind::BFloat16, dev));
+        let (q, k, v) = (mk(hq), mk(hkv), mk(hkv));
+        let slopes = alibi.then(|| alibi_slopes(hq, dev));
+        let scale = 1.0 / (d as f64).sqrt();
+        let run = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor, kind: Kind| {
+            let (q, k, v) = (
+                q.to_kind(kind).set_requires_grad(true),
+                k.to_kind(kind).set_requires_grad(true),
+                v.to_kind(kind).set_requires_grad(true),
+            );
+            let o = f(&q, &k, &v);
+            let r = Tensor::ones_like(&o).to_kind(Kind::Float) * 0.01;
+            let loss = (o.to_kind(Kind::Float) * r).sum(Kind::Float);
+            let g = Tensor::run_backward(&[loss], &[&q, &k, &v], false, false);
+            let mut all = vec![o.to_kind(Kind::Float)];
+            all.extend(g.into_iter().map(|x| x.to_kind(Kind::Float)));
+            all
+        };
+        let fused = run(
+            &|q, k, v| sliding_window_attention(q, k, v, w, slopes.as_ref(), scale),
+            Kind::BFloat16,
+        );
+        let reference = run(
+            &|q, k, v| sliding_window_attention_reference(q, k, v, w, slopes.as_ref(), scale),
+            Kind::Float,
+        );
+        let fused_bi = run(
+            &|q, k, v| bidirectional_attention(q, k, v, scale),
+            Kind::BFloat16,
+        );
+        let reference_bi = run(
+            &|q, k, v| bidirectional_attention_reference(q, k, v, scale),
+            Kind::Float,
+        );
+        let pairs = fused
+            .iter()
+            .zip(&reference)
+            .chain(fused_bi.iter().zip(&reference_bi));
+        let names = [
+            "out",
+            "dq",
+            "dk",
+            "dv",
+            "bidirectional out",
+            "bidirectional dq",
+        ];
+        for (name, (a, b)) in names
+            .iter()
+            .chain(&["bidirectional dk", "bidirectional dv"])
+            .zip(pairs)
+        {
+            let err =
+                ((a - b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-30)) as f32;
+            println!("T={t} W={w} Hq={hq} Hkv={hkv} D={d} {name}: relative L2 error {err:e}");
+            assert!(
+                err <= 1e-2,
+                "T={t} W={w} Hq={hq} Hkv={hkv} D={d} {name}: {err:e}"
+            );
+        }
     }
 }

@@ -21,15 +21,18 @@ pub use rmsnorm::{rms_norm, rms_norm_reference};
 pub use swa::{
     bidirectional_attention, bidirectional_attention_reference, causal_attention,
     causal_attention_reference, sliding_window_attention, sliding_window_attention_cached,
-    sliding_window_attention_reference,
+    sliding_window_attention_reference, sliding_window_attention_sdpa,
 };
 
 use std::sync::OnceLock;
 
+/// Whether `LCM_REFERENCE_OPS=1` asks for the reference ops everywhere.
+pub fn reference_forced() -> bool {
+    static FORCE_REFERENCE: OnceLock<bool> = OnceLock::new();
+    *FORCE_REFERENCE.get_or_init(|| std::env::var("LCM_REFERENCE_OPS").is_ok_and(|v| v == "1"))
+}
+
 /// Whether dispatch should use CUDA kernels for a tensor on `device`.
 pub fn use_kernels(device: tch::Device) -> bool {
-    static FORCE_REFERENCE: OnceLock<bool> = OnceLock::new();
-    let forced =
-        *FORCE_REFERENCE.get_or_init(|| std::env::var("LCM_REFERENCE_OPS").is_ok_and(|v| v == "1"));
-    crate::cuda::KERNELS_BUILT && device.is_cuda() && !forced
+    crate::cuda::KERNELS_BUILT && device.is_cuda() && !reference_forced()
 }

@@ -128,9 +128,32 @@ pub fn bidirectional_attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, sca
     attend_dense(q, k, v, None, None, scale)
 }
 
-/// Bidirectional attention by whichever implementation suits the input (reference for now).
+/// Bidirectional attention by whichever implementation suits the input: libtorch's fused
+/// attention on a GPU in bf16/fp16 (kv heads repeated over their query group), the
+/// reference otherwise.
 pub fn bidirectional_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
-    bidirectional_attention_reference(q, k, v, scale)
+    let half = matches!(q.kind(), Kind::BFloat16 | Kind::Half);
+    if !(half && q.device().is_cuda()) || super::reference_forced() {
+        return bidirectional_attention_reference(q, k, v, scale);
+    }
+    check_gqa(q, k, v);
+    let g = q.size()[1] / k.size()[1];
+    let repeat = |x: &Tensor| {
+        let s = x.size();
+        x.unsqueeze(2)
+            .expand([s[0], s[1], g, s[2], s[3]], false)
+            .reshape([s[0], s[1] * g, s[2], s[3]])
+    };
+    Tensor::scaled_dot_product_attention::<Tensor>(
+        q,
+        &repeat(k),
+        &repeat(v),
+        None,
+        0.0,
+        false,
+        scale,
+        false,
+    )
 }
 
 /// Blocked causal sliding-window attention (see the module doc). `window >= 0`.
@@ -185,8 +208,10 @@ pub fn sliding_window_attention_reference(
     o.reshape([b, hq, tp, d]).narrow(2, 0, t)
 }
 
-/// Sliding-window attention by whichever implementation suits the input. No kernel exists
-/// yet (`cuda/swa.cu` is the kernels issue's), so this is always the reference.
+/// Sliding-window attention by whichever implementation suits the input: on a GPU in
+/// bf16/fp16 the blocked layout through libtorch's fused attention
+/// ([`sliding_window_attention_sdpa`]) until `cuda/swa.cu` exists; the reference otherwise
+/// (and with `LCM_REFERENCE_OPS=1`).
 pub fn sliding_window_attention(
     q: &Tensor,
     k: &Tensor,
@@ -195,7 +220,106 @@ pub fn sliding_window_attention(
     alibi: Option<&Tensor>,
     scale: f64,
 ) -> Tensor {
+    let half = matches!(q.kind(), Kind::BFloat16 | Kind::Half);
+    if half && q.device().is_cuda() && !super::reference_forced() {
+        return sliding_window_attention_sdpa(q, k, v, window, alibi, scale);
+    }
     sliding_window_attention_reference(q, k, v, window, alibi, scale)
+}
+
+/// The blocked sliding window of [`sliding_window_attention_reference`] (query blocks of
+/// `bs` rows against their own and the previous blocks' keys) run by libtorch's
+/// `scaled_dot_product_attention` with an additive bias (the memory-efficient kernel on a
+/// GPU): the `(bs, span)` scores never reach memory. The bias, ALiBi and the window mask, is
+/// the same for every block but the first, whose keys before position 0 are masked too, so
+/// it is two calls. The bias is in the input dtype (SDPA's rule): a bf16 ALiBi term is off
+/// by up to 2^-9 of itself, which matters only where `exp(bias)` is already negligible.
+/// Test: `tests/ops_swa.rs`.
+pub fn sliding_window_attention_sdpa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: i64,
+    alibi: Option<&Tensor>,
+    scale: f64,
+) -> Tensor {
+    check_gqa(q, k, v);
+    assert!(window >= 0, "sliding_window_attention: window {window} < 0");
+    let qs = q.size();
+    let (b, hq, t, d) = (qs[0], qs[1], qs[2], qs[3]);
+    let hkv = k.size()[1];
+    let g = hq / hkv;
+    let dev = q.device();
+    let bs = window.min(t).max(1);
+    let nprev = (window + bs - 1) / bs;
+    let nb = (t + bs - 1) / bs;
+    let tp = nb * bs;
+    let front = nprev * bs;
+    let span = front + bs;
+
+    // (B, H, nb, bs, D) -> (B*nb, H, bs, D)
+    let qb = q
+        .constant_pad_nd([0, 0, 0, tp - t])
+        .reshape([b, hq, nb, bs, d])
+        .permute([0, 2, 1, 3, 4])
+        .reshape([b * nb, hq, bs, d]);
+    // Key windows (B*nb, Hq, span, D), kv heads repeated over their query group.
+    let windows = |x: &Tensor| {
+        x.constant_pad_nd([0, 0, front, tp - t])
+            .unfold(2, span, bs) // (B, Hkv, nb, D, span)
+            .permute([0, 2, 1, 4, 3]) // (B, nb, Hkv, span, D)
+            .unsqueeze(3)
+            .expand([b, nb, hkv, g, span, d], false)
+            .reshape([b * nb, hq, span, d])
+    };
+    let (kb, vb) = (windows(k), windows(v));
+
+    let i = Tensor::arange(bs, (Kind::Int64, dev)).view([bs, 1]);
+    let j = Tensor::arange(span, (Kind::Int64, dev)).view([1, span]);
+    let dist = &i - &j + front; // query position - key position
+    let visible = dist.ge(0).logical_and(&dist.le(window)); // (bs, span)
+    let bias_for = |visible: &Tensor| {
+        let base = match alibi {
+            Some(m) => -(m.to_kind(Kind::Float).view([hq, 1, 1]) * dist.to_kind(Kind::Float)),
+            None => Tensor::zeros([1, bs, span], (Kind::Float, dev)),
+        };
+        base.masked_fill(&visible.logical_not(), f64::NEG_INFINITY)
+            .to_kind(q.kind())
+            .unsqueeze(0) // (1, H or 1, bs, span)
+    };
+    let attend = |qx: &Tensor, kx: &Tensor, vx: &Tensor, bias: &Tensor| {
+        Tensor::scaled_dot_product_attention(qx, kx, vx, Some(bias), 0.0, false, scale, false)
+    };
+    // Block 0 (per batch row) sees no keys before position 0.
+    let first_visible = visible.logical_and(&j.ge(front));
+    let blocks = |x: &Tensor, from: i64, n: i64| {
+        let s = x.size();
+        x.view([b, nb, s[1], s[2], s[3]])
+            .narrow(1, from, n)
+            .reshape([b * n, s[1], s[2], s[3]])
+    };
+    let o0 = attend(
+        &blocks(&qb, 0, 1),
+        &blocks(&kb, 0, 1),
+        &blocks(&vb, 0, 1),
+        &bias_for(&first_visible),
+    )
+    .view([b, 1, hq, bs, d]);
+    let o = if nb > 1 {
+        let rest = attend(
+            &blocks(&qb, 1, nb - 1),
+            &blocks(&kb, 1, nb - 1),
+            &blocks(&vb, 1, nb - 1),
+            &bias_for(&visible),
+        )
+        .view([b, nb - 1, hq, bs, d]);
+        Tensor::cat(&[o0, rest], 1)
+    } else {
+        o0
+    };
+    o.permute([0, 2, 1, 3, 4])
+        .reshape([b, hq, tp, d])
+        .narrow(2, 0, t)
 }
 
 /// Sliding-window attention of a segment's queries `q (B, Hq, Tq, D)` over the cached keys
