@@ -11,6 +11,13 @@ extern "C" {
     pub fn lcm_last_error() -> *const c_char;
     pub fn lcm_cuda_runtime_version() -> c_int;
     pub fn lcm_cuda_peak_allocated(device: c_int) -> i64;
+    pub fn lcm_cuda_event_new() -> *mut std::ffi::c_void;
+    pub fn lcm_cuda_event_record(e: *mut std::ffi::c_void) -> c_int;
+    pub fn lcm_cuda_event_elapsed_ms(
+        start: *mut std::ffi::c_void,
+        end: *mut std::ffi::c_void,
+    ) -> f32;
+    pub fn lcm_cuda_event_free(e: *mut std::ffi::c_void);
     pub fn lcm_cuda_device_describe(index: c_int, buf: *mut c_char, len: c_int) -> c_int;
 
     pub fn lcm_rmsnorm(
@@ -32,6 +39,39 @@ extern "C" {
         rstd: *const C_tensor,
         dy: *const C_tensor,
         dx: *mut *mut C_tensor,
+        dw: *mut *mut C_tensor,
+    ) -> c_int;
+
+    pub fn lcm_gca(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        w: *const C_tensor,
+        scale: f64,
+        softmax_one: c_int,
+        o: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_gca_forward_raw(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        w: *const C_tensor,
+        scale: f64,
+        softmax_one: c_int,
+        o: *mut *mut C_tensor,
+        lse: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_gca_backward_raw(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        w: *const C_tensor,
+        lse: *const C_tensor,
+        dout: *const C_tensor,
+        scale: f64,
+        dq: *mut *mut C_tensor,
+        dk: *mut *mut C_tensor,
+        dv: *mut *mut C_tensor,
         dw: *mut *mut C_tensor,
     ) -> c_int;
 }
