@@ -90,4 +90,30 @@ int lcm_cuda_mem_info(int device, int64_t* free_bytes, int64_t* total_bytes) {
   return 0;
 }
 
+// CUDA events on the current stream, for benchmarks (`lcm bench kernels`). An event is
+// created with timing enabled; elapsed_ms synchronises on `end` and returns milliseconds
+// from `start` to `end`, or a negative value on failure.
+void* lcm_cuda_event_new() {
+  cudaEvent_t e = nullptr;
+  return cudaEventCreate(&e) == cudaSuccess ? static_cast<void*>(e) : nullptr;
+}
+
+int lcm_cuda_event_record(void* e) {
+  return static_cast<int>(
+      cudaEventRecord(static_cast<cudaEvent_t>(e), at::cuda::getCurrentCUDAStream()));
+}
+
+float lcm_cuda_event_elapsed_ms(void* start, void* end) {
+  float ms = 0.f;
+  if (cudaEventSynchronize(static_cast<cudaEvent_t>(end)) != cudaSuccess) return -1.f;
+  if (cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(end)) !=
+      cudaSuccess)
+    return -1.f;
+  return ms;
+}
+
+void lcm_cuda_event_free(void* e) {
+  if (e) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+}
+
 }  // extern "C"

@@ -3,6 +3,7 @@
 //! long enough that the launch cost is small (the sizes used are hundreds of MB).
 
 pub mod prefill;
+pub mod kernels;
 pub mod rmsnorm;
 pub mod tokenizer;
 
@@ -33,4 +34,45 @@ pub fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
     }
+}
+
+/// Median milliseconds of one call of `f`, each of `runs` calls bracketed by CUDA events on
+/// the current stream (after `warmup` untimed calls). Without the kernels' bridge (or on
+/// the CPU) each call is timed by the host clock after a device synchronisation.
+pub fn median_ms_events(device: Device, warmup: usize, runs: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    sync(device);
+    let mut samples: Vec<f64> = Vec::with_capacity(runs);
+    #[cfg(lcm_cuda)]
+    if device.is_cuda() {
+        use crate::cuda::ffi;
+        let (a, b) = unsafe { (ffi::lcm_cuda_event_new(), ffi::lcm_cuda_event_new()) };
+        if !a.is_null() && !b.is_null() {
+            for _ in 0..runs {
+                unsafe { ffi::lcm_cuda_event_record(a) };
+                f();
+                unsafe { ffi::lcm_cuda_event_record(b) };
+                let ms = unsafe { ffi::lcm_cuda_event_elapsed_ms(a, b) };
+                if ms >= 0.0 {
+                    samples.push(ms as f64);
+                }
+            }
+        }
+        unsafe {
+            ffi::lcm_cuda_event_free(a);
+            ffi::lcm_cuda_event_free(b);
+        }
+    }
+    if samples.is_empty() {
+        for _ in 0..runs {
+            let t = Instant::now();
+            f();
+            sync(device);
+            samples.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
 }

@@ -9,6 +9,11 @@ pub enum Command {
         after_help = "Example:\n  lcm bench rmsnorm --device cuda --rows 262144 --dim 768 --dtype bf16"
     )]
     Rmsnorm(RmsNormArgs),
+    /// Attention kernels (GCA; later SWA, HSA, retrieval) at their issue shapes: time,
+    /// TFLOP/s, GB/s, fractions of the matrix rate, copy bandwidth and roofline, and the
+    /// ratio against the pure-tch reference and libtorch SDPA dense attention.
+    #[command(after_help = "Example:\n  lcm bench kernels --only gca-d64 --runs 50")]
+    Kernels(KernelsArgs),
     /// The tokenizer alone on all cores (in-memory texts, no I/O): `tokenizers`' own
     /// encode_fast, then lcm's encoder (its exact ASCII fast path), which is the ceiling
     /// for `lcm preprocess pile` on the same input.
@@ -68,6 +73,37 @@ pub struct TokenizerArgs {
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// Write the results as JSON lines to this file too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct KernelsArgs {
+    /// cuda or cpu (on cpu no kernel runs; only the reference is timed).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Run only these entries (repeat); `--list` names them. Default: all.
+    #[arg(long)]
+    only: Vec<String>,
+    /// List the entries and exit.
+    #[arg(long)]
+    list: bool,
+    /// Timed runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+    /// Untimed warm-up runs before each measurement.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Skip the pure-tch reference (slow, and tens of GB at the issue shapes).
+    #[arg(long)]
+    no_reference: bool,
+    /// Dense bf16 matrix rate used as the ceiling, TFLOP/s (H200 measured: 799).
+    #[arg(long, default_value_t = 799.0)]
+    peak_tflops: f64,
+    /// Device memory bandwidth used as the ceiling, GB/s (H200 copy: about 4250).
+    #[arg(long, default_value_t = 4250.0)]
+    peak_gbps: f64,
+    /// Write the rows as JSON lines to this file too.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
@@ -134,6 +170,44 @@ pub fn run(cmd: Command) -> Result<()> {
             }
             if let Some(path) = a.json {
                 lcm::util::write_atomic(&path, lines.as_bytes())?;
+            }
+            Ok(())
+        }
+        Command::Kernels(a) => {
+            use lcm::bench::kernels::{entries, header, KernelsBench};
+            let all = entries();
+            if a.list {
+                for e in &all {
+                    println!("{:<12} {}", e.name, e.about);
+                }
+                return Ok(());
+            }
+            for name in &a.only {
+                if !all.iter().any(|e| e.name == name) {
+                    bail!("--only {name}: no such entry (see --list)");
+                }
+            }
+            let bench = KernelsBench {
+                device: parse_device(&a.device)?,
+                peak_tflops: a.peak_tflops,
+                peak_gbps: a.peak_gbps,
+                warmup: a.warmup,
+                runs: a.runs.max(1),
+                no_reference: a.no_reference,
+            };
+            let mut lines = vec![];
+            println!("{}", header());
+            for e in all
+                .iter()
+                .filter(|e| a.only.is_empty() || a.only.iter().any(|n| n == e.name))
+            {
+                for r in (e.run)(&bench)? {
+                    println!("{r}");
+                    lines.push(serde_json::to_string(&r)?);
+                }
+            }
+            if let Some(path) = a.json {
+                lcm::util::write_atomic(&path, (lines.join("\n") + "\n").as_bytes())?;
             }
             Ok(())
         }

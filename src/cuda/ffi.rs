@@ -20,6 +20,13 @@ extern "C" {
         out: *mut *mut C_tensor,
     ) -> c_int;
     pub fn lcm_cuda_mem_info(device: c_int, free: *mut i64, total: *mut i64) -> c_int;
+    pub fn lcm_cuda_event_new() -> *mut std::ffi::c_void;
+    pub fn lcm_cuda_event_record(e: *mut std::ffi::c_void) -> c_int;
+    pub fn lcm_cuda_event_elapsed_ms(
+        start: *mut std::ffi::c_void,
+        end: *mut std::ffi::c_void,
+    ) -> f32;
+    pub fn lcm_cuda_event_free(e: *mut std::ffi::c_void);
     pub fn lcm_cuda_device_describe(index: c_int, buf: *mut c_char, len: c_int) -> c_int;
 
     pub fn lcm_rmsnorm(
@@ -41,6 +48,39 @@ extern "C" {
         rstd: *const C_tensor,
         dy: *const C_tensor,
         dx: *mut *mut C_tensor,
+        dw: *mut *mut C_tensor,
+    ) -> c_int;
+
+    pub fn lcm_gca(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        w: *const C_tensor,
+        scale: f64,
+        softmax_one: c_int,
+        o: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_gca_forward_raw(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        w: *const C_tensor,
+        scale: f64,
+        softmax_one: c_int,
+        o: *mut *mut C_tensor,
+        lse: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_gca_backward_raw(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        w: *const C_tensor,
+        lse: *const C_tensor,
+        dout: *const C_tensor,
+        scale: f64,
+        dq: *mut *mut C_tensor,
+        dk: *mut *mut C_tensor,
+        dv: *mut *mut C_tensor,
         dw: *mut *mut C_tensor,
     ) -> c_int;
 }

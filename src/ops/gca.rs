@@ -10,9 +10,17 @@
 //! heads); output `(B, Hq, Q, D)` in `q`'s dtype. GQA: query head `i` reads kv head
 //! `i / (Hq / Hkv)`. `softmax_one` adds `exp(0)` to every per-chunk denominator
 //! (softmax-off-by-one); DRT with S=63 gets that effect from its zeroed landmark slot
-//! instead and passes `false`. Test: `tests/ops_gca.rs`.
+//! instead and passes `false`. Tests: `tests/ops_gca.rs` (reference), `tests/ops_gca_cuda.rs`
+//! (kernel). Kernel: `cuda/gca.cu` (bf16, head dim 64/128, any K, K_CTX up to 128 with
+//! gradients), through the autograd Function of `cuda/gca.cpp`.
 
 use tch::{Kind, Tensor};
+
+#[cfg(lcm_cuda)]
+use crate::error::Result;
+
+/// Largest `K_CTX` the kernel's backward takes (the forward takes any).
+pub const KERNEL_MAX_KCTX: i64 = 128;
 
 /// Softmax over the last dimension in fp32. With `off_by_one` the denominator gains a
 /// virtual zero logit (`exp(0)`), so a row can put (almost) no mass anywhere. `-inf`
@@ -61,8 +69,118 @@ pub fn gca_reference(
         .to_kind(q.kind())
 }
 
-/// GCA by whichever implementation suits the input. No kernel exists yet (`cuda/gca.cu` is
-/// the kernels issue's), so this is always the reference.
+/// Whether the CUDA kernel takes these inputs: CUDA tensors, bf16 q/k/v, head dim 64 or
+/// 128, `1 <= K_CTX <= 128` and well-formed shapes (anything else runs the reference).
+pub fn kernel_supports(q: &Tensor, k: &Tensor, v: &Tensor, weights: &Tensor) -> bool {
+    let (qs, ks) = (q.size(), k.size());
+    qs.len() == 4
+        && ks.len() == 5
+        && v.size() == ks
+        && q.device().is_cuda()
+        && [q.kind(), k.kind(), v.kind()] == [Kind::BFloat16; 3]
+        && matches!(qs[3], 64 | 128)
+        && ks[4] == qs[3]
+        && ks[0] == qs[0]
+        && ks[1] > 0
+        && qs[1] % ks[1] == 0
+        && ks[2] >= 1
+        && (1..=KERNEL_MAX_KCTX).contains(&ks[3])
+        && qs[2] >= 1
+        && weights.size() == [qs[0], ks[2]]
+        && weights.device() == q.device()
+}
+
+/// The CUDA kernel (forward and backward through a C++ autograd Function). bf16 q, k, v
+/// (any strides whose last dimension is dense), weights of any float dtype (the gradient
+/// keeps it); output bf16.
+#[cfg(lcm_cuda)]
+pub fn gca_cuda(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    weights: &Tensor,
+    scale: f64,
+    softmax_one: bool,
+) -> Result<Tensor> {
+    let [o] = unsafe {
+        crate::cuda::ffi::call(|out| {
+            crate::cuda::ffi::lcm_gca(
+                q.as_ptr(),
+                k.as_ptr(),
+                v.as_ptr(),
+                weights.as_ptr(),
+                scale,
+                softmax_one as i32,
+                &mut out[0],
+            )
+        })?
+    };
+    Ok(o)
+}
+
+/// The forward kernel without autograd: `(o, lse)`, lse `(B, Hq, K, Q)` fp32 (base 2).
+#[cfg(lcm_cuda)]
+pub fn gca_cuda_forward_raw(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    weights: &Tensor,
+    scale: f64,
+    softmax_one: bool,
+) -> Result<(Tensor, Tensor)> {
+    let [o, lse] = unsafe {
+        crate::cuda::ffi::call(|out| {
+            let [a, b] = out;
+            crate::cuda::ffi::lcm_gca_forward_raw(
+                q.as_ptr(),
+                k.as_ptr(),
+                v.as_ptr(),
+                weights.as_ptr(),
+                scale,
+                softmax_one as i32,
+                a,
+                b,
+            )
+        })?
+    };
+    Ok((o, lse))
+}
+
+/// The backward kernel without autograd: `(dq, dk, dv, dweights)` (dweights fp32).
+#[cfg(lcm_cuda)]
+#[allow(clippy::too_many_arguments)]
+pub fn gca_cuda_backward_raw(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    weights: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    scale: f64,
+) -> Result<[Tensor; 4]> {
+    unsafe {
+        crate::cuda::ffi::call(|out| {
+            let [a, b, c, d] = out;
+            crate::cuda::ffi::lcm_gca_backward_raw(
+                q.as_ptr(),
+                k.as_ptr(),
+                v.as_ptr(),
+                weights.as_ptr(),
+                lse.as_ptr(),
+                dout.as_ptr(),
+                scale,
+                a,
+                b,
+                c,
+                d,
+            )
+        })
+    }
+}
+
+/// GCA by whichever implementation suits the input (see [`crate::ops`]): the kernel for
+/// inputs it supports ([`kernel_supports`]), else the reference. Panics, as tch's own ops
+/// do, if the kernel fails.
 pub fn gca(
     q: &Tensor,
     k: &Tensor,
@@ -71,5 +189,9 @@ pub fn gca(
     scale: f64,
     softmax_one: bool,
 ) -> Tensor {
+    #[cfg(lcm_cuda)]
+    if super::use_kernels(q.device()) && kernel_supports(q, k, v, weights) {
+        return gca_cuda(q, k, v, weights, scale, softmax_one).unwrap_or_else(|e| panic!("{e}"));
+    }
     gca_reference(q, k, v, weights, scale, softmax_one)
 }

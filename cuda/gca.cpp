@@ -1,0 +1,178 @@
+// Autograd bridge for the GCA kernels in gca.cu.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "bridge.h"
+
+extern "C" {
+int lcm_gca_rows_per_pass();
+int lcm_gca_max_kctx_bwd();
+int lcm_gca_fwd_launch(const void* q, const void* k, const void* v, const float* w, void* o,
+                       float* lse, const int64_t* strides, int B, int Hq, int Hkv, int Q, int K,
+                       int KCTX, int D, float scale, int one, cudaStream_t s);
+int lcm_gca_bwd_launch(const void* q, const void* k, const void* v, const float* w,
+                       const void* dout, const float* lse, void* dq, void* dk, void* dv,
+                       float* dw_partial, float* scratch, const int64_t* strides, int B, int Hq,
+                       int Hkv, int Q, int K, int KCTX, int D, float scale, cudaStream_t s);
+}
+
+namespace {
+
+// The kernels read rows of D contiguous bf16 with 16-byte copies: the last dimension must
+// be dense, every other stride a multiple of 8 elements and the base 16-byte aligned.
+// Other layouts are copied to contiguous ones.
+at::Tensor rows_ready(const at::Tensor& t) {
+  bool ok = t.stride(-1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int64_t i = 0; ok && i + 1 < t.dim(); ++i) ok = t.stride(i) % 8 == 0 || t.size(i) == 1;
+  return ok ? t : t.contiguous();
+}
+
+struct Shape {
+  int B, Hq, Hkv, Q, K, KCTX, D;
+};
+
+Shape check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const at::Tensor& w) {
+  TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda() && w.is_cuda(),
+              "gca: tensors must be on a CUDA device");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 5 && v.sizes() == k.sizes(), "gca: q ", q.sizes(),
+              " must be (B, Hq, Q, D), k/v ", k.sizes(), " (B, Hkv, K, K_CTX, D)");
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 &&
+                  v.scalar_type() == at::kBFloat16,
+              "gca: the kernel takes bfloat16 q, k, v (got ", q.scalar_type(), ")");
+  Shape s{int(q.size(0)), int(q.size(1)), int(k.size(1)), int(q.size(2)),
+          int(k.size(2)), int(k.size(3)), int(q.size(3))};
+  TORCH_CHECK(k.size(0) == s.B && k.size(4) == s.D && s.Hkv > 0 && s.Hq % s.Hkv == 0 &&
+                  w.dim() == 2 && w.size(0) == s.B && w.size(1) == s.K,
+              "gca: q ", q.sizes(), ", k ", k.sizes(), " and weights ", w.sizes(),
+              " (B, K) disagree");
+  TORCH_CHECK(s.D == 64 || s.D == 128, "gca: head dim ", s.D, " unsupported (64 or 128)");
+  TORCH_CHECK(s.K >= 1 && s.KCTX >= 1 && s.Q >= 1 && s.B >= 1, "gca: empty input ", k.sizes());
+  TORCH_CHECK(int64_t(s.B) * s.Hkv < INT32_MAX, "gca: too many (batch, head) pairs");
+  return s;
+}
+
+void fill_strides(int64_t* st, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  for (int i = 0; i < 3; ++i) st[i] = q.stride(i);
+  for (int i = 0; i < 4; ++i) st[3 + i] = k.stride(i);
+  for (int i = 0; i < 4; ++i) st[7 + i] = v.stride(i);
+}
+
+struct Prepared {
+  at::Tensor q, k, v, w;
+};
+
+Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                 const at::Tensor& w) {
+  return {rows_ready(q), rows_ready(k), rows_ready(v), w.to(at::kFloat).contiguous()};
+}
+
+// (o, lse): o (B, Hq, Q, D) bf16, lse (B, Hq, K, Q) fp32 (log2 of the per-chunk denominator).
+std::tuple<at::Tensor, at::Tensor> forward_raw(const Prepared& in, double scale, bool one) {
+  const Shape s = check_inputs(in.q, in.k, in.v, in.w);
+  c10::cuda::CUDAGuard guard(in.q.device());
+  auto o = at::empty({s.B, s.Hq, s.Q, s.D}, in.q.options());
+  auto lse = at::empty({s.B, s.Hq, s.K, s.Q}, in.q.options().dtype(at::kFloat));
+  int64_t st[11];
+  fill_strides(st, in.q, in.k, in.v);
+  LCM_CHECK_LAUNCH(lcm_gca_fwd_launch(in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(),
+                                      in.w.data_ptr<float>(), o.data_ptr(),
+                                      lse.data_ptr<float>(), st, s.B, s.Hq, s.Hkv, s.Q, s.K,
+                                      s.KCTX, s.D, float(scale), one ? 1 : 0,
+                                      at::cuda::getCurrentCUDAStream()),
+                   "gca forward launch");
+  return {o, lse};
+}
+
+// (dq, dk, dv, dw) for saved inputs and lse and the incoming gradient of o.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_raw(const Prepared& in,
+                                                                        const at::Tensor& lse,
+                                                                        const at::Tensor& dout_in,
+                                                                        double scale) {
+  const Shape s = check_inputs(in.q, in.k, in.v, in.w);
+  TORCH_CHECK(s.KCTX <= lcm_gca_max_kctx_bwd(), "gca backward: K_CTX ", s.KCTX,
+              " exceeds the kernel's ", lcm_gca_max_kctx_bwd());
+  c10::cuda::CUDAGuard guard(in.q.device());
+  auto dout = dout_in.to(at::kBFloat16).contiguous();
+  TORCH_CHECK(dout.sizes() == in.q.sizes(), "gca backward: gradient ", dout.sizes(),
+              " does not match q ", in.q.sizes());
+  auto dq = at::empty({s.B, s.Hq, s.Q, s.D}, in.q.options());
+  auto dk = at::empty({s.B, s.Hkv, s.K, s.KCTX, s.D}, in.k.options());
+  auto dv = at::empty_like(dk);
+  auto dwp = at::empty({s.B, s.Hkv, s.K}, in.q.options().dtype(at::kFloat));
+  at::Tensor scratch;
+  if ((s.Hq / s.Hkv) * s.Q > lcm_gca_rows_per_pass())
+    scratch = at::empty({2, s.B, s.Hkv, s.K, s.KCTX, s.D}, in.q.options().dtype(at::kFloat));
+  int64_t st[11];
+  fill_strides(st, in.q, in.k, in.v);
+  LCM_CHECK_LAUNCH(
+      lcm_gca_bwd_launch(in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(),
+                         in.w.data_ptr<float>(), dout.data_ptr(), lse.data_ptr<float>(),
+                         dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), dwp.data_ptr<float>(),
+                         scratch.defined() ? scratch.data_ptr<float>() : nullptr, st, s.B, s.Hq,
+                         s.Hkv, s.Q, s.K, s.KCTX, s.D, float(scale),
+                         at::cuda::getCurrentCUDAStream()),
+      "gca backward launch");
+  return {dq, dk, dv, dwp.sum(1)};
+}
+
+struct GcaFunction : public torch::autograd::Function<GcaFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                            const at::Tensor& k, const at::Tensor& v, const at::Tensor& w,
+                            double scale, bool one) {
+    Prepared in = prepare(q, k, v, w);
+    auto [o, lse] = forward_raw(in, scale, one);
+    ctx->save_for_backward({in.q, in.k, in.v, in.w, lse});
+    ctx->saved_data["scale"] = scale;
+    return o;
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    Prepared in{saved[0], saved[1], saved[2], saved[3]};
+    auto [dq, dk, dv, dw] = backward_raw(in, saved[4], grads[0], ctx->saved_data["scale"].toDouble());
+    return {dq, dk, dv, dw, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+// o = GCA(q, k, v, weights), differentiable in q, k, v and weights.
+int lcm_gca(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v, const at::Tensor* w,
+            double scale, int one, at::Tensor** o) {
+  return lcm::guarded("gca", [&] {
+    // The cast sits outside the Function so that autograd carries dw back to w's dtype.
+    auto wf = w->to(at::kFloat);
+    *o = new at::Tensor(GcaFunction::apply(*q, *k, *v, wf, scale, one != 0));
+  });
+}
+
+// The kernels alone, without autograd: for benchmarks that time exactly the kernels.
+int lcm_gca_forward_raw(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
+                        const at::Tensor* w, double scale, int one, at::Tensor** o,
+                        at::Tensor** lse) {
+  return lcm::guarded("gca_forward_raw", [&] {
+    auto [oo, ll] = forward_raw(prepare(*q, *k, *v, *w), scale, one != 0);
+    *o = new at::Tensor(oo);
+    *lse = new at::Tensor(ll);
+  });
+}
+
+int lcm_gca_backward_raw(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
+                         const at::Tensor* w, const at::Tensor* lse, const at::Tensor* dout,
+                         double scale, at::Tensor** dq, at::Tensor** dk, at::Tensor** dv,
+                         at::Tensor** dw) {
+  return lcm::guarded("gca_backward_raw", [&] {
+    auto [a, b, c, d] = backward_raw(prepare(*q, *k, *v, *w), *lse, *dout, scale);
+    *dq = new at::Tensor(a);
+    *dk = new at::Tensor(b);
+    *dv = new at::Tensor(c);
+    *dw = new at::Tensor(d);
+  });
+}
+
+}  // extern "C"

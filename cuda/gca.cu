@@ -1,0 +1,664 @@
+// Grouped Cross Attention (GCA): forward (training and inference) and backward, bf16 in,
+// fp32 accumulation, tensor cores (mma.sync m16n8k16 bf16, ldmatrix from swizzled shared
+// memory, cp.async loads).
+//
+//   o[b,h,i]   = sum_c w[b,c] * o_c[b,h,i],   o_c = softmax_j(scale * q_i . k_{c,j}) v_{c,j}
+//   lse[b,h,c,i] = log2 of the per-chunk softmax denominator of the scaled logits in base 2
+//                  (scores s2 = scale*log2(e) * q.k), saved for the backward.
+// softmax_one adds exp(0) to every per-chunk denominator (a virtual zero logit, zero value).
+// Reference: src/ops/gca.rs (gca_reference). Tests: tests/ops_gca_cuda.rs.
+//
+// Layout. One CTA of 4 warps owns one (batch b, kv head) pair and a "pass" of 64 query
+// rows; the rows of a pass are the G*Q queries of the kv head's G query heads laid end to
+// end (row r = head_in_group * Q + query), so GQA packs the group into the MMA rows and
+// every kv tile is read once per pass. Each warp owns 16 rows.
+//
+// Forward: the chunk's keys come in tiles of 64 (double-buffered by cp.async); an online
+// softmax runs over the tiles of one chunk (one tile when K_CTX <= 64); at a chunk's end
+// its normalised output is added into the fp32 accumulator with weight w[b,c].
+//
+// Backward (FlashAttention-2 style, a chunk's keys in one tile of KT = 64 or 128): per
+// pass and chunk, each warp recomputes P = exp2(s2 - lse) for its 16 rows, dP = dO V^T,
+// Di = rowsum(P * dP) (= <o_c, dO>, which is also this row's share of dweights), and
+//   dS = w * P * (dP - Di);   dQ += dS K (registers, across chunks);
+// P (times w) and dS go to shared memory, then each warp computes the rows of
+//   dV = (wP)^T dO,  dK = dS^T Q
+// for its own keys. scale multiplies dQ and dK at the end. When a kv head has more than
+// 64 query rows (GQA with long Q), dK/dV accumulate across passes in an fp32 scratch
+// owned by the CTA (no atomics: deterministic).
+#include "common.cuh"
+
+namespace lcm {
+namespace gca {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRows = 16 * kWarps;  // query rows per pass
+constexpr int kFwdTile = 64;        // forward key tile
+
+struct FwdParams {
+  const __nv_bfloat16* q;  // (B, Hq, Q, D), strides sqb, sqh, sqq, d contiguous
+  const __nv_bfloat16* k;  // (B, Hkv, K, KCTX, D), strides skb, skh, skc, skk
+  const __nv_bfloat16* v;  // strides svb, svh, svc, svk
+  const float* w;          // (B, K) contiguous
+  __nv_bfloat16* o;        // (B, Hq, Q, D) contiguous
+  float* lse;              // (B, Hq, K, Q) contiguous
+  int64_t sqb, sqh, sqq, skb, skh, skc, skk, svb, svh, svc, svk;
+  int B, Hq, Hkv, G, Q, K, KCTX;
+  float scale_log2;
+};
+
+struct BwdParams {
+  const __nv_bfloat16* q;
+  const __nv_bfloat16* k;
+  const __nv_bfloat16* v;
+  const float* w;
+  const __nv_bfloat16* dout;  // (B, Hq, Q, D) contiguous
+  const float* lse;           // (B, Hq, K, Q)
+  __nv_bfloat16* dq;          // (B, Hq, Q, D) contiguous
+  __nv_bfloat16* dk;          // (B, Hkv, K, KCTX, D) contiguous
+  __nv_bfloat16* dv;
+  float* dw_partial;          // (B, Hkv, K)
+  float* scratch;             // (B, Hkv, K, KCTX, D) x 2 fp32, only when npass > 1
+  int64_t sqb, sqh, sqq, skb, skh, skc, skk, svb, svh, svc, svk;
+  int B, Hq, Hkv, G, Q, K, KCTX;
+  float scale, scale_log2;
+};
+
+// ---------------------------------------------------------------------------------------
+// PTX helpers.
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy, zero-filled when !valid.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+// c += a(16x16, row) * b(16x8, col), bf16 in, fp32 accumulate.
+__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Shared-memory tiles are row-major with COLS bf16 per row, 16-byte chunks XOR-swizzled by
+// the row's low 3 bits so that ldmatrix on 8 rows of one column hits 8 different banks.
+template <int COLS> __device__ __forceinline__ int sw(int row, int col) {
+  return row * COLS + ((((col >> 3) ^ row) & 7) | ((col >> 3) & ~7)) * 8 + (col & 7);
+}
+
+// Loads `rows` rows (ROWS in the tile, the rest zero-filled) of D bf16 each; row r starts
+// at src(r). All threads of the CTA take part.
+template <int ROWS, int D, typename F>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* dst, int rows, F src) {
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int i = threadIdx.x; i < ROWS * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    const bool valid = r < rows;
+    // Zero-filled rows still name a valid global address (row 0; rows >= 1 always).
+    cp_async16(dst + sw<D>(r, c), src(valid ? r : 0) + c, valid);
+  }
+}
+
+// Stores a warp's 16 x D fp32 C-fragments (times `mul`) as bf16 rows through the warp's
+// 16-row slice of a shared tile, then with 16-byte coalesced global stores. Rows >= valid
+// are not written. dst(r) gives the global row for the warp's row r.
+template <int D, typename F>
+__device__ __forceinline__ void store_rows(float (*acc)[4], const float* mul,
+                                           __nv_bfloat16* tile, int valid, F dst) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int col = n * 8 + 2 * t;
+    *reinterpret_cast<uint32_t*>(tile + sw<D>(g, col)) =
+        pack_bf16(acc[n][0] * mul[0], acc[n][1] * mul[0]);
+    *reinterpret_cast<uint32_t*>(tile + sw<D>(g + 8, col)) =
+        pack_bf16(acc[n][2] * mul[1], acc[n][3] * mul[1]);
+  }
+  __syncwarp();
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int i = lane; i < 16 * kChunks; i += 32) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    if (r < valid)
+      *reinterpret_cast<uint4*>(dst(r) + c) = *reinterpret_cast<const uint4*>(tile + sw<D>(r, c));
+  }
+  __syncwarp();
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward.
+
+template <int D, bool ONE>
+__global__ void __launch_bounds__(kThreads) gca_fwd_kernel(const FwdParams p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sK = sQ + kRows * D;        // 2 buffers of kFwdTile x D
+  __nv_bfloat16* sV = sK + 2 * kFwdTile * D;  // 2 buffers
+
+  const int bh = blockIdx.x;  // b * Hkv + hkv
+  const int b = bh / p.Hkv, hkv = bh % p.Hkv;
+  const int row0 = blockIdx.y * kRows;  // first row of this pass within the G*Q rows
+  const int nrows_total = p.G * p.Q;
+  const int rows = min(kRows, nrows_total - row0);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+
+  auto q_row = [&](int r) {
+    const int rr = row0 + r, head = hkv * p.G + rr / p.Q, qi = rr % p.Q;
+    return p.q + b * p.sqb + head * p.sqh + qi * p.sqq;
+  };
+  load_tile<kRows, D>(sQ, rows, q_row);
+  cp_async_commit();
+
+  const int ntiles = (p.KCTX + kFwdTile - 1) / kFwdTile;
+  const int items = p.K * ntiles;
+  const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
+  const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
+  auto load_kv = [&](int item) {
+    const int c = item / ntiles, j = item % ntiles, buf = item & 1;
+    const int key0 = j * kFwdTile, nk = min(kFwdTile, p.KCTX - key0);
+    load_tile<kFwdTile, D>(sK + buf * kFwdTile * D, nk,
+                           [&](int r) { return kbase + c * p.skc + (key0 + r) * p.skk; });
+    load_tile<kFwdTile, D>(sV + buf * kFwdTile * D, nk,
+                           [&](int r) { return vbase + c * p.svc + (key0 + r) * p.svk; });
+  };
+  load_kv(0);
+  cp_async_commit();
+
+  const bool active = warp * 16 < rows;  // warps past the last row only help load
+  const int wr = warp * 16;              // warp's first row in the tile
+  float acc[D / 8][4];
+  float ok[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[n][e] = ok[n][e] = 0.f;
+  float m[2], l[2];
+
+  for (int item = 0; item < items; ++item) {
+    if (item + 1 < items) load_kv(item + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const int c = item / ntiles, j = item % ntiles, buf = item & 1;
+    const __nv_bfloat16* tK = sK + buf * kFwdTile * D;
+    const __nv_bfloat16* tV = sV + buf * kFwdTile * D;
+    if (active) {
+      if (j == 0) {
+        m[0] = m[1] = ONE ? 0.f : -INFINITY;
+        l[0] = l[1] = ONE ? 1.f : 0.f;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) ok[n][e] = 0.f;
+      }
+      // S = Q K^T for the warp's 16 rows and 64 keys.
+      float s[kFwdTile / 8][4];
+#pragma unroll
+      for (int n = 0; n < kFwdTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4];
+        ldsm_x4(a, sQ + sw<D>(wr + (lane & 15), kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int np = 0; np < kFwdTile / 16; ++np) {
+          uint32_t bb[4];
+          ldsm_x4(bb, tK + sw<D>(np * 16 + (lane & 7) + (lane >> 4) * 8,
+                                 kk * 16 + ((lane >> 3) & 1) * 8));
+          mma16816(s[2 * np], a, bb[0], bb[1]);
+          mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+        }
+      }
+      const int nvalid = p.KCTX - j * kFwdTile;
+      float mx[2] = {m[0], m[1]};
+#pragma unroll
+      for (int n = 0; n < kFwdTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = n * 8 + 2 * t + (e & 1);
+          s[n][e] = key < nvalid ? s[n][e] * p.scale_log2 : -INFINITY;
+          mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+        }
+      float alpha[2], rs[2] = {0.f, 0.f};
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        alpha[h] = exp2f(m[h] - mx[h]);
+        m[h] = mx[h];
+      }
+#pragma unroll
+      for (int n = 0; n < kFwdTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[n][e] = exp2f(s[n][e] - m[e >> 1]);
+          rs[e >> 1] += s[n][e];
+        }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 1);
+        rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 2);
+        l[h] = l[h] * alpha[h] + rs[h];
+      }
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ok[n][e] *= alpha[e >> 1];
+      // ok += P V
+#pragma unroll
+      for (int kk = 0; kk < kFwdTile / 16; ++kk) {
+        uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                         pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                         pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                         pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          uint32_t bb[4];
+          ldsm_x4_t(bb, tV + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                   dp * 16 + (lane >> 4) * 8));
+          mma16816(ok[2 * dp], a, bb[0], bb[1]);
+          mma16816(ok[2 * dp + 1], a, bb[2], bb[3]);
+        }
+      }
+      if (j == ntiles - 1) {
+        const float wc = p.w[b * p.K + c];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = wr + g + 8 * h;
+          if (t == 0 && r < rows) {
+            const int rr = row0 + r, head = hkv * p.G + rr / p.Q, qi = rr % p.Q;
+            p.lse[((int64_t(b) * p.Hq + head) * p.K + c) * p.Q + qi] = m[h] + log2f(l[h]);
+          }
+        }
+        const float f0 = wc / l[0], f1 = wc / l[1];
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          acc[n][0] += f0 * ok[n][0];
+          acc[n][1] += f0 * ok[n][1];
+          acc[n][2] += f1 * ok[n][2];
+          acc[n][3] += f1 * ok[n][3];
+        }
+      }
+    }
+    __syncthreads();
+  }
+  if (active) {
+    const float one[2] = {1.f, 1.f};
+    // The warp's rows of sQ are no longer read: stage the output there.
+    store_rows<D>(acc, one, sQ + wr * D, rows - wr, [&](int r) {
+      const int rr = row0 + wr + r, head = hkv * p.G + rr / p.Q, qi = rr % p.Q;
+      return p.o + ((int64_t(b) * p.Hq + head) * p.Q + qi) * D;
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward.
+
+template <int D, int KT, bool MULTIPASS>
+__global__ void __launch_bounds__(kThreads) gca_bwd_kernel(const BwdParams p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sO = sQ + kRows * D;  // dO
+  __nv_bfloat16* sK = sO + kRows * D;  // 2 buffers of KT x D
+  __nv_bfloat16* sV = sK + 2 * KT * D;
+  __nv_bfloat16* sP = sV + 2 * KT * D;  // kRows x KT: w * P
+  __nv_bfloat16* sS = sP + kRows * KT;  // kRows x KT: dS
+  float* sDw = reinterpret_cast<float*>(sS + kRows * KT);  // [kWarps]
+
+  const int bh = blockIdx.x;
+  const int b = bh / p.Hkv, hkv = bh % p.Hkv;
+  const int nrows_total = p.G * p.Q;
+  const int npass = (nrows_total + kRows - 1) / kRows;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int wr = warp * 16;
+  const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
+  const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
+  const int items = npass * p.K;
+  auto load_kv = [&](int item) {
+    const int c = item % p.K, buf = item & 1;
+    load_tile<KT, D>(sK + buf * KT * D, p.KCTX,
+                     [&](int r) { return kbase + c * p.skc + r * p.skk; });
+    load_tile<KT, D>(sV + buf * KT * D, p.KCTX,
+                     [&](int r) { return vbase + c * p.svc + r * p.svk; });
+  };
+  load_kv(0);
+  cp_async_commit();
+
+  float dq[D / 8][4];
+  for (int item = 0; item < items; ++item) {
+    const int pass = item / p.K, c = item % p.K, buf = item & 1;
+    const int row0 = pass * kRows, rows = min(kRows, nrows_total - row0);
+    auto row_head = [&](int r, int* head, int* qi) {
+      const int rr = row0 + r;
+      *head = hkv * p.G + rr / p.Q;
+      *qi = rr % p.Q;
+    };
+    if (c == 0) {
+      load_tile<kRows, D>(sQ, rows, [&](int r) {
+        int head, qi;
+        row_head(r, &head, &qi);
+        return p.q + b * p.sqb + head * p.sqh + qi * p.sqq;
+      });
+      load_tile<kRows, D>(sO, rows, [&](int r) {
+        int head, qi;
+        row_head(r, &head, &qi);
+        return p.dout + ((int64_t(b) * p.Hq + head) * p.Q + qi) * D;
+      });
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dq[n][e] = 0.f;
+    }
+    cp_async_commit();
+    if (item + 1 < items) load_kv(item + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const __nv_bfloat16* tK = sK + buf * KT * D;
+    const __nv_bfloat16* tV = sV + buf * KT * D;
+    const float wc = p.w[b * p.K + c];
+
+    // Phase 1: the warp's 16 rows against all KT keys.
+    float s[KT / 8][4], dp[KT / 8][4];
+#pragma unroll
+    for (int n = 0; n < KT / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+    float lse[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = wr + g + 8 * h;
+      if (r < rows) {
+        int head, qi;
+        row_head(r, &head, &qi);
+        lse[h] = p.lse[((int64_t(b) * p.Hq + head) * p.K + c) * p.Q + qi];
+      } else {
+        lse[h] = 0.f;  // pad rows: Q = dO = 0, so P = 1 and dS = 0
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4], ao[4];
+      ldsm_x4(a, sQ + sw<D>(wr + (lane & 15), kk * 16 + (lane >> 4) * 8));
+      ldsm_x4(ao, sO + sw<D>(wr + (lane & 15), kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+      for (int np = 0; np < KT / 16; ++np) {
+        uint32_t bb[4];
+        const int kr = np * 16 + (lane & 7) + (lane >> 4) * 8, kc = kk * 16 + ((lane >> 3) & 1) * 8;
+        ldsm_x4(bb, tK + sw<D>(kr, kc));
+        mma16816(s[2 * np], a, bb[0], bb[1]);
+        mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+        ldsm_x4(bb, tV + sw<D>(kr, kc));
+        mma16816(dp[2 * np], ao, bb[0], bb[1]);
+        mma16816(dp[2 * np + 1], ao, bb[2], bb[3]);
+      }
+    }
+    float di[2] = {0.f, 0.f};
+#pragma unroll
+    for (int n = 0; n < KT / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = n * 8 + 2 * t + (e & 1);
+        s[n][e] = key < p.KCTX ? exp2f(s[n][e] * p.scale_log2 - lse[e >> 1]) : 0.f;
+        di[e >> 1] += s[n][e] * dp[n][e];
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      di[h] += __shfl_xor_sync(0xffffffffu, di[h], 1);
+      di[h] += __shfl_xor_sync(0xffffffffu, di[h], 2);
+    }
+    {
+      // dweights: sum of Di over the warp's rows (each row once: the t == 0 lanes).
+      float part = t == 0 ? di[0] + di[1] : 0.f;
+      part = warp_sum(part);
+      if (lane == 0) sDw[warp] = part;
+    }
+#pragma unroll
+    for (int n = 0; n < KT / 8; ++n) {
+      const int col = n * 8 + 2 * t;
+      // dS = w * P * (dP - Di), in place of dP.
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[n][e] = wc * s[n][e] * (dp[n][e] - di[e >> 1]);
+      *reinterpret_cast<uint32_t*>(sP + sw<KT>(wr + g, col)) =
+          pack_bf16(wc * s[n][0], wc * s[n][1]);
+      *reinterpret_cast<uint32_t*>(sP + sw<KT>(wr + g + 8, col)) =
+          pack_bf16(wc * s[n][2], wc * s[n][3]);
+      *reinterpret_cast<uint32_t*>(sS + sw<KT>(wr + g, col)) = pack_bf16(dp[n][0], dp[n][1]);
+      *reinterpret_cast<uint32_t*>(sS + sw<KT>(wr + g + 8, col)) = pack_bf16(dp[n][2], dp[n][3]);
+    }
+    // dQ += dS K (dS from registers, rounded to bf16 like the shared copy).
+#pragma unroll
+    for (int kk = 0; kk < KT / 16; ++kk) {
+      uint32_t a[4] = {pack_bf16(dp[2 * kk][0], dp[2 * kk][1]),
+                       pack_bf16(dp[2 * kk][2], dp[2 * kk][3]),
+                       pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                       pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+#pragma unroll
+      for (int dd = 0; dd < D / 16; ++dd) {
+        uint32_t bb[4];
+        ldsm_x4_t(bb, tK + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                 dd * 16 + (lane >> 4) * 8));
+        mma16816(dq[2 * dd], a, bb[0], bb[1]);
+        mma16816(dq[2 * dd + 1], a, bb[2], bb[3]);
+      }
+    }
+    __syncthreads();
+
+    // Phase 2: each warp's keys: dV = (wP)^T dO and dK = scale * dS^T Q over the pass's rows.
+    const bool last_pass = pass == npass - 1;
+    if (threadIdx.x == 0) {
+      const float part = sDw[0] + sDw[1] + sDw[2] + sDw[3];
+      if (MULTIPASS) {
+        float* dst = p.dw_partial + int64_t(bh) * p.K + c;
+        const float prev = pass == 0 ? 0.f : *dst;
+        *dst = prev + part;
+      } else {
+        p.dw_partial[int64_t(bh) * p.K + c] = part;
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < KT / 16 / kWarps; ++mt) {
+      const int key0 = (warp * (KT / 16 / kWarps) + mt) * 16;
+#pragma unroll
+      for (int which = 0; which < 2; ++which) {
+        const __nv_bfloat16* sA = which == 0 ? sP : sS;
+        const __nv_bfloat16* sB = which == 0 ? sO : sQ;
+        float r[D / 8][4];
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) r[n][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < kRows / 16; ++kk) {
+          uint32_t a[4];
+          // A = (rows x keys)^T: 8x8 blocks (rows kk*16 + {0,8}) x (keys key0 + {0,8}).
+          ldsm_x4_t(a, sA + sw<KT>(kk * 16 + (lane & 7) + (lane >> 4) * 8,
+                                   key0 + ((lane >> 3) & 1) * 8));
+#pragma unroll
+          for (int dd = 0; dd < D / 16; ++dd) {
+            uint32_t bb[4];
+            ldsm_x4_t(bb, sB + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                     dd * 16 + (lane >> 4) * 8));
+            mma16816(r[2 * dd], a, bb[0], bb[1]);
+            mma16816(r[2 * dd + 1], a, bb[2], bb[3]);
+          }
+        }
+        const float mul = which == 0 ? 1.f : p.scale;
+        __nv_bfloat16* out = which == 0 ? p.dv : p.dk;
+        const int64_t base = ((int64_t(bh) * p.K + c) * p.KCTX) * D;
+        float* scr = p.scratch + int64_t(which) * p.B * p.Hkv * p.K * p.KCTX * D + base;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int key = key0 + g + 8 * h;
+          if (key < p.KCTX) {
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+              const int col = n * 8 + 2 * t;
+              float x0 = r[n][2 * h] * mul, x1 = r[n][2 * h + 1] * mul;
+              if (MULTIPASS) {
+                float2* sp = reinterpret_cast<float2*>(scr + int64_t(key) * D + col);
+                if (pass > 0) {
+                  const float2 prev = *sp;
+                  x0 += prev.x;
+                  x1 += prev.y;
+                }
+                if (!last_pass) {
+                  *sp = make_float2(x0, x1);
+                  continue;
+                }
+              }
+              *reinterpret_cast<uint32_t*>(out + base + int64_t(key) * D + col) =
+                  pack_bf16(x0, x1);
+            }
+          }
+        }
+      }
+    }
+    if (c == p.K - 1) {
+      // This pass's dQ is complete. sQ is read by no other warp in its rows after the
+      // barrier below, but phase 2 of other warps reads all of sQ: wait first.
+      __syncthreads();
+      const float mul[2] = {p.scale, p.scale};
+      if (wr < rows)
+        store_rows<D>(dq, mul, sQ + wr * D, rows - wr, [&](int r) {
+          int head, qi;
+          row_head(wr + r, &head, &qi);
+          return p.dq + ((int64_t(b) * p.Hq + head) * p.Q + qi) * D;
+        });
+    }
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Launchers.
+
+template <int D> size_t fwd_smem() { return size_t(kRows + 4 * kFwdTile) * D * 2; }
+template <int D, int KT> size_t bwd_smem() {
+  return size_t(2 * kRows * D + 4 * KT * D + 2 * kRows * KT) * 2 + kWarps * 4;
+}
+
+template <typename K> cudaError_t prepare(K kernel, size_t smem) {
+  if (smem > 48 * 1024)
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(smem));
+  return cudaSuccess;
+}
+
+template <int D, bool ONE> cudaError_t launch_fwd(const FwdParams& p, cudaStream_t s) {
+  auto kernel = gca_fwd_kernel<D, ONE>;
+  const size_t smem = fwd_smem<D>();
+  cudaError_t e = prepare(kernel, smem);
+  if (e != cudaSuccess) return e;
+  const int npass = (p.G * p.Q + kRows - 1) / kRows;
+  dim3 grid(p.B * p.Hkv, npass);
+  kernel<<<grid, kThreads, smem, s>>>(p);
+  return cudaGetLastError();
+}
+
+template <int D, int KT, bool MP> cudaError_t launch_bwd(const BwdParams& p, cudaStream_t s) {
+  auto kernel = gca_bwd_kernel<D, KT, MP>;
+  const size_t smem = bwd_smem<D, KT>();
+  cudaError_t e = prepare(kernel, smem);
+  if (e != cudaSuccess) return e;
+  kernel<<<p.B * p.Hkv, kThreads, smem, s>>>(p);
+  return cudaGetLastError();
+}
+
+template <int D, int KT> cudaError_t launch_bwd_d(const BwdParams& p, cudaStream_t s) {
+  return p.G * p.Q > kRows ? launch_bwd<D, KT, true>(p, s) : launch_bwd<D, KT, false>(p, s);
+}
+
+}  // namespace gca
+}  // namespace lcm
+
+extern "C" {
+
+// Query rows per pass: the backward needs an fp32 scratch of 2 * B*Hkv*K*KCTX*D floats
+// when G*Q exceeds it.
+int lcm_gca_rows_per_pass() { return lcm::gca::kRows; }
+// Largest K_CTX the backward supports (the forward takes any).
+int lcm_gca_max_kctx_bwd() { return 128; }
+
+int lcm_gca_fwd_launch(const void* q, const void* k, const void* v, const float* w, void* o,
+                       float* lse, const int64_t* strides, int B, int Hq, int Hkv, int Q, int K,
+                       int KCTX, int D, float scale, int one, cudaStream_t s) {
+  using namespace lcm::gca;
+  FwdParams p;
+  p.q = static_cast<const __nv_bfloat16*>(q);
+  p.k = static_cast<const __nv_bfloat16*>(k);
+  p.v = static_cast<const __nv_bfloat16*>(v);
+  p.w = w;
+  p.o = static_cast<__nv_bfloat16*>(o);
+  p.lse = lse;
+  p.sqb = strides[0], p.sqh = strides[1], p.sqq = strides[2];
+  p.skb = strides[3], p.skh = strides[4], p.skc = strides[5], p.skk = strides[6];
+  p.svb = strides[7], p.svh = strides[8], p.svc = strides[9], p.svk = strides[10];
+  p.B = B, p.Hq = Hq, p.Hkv = Hkv, p.G = Hq / Hkv, p.Q = Q, p.K = K, p.KCTX = KCTX;
+  p.scale_log2 = scale * 1.4426950408889634f;
+  if (D == 64) return one ? launch_fwd<64, true>(p, s) : launch_fwd<64, false>(p, s);
+  if (D == 128) return one ? launch_fwd<128, true>(p, s) : launch_fwd<128, false>(p, s);
+  return cudaErrorInvalidValue;
+}
+
+int lcm_gca_bwd_launch(const void* q, const void* k, const void* v, const float* w,
+                       const void* dout, const float* lse, void* dq, void* dk, void* dv,
+                       float* dw_partial, float* scratch, const int64_t* strides, int B, int Hq,
+                       int Hkv, int Q, int K, int KCTX, int D, float scale, cudaStream_t s) {
+  using namespace lcm::gca;
+  BwdParams p;
+  p.q = static_cast<const __nv_bfloat16*>(q);
+  p.k = static_cast<const __nv_bfloat16*>(k);
+  p.v = static_cast<const __nv_bfloat16*>(v);
+  p.w = w;
+  p.dout = static_cast<const __nv_bfloat16*>(dout);
+  p.lse = lse;
+  p.dq = static_cast<__nv_bfloat16*>(dq);
+  p.dk = static_cast<__nv_bfloat16*>(dk);
+  p.dv = static_cast<__nv_bfloat16*>(dv);
+  p.dw_partial = dw_partial;
+  p.scratch = scratch;
+  p.sqb = strides[0], p.sqh = strides[1], p.sqq = strides[2];
+  p.skb = strides[3], p.skh = strides[4], p.skc = strides[5], p.skk = strides[6];
+  p.svb = strides[7], p.svh = strides[8], p.svc = strides[9], p.svk = strides[10];
+  p.B = B, p.Hq = Hq, p.Hkv = Hkv, p.G = Hq / Hkv, p.Q = Q, p.K = K, p.KCTX = KCTX;
+  p.scale = scale;
+  p.scale_log2 = scale * 1.4426950408889634f;
+  if (KCTX < 1 || KCTX > 128) return cudaErrorInvalidValue;
+  if (D == 64) return KCTX <= 64 ? launch_bwd_d<64, 64>(p, s) : launch_bwd_d<64, 128>(p, s);
+  if (D == 128) return KCTX <= 64 ? launch_bwd_d<128, 64>(p, s) : launch_bwd_d<128, 128>(p, s);
+  return cudaErrorInvalidValue;
+}
+
+}  // extern "C"

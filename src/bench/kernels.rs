@@ -1,0 +1,326 @@
+//! `lcm bench kernels`: each attention kernel at its issue shape against its roofline, the
+//! pure-tch reference and libtorch SDPA dense attention.
+//!
+//! The command walks a table of [`Entry`]s (one per kernel and shape); an entry builds its
+//! inputs, times the kernel's passes and its comparisons, and returns [`Row`]s. To add a
+//! kernel (SWA, HSA, retrieval), add an entry to [`entries`]. Times are medians of
+//! per-call CUDA-event timings after warm-up ([`super::median_ms_events`]).
+//!
+//! Roofline: `max(flops / peak_tflops, bytes / peak_gbps)`, with `bytes` the fewest a pass
+//! must move (every input read once, every output written once).
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use super::median_ms_events;
+use crate::error::Result;
+
+pub struct KernelsBench {
+    pub device: Device,
+    /// Dense bf16 matrix rate, TFLOP/s (H200 measured: 799).
+    pub peak_tflops: f64,
+    /// Device copy bandwidth, GB/s (H200 measured: 4250).
+    pub peak_gbps: f64,
+    pub warmup: usize,
+    pub runs: usize,
+    /// Skip the pure-tch reference (slow, and memory-hungry at the issue shapes).
+    pub no_reference: bool,
+}
+
+/// One timed pass of one kernel at one shape.
+#[derive(Serialize, Clone)]
+pub struct Row {
+    pub kernel: String,
+    pub shape: String,
+    /// "fwd" or "bwd" (the backward kernels alone, given the forward's saved state).
+    pub pass: String,
+    /// Median milliseconds of the kernel; `None` where no kernel ran (CPU, no nvcc).
+    pub ms: Option<f64>,
+    pub flops: f64,
+    pub bytes: f64,
+    /// The pure-tch reference for the same pass (bwd: fwd+bwd minus fwd).
+    pub ref_ms: Option<f64>,
+    /// libtorch SDPA dense attention with the same FLOPs (see the entry's note).
+    pub sdpa_ms: Option<f64>,
+    pub peak_tflops: f64,
+    pub peak_gbps: f64,
+}
+
+impl Row {
+    pub fn tflops(&self) -> Option<f64> {
+        self.ms.map(|t| self.flops / (t * 1e-3) / 1e12)
+    }
+    pub fn gbps(&self) -> Option<f64> {
+        self.ms.map(|t| self.bytes / (t * 1e-3) / 1e9)
+    }
+    /// The roofline's time in milliseconds.
+    pub fn roofline_ms(&self) -> f64 {
+        (self.flops / (self.peak_tflops * 1e12)).max(self.bytes / (self.peak_gbps * 1e9)) * 1e3
+    }
+}
+
+/// A kernel at one shape: `run` returns its rows.
+pub struct Entry {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn(&KernelsBench) -> Result<Vec<Row>>,
+}
+
+/// Every benchmark `lcm bench kernels` knows, in order.
+pub fn entries() -> Vec<Entry> {
+    vec![
+        Entry {
+            name: "gca-d64",
+            about: "GCA, issue 6 shape: B=4096 chunks, Hq=Hkv=12, Q=64, D=64, K=8, K_CTX=64",
+            run: |b| gca(b, &GcaShape::new(4096, 12, 12, 64, 64, 8, 64)),
+        },
+        Entry {
+            name: "gca-d128",
+            about: "GCA, head dim 128: B=2048, Hq=Hkv=12, Q=64, D=128, K=8, K_CTX=64",
+            run: |b| gca(b, &GcaShape::new(2048, 12, 12, 64, 128, 8, 64)),
+        },
+        Entry {
+            name: "gca-decode",
+            about: "GCA inference forward, one query token: B=4096, Hq=Hkv=12, Q=1, D=64, K=8, K_CTX=64",
+            run: |b| gca(b, &GcaShape::new(4096, 12, 12, 1, 64, 8, 64)),
+        },
+    ]
+}
+
+pub struct GcaShape {
+    pub b: i64,
+    pub hq: i64,
+    pub hkv: i64,
+    pub q: i64,
+    pub d: i64,
+    pub k: i64,
+    pub kctx: i64,
+}
+
+impl GcaShape {
+    pub fn new(b: i64, hq: i64, hkv: i64, q: i64, d: i64, k: i64, kctx: i64) -> Self {
+        Self {
+            b,
+            hq,
+            hkv,
+            q,
+            d,
+            k,
+            kctx,
+        }
+    }
+    fn label(&self) -> String {
+        format!(
+            "B{} Hq{} Hkv{} Q{} D{} K{} Kctx{}",
+            self.b, self.hq, self.hkv, self.q, self.d, self.k, self.kctx
+        )
+    }
+    /// Matrix FLOPs of the forward (QK^T and PV); the backward does 2.5 times as many.
+    fn fwd_flops(&self) -> f64 {
+        4.0 * (self.b * self.hq * self.q * self.k * self.kctx * self.d) as f64
+    }
+    /// (forward, backward) bytes: bf16 q, k, v, o (dO, dq, dk, dv), fp32 lse and weights.
+    fn bytes(&self) -> (f64, f64) {
+        let qo = (self.b * self.hq * self.q * self.d * 2) as f64;
+        let kv = (self.b * self.hkv * self.k * self.kctx * self.d * 2) as f64;
+        let lse = (self.b * self.hq * self.k * self.q * 4) as f64;
+        let w = (self.b * self.k * 4) as f64;
+        (
+            2.0 * qo + 2.0 * kv + lse + w,
+            3.0 * qo + 4.0 * kv + lse + 2.0 * w,
+        )
+    }
+}
+
+fn gca(bench: &KernelsBench, s: &GcaShape) -> Result<Vec<Row>> {
+    let dev = bench.device;
+    let opts = (Kind::BFloat16, dev);
+    let q = Tensor::randn([s.b, s.hq, s.q, s.d], opts);
+    let k = Tensor::randn([s.b, s.hkv, s.k, s.kctx, s.d], opts);
+    let v = Tensor::randn([s.b, s.hkv, s.k, s.kctx, s.d], opts);
+    let w = Tensor::rand([s.b, s.k], (Kind::Float, dev)).softmax(-1, Kind::Float);
+    let dout = Tensor::randn([s.b, s.hq, s.q, s.d], opts);
+    let scale = 1.0 / (s.d as f64).sqrt();
+    let (fwd_bytes, bwd_bytes) = s.bytes();
+    let (runs, warmup) = (bench.runs, bench.warmup);
+
+    let (ms_fwd, ms_bwd) = gca_kernel_times(bench, &q, &k, &v, &w, &dout, scale)?;
+
+    // The reference, fwd alone and fwd+bwd through autograd; fewer runs (it is slow).
+    let (mut ref_fwd, mut ref_bwd) = (None, None);
+    if !bench.no_reference {
+        let rr = (runs / 5).max(3);
+        let f = tch::no_grad(|| {
+            median_ms_events(dev, 1, rr, || {
+                let _ = crate::ops::gca_reference(&q, &k, &v, &w, scale, false);
+            })
+        });
+        let leaves: Vec<Tensor> = [&q, &k, &v, &w]
+            .iter()
+            .map(|t| t.detach().set_requires_grad(true))
+            .collect();
+        let fb = median_ms_events(dev, 1, rr, || {
+            let o = crate::ops::gca_reference(
+                &leaves[0], &leaves[1], &leaves[2], &leaves[3], scale, false,
+            );
+            let loss = (o.to_kind(Kind::Float) * &dout).sum(Kind::Float);
+            let _ = Tensor::run_backward(&[&loss], &leaves, false, false);
+        });
+        ref_fwd = Some(f);
+        ref_bwd = Some((fb - f).max(0.0));
+    }
+
+    // SDPA, causal, with the same query count and FLOPs: sequences of L = 2 * K * K_CTX
+    // tokens (a causal query sees L/2 keys on average, as many as a GCA query), counting
+    // half of the dense FLOPs. Not for Q < 64 (decode) shapes.
+    let (mut sdpa_fwd, mut sdpa_bwd) = (None, None);
+    let l = 2 * s.k * s.kctx;
+    let rows = s.b * s.q;
+    if s.q >= 64 && rows % l == 0 && dev.is_cuda() {
+        let bs = rows / l;
+        let sq = Tensor::randn([bs, s.hq, l, s.d], opts);
+        let sk = Tensor::randn([bs, s.hq, l, s.d], opts);
+        let sv = Tensor::randn([bs, s.hq, l, s.d], opts);
+        let sdpa = |a: &Tensor, b: &Tensor, c: &Tensor| {
+            Tensor::scaled_dot_product_attention(a, b, c, None::<Tensor>, 0.0, true, scale, false)
+        };
+        let f = tch::no_grad(|| {
+            median_ms_events(dev, warmup, runs, || {
+                let _ = sdpa(&sq, &sk, &sv);
+            })
+        });
+        let leaves: Vec<Tensor> = [&sq, &sk, &sv]
+            .iter()
+            .map(|t| t.detach().set_requires_grad(true))
+            .collect();
+        let sdo = Tensor::randn([bs, s.hq, l, s.d], opts);
+        let fb = median_ms_events(dev, warmup, runs, || {
+            let o = sdpa(&leaves[0], &leaves[1], &leaves[2]);
+            let loss = (o * &sdo).sum(Kind::Float);
+            let _ = Tensor::run_backward(&[&loss], &leaves, false, false);
+        });
+        sdpa_fwd = Some(f);
+        sdpa_bwd = Some((fb - f).max(0.0));
+    }
+
+    let row = |pass: &str, ms, flops, bytes, ref_ms, sdpa_ms| Row {
+        kernel: "gca".into(),
+        shape: s.label(),
+        pass: pass.into(),
+        ms,
+        flops,
+        bytes,
+        ref_ms,
+        sdpa_ms,
+        peak_tflops: bench.peak_tflops,
+        peak_gbps: bench.peak_gbps,
+    };
+    let mut out = vec![row(
+        "fwd",
+        ms_fwd,
+        s.fwd_flops(),
+        fwd_bytes,
+        ref_fwd,
+        sdpa_fwd,
+    )];
+    if s.q >= 64 {
+        out.push(row(
+            "bwd",
+            ms_bwd,
+            2.5 * s.fwd_flops(),
+            bwd_bytes,
+            ref_bwd,
+            sdpa_bwd,
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(lcm_cuda)]
+fn gca_kernel_times(
+    bench: &KernelsBench,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    w: &Tensor,
+    dout: &Tensor,
+    scale: f64,
+) -> Result<(Option<f64>, Option<f64>)> {
+    use crate::ops::gca::{gca_cuda_backward_raw, gca_cuda_forward_raw};
+    if !bench.device.is_cuda() {
+        return Ok((None, None));
+    }
+    let (_, lse) = gca_cuda_forward_raw(q, k, v, w, scale, false)?;
+    let _ = gca_cuda_backward_raw(q, k, v, w, &lse, dout, scale)?;
+    let (dev, warmup, runs) = (bench.device, bench.warmup, bench.runs);
+    let fwd = median_ms_events(dev, warmup, runs, || {
+        let _ = gca_cuda_forward_raw(q, k, v, w, scale, false).unwrap();
+    });
+    let bwd = median_ms_events(dev, warmup, runs, || {
+        let _ = gca_cuda_backward_raw(q, k, v, w, &lse, dout, scale).unwrap();
+    });
+    Ok((Some(fwd), Some(bwd)))
+}
+
+#[cfg(not(lcm_cuda))]
+fn gca_kernel_times(
+    _bench: &KernelsBench,
+    _q: &Tensor,
+    _k: &Tensor,
+    _v: &Tensor,
+    _w: &Tensor,
+    _dout: &Tensor,
+    _scale: f64,
+) -> Result<(Option<f64>, Option<f64>)> {
+    Ok((None, None))
+}
+
+pub fn header() -> String {
+    format!(
+        "{:<6} {:<36} {:<4} | {:>9} {:>7} {:>6} {:>7} {:>6} | {:>9} {:>6} | {:>9} {:>6} | {:>9} {:>6}",
+        "kernel",
+        "shape",
+        "pass",
+        "time",
+        "TFLOP/s",
+        "%799",
+        "GB/s",
+        "%copy",
+        "roofline",
+        "%roof",
+        "ref",
+        "x ref",
+        "sdpa",
+        "x sdpa"
+    )
+}
+
+impl std::fmt::Display for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}ms"));
+        let num = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+        let ratio = |other: Option<f64>| match (other, self.ms) {
+            (Some(o), Some(t)) if t > 0.0 => format!("{:.2}x", o / t),
+            _ => "-".into(),
+        };
+        let roof = self.roofline_ms();
+        write!(
+            f,
+            "{:<6} {:<36} {:<4} | {:>9} {:>7} {:>6} {:>7} {:>6} | {:>9} {:>6} | {:>9} {:>6} | {:>9} {:>6}",
+            self.kernel,
+            self.shape,
+            self.pass,
+            ms(self.ms),
+            num(self.tflops(), 1),
+            num(self.tflops().map(|t| 100.0 * t / self.peak_tflops), 1),
+            num(self.gbps(), 0),
+            num(self.gbps().map(|g| 100.0 * g / self.peak_gbps), 1),
+            format!("{roof:.3}ms"),
+            num(self.ms.map(|t| 100.0 * roof / t), 1),
+            ms(self.ref_ms),
+            ratio(self.ref_ms),
+            ms(self.sdpa_ms),
+            ratio(self.sdpa_ms),
+        )
+    }
+}
