@@ -258,29 +258,37 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
           mma16816(s[2 * np + 1], a, bb[2], bb[3]);
         }
       }
+      // Masking (a uniform branch: only the last tile of a chunk whose K_CTX is not a
+      // multiple of 64), then the row max of the raw scores (scale > 0, checked by the
+      // bridge), so that each probability is one FFMA and one ex2.
       const int nvalid = p.KCTX - j * kFwdTile;
-      float mx[2] = {m[0], m[1]};
+      if (nvalid < kFwdTile) {
+#pragma unroll
+        for (int n = 0; n < kFwdTile / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (n * 8 + 2 * t + (e & 1) >= nvalid) s[n][e] = -INFINITY;
+      }
+      float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int n = 0; n < kFwdTile / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = n * 8 + 2 * t + (e & 1);
-          s[n][e] = key < nvalid ? s[n][e] * p.scale_log2 : -INFINITY;
-          mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
-        }
-      float alpha[2], rs[2] = {0.f, 0.f};
+        for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+      float alpha[2], rs[2] = {0.f, 0.f}, neg[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        mx[h] = fmaxf(m[h], mx[h] * p.scale_log2);
         alpha[h] = exp2f(m[h] - mx[h]);
         m[h] = mx[h];
+        neg[h] = -mx[h];
       }
 #pragma unroll
       for (int n = 0; n < kFwdTile / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[n][e] = exp2f(s[n][e] - m[e >> 1]);
+          s[n][e] = exp2f(fmaf(s[n][e], p.scale_log2, neg[e >> 1]));
           rs[e >> 1] += s[n][e];
         }
 #pragma unroll
@@ -461,8 +469,10 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
     for (int n = 0; n < KT / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int key = n * 8 + 2 * t + (e & 1);
-        s[n][e] = key < p.KCTX ? exp2f(s[n][e] * p.scale_log2 - lse[e >> 1]) : 0.f;
+        s[n][e] = exp2f(fmaf(s[n][e], p.scale_log2, -lse[e >> 1]));
+        if (KT > 64 || p.KCTX < KT) {  // uniform: zero the keys past K_CTX
+          if (n * 8 + 2 * t + (e & 1) >= p.KCTX) s[n][e] = 0.f;
+        }
         di[e >> 1] += s[n][e] * dp[n][e];
       }
 #pragma unroll
