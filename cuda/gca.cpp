@@ -71,6 +71,7 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 // (o, lse): o (B, Hq, Q, D) bf16, lse (B, Hq, K, Q) fp32 (log2 of the per-chunk denominator).
 std::tuple<at::Tensor, at::Tensor> forward_raw(const Prepared& in, double scale, bool one) {
   const Shape s = check_inputs(in.q, in.k, in.v, in.w);
+  TORCH_CHECK(scale > 0, "gca: the kernel takes a positive scale (got ", scale, ")");
   c10::cuda::CUDAGuard guard(in.q.device());
   auto o = at::empty({s.B, s.Hq, s.Q, s.D}, in.q.options());
   auto lse = at::empty({s.B, s.Hq, s.K, s.Q}, in.q.options().dtype(at::kFloat));

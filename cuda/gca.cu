@@ -157,12 +157,24 @@ __device__ __forceinline__ void store_rows(float (*acc)[4], const float* mul,
 // ---------------------------------------------------------------------------------------
 // Forward.
 
-template <int D, bool ONE>
-__global__ void __launch_bounds__(kThreads) gca_fwd_kernel(const FwdParams p) {
+// Key tiles in flight in the forward's cp.async ring (smem: Q + STAGES * (K + V) tiles).
+template <int D> __host__ __device__ constexpr int fwd_stages() { return 3; }
+// 4 CTAs (16 warps) per SM at D = 64 with one key tile per chunk: 56 KB of shared memory
+// each, registers capped at 128 (no spills; the multi-tile variant would spill).
+template <int D, bool SINGLE> __host__ __device__ constexpr int fwd_min_blocks() {
+  return D == 64 && SINGLE ? 4 : 1;
+}
+
+// SINGLE: K_CTX <= 64, one key tile per chunk, so the chunk's softmax is complete before
+// its P V product: P is scaled by w[b,c] / l and multiplied straight into the accumulator
+// (no per-chunk output registers, no rescaling).
+template <int D, bool ONE, bool SINGLE>
+__global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd_kernel(const FwdParams p) {
+  constexpr int S = fwd_stages<D>();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  __nv_bfloat16* sK = sQ + kRows * D;        // 2 buffers of kFwdTile x D
-  __nv_bfloat16* sV = sK + 2 * kFwdTile * D;  // 2 buffers
+  __nv_bfloat16* sK = sQ + kRows * D;        // S buffers of kFwdTile x D
+  __nv_bfloat16* sV = sK + S * kFwdTile * D;  // S buffers
 
   const int bh = blockIdx.x;  // b * Hkv + hkv
   const int b = bh / p.Hkv, hkv = bh % p.Hkv;
@@ -183,15 +195,19 @@ __global__ void __launch_bounds__(kThreads) gca_fwd_kernel(const FwdParams p) {
   const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
   const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
   auto load_kv = [&](int item) {
-    const int c = item / ntiles, j = item % ntiles, buf = item & 1;
+    const int c = item / ntiles, j = item % ntiles, buf = item % S;
     const int key0 = j * kFwdTile, nk = min(kFwdTile, p.KCTX - key0);
     load_tile<kFwdTile, D>(sK + buf * kFwdTile * D, nk,
                            [&](int r) { return kbase + c * p.skc + (key0 + r) * p.skk; });
     load_tile<kFwdTile, D>(sV + buf * kFwdTile * D, nk,
                            [&](int r) { return vbase + c * p.svc + (key0 + r) * p.svk; });
   };
-  load_kv(0);
-  cp_async_commit();
+  // Prologue: S-1 tiles in flight (one commit group each, empty past the end).
+#pragma unroll
+  for (int i = 0; i < S - 1; ++i) {
+    if (i < items) load_kv(i);
+    cp_async_commit();
+  }
 
   const bool active = warp * 16 < rows;  // warps past the last row only help load
   const int wr = warp * 16;              // warp's first row in the tile
@@ -204,11 +220,14 @@ __global__ void __launch_bounds__(kThreads) gca_fwd_kernel(const FwdParams p) {
   float m[2], l[2];
 
   for (int item = 0; item < items; ++item) {
-    if (item + 1 < items) load_kv(item + 1);
-    cp_async_commit();
-    cp_async_wait<1>();
+    // Q and this item's tile are complete once at most S-2 newer groups are pending; the
+    // barrier also ends every warp's reads of the buffer that the next load overwrites
+    // (the one item - 1 used).
+    cp_async_wait<S - 2>();
     __syncthreads();
-    const int c = item / ntiles, j = item % ntiles, buf = item & 1;
+    if (item + S - 1 < items) load_kv(item + S - 1);
+    cp_async_commit();
+    const int c = item / ntiles, j = item % ntiles, buf = item % S;
     const __nv_bfloat16* tK = sK + buf * kFwdTile * D;
     const __nv_bfloat16* tV = sV + buf * kFwdTile * D;
     if (active) {
@@ -216,7 +235,7 @@ __global__ void __launch_bounds__(kThreads) gca_fwd_kernel(const FwdParams p) {
         m[0] = m[1] = ONE ? 0.f : -INFINITY;
         l[0] = l[1] = ONE ? 1.f : 0.f;
 #pragma unroll
-        for (int n = 0; n < D / 8; ++n)
+        for (int n = 0; n < (SINGLE ? 0 : D / 8); ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) ok[n][e] = 0.f;
       }
@@ -239,29 +258,37 @@ __global__ void __launch_bounds__(kThreads) gca_fwd_kernel(const FwdParams p) {
           mma16816(s[2 * np + 1], a, bb[2], bb[3]);
         }
       }
+      // Masking (a uniform branch: only the last tile of a chunk whose K_CTX is not a
+      // multiple of 64), then the row max of the raw scores (scale > 0, checked by the
+      // bridge), so that each probability is one FFMA and one ex2.
       const int nvalid = p.KCTX - j * kFwdTile;
-      float mx[2] = {m[0], m[1]};
+      if (nvalid < kFwdTile) {
+#pragma unroll
+        for (int n = 0; n < kFwdTile / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (n * 8 + 2 * t + (e & 1) >= nvalid) s[n][e] = -INFINITY;
+      }
+      float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int n = 0; n < kFwdTile / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = n * 8 + 2 * t + (e & 1);
-          s[n][e] = key < nvalid ? s[n][e] * p.scale_log2 : -INFINITY;
-          mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
-        }
-      float alpha[2], rs[2] = {0.f, 0.f};
+        for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+      float alpha[2], rs[2] = {0.f, 0.f}, neg[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        mx[h] = fmaxf(m[h], mx[h] * p.scale_log2);
         alpha[h] = exp2f(m[h] - mx[h]);
         m[h] = mx[h];
+        neg[h] = -mx[h];
       }
 #pragma unroll
       for (int n = 0; n < kFwdTile / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[n][e] = exp2f(s[n][e] - m[e >> 1]);
+          s[n][e] = exp2f(fmaf(s[n][e], p.scale_log2, neg[e >> 1]));
           rs[e >> 1] += s[n][e];
         }
 #pragma unroll
@@ -270,11 +297,20 @@ __global__ void __launch_bounds__(kThreads) gca_fwd_kernel(const FwdParams p) {
         rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 2);
         l[h] = l[h] * alpha[h] + rs[h];
       }
+      if constexpr (SINGLE) {
+        const float f[2] = {p.w[b * p.K + c] / l[0], p.w[b * p.K + c] / l[1]};
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n)
+        for (int n = 0; n < kFwdTile / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) ok[n][e] *= alpha[e >> 1];
-      // ok += P V
+          for (int e = 0; e < 4; ++e) s[n][e] *= f[e >> 1];
+      } else {
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) ok[n][e] *= alpha[e >> 1];
+      }
+      // ok += P V (SINGLE: acc += (w / l) P V)
+      float(&pv)[D / 8][4] = SINGLE ? acc : ok;
 #pragma unroll
       for (int kk = 0; kk < kFwdTile / 16; ++kk) {
         uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
@@ -286,8 +322,8 @@ __global__ void __launch_bounds__(kThreads) gca_fwd_kernel(const FwdParams p) {
           uint32_t bb[4];
           ldsm_x4_t(bb, tV + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
                                    dp * 16 + (lane >> 4) * 8));
-          mma16816(ok[2 * dp], a, bb[0], bb[1]);
-          mma16816(ok[2 * dp + 1], a, bb[2], bb[3]);
+          mma16816(pv[2 * dp], a, bb[0], bb[1]);
+          mma16816(pv[2 * dp + 1], a, bb[2], bb[3]);
         }
       }
       if (j == ntiles - 1) {
@@ -302,7 +338,7 @@ __global__ void __launch_bounds__(kThreads) gca_fwd_kernel(const FwdParams p) {
         }
         const float f0 = wc / l[0], f1 = wc / l[1];
 #pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
+        for (int n = 0; n < (SINGLE ? 0 : D / 8); ++n) {
           acc[n][0] += f0 * ok[n][0];
           acc[n][1] += f0 * ok[n][1];
           acc[n][2] += f1 * ok[n][2];
@@ -310,7 +346,6 @@ __global__ void __launch_bounds__(kThreads) gca_fwd_kernel(const FwdParams p) {
         }
       }
     }
-    __syncthreads();
   }
   if (active) {
     const float one[2] = {1.f, 1.f};
@@ -325,8 +360,13 @@ __global__ void __launch_bounds__(kThreads) gca_fwd_kernel(const FwdParams p) {
 // ---------------------------------------------------------------------------------------
 // Backward.
 
+// 3 CTAs (12 warps) per SM for the main shape: 64 KB of shared memory each, registers
+// capped at 168.
+template <int D, int KT> __host__ __device__ constexpr int bwd_min_blocks() { return D == 64 && KT == 64 ? 3 : 1; }
+
 template <int D, int KT, bool MULTIPASS>
-__global__ void __launch_bounds__(kThreads) gca_bwd_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
+    gca_bwd_kernel(const BwdParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
   __nv_bfloat16* sO = sQ + kRows * D;  // dO
@@ -429,8 +469,10 @@ __global__ void __launch_bounds__(kThreads) gca_bwd_kernel(const BwdParams p) {
     for (int n = 0; n < KT / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int key = n * 8 + 2 * t + (e & 1);
-        s[n][e] = key < p.KCTX ? exp2f(s[n][e] * p.scale_log2 - lse[e >> 1]) : 0.f;
+        s[n][e] = exp2f(fmaf(s[n][e], p.scale_log2, -lse[e >> 1]));
+        if (KT > 64 || p.KCTX < KT) {  // uniform: zero the keys past K_CTX
+          if (n * 8 + 2 * t + (e & 1) >= p.KCTX) s[n][e] = 0.f;
+        }
         di[e >> 1] += s[n][e] * dp[n][e];
       }
 #pragma unroll
@@ -517,6 +559,15 @@ __global__ void __launch_bounds__(kThreads) gca_bwd_kernel(const BwdParams p) {
         const float mul = which == 0 ? 1.f : p.scale;
         __nv_bfloat16* out = which == 0 ? p.dv : p.dk;
         const int64_t base = ((int64_t(bh) * p.K + c) * p.KCTX) * D;
+        if (!MULTIPASS) {
+          // Phase 2 reads no K/V: stage the warp's 16 key rows in this item's K (dK) or V
+          // (dV) buffer, then store whole rows.
+          const float muls[2] = {mul, mul};
+          __nv_bfloat16* stage = const_cast<__nv_bfloat16*>(which == 0 ? tV : tK) + key0 * D;
+          store_rows<D>(r, muls, stage, p.KCTX - key0,
+                        [&](int rr) { return out + base + int64_t(key0 + rr) * D; });
+          continue;
+        }
         float* scr = p.scratch + int64_t(which) * p.B * p.Hkv * p.K * p.KCTX * D + base;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -526,20 +577,18 @@ __global__ void __launch_bounds__(kThreads) gca_bwd_kernel(const BwdParams p) {
             for (int n = 0; n < D / 8; ++n) {
               const int col = n * 8 + 2 * t;
               float x0 = r[n][2 * h] * mul, x1 = r[n][2 * h + 1] * mul;
-              if (MULTIPASS) {
-                float2* sp = reinterpret_cast<float2*>(scr + int64_t(key) * D + col);
-                if (pass > 0) {
-                  const float2 prev = *sp;
-                  x0 += prev.x;
-                  x1 += prev.y;
-                }
-                if (!last_pass) {
-                  *sp = make_float2(x0, x1);
-                  continue;
-                }
+              float2* sp = reinterpret_cast<float2*>(scr + int64_t(key) * D + col);
+              if (pass > 0) {
+                const float2 prev = *sp;
+                x0 += prev.x;
+                x1 += prev.y;
               }
-              *reinterpret_cast<uint32_t*>(out + base + int64_t(key) * D + col) =
-                  pack_bf16(x0, x1);
+              if (!last_pass) {
+                *sp = make_float2(x0, x1);
+              } else {
+                *reinterpret_cast<uint32_t*>(out + base + int64_t(key) * D + col) =
+                    pack_bf16(x0, x1);
+              }
             }
           }
         }
@@ -564,7 +613,7 @@ __global__ void __launch_bounds__(kThreads) gca_bwd_kernel(const BwdParams p) {
 // ---------------------------------------------------------------------------------------
 // Launchers.
 
-template <int D> size_t fwd_smem() { return size_t(kRows + 4 * kFwdTile) * D * 2; }
+template <int D> size_t fwd_smem() { return size_t(kRows + 2 * fwd_stages<D>() * kFwdTile) * D * 2; }
 template <int D, int KT> size_t bwd_smem() {
   return size_t(2 * kRows * D + 4 * KT * D + 2 * kRows * KT) * 2 + kWarps * 4;
 }
@@ -576,8 +625,9 @@ template <typename K> cudaError_t prepare(K kernel, size_t smem) {
   return cudaSuccess;
 }
 
-template <int D, bool ONE> cudaError_t launch_fwd(const FwdParams& p, cudaStream_t s) {
-  auto kernel = gca_fwd_kernel<D, ONE>;
+template <int D, bool ONE, bool SINGLE>
+cudaError_t launch_fwd_t(const FwdParams& p, cudaStream_t s) {
+  auto kernel = gca_fwd_kernel<D, ONE, SINGLE>;
   const size_t smem = fwd_smem<D>();
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
@@ -585,6 +635,10 @@ template <int D, bool ONE> cudaError_t launch_fwd(const FwdParams& p, cudaStream
   dim3 grid(p.B * p.Hkv, npass);
   kernel<<<grid, kThreads, smem, s>>>(p);
   return cudaGetLastError();
+}
+
+template <int D, bool ONE> cudaError_t launch_fwd(const FwdParams& p, cudaStream_t s) {
+  return p.KCTX <= kFwdTile ? launch_fwd_t<D, ONE, true>(p, s) : launch_fwd_t<D, ONE, false>(p, s);
 }
 
 template <int D, int KT, bool MP> cudaError_t launch_bwd(const BwdParams& p, cudaStream_t s) {
