@@ -10,7 +10,8 @@
 //! keys, the rest of a chain) sit at seeded random places, after the answering fact for a
 //! chain. The task's ids (needle phrase, question, key range and length) come from the
 //! checkpoint's training config (`data.synthetic`), so a model is asked what it was taught;
-//! `s-niah` uses RULER's phrases through the NeoX tokenizer.
+//! without one, `passkey` is the GCA reference's text passkey, and `s-niah` is always
+//! RULER's; both phrases go through the NeoX tokenizer.
 
 use std::path::{Path, PathBuf};
 
@@ -76,11 +77,12 @@ impl TaskSpec {
         let mut facts = match (task, trained) {
             (NiahTask::SNiah, _) => ruler_single(vocab, tokenizer)?,
             (_, Some(t)) => t.clone(),
+            (NiahTask::Passkey, None) => gca_passkey(vocab, tokenizer)?,
             (_, None) => {
                 return Err(Error::Invalid(format!(
                     "task {} takes its ids from the checkpoint's data.synthetic, which this \
-                     checkpoint's training config does not have (use --task s-niah for a model \
-                     trained on NeoX-tokenised text only)",
+                     checkpoint's training config does not have (passkey and s-niah work for a \
+                     model trained on NeoX-tokenised text only)",
                     task.name()
                 )))
             }
@@ -109,14 +111,60 @@ impl TaskSpec {
     }
 }
 
+/// The GCA reference's passkey (seed-report 7.1): `|The passkey is:` and 5 random ids from
+/// [0, 50256), asked as `|What is the passkey? The passkey is`. Used when the checkpoint
+/// was not trained with a synthetic task of its own.
+fn gca_passkey(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
+    let (needle, question) = phrases(
+        vocab,
+        tokenizer,
+        "|The passkey is:",
+        "|What is the passkey? The passkey is",
+        "passkey",
+    )?;
+    Ok(PasskeyConfig {
+        task: Task::Passkey,
+        n_keys: 1,
+        rate: 1.0,
+        key_len: 5,
+        key_lo: 0,
+        key_hi: 50256,
+        needle,
+        question,
+        min_gap: 0,
+    })
+}
+
 fn ruler_single(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
+    let (needle, question) = phrases(vocab, tokenizer, RULER_NEEDLE, RULER_QUESTION, "s-niah")?;
+    Ok(PasskeyConfig {
+        task: Task::Passkey,
+        n_keys: 1,
+        rate: 1.0,
+        key_len: 7,
+        key_lo: 100,
+        key_hi: 50000,
+        needle,
+        question,
+        min_gap: 0,
+    })
+}
+
+/// `needle` and `question` tokenised by the NeoX tokenizer (`task` names the task in errors).
+fn phrases(
+    vocab: i64,
+    tokenizer: Option<&Path>,
+    needle: &str,
+    question: &str,
+    task: &str,
+) -> Result<(Vec<u32>, Vec<u32>)> {
     let path = tokenizer
         .map(Path::to_path_buf)
         .unwrap_or_else(crate::info::default_tokenizer_path);
     let tok = crate::data::Tokenizer::load(&path, "<|endoftext|>")?;
     if (tok.vocab_size() as i64) > vocab {
         return Err(Error::Invalid(format!(
-            "s-niah needs a model over the NeoX vocabulary of {}, this one has {vocab} ids",
+            "{task} needs a model over the NeoX vocabulary of {}, this one has {vocab} ids",
             tok.vocab_size()
         )));
     }
@@ -131,17 +179,7 @@ fn ruler_single(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
                 ids
             })
     };
-    Ok(PasskeyConfig {
-        task: Task::Passkey,
-        n_keys: 1,
-        rate: 1.0,
-        key_len: 7,
-        key_lo: 100,
-        key_hi: 50000,
-        needle: encode(RULER_NEEDLE)?,
-        question: encode(RULER_QUESTION)?,
-        min_gap: 0,
-    })
+    Ok((encode(needle)?, encode(question)?))
 }
 
 /// Where haystack tokens come from.
