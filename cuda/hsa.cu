@@ -9,6 +9,8 @@
 // per slot, each with its own weight.
 // Reference: src/ops/hsa.rs (hsa_reference). Tests: tests/ops_hsa_cuda.rs.
 //
+// Forward for G <= 16 and S <= 64 (the model's shapes): on tensor cores, one warp per
+// (token, kv head), see hsa_fwd_mma_kernel below. Otherwise, and for the whole backward:
 // Layout (first, correctness-first version): one CTA of 128 threads per (batch n, token l,
 // kv head h); the G query heads of the kv head are the rows of one G x D tile (the GQA
 // group packed into the rows, so each gathered chunk is read once per token and kv head).
@@ -271,6 +273,230 @@ template <int D> __global__ void __launch_bounds__(kThreads) hsa_bwd_kernel(cons
   for (int e = threadIdx.x; e < p.G * D; e += kThreads) dq[e] = __float2bfloat16_rn(sdQ[e]);
 }
 
+// ---------------------------------------------------------------------------------------
+// Tensor-core forward (G <= 16): one warp per (batch, token, kv head); the G query heads
+// are the 16 rows of one m16n8k16 A tile (rows >= G zero), a chunk of S <= 64 keys is
+// one 64-key tile (rows >= S zero-filled and masked). The chunks are gathered by cp.async
+// into XOR-swizzled bf16 tiles, double-buffered across slots; P is rounded to bf16 for
+// P V (as gca.cu). Helpers as in gca.cu.
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <int COLS> __device__ __forceinline__ int sw(int row, int col) {
+  return row * COLS + ((((col >> 3) ^ row) & 7) | ((col >> 3) & ~7)) * 8 + (col & 7);
+}
+
+// The warp loads `rows` of ROWS rows of D bf16 (the rest zero-filled); row r at src + r*rs.
+template <int ROWS, int D>
+__device__ __forceinline__ void warp_load(__nv_bfloat16* dst, const __nv_bfloat16* src,
+                                          int64_t rs, int rows) {
+  const int lane = threadIdx.x & 31;
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int i = lane; i < ROWS * kChunks; i += 32) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    const bool valid = r < rows;
+    cp_async16(dst + sw<D>(r, c), src + (valid ? r : 0) * rs + c, valid);
+  }
+}
+
+constexpr int kMmaWarps = 1;  // warps (tokens) per CTA
+constexpr int kTile = 64;     // keys per chunk tile
+
+template <int D> __host__ __device__ constexpr int mma_warp_smem_elems() {
+  return 16 * D + 2 * 2 * kTile * D;  // Q + 2 stages of (K, V)
+}
+
+template <int D, bool ONE>
+__global__ void __launch_bounds__(32 * kMmaWarps) hsa_fwd_mma_kernel(const Params p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  __nv_bfloat16* sQ =
+      reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * mma_warp_smem_elems<D>();
+  __nv_bfloat16* sKV = sQ + 16 * D;  // stage st: K at st*2*kTile*D, V after it
+  const int64_t tok = int64_t(blockIdx.x) * kMmaWarps + warp;
+  if (tok >= int64_t(p.N) * p.L * p.H) return;  // no CTA-wide barriers below
+  const int h = int(tok % p.H);
+  const int64_t nl = tok / p.H;
+  const int n = int(nl / p.L);
+  const int64_t lkv = int64_t(p.C) * p.S;
+  const int64_t rs = int64_t(p.H) * D;
+
+  const int64_t qrow = (nl * p.Hq + int64_t(h) * p.G) * D;
+  warp_load<16, D>(sQ, p.q + qrow, D, p.G);
+  auto slot_chunk = [&](int slot) -> int64_t {
+    const int64_t c = p.idx[tok * p.K + slot];
+    return (c < 0 || c >= p.C) ? -1 : c;
+  };
+  auto load_slot = [&](int slot, int st) {
+    const int64_t c = slot_chunk(slot);
+    if (c < 0) return;
+    const int64_t off = ((int64_t(n) * lkv + c * p.S) * p.H + h) * D;
+    __nv_bfloat16* dK = sKV + st * 2 * kTile * D;
+    warp_load<kTile, D>(dK, p.k + off, rs, p.S);
+    warp_load<kTile, D>(dK + kTile * D, p.v + off, rs, p.S);
+  };
+  load_slot(0, 0);
+  cp_async_commit();
+
+  float acc[D / 8][4];
+#pragma unroll
+  for (int nn = 0; nn < D / 8; ++nn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nn][e] = 0.f;
+  const float sl2 = p.scale * 1.4426950408889634f;
+  float* lse_base = p.lse + (nl * p.Hq + int64_t(h) * p.G) * p.K;
+
+  for (int slot = 0; slot < p.K; ++slot) {
+    if (slot + 1 < p.K) load_slot(slot + 1, (slot + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncwarp();
+    const int64_t c = slot_chunk(slot);
+    if (c < 0) {
+      if (t == 0) {
+        if (g < p.G) lse_base[g * p.K + slot] = 0.f;
+        if (g + 8 < p.G) lse_base[(g + 8) * p.K + slot] = 0.f;
+      }
+      continue;
+    }
+    const __nv_bfloat16* tK = sKV + (slot & 1) * 2 * kTile * D;
+    const __nv_bfloat16* tV = tK + kTile * D;
+    float s[kTile / 8][4];
+#pragma unroll
+    for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nn][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4];
+      ldsm_x4(a, sQ + sw<D>(lane & 15, kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+      for (int np = 0; np < kTile / 16; ++np) {
+        uint32_t bb[4];
+        ldsm_x4(bb, tK + sw<D>(np * 16 + (lane & 7) + (lane >> 4) * 8,
+                               kk * 16 + ((lane >> 3) & 1) * 8));
+        mma16816(s[2 * np], a, bb[0], bb[1]);
+        mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+      }
+    }
+    if (p.S < kTile) {
+#pragma unroll
+      for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (nn * 8 + 2 * t + (e & 1) >= p.S) s[nn][e] = -INFINITY;
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[nn][e]);
+    float neg[2], rsum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+      mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+      // scaled base-2 max (scale > 0 checked by the bridge); softmax_one: at least 0
+      mx[hh] = mx[hh] * sl2;
+      if (ONE) mx[hh] = fmaxf(mx[hh], 0.f);
+      neg[hh] = -mx[hh];
+    }
+#pragma unroll
+    for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nn][e] = exp2f(fmaf(s[nn][e], sl2, neg[e >> 1]));
+        rsum[e >> 1] += s[nn][e];
+      }
+    const float w = p.w[tok * p.K + slot];
+    float f[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      rsum[hh] += __shfl_xor_sync(0xffffffffu, rsum[hh], 1);
+      rsum[hh] += __shfl_xor_sync(0xffffffffu, rsum[hh], 2);
+      if (ONE) rsum[hh] += exp2f(neg[hh]);
+      f[hh] = w / rsum[hh];
+      const float lse = (mx[hh] + __log2f(rsum[hh])) * 0.6931471805599453f;
+      const int row = g + 8 * hh;
+      if (t == 0 && row < p.G) lse_base[row * p.K + slot] = lse;
+    }
+#pragma unroll
+    for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nn][e] *= f[e >> 1];
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                       pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                       pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                       pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t bb[4];
+        ldsm_x4_t(bb, tV + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                 dp * 16 + (lane >> 4) * 8));
+        mma16816(acc[2 * dp], a, bb[0], bb[1]);
+        mma16816(acc[2 * dp + 1], a, bb[2], bb[3]);
+      }
+    }
+    __syncwarp();  // done reading this stage before it is refilled
+  }
+  cp_async_wait<0>();
+  __nv_bfloat16* o = p.o + qrow;
+#pragma unroll
+  for (int nn = 0; nn < D / 8; ++nn) {
+    const int col = nn * 8 + 2 * t;
+    if (g < p.G)
+      *reinterpret_cast<uint32_t*>(o + g * D + col) = pack_bf16(acc[nn][0], acc[nn][1]);
+    if (g + 8 < p.G)
+      *reinterpret_cast<uint32_t*>(o + (g + 8) * D + col) = pack_bf16(acc[nn][2], acc[nn][3]);
+  }
+}
+
+template <int D, bool ONE> int launch_fwd_mma(const Params& p, cudaStream_t s) {
+  const size_t smem = sizeof(__nv_bfloat16) * size_t(mma_warp_smem_elems<D>()) * kMmaWarps;
+  cudaError_t e = cudaFuncSetAttribute(hsa_fwd_mma_kernel<D, ONE>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (e != cudaSuccess) return e;
+  const int64_t items = int64_t(p.N) * p.L * p.H;
+  if (items == 0) return cudaSuccess;
+  const int64_t blocks = (items + kMmaWarps - 1) / kMmaWarps;
+  hsa_fwd_mma_kernel<D, ONE><<<dim3(unsigned(blocks)), 32 * kMmaWarps, smem, s>>>(p);
+  return cudaGetLastError();
+}
+
 template <int D> int launch_fwd(const Params& p, cudaStream_t s) {
   const size_t smem = fwd_smem<D>(p.G, p.S);
   cudaError_t e = cudaFuncSetAttribute(hsa_fwd_kernel<D>,
@@ -313,6 +539,11 @@ int lcm_hsa_fwd_launch(const void* q, const void* k, const void* v, const float*
   p.N = N, p.L = L, p.Hq = Hq, p.H = H, p.G = Hq / H, p.K = K, p.S = S, p.C = C;
   p.scale = scale;
   p.one = one;
+  // G <= 16 and S <= 64 on tensor cores (needs scale > 0); else the CUDA-core kernel.
+  if (p.G <= 16 && p.S <= kTile && scale > 0.f) {
+    if (D == 64) return one ? launch_fwd_mma<64, true>(p, s) : launch_fwd_mma<64, false>(p, s);
+    if (D == 128) return one ? launch_fwd_mma<128, true>(p, s) : launch_fwd_mma<128, false>(p, s);
+  }
   if (D == 64) return launch_fwd<64>(p, s);
   if (D == 128) return launch_fwd<128>(p, s);
   return cudaErrorInvalidValue;

@@ -1,6 +1,7 @@
 //! The HSA CUDA kernel (`cuda/hsa.cu`) against the reference: forward and every gradient
 //! (dq, dk, dv, dweights) on fresh random inputs at several shapes (K not a power of two
-//! and K = 32, chunk size 16, 32 and 64, G = 1, 4 and 16, head dim 64 and 128,
+//! and K = 32, chunk size 16, 32 and 64, G = 1, 4, 16 (tensor-core forward) and 32
+//! (CUDA-core forward), head dim 64 and 128,
 //! softmax-off-by-one on and off), with indices drawn at random among each token's visible
 //! chunks, most recent first (so the first chunk's tokens have only empty slots, -1), plus
 //! extra empty slots, zero weights and duplicated indices; a poisoned allocator so unwritten
@@ -37,6 +38,8 @@ const CASES: &[Case] = &[
     (1, 4, 4, 64, 16, 40, 32, false),
     // G = 16, head dim 128, chunk 64, softmax_one, K = 6.
     (1, 16, 1, 128, 64, 4, 6, true),
+    // G = 32: the CUDA-core forward (the tensor-core one takes G <= 16).
+    (1, 32, 1, 64, 16, 4, 3, true),
 ];
 
 struct Inputs {

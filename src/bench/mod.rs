@@ -2,8 +2,8 @@
 //! iterations bracketed by device synchronisation, so they hold for memory-bound kernels
 //! long enough that the launch cost is small (the sizes used are hundreds of MB).
 
-pub mod prefill;
 pub mod kernels;
+pub mod prefill;
 pub mod rmsnorm;
 pub mod tokenizer;
 
