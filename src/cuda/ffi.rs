@@ -83,6 +83,46 @@ extern "C" {
         dv: *mut *mut C_tensor,
         dw: *mut *mut C_tensor,
     ) -> c_int;
+
+    pub fn lcm_hsa(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        w: *const C_tensor,
+        idx: *const C_tensor,
+        chunk: i64,
+        scale: f64,
+        softmax_one: c_int,
+        o: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_hsa_forward_raw(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        w: *const C_tensor,
+        idx: *const C_tensor,
+        chunk: i64,
+        scale: f64,
+        softmax_one: c_int,
+        o: *mut *mut C_tensor,
+        lse: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_hsa_backward_raw(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        w: *const C_tensor,
+        idx: *const C_tensor,
+        lse: *const C_tensor,
+        dout: *const C_tensor,
+        chunk: i64,
+        scale: f64,
+        softmax_one: c_int,
+        dq: *mut *mut C_tensor,
+        dk: *mut *mut C_tensor,
+        dv: *mut *mut C_tensor,
+        dw: *mut *mut C_tensor,
+    ) -> c_int;
 }
 
 /// Calls a bridge function that fills `N` output tensor pointers, and takes ownership of

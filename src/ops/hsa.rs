@@ -9,9 +9,21 @@
 //! softmax denominator (`sm_n = 1`). Output `(N, L, Hq, D)` in `q`'s dtype.
 //!
 //! The reference materialises the gathered keys `(N, H, L, K, S, D)`: fine for tests and
-//! short sequences; the kernel gathers inside. Test: `tests/ops_hsa.rs`.
+//! short sequences; the kernel gathers inside. Tests: `tests/ops_hsa.rs` (reference),
+//! `tests/ops_hsa_cuda.rs` (kernel). Kernel: `cuda/hsa.cu` (bf16, head dim 64/128, chunk
+//! size up to 64, K up to 32, G up to 32), through the autograd Function of `cuda/hsa.cpp`.
 
 use tch::{Kind, Tensor};
+
+#[cfg(lcm_cuda)]
+use crate::error::Result;
+
+/// Largest chunk size the kernel takes.
+pub const KERNEL_MAX_CHUNK: i64 = 64;
+/// Largest number of slots per token the kernel takes.
+pub const KERNEL_MAX_K: i64 = 32;
+/// Largest GQA group (query heads per kv head) the kernel takes.
+pub const KERNEL_MAX_G: i64 = 32;
 
 use super::gca::softmax_last;
 
@@ -85,8 +97,151 @@ pub fn hsa_reference(
         .to_kind(q.kind())
 }
 
-/// HSA by whichever implementation suits the input. No kernel exists yet (`cuda/hsa.cu` is
-/// the kernels issue's), so this is always the reference.
+/// Whether the CUDA kernel takes these inputs: CUDA tensors, bf16 q/k/v, head dim 64 or
+/// 128, chunk size 1..=64 dividing `L_kv`, `1 <= K <= 32`, `G = Hq / H <= 32`, well-formed
+/// shapes (anything else runs the reference).
+pub fn kernel_supports(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    weights: &Tensor,
+    indices: &Tensor,
+    chunk_size: i64,
+) -> bool {
+    let (qs, ks, ws) = (q.size(), k.size(), weights.size());
+    qs.len() == 4
+        && ks.len() == 4
+        && v.size() == ks
+        && ws.len() == 4
+        && q.device().is_cuda()
+        && k.device() == q.device()
+        && v.device() == q.device()
+        && weights.device() == q.device()
+        && indices.device() == q.device()
+        && [q.kind(), k.kind(), v.kind()] == [Kind::BFloat16; 3]
+        && indices.kind() == Kind::Int64
+        && matches!(qs[3], 64 | 128)
+        && ks[3] == qs[3]
+        && ks[0] == qs[0]
+        && ks[2] > 0
+        && qs[2] % ks[2] == 0
+        && qs[2] / ks[2] <= KERNEL_MAX_G
+        && (1..=KERNEL_MAX_CHUNK).contains(&chunk_size)
+        && ks[1] % chunk_size == 0
+        && ws == [qs[0], qs[1], ks[2], ws[3]]
+        && (1..=KERNEL_MAX_K).contains(&ws[3])
+        && indices.size() == ws
+        && qs[0] * qs[1] * ks[2] < i32::MAX as i64
+}
+
+/// The CUDA kernel (forward and backward through a C++ autograd Function). bf16 q, k, v,
+/// int64 indices, weights of any float dtype (the gradient keeps it); output bf16.
+#[cfg(lcm_cuda)]
+#[allow(clippy::too_many_arguments)]
+pub fn hsa_cuda(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    weights: &Tensor,
+    indices: &Tensor,
+    chunk_size: i64,
+    scale: f64,
+    softmax_one: bool,
+) -> Result<Tensor> {
+    let [o] = unsafe {
+        crate::cuda::ffi::call(|out| {
+            crate::cuda::ffi::lcm_hsa(
+                q.as_ptr(),
+                k.as_ptr(),
+                v.as_ptr(),
+                weights.as_ptr(),
+                indices.as_ptr(),
+                chunk_size,
+                scale,
+                softmax_one as i32,
+                &mut out[0],
+            )
+        })?
+    };
+    Ok(o)
+}
+
+/// The forward kernel without autograd: `(o, lse)`, lse `(N, L, Hq, K)` fp32 (natural log
+/// of each slot's softmax denominator).
+#[cfg(lcm_cuda)]
+#[allow(clippy::too_many_arguments)]
+pub fn hsa_cuda_forward_raw(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    weights: &Tensor,
+    indices: &Tensor,
+    chunk_size: i64,
+    scale: f64,
+    softmax_one: bool,
+) -> Result<(Tensor, Tensor)> {
+    let [o, lse] = unsafe {
+        crate::cuda::ffi::call(|out| {
+            let [a, b] = out;
+            crate::cuda::ffi::lcm_hsa_forward_raw(
+                q.as_ptr(),
+                k.as_ptr(),
+                v.as_ptr(),
+                weights.as_ptr(),
+                indices.as_ptr(),
+                chunk_size,
+                scale,
+                softmax_one as i32,
+                a,
+                b,
+            )
+        })?
+    };
+    Ok((o, lse))
+}
+
+/// The backward kernel without autograd: `(dq, dk, dv, dweights)` (dweights fp32
+/// `(N, L, H, K)`; dk/dv bf16 over the whole memory).
+#[cfg(lcm_cuda)]
+#[allow(clippy::too_many_arguments)]
+pub fn hsa_cuda_backward_raw(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    weights: &Tensor,
+    indices: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    chunk_size: i64,
+    scale: f64,
+    softmax_one: bool,
+) -> Result<[Tensor; 4]> {
+    unsafe {
+        crate::cuda::ffi::call(|out| {
+            let [a, b, c, d] = out;
+            crate::cuda::ffi::lcm_hsa_backward_raw(
+                q.as_ptr(),
+                k.as_ptr(),
+                v.as_ptr(),
+                weights.as_ptr(),
+                indices.as_ptr(),
+                lse.as_ptr(),
+                dout.as_ptr(),
+                chunk_size,
+                scale,
+                softmax_one as i32,
+                a,
+                b,
+                c,
+                d,
+            )
+        })
+    }
+}
+
+/// HSA by whichever implementation suits the input (see [`crate::ops`]): the kernel for
+/// inputs it supports ([`kernel_supports`]), else the reference. Panics, as tch's own ops
+/// do, if the kernel fails.
 #[allow(clippy::too_many_arguments)]
 pub fn hsa(
     q: &Tensor,
@@ -98,5 +253,10 @@ pub fn hsa(
     scale: f64,
     softmax_one: bool,
 ) -> Tensor {
+    #[cfg(lcm_cuda)]
+    if super::use_kernels(q.device()) && kernel_supports(q, k, v, weights, indices, chunk_size) {
+        return hsa_cuda(q, k, v, weights, indices, chunk_size, scale, softmax_one)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
     hsa_reference(q, k, v, weights, indices, chunk_size, scale, softmax_one)
 }

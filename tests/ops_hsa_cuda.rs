@@ -1,0 +1,241 @@
+//! The HSA CUDA kernel (`cuda/hsa.cu`) against the reference: forward and every gradient
+//! (dq, dk, dv, dweights) on fresh random inputs at several shapes (K not a power of two
+//! and K = 32, chunk size 16, 32 and 64, G = 1, 4, 16 (tensor-core forward) and 32
+//! (CUDA-core forward), head dim 64 and 128,
+//! softmax-off-by-one on and off), with indices drawn at random among each token's visible
+//! chunks, most recent first (so the first chunk's tokens have only empty slots, -1), plus
+//! extra empty slots, zero weights and duplicated indices; a poisoned allocator so unwritten
+//! outputs fail; run-to-run determinism of the forward; the dispatch's fallback to the
+//! reference for inputs the kernel does not take (this part also runs on the CPU).
+//!
+//! The reference runs in fp32 on the same bf16 inputs (upcast); the kernel computes in fp32
+//! and rounds its outputs to bf16 (2^-9 relative; dk/dv are summed in fp32 by atomics and
+//! rounded once). Tolerances (bf16 kernel vs fp32 reference): relative L2 error
+//! ||got - want|| / ||want|| <= 1e-2 for o, dq, dk, dv and dweights, and elementwise
+//! |got - want| <= 3e-2 * max|want| + 1e-3. NaN never passes (the poison is NaN). Empty
+//! slots must get exactly zero weight gradient.
+
+mod common;
+
+use common::{assert_rel_norm, cuda_or_skip, poison_cuda_allocator};
+use lcm::bench::kernels::hsa_random_indices;
+use lcm::ops::{hsa, hsa_reference};
+use tch::{Device, Kind, Tensor};
+
+/// (N, Hq, H, D, chunk S, chunks C, K, softmax_one)
+type Case = (i64, i64, i64, i64, i64, i64, i64, bool);
+
+const CASES: &[Case] = &[
+    // G = 4, chunk 64, K = 5.
+    (2, 4, 1, 64, 64, 6, 5, false),
+    // G = 16 (the benchmark's group), softmax_one, K = 8.
+    (1, 16, 1, 64, 64, 5, 8, true),
+    // G = 1, head dim 128, chunk 16, K = 3.
+    (2, 2, 2, 128, 16, 9, 3, true),
+    // G = 4 with two kv heads, chunk 32, head dim 128, K = 7.
+    (1, 8, 2, 128, 32, 4, 7, false),
+    // K = 32 slots, chunk 16, many chunks.
+    (1, 4, 4, 64, 16, 40, 32, false),
+    // G = 16, head dim 128, chunk 64, softmax_one, K = 6.
+    (1, 16, 1, 128, 64, 4, 6, true),
+    // G = 32: the CUDA-core forward (the tensor-core one takes G <= 16).
+    (1, 32, 1, 64, 16, 4, 3, true),
+];
+
+struct Inputs {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    idx: Tensor,
+    dout: Tensor,
+    /// Slots with index -1.
+    empty: Tensor,
+}
+
+fn inputs(c: &Case, dev: Device) -> Inputs {
+    let &(n, hq, h, d, s, nc, nk, _) = c;
+    let l = nc * s; // one query per memory position
+    let opts = (Kind::BFloat16, dev);
+    let q = Tensor::randn([n, l, hq, d], opts);
+    let k = Tensor::randn([n, l, h, d], opts);
+    let v = Tensor::randn([n, l, h, d], opts);
+    let mut idx = hsa_random_indices(n, l, h, nk, s, nc, dev);
+    let fo = (Kind::Float, dev);
+    if nk >= 2 {
+        // Duplicates: slot 1 repeats slot 0 for a quarter of the tokens.
+        let dup = Tensor::rand([n, l, h, 1], fo).lt(0.25);
+        let s1 = idx.narrow(3, 0, 1).where_self(&dup, &idx.narrow(3, 1, 1));
+        idx = Tensor::cat(&[idx.narrow(3, 0, 1), s1, idx.narrow(3, 2, nk - 2)], 3);
+    }
+    // Extra empty slots.
+    idx = idx.masked_fill(&Tensor::rand([n, l, h, nk], fo).lt(0.15), -1);
+    let empty = idx.lt(0);
+    // Weights: softmax with some zeros (masked slots in the model's sense).
+    let keep = Tensor::rand([n, l, h, nk], fo)
+        .gt(0.15)
+        .to_kind(Kind::Float);
+    let w = Tensor::rand([n, l, h, nk], fo).softmax(-1, Kind::Float) * keep;
+    let dout = Tensor::randn([n, l, hq, d], opts);
+    Inputs {
+        q,
+        k,
+        v,
+        w,
+        idx,
+        dout,
+        empty,
+    }
+}
+
+/// Forward and gradients: [o, dq, dk, dv, dw].
+fn run(f: impl Fn(&[Tensor]) -> Tensor, xs: &[&Tensor], dout: &Tensor) -> [Tensor; 5] {
+    let leaves: Vec<Tensor> = xs
+        .iter()
+        .map(|t| t.detach().set_requires_grad(true))
+        .collect();
+    let o = f(&leaves);
+    let loss = (o.to_kind(Kind::Float) * dout.to_kind(Kind::Float)).sum(Kind::Float);
+    let g = Tensor::run_backward(&[&loss], &leaves, false, false);
+    [
+        o.detach(),
+        g[0].shallow_clone(),
+        g[1].shallow_clone(),
+        g[2].shallow_clone(),
+        g[3].shallow_clone(),
+    ]
+}
+
+fn assert_close_scaled(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.size(), want.size(), "{what}: shapes differ");
+    let got = got.to_kind(Kind::Double).to_device(Device::Cpu);
+    let want = want.to_kind(Kind::Double).to_device(Device::Cpu);
+    let diff = (&got - &want).abs().max().double_value(&[]);
+    let scale = want.abs().max().double_value(&[]);
+    let tol = 3e-2 * scale + 1e-3;
+    assert!(
+        diff <= tol,
+        "{what}: max |got - want| = {diff:.3e} exceeds {tol:.3e} (max |want| {scale:.3e})"
+    );
+}
+
+#[cfg(lcm_cuda)]
+#[test]
+fn cuda_kernel_matches_reference_forward_and_gradients() {
+    use lcm::ops::hsa::{hsa_cuda, kernel_supports};
+    let Some(dev) = cuda_or_skip("cuda_kernel_matches_reference_forward_and_gradients") else {
+        return;
+    };
+    tch::manual_seed(16);
+    for c in CASES {
+        let &(n, hq, h, d, s, nc, nk, one) = c;
+        let tag = format!("N={n} Hq={hq} H={h} D={d} S={s} C={nc} K={nk} one={one}");
+        let x = inputs(c, dev);
+        assert!(
+            kernel_supports(&x.q, &x.k, &x.v, &x.w, &x.idx, s),
+            "{tag}: not supported"
+        );
+        let scale = 1.0 / (d as f64).sqrt();
+        let f32s: Vec<Tensor> = [&x.q, &x.k, &x.v]
+            .iter()
+            .map(|t| t.to_kind(Kind::Float))
+            .collect();
+        let want = run(
+            |l| hsa_reference(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one),
+            &[&f32s[0], &f32s[1], &f32s[2], &x.w],
+            &x.dout,
+        );
+        poison_cuda_allocator(dev);
+        let got = run(
+            |l| hsa_cuda(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one).unwrap(),
+            &[&x.q, &x.k, &x.v, &x.w],
+            &x.dout,
+        );
+        assert_eq!(got[0].kind(), Kind::BFloat16, "{tag}: output dtype");
+        assert_eq!(
+            got[4].kind(),
+            Kind::Float,
+            "{tag}: dweights keeps the weights' dtype"
+        );
+        for (i, name) in ["o", "dq", "dk", "dv", "dweights"].iter().enumerate() {
+            let what = format!("{tag} {name}");
+            assert_rel_norm(&what, &got[i], &want[i], 1e-2);
+            assert_close_scaled(&what, &got[i], &want[i]);
+        }
+        let empty_dw = got[4]
+            .masked_select(&x.empty)
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]);
+        assert_eq!(empty_dw, 0.0, "{tag}: empty slots got weight gradient");
+        // Run to run, the forward is bit-identical.
+        poison_cuda_allocator(dev);
+        let again =
+            tch::no_grad(|| hsa_cuda(&x.q, &x.k, &x.v, &x.w, &x.idx, s, scale, one).unwrap());
+        assert!(again.equal(&got[0]), "{tag}: forward not deterministic");
+        eprintln!("ok: {tag}");
+    }
+}
+
+/// Inputs the kernel does not take run the reference, bit for bit: fp32, head dim 32,
+/// chunk size 128, CPU tensors.
+#[test]
+fn dispatch_falls_back_to_the_reference() {
+    tch::manual_seed(17);
+    let mut devices = vec![Device::Cpu];
+    if let Some(dev) = cuda_or_skip("dispatch_falls_back_to_the_reference (CUDA part)") {
+        devices.push(dev);
+    }
+    for dev in devices {
+        for &(kind, d, s) in &[
+            (Kind::Float, 64i64, 16i64),
+            (Kind::BFloat16, 32, 16),
+            (Kind::BFloat16, 64, 128),
+        ] {
+            let opts = (kind, dev);
+            let (n, l, nk) = (1, 2 * s, 2);
+            let q = Tensor::randn([n, l, 2, d], opts);
+            let k = Tensor::randn([n, l, 1, d], opts);
+            let v = Tensor::randn([n, l, 1, d], opts);
+            let w = Tensor::rand([n, l, 1, nk], (Kind::Float, dev));
+            let idx = Tensor::zeros([n, l, 1, nk], (Kind::Int64, dev));
+            assert!(
+                !lcm::ops::hsa::kernel_supports(&q, &k, &v, &w, &idx, s) || dev == Device::Cpu,
+                "{kind:?} D={d} S={s} should be unsupported"
+            );
+            let a = hsa(&q, &k, &v, &w, &idx, s, 0.3, false);
+            let b = hsa_reference(&q, &k, &v, &w, &idx, s, 0.3, false);
+            assert!(
+                a.equal(&b),
+                "{dev:?} {kind:?} D={d} S={s}: not the reference"
+            );
+        }
+    }
+}
+
+/// Through the dispatcher on supported CUDA inputs the kernel runs (same bits).
+#[cfg(lcm_cuda)]
+#[test]
+fn dispatch_on_cuda_uses_the_kernel() {
+    let Some(dev) = cuda_or_skip("dispatch_on_cuda_uses_the_kernel") else {
+        return;
+    };
+    let x = inputs(&(1, 4, 1, 64, 64, 3, 3, false), dev);
+    let a = lcm::ops::hsa::hsa_cuda(&x.q, &x.k, &x.v, &x.w, &x.idx, 64, 0.125, false).unwrap();
+    assert!(hsa(&x.q, &x.k, &x.v, &x.w, &x.idx, 64, 0.125, false).equal(&a));
+}
+
+/// The bridge turns a libtorch exception into a Rust error naming the op.
+#[cfg(lcm_cuda)]
+#[test]
+fn bridge_reports_errors() {
+    let opts = (Kind::BFloat16, Device::Cpu);
+    let q = Tensor::randn([1, 4, 1, 64], opts);
+    let k = Tensor::randn([1, 4, 1, 64], opts);
+    let w = Tensor::ones([1, 4, 1, 1], (Kind::Float, Device::Cpu));
+    let idx = Tensor::zeros([1, 4, 1, 1], (Kind::Int64, Device::Cpu));
+    let err = lcm::ops::hsa::hsa_cuda(&q, &k, &k, &w, &idx, 4, 1.0, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("hsa") && err.contains("CUDA device"), "{err}");
+}
