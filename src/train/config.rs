@@ -30,6 +30,11 @@ pub struct TrainConfig {
     pub grad_accum: u64,
     /// Raw tokens per sequence (landmarks, if any, are added by the model).
     pub seq_len: i64,
+    /// Shorter sequences first: stage `i` runs until step `until` at its `seq_len`, then
+    /// the next stage, then `seq_len` itself. E.g. a retrieval toy learns at a length where
+    /// top-k covers every visible chunk, then is asked to choose among more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub length_curriculum: Vec<LengthStage>,
     #[serde(default)]
     pub precision: Precision,
     /// `auto` (CUDA if visible), `cpu` or `cuda`.
@@ -41,6 +46,15 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// One stage of [`TrainConfig::length_curriculum`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LengthStage {
+    /// The stage runs for steps `< until` (after the previous stage).
+    pub until: u64,
+    pub seq_len: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -311,10 +325,39 @@ impl TrainConfig {
                 "must be positive",
             )?;
         }
+        let mut until = 0;
+        for (i, st) in self.length_curriculum.iter().enumerate() {
+            let key = format!("length_curriculum[{i}]");
+            pos(st.until > until, &format!("{key}.until"), "must increase")?;
+            pos(
+                st.seq_len > 1,
+                &format!("{key}.seq_len"),
+                "must be at least 2",
+            )?;
+            until = st.until;
+        }
         if let Some(s) = &self.data.synthetic {
-            s.validate(self.seq_len, self.model.vocab_size)?;
+            for len in self.lengths() {
+                s.validate(len, self.model.vocab_size)?;
+            }
         }
         Ok(())
+    }
+
+    /// Sequence length at optimizer step `step` (the curriculum's, then `seq_len`).
+    pub fn seq_len_at(&self, step: u64) -> i64 {
+        self.length_curriculum
+            .iter()
+            .find(|s| step < s.until)
+            .map_or(self.seq_len, |s| s.seq_len)
+    }
+
+    /// Every sequence length the run trains at.
+    pub fn lengths(&self) -> impl Iterator<Item = i64> + '_ {
+        self.length_curriculum
+            .iter()
+            .map(|s| s.seq_len)
+            .chain([self.seq_len])
     }
 
     pub fn device(&self) -> Result<tch::Device> {
