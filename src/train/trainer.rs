@@ -165,7 +165,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 world,
                 cfg.batch_size as u64,
             );
-            let batch = sampler.batch_len(range, seq_len as usize, device);
+            let min_gap = cfg.stage_at(step).and_then(|s| s.min_gap);
+            let batch = sampler.batch_at(range, seq_len as usize, min_gap, device);
             let logits = model.forward(&batch.inputs, true);
             let loss = lm_loss(&logits, &batch.targets);
             let value = loss.double_value(&[]);
