@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use lcm::train::checkpoint::read_state;
 use lcm::train::probe::{load_checkpoint, passkey_accuracy};
 use lcm::train::{train, TrainConfig, TrainOptions};
 use tch::Device;
@@ -36,7 +37,12 @@ fn passkey_toy_learns_and_extrapolates() {
         "trained {steps} steps in {:.0}s",
         t0.elapsed().as_secs_f64()
     );
-    let (_vs, model, cfg) = load_checkpoint(&summary.checkpoint.unwrap(), Device::Cpu).unwrap();
+    let ckpt = summary.checkpoint.unwrap();
+    // Each curriculum stage trained at its own length.
+    let tokens: i64 = (0..steps).map(|s| cfg.seq_len_at(s)).sum::<i64>() * cfg.batch_size;
+    assert_eq!(cfg.seq_len_at(0), 40);
+    assert_eq!(read_state(&ckpt).unwrap().tokens, tokens as u64);
+    let (_vs, model, cfg) = load_checkpoint(&ckpt, Device::Cpu).unwrap();
     for (len, rows, batch) in [(cfg.seq_len, 128, 32), (16 * cfg.seq_len, 48, 8)] {
         let t0 = Instant::now();
         let s = passkey_accuracy(model.as_ref(), &cfg, len, rows, batch, 7, Device::Cpu).unwrap();

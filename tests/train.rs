@@ -171,10 +171,8 @@ fn curriculum_and_answer_only_loss() {
         let answers = b.answer.sum(Kind::Int64).int64_value(&[]);
         assert_eq!((scored, answers), (3 * 2, 3 * 2));
     }
-    // The run trains at each stage's length (tokens count them) and resumes exactly.
-    let summary = train(&c, &TrainOptions::default()).unwrap();
-    let state = checkpoint::read_state(&summary.checkpoint.unwrap()).unwrap();
-    assert_eq!(state.tokens, 2 * 2 * (28 + 42 + 56));
+    // (The trainer's use of the stages is checked in tests/passkey_toy.rs: training here
+    // would share libtorch's global generator with resume_is_exact_on_cpu.)
     // Stages must increase, and fit the synthetic row.
     for (stage, named) in [
         (
