@@ -28,6 +28,7 @@ fn facts() -> PasskeyConfig {
         needle: vec![1, 2],
         question: vec![3, 4, 5],
         min_gap: 0,
+        answer_only: false,
     }
 }
 

@@ -148,6 +148,58 @@ fn passkey_rows_mask_the_needle_and_mark_the_answer() {
 }
 
 #[test]
+fn curriculum_and_answer_only_loss() {
+    // Stages of length (and needle gap) before the plain run; synthetic rows scored on
+    // their answer alone.
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["data"]["synthetic"]["rate"] = json!(1.0);
+    v["data"]["synthetic"]["answer_only"] = json!(true);
+    v["curriculum"] = json!([
+        { "until": 2, "seq_len": 28, "min_gap": 0 },
+        { "until": 4, "seq_len": 42 }
+    ]);
+    let c = config(v.clone());
+    let lens: Vec<i64> = (0..6).map(|s| c.seq_len_at(s)).collect();
+    assert_eq!(lens, [28, 28, 42, 42, 56, 56]);
+    // A synthetic row's loss is on its answer alone: 2 targets per row, at every length.
+    let s = Sampler::for_training(&c).unwrap();
+    for len in [28, 56] {
+        let b = s.batch_len(0..3, len, tch::Device::Cpu);
+        assert_eq!(b.inputs.size(), [3, len as i64]);
+        let scored = b.targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]);
+        let answers = b.answer.sum(Kind::Int64).int64_value(&[]);
+        assert_eq!((scored, answers), (3 * 2, 3 * 2));
+    }
+    // (The trainer's use of the stages is checked in tests/passkey_toy.rs: training here
+    // would share libtorch's global generator with resume_is_exact_on_cpu.)
+    // Stages must increase, and fit the synthetic row.
+    for (stage, named) in [
+        (
+            json!([{ "until": 3, "seq_len": 28 }, { "until": 3, "seq_len": 42 }]),
+            "curriculum[1].until",
+        ),
+        (
+            json!([{ "until": 3, "seq_len": 14 }]),
+            "data.synthetic.min_gap",
+        ),
+        (
+            json!([{ "until": 3, "seq_len": 70 }]),
+            "curriculum[0].seq_len",
+        ),
+        (
+            json!([{ "until": 3, "seq_len": 28, "min_gap": 21 }]),
+            "data.synthetic.min_gap",
+        ),
+    ] {
+        let mut bad = v.clone();
+        bad["curriculum"] = stage;
+        let err = TrainConfig::from_json(bad).unwrap_err().to_string();
+        assert!(err.contains(named), "{err} does not name {named}");
+    }
+}
+
+#[test]
 fn schedule_warms_up_then_decays_to_min() {
     let dir = tempfile::tempdir().unwrap();
     let mut v = tiny(dir.path());

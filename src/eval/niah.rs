@@ -132,6 +132,7 @@ fn gca_passkey(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         needle,
         question,
         min_gap: 0,
+        answer_only: false,
     })
 }
 
@@ -147,6 +148,7 @@ fn ruler_single(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         needle,
         question,
         min_gap: 0,
+        answer_only: false,
     })
 }
 

@@ -30,6 +30,13 @@ pub struct TrainConfig {
     pub grad_accum: u64,
     /// Raw tokens per sequence (landmarks, if any, are added by the model).
     pub seq_len: i64,
+    /// Stages before the plain run: stage `i` runs until step `until` at its `seq_len` (and
+    /// its `min_gap` for synthetic rows, if given), then the next stage, then `seq_len` and
+    /// `data.synthetic.min_gap` themselves. E.g. a retrieval toy learns where top-k covers
+    /// every visible chunk and the needle is past the window, then with more chunks, then
+    /// with needles anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curriculum: Vec<CurriculumStage>,
     #[serde(default)]
     pub precision: Precision,
     /// `auto` (CUDA if visible), `cpu` or `cuda`.
@@ -41,6 +48,18 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// One stage of [`TrainConfig::curriculum`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurriculumStage {
+    /// The stage runs for steps `< until` (after the previous stage).
+    pub until: u64,
+    pub seq_len: i64,
+    /// `data.synthetic.min_gap` during the stage (default: the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_gap: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -311,10 +330,44 @@ impl TrainConfig {
                 "must be positive",
             )?;
         }
+        let mut until = 0;
+        for (i, st) in self.curriculum.iter().enumerate() {
+            let key = format!("curriculum[{i}]");
+            pos(st.until > until, &format!("{key}.until"), "must increase")?;
+            pos(
+                (2..=self.seq_len).contains(&st.seq_len),
+                &format!("{key}.seq_len"),
+                "must be in [2, seq_len]",
+            )?;
+            until = st.until;
+        }
         if let Some(s) = &self.data.synthetic {
             s.validate(self.seq_len, self.model.vocab_size)?;
+            for st in &self.curriculum {
+                let mut staged = s.clone();
+                staged.min_gap = st.min_gap.unwrap_or(s.min_gap);
+                staged.validate(st.seq_len, self.model.vocab_size)?;
+            }
         }
         Ok(())
+    }
+
+    /// Sequence length at optimizer step `step` (the curriculum's, then `seq_len`).
+    pub fn seq_len_at(&self, step: u64) -> i64 {
+        self.stage_at(step).map_or(self.seq_len, |s| s.seq_len)
+    }
+
+    /// The curriculum stage that step `step` is in, if any.
+    pub fn stage_at(&self, step: u64) -> Option<&CurriculumStage> {
+        self.curriculum.iter().find(|s| step < s.until)
+    }
+
+    /// Every sequence length the run trains at.
+    pub fn lengths(&self) -> impl Iterator<Item = i64> + '_ {
+        self.curriculum
+            .iter()
+            .map(|s| s.seq_len)
+            .chain([self.seq_len])
     }
 
     pub fn device(&self) -> Result<tch::Device> {

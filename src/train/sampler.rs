@@ -94,8 +94,23 @@ impl Sampler {
 
     /// Sample `index`: the window (seq_len + 1 ids), targets to ignore, answer targets.
     pub fn sample(&self, index: u64) -> (Vec<u32>, Vec<bool>, Vec<bool>) {
+        self.sample_len(index, self.seq_len)
+    }
+
+    /// Sample `index` at `seq_len` tokens (a curriculum's shorter windows).
+    pub fn sample_len(&self, index: u64, seq_len: usize) -> (Vec<u32>, Vec<bool>, Vec<bool>) {
+        self.sample_at(index, seq_len, None)
+    }
+
+    /// Sample `index` at `seq_len` tokens, synthetic rows with `min_gap` if given.
+    pub fn sample_at(
+        &self,
+        index: u64,
+        seq_len: usize,
+        min_gap: Option<usize>,
+    ) -> (Vec<u32>, Vec<bool>, Vec<bool>) {
         let mut rng = SplitMix64::for_item(self.seed, index);
-        let n = self.seq_len + 1;
+        let n = seq_len + 1;
         let mut window: Vec<u32> = match &self.haystack {
             Haystack::Random(r) => (0..n)
                 .map(|_| r.lo + rng.below((r.hi - r.lo) as u64) as u32)
@@ -114,11 +129,23 @@ impl Sampler {
                 tokens.slice(start..start + n).to_vec()
             }
         };
-        let mut ignore = vec![false; self.seq_len];
-        let mut answer = vec![false; self.seq_len];
+        let mut ignore = vec![false; seq_len];
+        let mut answer = vec![false; seq_len];
         if let Some(p) = &self.passkey {
             if rng.unit() < p.rate {
-                p.insert(&mut window, &mut ignore, &mut answer, &mut rng);
+                match min_gap {
+                    Some(g) if g != p.min_gap => {
+                        let staged = PasskeyConfig {
+                            min_gap: g,
+                            ..p.clone()
+                        };
+                        staged.insert(&mut window, &mut ignore, &mut answer, &mut rng)
+                    }
+                    _ => p.insert(&mut window, &mut ignore, &mut answer, &mut rng),
+                }
+                if p.answer_only {
+                    ignore.iter_mut().zip(&answer).for_each(|(i, &a)| *i = !a);
+                }
             }
         }
         (window, ignore, answer)
@@ -126,13 +153,35 @@ impl Sampler {
 
     /// The samples `indices` as one batch on `device`.
     pub fn batch(&self, indices: Range<u64>, device: Device) -> Batch {
+        self.batch_len(indices, self.seq_len, device)
+    }
+
+    /// The samples `indices` at `seq_len` tokens (at most the sampler's) as one batch.
+    pub fn batch_len(&self, indices: Range<u64>, seq_len: usize, device: Device) -> Batch {
+        self.batch_at(indices, seq_len, None, device)
+    }
+
+    /// As [`Sampler::batch_len`], synthetic rows with `min_gap` if given (a curriculum
+    /// stage's).
+    pub fn batch_at(
+        &self,
+        indices: Range<u64>,
+        seq_len: usize,
+        min_gap: Option<usize>,
+        device: Device,
+    ) -> Batch {
+        assert!(
+            seq_len <= self.seq_len,
+            "batch_at: {seq_len} > {}",
+            self.seq_len
+        );
         let b = (indices.end - indices.start) as i64;
-        let t = self.seq_len;
+        let t = seq_len;
         let mut inputs = Vec::with_capacity(b as usize * t);
         let mut targets = Vec::with_capacity(b as usize * t);
         let mut answers = Vec::with_capacity(b as usize * t);
         for i in indices {
-            let (w, ignore, answer) = self.sample(i);
+            let (w, ignore, answer) = self.sample_at(i, t, min_gap);
             inputs.extend(w[..t].iter().map(|&x| x as i64));
             targets.extend((0..t).map(|j| if ignore[j] { IGNORE } else { w[j + 1] as i64 }));
             answers.extend(answer);

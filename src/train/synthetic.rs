@@ -50,6 +50,10 @@ pub struct PasskeyConfig {
     /// Every fact sits at least this many tokens before the answer (e.g. past the window).
     #[serde(default)]
     pub min_gap: usize,
+    /// Loss on the answer alone in synthetic rows (their haystack carries none): for a
+    /// random-id haystack, whose next token is noise that drowns the answer's gradient.
+    #[serde(default)]
+    pub answer_only: bool,
 }
 
 fn one() -> usize {

@@ -86,13 +86,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut vs = VarStore::new(device);
     let mut model = model::build(&vs.root(), &cfg.model)?;
     let multiple = model.length_multiple();
-    if cfg.seq_len % multiple != 0 {
+    if let Some(len) = cfg.lengths().find(|l| l % multiple != 0) {
         return Err(Error::Config {
             key: "seq_len".into(),
-            message: format!(
-                "{} is not a multiple of the model's chunk size {multiple}",
-                cfg.seq_len
-            ),
+            message: format!("{len} is not a multiple of the model's chunk size {multiple}"),
         });
     }
     let mut opt = AdamW::new(&vs);
@@ -129,8 +126,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         .log
         .peak_tflops
         .or(if device.is_cuda() { Some(799.0) } else { None });
-    let flops_per_token = model.flops_per_token(cfg.seq_len);
-    let tokens_per_step = cfg.batch_size as u64 * cfg.grad_accum * world * cfg.seq_len as u64;
+    let rows_per_step = cfg.batch_size as u64 * cfg.grad_accum * world;
 
     let bar = progress_bar(opts.progress, start, cfg.steps);
     let mut last_ckpt = None;
@@ -155,6 +151,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
     for step in start..cfg.steps {
         model.set_step(step);
+        let seq_len = cfg.seq_len_at(step);
+        let tokens_per_step = rows_per_step * seq_len as u64;
         let mut loss_sum = 0.0;
         let mut answers = (0.0, 0.0);
         for micro in 0..cfg.grad_accum {
@@ -167,7 +165,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 world,
                 cfg.batch_size as u64,
             );
-            let batch = sampler.batch(range, device);
+            let min_gap = cfg.stage_at(step).and_then(|s| s.min_gap);
+            let batch = sampler.batch_at(range, seq_len as usize, min_gap, device);
             let logits = model.forward(&batch.inputs, true);
             let loss = lm_loss(&logits, &batch.targets);
             let value = loss.double_value(&[]);
@@ -211,7 +210,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 grad_norm,
                 tokens,
                 tokens_per_s: tps,
-                mfu: peak.map(|p| flops_per_token * tps / (p * 1e12)),
+                mfu: peak.map(|p| model.flops_per_token(seq_len) * tps / (p * 1e12)),
                 peak_memory: match device {
                     tch::Device::Cuda(i) => crate::cuda::peak_allocated(i),
                     _ => None,
