@@ -104,11 +104,16 @@ pub fn rope_at(x: &Tensor, start: i64, theta: f64) -> Tensor {
     let (t, d) = (s[2], s[3]);
     let half = d / 2;
     let dev = x.device();
-    let inv = (Tensor::arange(half, (Kind::Float, dev)) * (-2.0 * theta.ln() / d as f64)).exp();
-    // Positions in f64 before the cast: f32 counts exactly only up to 2^24 (16.7M).
-    let pos = Tensor::arange_start(start, start + t, (Kind::Double, dev)).to_kind(Kind::Float);
+    // Angles in f64: in f32, positions past 2^24 (16.7M, reached by a 16M-token DRT sample
+    // with its landmarks) are not even integers, and an angle of 1e7 radians is off by about
+    // a radian, which breaks the relative positions RoPE encodes.
+    let inv = (Tensor::arange(half, (Kind::Double, dev)) * (-2.0 * theta.ln() / d as f64)).exp();
+    let pos = Tensor::arange_start(start, start + t, (Kind::Double, dev));
     let ang = pos.unsqueeze(1) * inv.unsqueeze(0); // (T, D/2)
-    let (cos, sin) = (ang.cos(), ang.sin());
+    let (cos, sin) = (
+        ang.cos().to_kind(Kind::Float),
+        ang.sin().to_kind(Kind::Float),
+    );
     let xf = x.to_kind(Kind::Float);
     let (x1, x2) = (xf.narrow(-1, 0, half), xf.narrow(-1, half, half));
     let out = Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x2 * &cos + &x1 * &sin], -1);
