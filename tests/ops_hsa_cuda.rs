@@ -17,7 +17,9 @@
 
 mod common;
 
-use common::{assert_rel_norm, cuda_or_skip, poison_cuda_allocator};
+use common::{
+    assert_close_scaled, assert_rel_norm, cuda_or_skip, forward_and_grads, poison_cuda_allocator,
+};
 use lcm::bench::kernels::hsa_random_indices;
 use lcm::ops::{hsa, hsa_reference};
 use tch::{Device, Kind, Tensor};
@@ -89,36 +91,6 @@ fn inputs(c: &Case, dev: Device) -> Inputs {
 }
 
 /// Forward and gradients: [o, dq, dk, dv, dw].
-fn run(f: impl Fn(&[Tensor]) -> Tensor, xs: &[&Tensor], dout: &Tensor) -> [Tensor; 5] {
-    let leaves: Vec<Tensor> = xs
-        .iter()
-        .map(|t| t.detach().set_requires_grad(true))
-        .collect();
-    let o = f(&leaves);
-    let loss = (o.to_kind(Kind::Float) * dout.to_kind(Kind::Float)).sum(Kind::Float);
-    let g = Tensor::run_backward(&[&loss], &leaves, false, false);
-    [
-        o.detach(),
-        g[0].shallow_clone(),
-        g[1].shallow_clone(),
-        g[2].shallow_clone(),
-        g[3].shallow_clone(),
-    ]
-}
-
-fn assert_close_scaled(what: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.size(), want.size(), "{what}: shapes differ");
-    let got = got.to_kind(Kind::Double).to_device(Device::Cpu);
-    let want = want.to_kind(Kind::Double).to_device(Device::Cpu);
-    let diff = (&got - &want).abs().max().double_value(&[]);
-    let scale = want.abs().max().double_value(&[]);
-    let tol = 3e-2 * scale + 1e-3;
-    assert!(
-        diff <= tol,
-        "{what}: max |got - want| = {diff:.3e} exceeds {tol:.3e} (max |want| {scale:.3e})"
-    );
-}
-
 #[cfg(lcm_cuda)]
 #[test]
 fn cuda_kernel_matches_reference_forward_and_gradients() {
@@ -140,13 +112,13 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
             .iter()
             .map(|t| t.to_kind(Kind::Float))
             .collect();
-        let want = run(
+        let want = forward_and_grads(
             |l| hsa_reference(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one),
             &[&f32s[0], &f32s[1], &f32s[2], &x.w],
             &x.dout,
         );
         poison_cuda_allocator(dev);
-        let got = run(
+        let got = forward_and_grads(
             |l| hsa_cuda(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one).unwrap(),
             &[&x.q, &x.k, &x.v, &x.w],
             &x.dout,

@@ -73,3 +73,40 @@ pub fn assert_close_to_scale(got: &Tensor, want: &Tensor, what: &str) {
         "{what}: max diff {diff} (scale {scale})"
     );
 }
+
+/// The output of `f` on fresh leaves copied from `xs` and the gradients of
+/// `sum(out * dout)` with respect to the first four leaves (the GPU op tests).
+pub fn forward_and_grads(
+    f: impl Fn(&[Tensor]) -> Tensor,
+    xs: &[&Tensor],
+    dout: &Tensor,
+) -> [Tensor; 5] {
+    let leaves: Vec<Tensor> = xs
+        .iter()
+        .map(|t| t.detach().set_requires_grad(true))
+        .collect();
+    let o = f(&leaves);
+    let loss = (o.to_kind(Kind::Float) * dout.to_kind(Kind::Float)).sum(Kind::Float);
+    let g = Tensor::run_backward(&[&loss], &leaves, false, false);
+    [
+        o.detach(),
+        g[0].shallow_clone(),
+        g[1].shallow_clone(),
+        g[2].shallow_clone(),
+        g[3].shallow_clone(),
+    ]
+}
+
+/// Max |got - want| <= 3e-2 * max |want| + 1e-3 (bf16 kernels against an fp32 reference).
+pub fn assert_close_scaled(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.size(), want.size(), "{what}: shapes differ");
+    let got = got.to_kind(Kind::Double).to_device(Device::Cpu);
+    let want = want.to_kind(Kind::Double).to_device(Device::Cpu);
+    let diff = (&got - &want).abs().max().double_value(&[]);
+    let scale = want.abs().max().double_value(&[]);
+    let tol = 3e-2 * scale + 1e-3;
+    assert!(
+        diff <= tol,
+        "{what}: max |got - want| = {diff:.3e} exceeds {tol:.3e} (max |want| {scale:.3e})"
+    );
+}
