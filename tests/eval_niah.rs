@@ -29,6 +29,7 @@ fn facts() -> PasskeyConfig {
         question: vec![3, 4, 5],
         min_gap: 0,
         answer_only: false,
+        variants: vec![],
     }
 }
 

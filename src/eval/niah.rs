@@ -76,7 +76,7 @@ impl TaskSpec {
     ) -> Result<Self> {
         let mut facts = match (task, trained) {
             (NiahTask::SNiah, _) => ruler_single(vocab, tokenizer)?,
-            (_, Some(t)) => t.clone(),
+            (_, Some(t)) => t.phrased(0),
             (NiahTask::Passkey, None) => gca_passkey(vocab, tokenizer)?,
             (_, None) => {
                 return Err(Error::Invalid(format!(
@@ -133,6 +133,7 @@ fn gca_passkey(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         question,
         min_gap: 0,
         answer_only: false,
+        variants: vec![],
     })
 }
 
@@ -149,6 +150,7 @@ fn ruler_single(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         question,
         min_gap: 0,
         answer_only: false,
+        variants: vec![],
     })
 }
 

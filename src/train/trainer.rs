@@ -24,6 +24,9 @@ use crate::train::schedule::learning_rate;
 pub struct TrainOptions {
     /// A checkpoint (`step-*` folder) or run folder whose newest checkpoint to resume.
     pub resume: Option<PathBuf>,
+    /// A checkpoint (e.g. one `lcm export` wrote) whose weights start a new run at step 0,
+    /// with fresh optimizer moments: fine-tuning, or continuing a published model.
+    pub init: Option<PathBuf>,
     pub rank: u64,
     /// World size; 0 is taken as 1.
     pub world: u64,
@@ -105,6 +108,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         samples = state.samples;
         tokens = state.tokens;
         eprintln!("resumed from {} at step {}", ckpt.display(), state.step);
+    } else if let Some(path) = &opts.init {
+        let ckpt = checkpoint::resolve(path)?;
+        let state = checkpoint::load(&ckpt, &mut opt, false)?;
+        eprintln!(
+            "weights from {} (its step {}); starting at step 0",
+            ckpt.display(),
+            state.step
+        );
     }
     let start = opt.step;
 
