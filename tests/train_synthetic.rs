@@ -17,6 +17,7 @@ fn config() -> PasskeyConfig {
         question: vec![3, 4],
         min_gap: 0,
         answer_only: false,
+        answer_weight: None,
         variants: vec![Phrasing {
             needle: vec![5, 6, 7],
             question: vec![8],
@@ -94,4 +95,50 @@ fn a_variant_outside_the_vocabulary_is_named() {
     cfg.variants[0].key_hi = 100;
     let err = cfg.validate(40, 64).unwrap_err().to_string();
     assert!(err.contains("data.synthetic.variants[0].key_hi"), "{err}");
+}
+
+/// With `answer_weight` the loss is the text targets' mean plus `w` times the answers' mean
+/// (each computed here by hand); without it, one mean over every target.
+#[test]
+fn answer_weight_separates_the_answers_mean() {
+    use lcm::train::sampler::{Batch, IGNORE};
+    use lcm::train::trainer::{lm_loss, training_loss};
+    use tch::{Kind, Tensor};
+
+    tch::manual_seed(0);
+    let logits = Tensor::randn([2, 6, 11], (Kind::Float, tch::Device::Cpu));
+    let targets =
+        Tensor::from_slice(&[1i64, 2, IGNORE, 4, 5, 6, 7, IGNORE, 9, 10, 0, 3]).view([2, 6]);
+    let answer = Tensor::from_slice(&[
+        false, false, false, false, true, true, false, false, false, false, false, true,
+    ])
+    .view([2, 6]);
+    let batch = Batch {
+        inputs: Tensor::zeros([2, 6], (Kind::Int64, tch::Device::Cpu)),
+        targets: targets.shallow_clone(),
+        answer: answer.shallow_clone(),
+    };
+    let logp = logits.log_softmax(-1, Kind::Float).view([12, 11]);
+    let t: Vec<i64> = Vec::try_from(targets.view([-1])).unwrap();
+    let a: Vec<bool> = Vec::try_from(answer.view([-1])).unwrap();
+    let (mut text, mut nt, mut ans, mut na) = (0.0, 0.0, 0.0, 0.0);
+    for i in 0..12 {
+        if t[i] == IGNORE {
+            continue;
+        }
+        let nll = -logp.double_value(&[i as i64, t[i]]);
+        if a[i] {
+            ans += nll;
+            na += 1.0;
+        } else {
+            text += nll;
+            nt += 1.0;
+        }
+    }
+    let weighted = training_loss(&logits, &batch, Some(3.0)).double_value(&[]);
+    let want = text / nt + 3.0 * ans / na;
+    assert!((weighted - want).abs() < 1e-5, "{weighted} vs {want}");
+    let plain = training_loss(&logits, &batch, None).double_value(&[]);
+    assert!((plain - (text + ans) / (nt + na)).abs() < 1e-5);
+    assert_eq!(plain, lm_loss(&logits, &targets).double_value(&[]));
 }

@@ -75,7 +75,17 @@ impl TaskSpec {
         tokenizer: Option<&Path>,
     ) -> Result<Self> {
         let mut facts = match (task, trained) {
-            (NiahTask::SNiah, _) => ruler_single(vocab, tokenizer)?,
+            (NiahTask::SNiah, trained) => {
+                let ruler = ruler_single(vocab, tokenizer)?;
+                // A model trained on RULER's phrasing is asked with its own keys (e.g. digits).
+                trained
+                    .and_then(|t| {
+                        (0..=t.variants.len())
+                            .map(|i| t.phrased(i))
+                            .find(|p| p.needle == ruler.needle && p.question == ruler.question)
+                    })
+                    .unwrap_or(ruler)
+            }
             (_, Some(t)) => t.phrased(0),
             (NiahTask::Passkey, None) => gca_passkey(vocab, tokenizer)?,
             (_, None) => {
@@ -133,6 +143,7 @@ fn gca_passkey(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         question,
         min_gap: 0,
         answer_only: false,
+        answer_weight: None,
         variants: vec![],
     })
 }
@@ -150,6 +161,7 @@ fn ruler_single(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         question,
         min_gap: 0,
         answer_only: false,
+        answer_weight: None,
         variants: vec![],
     })
 }

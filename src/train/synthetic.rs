@@ -54,6 +54,10 @@ pub struct PasskeyConfig {
     /// random-id haystack, whose next token is noise that drowns the answer's gradient.
     #[serde(default)]
     pub answer_only: bool,
+    /// Weight of the answers' mean loss added to the text's mean loss (default: none, one
+    /// mean over all targets). See [`crate::train::trainer::training_loss`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_weight: Option<f64>,
     /// Other phrasings of the task, each row drawing uniformly among this config's own and
     /// these: e.g. the GCA passkey and RULER's single NIAH in one run, so that one model
     /// answers both `lcm eval niah --task passkey` and `--task s-niah`.
@@ -117,6 +121,12 @@ impl PasskeyConfig {
         }
         if !(0.0..=1.0).contains(&self.rate) {
             return Err(bad("rate", "must be in [0, 1]"));
+        }
+        if self
+            .answer_weight
+            .is_some_and(|w| !(w >= 0.0 && w.is_finite()))
+        {
+            return Err(bad("answer_weight", "must be a finite number >= 0"));
         }
         if self.key_len == 0 {
             return Err(bad("key_len", "must be positive"));
