@@ -21,7 +21,7 @@ x info | head -4
 start=$(date +%s)
 for config in "$@"; do
   name=$(basename "$config" .json)
-  timeout -s INT -k 60 "$train_s" scripts/gpu-test.sh exec "$bin" pretrain --config "$config" \
+  timeout --foreground -s INT -k 60 "$train_s" scripts/gpu-test.sh exec "$bin" pretrain --config "$config" \
     ${PRETRAIN_ARGS:-} >"logs/$name.log" 2>&1 &
 done
 wait
