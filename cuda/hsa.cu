@@ -409,7 +409,8 @@ template <int D> int launch_fwd(const Params& p, cudaStream_t s) {
 //    S^T = K Q^T and dP^T = V dO^T (16 keys x 16 heads), P^T from lse, dS^T from Di,
 //    dV += (wP)^T dO and dK += dS^T Q (16 keys x D, fp32 registers across all pairs);
 //    each pair's Q, dO rows, lse, Di and w stream through an 8-stage cp.async ring shared
-//    by the 4 warps (7 pairs in flight: their rows come from DRAM at random). CTAs run heaviest chunk first (the bridge orders them by pair count).
+//    by the 4 warps (6 pairs in flight), one barrier per pair (variants with two pairs per
+//    iteration exist behind a bench knob, see env_kv_variant; none was faster). CTAs run heaviest chunk first (the bridge orders them by pair count).
 //    dK, dV are written once, in bf16; chunks nobody retrieved get zeros.
 
 // 4-byte async copy, zero-filled when !valid.
@@ -571,16 +572,18 @@ __global__ void __launch_bounds__(32) hsa_bwd_dq_kernel(const Params p) {
 
 constexpr int kKvWarps = 4;  // 4 x 16 keys = one 64-key chunk tile
 
-// NST: the ring's stages (NST - 1 pairs in flight while one is computed).
+// NST: unit stages in the ring (each: one pair x head group's Q, dO rows, lse, Di, w).
 template <int D, int NST> struct KvSmem {
   static constexpr int kStageElems = 2 * 16 * D;  // Q, dO (bf16)
   static constexpr int kStageBytes = kStageElems * 2 + 64 * 4;  // + lse[16], Di[16], w, pad
   static constexpr int kBytes = 2 * kTile * D * 2 + NST * kStageBytes;
 };
 
-template <int D, int NST>
-__global__ void __launch_bounds__(32 * kKvWarps) hsa_bwd_dkdv_kernel(const Params p) {
-  constexpr int kKvStages = NST;
+// U units (pair x head group) per iteration, a ring of NB bundles of U unit stages; MINB
+// CTAs per SM asked of the register allocator.
+template <int D, int NB, int U, int MINB>
+__global__ void __launch_bounds__(32 * kKvWarps, MINB) hsa_bwd_dkdv_kernel(const Params p) {
+  constexpr int NST = NB * U;  // unit stages
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);
@@ -642,12 +645,26 @@ __global__ void __launch_bounds__(32 * kKvWarps) hsa_bwd_dkdv_kernel(const Param
   auto pair_of = [&](int64_t u) -> int64_t {
     return u < units ? p.perm[start + u / ngroups] : 0;
   };
-  // Prologue: units 0 .. kKvStages-2 (the first group also carries K and V).
-  for (int st = 0; st < kKvStages - 1; ++st) {
-    if (st < units) load_unit(pair_of(st), st % ngroups, st);
+  // Bundle b = units b*U .. b*U+U-1 in unit stages (b % NB)*U + j. Iteration b loads bundle
+  // b + NB - 2 into the stages of bundle b - 2, which every warp finished before the
+  // barrier of iteration b - 1: one barrier per bundle, NB - 2 bundles in flight.
+  const int64_t bundles = (units + U - 1) / U;
+  auto load_bundle = [&](int64_t bb, const int64_t* pairs) {
+#pragma unroll
+    for (int j = 0; j < U; ++j) {
+      const int64_t un = bb * U + j;
+      if (un < units) load_unit(pairs[j], int(un % ngroups), int(bb % NB) * U + j);
+    }
+  };
+  int64_t next[U];
+  for (int bb = 0; bb < NB - 2; ++bb) {  // prologue (the first group also carries K and V)
+#pragma unroll
+    for (int j = 0; j < U; ++j) next[j] = pair_of(int64_t(bb) * U + j);
+    load_bundle(bb, next);
     cp_async_commit();
   }
-  int64_t next_pair = pair_of(kKvStages - 1);
+#pragma unroll
+  for (int j = 0; j < U; ++j) next[j] = pair_of(int64_t(NB - 2) * U + j);
 
   float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
@@ -658,66 +675,90 @@ __global__ void __launch_bounds__(32 * kKvWarps) hsa_bwd_dkdv_kernel(const Param
   const bool active = warp * 16 < p.S;  // this warp's keys exist
   const int krow = warp * 16;
 
-  for (int64_t u = 0; u < units; ++u) {
+  for (int64_t b = 0; b < bundles; ++b) {
     {
-      const int64_t un = u + kKvStages - 1;
-      if (un < units) load_unit(next_pair, int(un % ngroups), int(un % kKvStages));
+      const int64_t bn = b + NB - 2;
+      if (bn < bundles) load_bundle(bn, next);
       cp_async_commit();
-      next_pair = pair_of(un + 1);
+#pragma unroll
+      for (int j = 0; j < U; ++j) next[j] = pair_of((bn + 1) * U + j);
     }
-    cp_async_wait<kKvStages - 1>();
+    cp_async_wait<NB - 2>();
     __syncthreads();
-    const int st = int(u % kKvStages);
-    const __nv_bfloat16* tQ = stage_q(st);
-    const __nv_bfloat16* tdO = tQ + 16 * D;
-    const float* f = stage_f(st);
-    if (active) {
-      float s[2][4] = {}, dp[2][4] = {};
+    if (!active) continue;
+    const int64_t left = units - b * U;
+    const int nu = left < U ? int(left) : U;  // units in this bundle
+    float s[U][2][4], dp[U][2][4];
+    // Phase 1, every unit of the bundle (independent MMA chains): S^T = K Q^T, dP^T = V dO^T.
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t a[4], av[4], bb[4];
-        ldsm_x4(a, sK + sw<D>(krow + (lane & 15), kk * 16 + (lane >> 4) * 8));
-        ldsm_x4(av, sV + sw<D>(krow + (lane & 15), kk * 16 + (lane >> 4) * 8));
-        const int off = sw<D>((lane & 7) + (lane >> 4) * 8, kk * 16 + ((lane >> 3) & 1) * 8);
-        ldsm_x4(bb, tQ + off);
-        mma16816(s[0], a, bb[0], bb[1]);
-        mma16816(s[1], a, bb[2], bb[3]);
-        ldsm_x4(bb, tdO + off);
-        mma16816(dp[0], av, bb[0], bb[1]);
-        mma16816(dp[1], av, bb[2], bb[3]);
+    for (int j = 0; j < U; ++j)
+#pragma unroll
+      for (int x = 0; x < 2; ++x)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][x][e] = dp[j][x][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4], av[4];
+      ldsm_x4(a, sK + sw<D>(krow + (lane & 15), kk * 16 + (lane >> 4) * 8));
+      ldsm_x4(av, sV + sw<D>(krow + (lane & 15), kk * 16 + (lane >> 4) * 8));
+      const int off = sw<D>((lane & 7) + (lane >> 4) * 8, kk * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+      for (int j = 0; j < U; ++j) {
+        const __nv_bfloat16* tQ = stage_q(int(b % NB) * U + j);
+        uint32_t bq[4];
+        ldsm_x4(bq, tQ + off);
+        mma16816(s[j][0], a, bq[0], bq[1]);
+        mma16816(s[j][1], a, bq[2], bq[3]);
+        ldsm_x4(bq, tQ + 16 * D + off);
+        mma16816(dp[j][0], av, bq[0], bq[1]);
+        mma16816(dp[j][1], av, bq[2], bq[3]);
       }
-      const float w = f[32];
-      // element (j, e): key krow + g + 8*(e>>1), head 8j + 2t + (e&1)
+    }
+    // Phase 2: wP^T and dS^T. Element (x, e): key krow + g + 8*(e>>1), head 8x + 2t + (e&1).
+    uint32_t ap[U][4], as[U][4];
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
+    for (int j = 0; j < U; ++j) {
+      const float* f = stage_f(int(b % NB) * U + j);
+      const float w = f[32];
+#pragma unroll
+      for (int x = 0; x < 2; ++x)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int col = 8 * j + 2 * t + e;
+          const int col = 8 * x + 2 * t + e;
           const float nl2 = -f[col] * kLog2e, di = f[16 + col];
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            const float pw = w * exp2f(fmaf(s[j][2 * r + e], sl2, nl2));
-            s[j][2 * r + e] = pw;                                // w P
-            dp[j][2 * r + e] = pw * (dp[j][2 * r + e] - di);  // dS
+            const float pw = w * exp2f(fmaf(s[j][x][2 * r + e], sl2, nl2));
+            s[j][x][2 * r + e] = pw;                                   // w P
+            dp[j][x][2 * r + e] = pw * (dp[j][x][2 * r + e] - di);  // dS
           }
         }
-      const uint32_t ap[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]),
-                              pack_bf16(s[1][0], s[1][1]), pack_bf16(s[1][2], s[1][3])};
-      const uint32_t as[4] = {pack_bf16(dp[0][0], dp[0][1]), pack_bf16(dp[0][2], dp[0][3]),
-                              pack_bf16(dp[1][0], dp[1][1]), pack_bf16(dp[1][2], dp[1][3])};
+      ap[j][0] = pack_bf16(s[j][0][0], s[j][0][1]);
+      ap[j][1] = pack_bf16(s[j][0][2], s[j][0][3]);
+      ap[j][2] = pack_bf16(s[j][1][0], s[j][1][1]);
+      ap[j][3] = pack_bf16(s[j][1][2], s[j][1][3]);
+      as[j][0] = pack_bf16(dp[j][0][0], dp[j][0][1]);
+      as[j][1] = pack_bf16(dp[j][0][2], dp[j][0][3]);
+      as[j][2] = pack_bf16(dp[j][1][0], dp[j][1][1]);
+      as[j][3] = pack_bf16(dp[j][1][2], dp[j][1][3]);
+    }
+    // Phase 3: dV += (wP)^T dO, dK += dS^T Q (a unit past the end adds nothing).
+#pragma unroll
+    for (int j = 0; j < U; ++j) {
+      if (j >= nu) break;
+      const __nv_bfloat16* tQ = stage_q(int(b % NB) * U + j);
 #pragma unroll
       for (int dd = 0; dd < D / 16; ++dd) {
         const int off = sw<D>((lane & 7) + ((lane >> 3) & 1) * 8, dd * 16 + (lane >> 4) * 8);
         uint32_t bb[4];
-        ldsm_x4_t(bb, tdO + off);
-        mma16816(dv[2 * dd], ap, bb[0], bb[1]);
-        mma16816(dv[2 * dd + 1], ap, bb[2], bb[3]);
+        ldsm_x4_t(bb, tQ + 16 * D + off);
+        mma16816(dv[2 * dd], ap[j], bb[0], bb[1]);
+        mma16816(dv[2 * dd + 1], ap[j], bb[2], bb[3]);
         ldsm_x4_t(bb, tQ + off);
-        mma16816(dk[2 * dd], as, bb[0], bb[1]);
-        mma16816(dk[2 * dd + 1], as, bb[2], bb[3]);
+        mma16816(dk[2 * dd], as[j], bb[0], bb[1]);
+        mma16816(dk[2 * dd + 1], as[j], bb[2], bb[3]);
       }
     }
-    __syncthreads();  // stage st is refilled next iteration
   }
   cp_async_wait<0>();
   if (!active) return;
@@ -749,21 +790,27 @@ template <int D, int NST> int launch_bwd_dq(const Params& p, cudaStream_t s) {
   return cudaGetLastError();
 }
 
-template <int D, int NST> int launch_bwd_dkdv(const Params& p, int64_t nchunks, cudaStream_t s) {
+template <int D, int U, int MINB>
+int launch_bwd_dkdv(const Params& p, int64_t nchunks, cudaStream_t s) {
+  constexpr int NB = 8 / U;  // 8 unit stages either way
   if (nchunks == 0) return cudaSuccess;
-  const size_t smem = KvSmem<D, NST>::kBytes;
-  cudaError_t e = cudaFuncSetAttribute(hsa_bwd_dkdv_kernel<D, NST>,
+  const size_t smem = KvSmem<D, NB * U>::kBytes;
+  cudaError_t e = cudaFuncSetAttribute(hsa_bwd_dkdv_kernel<D, NB, U, MINB>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
-  hsa_bwd_dkdv_kernel<D, NST><<<dim3(unsigned(nchunks)), 32 * kKvWarps, smem, s>>>(p);
+  hsa_bwd_dkdv_kernel<D, NB, U, MINB><<<dim3(unsigned(nchunks)), 32 * kKvWarps, smem, s>>>(p);
   return cudaGetLastError();
 }
 
-// The dkdv ring's depth: 8 stages unless LCM_HSA_KV_STAGES says 3 or 5 (bench knob).
-inline int env_kv_stages() {
-  const char* v = getenv("LCM_HSA_KV_STAGES");
-  const int n = v ? atoi(v) : 8;
-  return (n == 3 || n == 5) ? n : 8;
+// The dkdv kernel's variant (bench knob LCM_HSA_KV_VARIANT): 1 (the default, fastest on
+// the H200: docs/benchmarks.md) = one pair per iteration (D 64: capped at 128 registers,
+// 4 CTAs per SM); 2 = two pairs per iteration (D 64: 195 registers, 2 CTAs per SM); 3 = two
+// pairs capped at 128 registers (D 64 only: 4 CTAs, 32 bytes spilled); 4 = two pairs capped
+// at 168 registers (D 64: 3 CTAs).
+inline int env_kv_variant(int dflt) {
+  const char* v = getenv("LCM_HSA_KV_VARIANT");
+  const int n = v ? atoi(v) : dflt;
+  return (n >= 1 && n <= 4) ? n : dflt;
 }
 
 template <int D> int launch_bwd(const Params& p, int64_t nchunks, cudaStream_t s) {
@@ -774,10 +821,15 @@ template <int D> int launch_bwd(const Params& p, int64_t nchunks, cudaStream_t s
                              : launch_bwd_dq<D, 2>(p, s);
     if (e != cudaSuccess) return e;
   }
-  static const int kv_nst = env_kv_stages();
-  if (kv_nst == 3) return launch_bwd_dkdv<D, 3>(p, nchunks, s);
-  if (kv_nst == 5) return launch_bwd_dkdv<D, 5>(p, nchunks, s);
-  return launch_bwd_dkdv<D, 8>(p, nchunks, s);
+  static const int kv = env_kv_variant(1);
+  if constexpr (D == 64) {
+    if (kv == 1) return launch_bwd_dkdv<D, 1, 4>(p, nchunks, s);
+    if (kv == 3) return launch_bwd_dkdv<D, 2, 4>(p, nchunks, s);
+    if (kv == 4) return launch_bwd_dkdv<D, 2, 3>(p, nchunks, s);
+  } else {
+    if (kv == 1) return launch_bwd_dkdv<D, 1, 1>(p, nchunks, s);
+  }
+  return launch_bwd_dkdv<D, 2, 1>(p, nchunks, s);
 }
 
 }  // namespace hsa
