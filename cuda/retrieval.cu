@@ -8,14 +8,15 @@
 // by the lower key index; empty slots (fewer visible keys than topk) score -inf, index -1.
 //
 // Two kernels:
-// 1. topk_kernel: grid (query tiles of 64, key splits, N*H), 4 warps. The CTA keeps its 64
-//    query rows in shared memory, streams its split's visible keys in 64x64 bf16 stages
-//    (cp.async, 3 deep), and each warp computes a 16x64 score tile with m16n8k16 tensor-core
-//    MMAs (fp32 accumulators), writes it (masked) to a warp-private shared tile and scans
-//    it: each lane owns one query row and half the tile's columns and keeps a sorted
-//    running top-KT in registers (an insertion only when a score beats the current KT-th).
-//    Each lane writes its list as a partial: (rows, 2 * splits, KT).
-// 2. merge_kernel: one thread per query row merges its 2*splits partial lists into the
+// 1. topk_kernel: grid (query tiles of 64, key splits, N*H), 8 warps. The CTA keeps its 64
+//    query rows in shared memory, streams its split's visible keys in 128-key x 64-dim
+//    bf16 stages (cp.async, 3 deep), and each warp computes a 16x64 score tile (its 16
+//    query rows, its half of the keys) with m16n8k16 tensor-core MMAs (fp32 accumulators),
+//    writes it (masked, scaled) to a warp-private shared tile and scans it: each lane owns
+//    one query row and half the tile's columns and keeps a sorted running top-KT in
+//    registers (an insertion only when a score beats the current KT-th). Each lane writes
+//    its list as a partial: (rows, 4 * splits, KT).
+// 2. merge_kernel: one thread per query row merges its 4*splits partial lists into the
 //    final top-k.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -28,11 +29,14 @@ namespace lcm {
 namespace ret {
 
 constexpr int kBM = 64;        // query rows per CTA
-constexpr int kBN = 64;        // keys per tile
+constexpr int kBN = 128;       // keys per tile
+constexpr int kWN = 64;        // keys per warp (a tile is split between two warps)
 constexpr int kDC = 64;        // head-dim columns per pipeline stage
 constexpr int kStages = 3;     // cp.async depth
-constexpr int kThreads = 128;  // 4 warps, 16 query rows each
+constexpr int kWarps = 8;      // warp w: query rows 16*(w%4).., keys 64*(w/4)..
+constexpr int kThreads = 32 * kWarps;
 constexpr int kSPad = 66;      // score-tile row stride (floats): conflict-free scans
+constexpr int kLists = 2 * (kBN / kWN);  // partial lists per query row per split
 
 struct Params {
   const __nv_bfloat16* q;
@@ -86,6 +90,7 @@ template <int KT> __global__ void __launch_bounds__(kThreads) topk_kernel(const 
   float* Ss = reinterpret_cast<float*>(Ks + kStages * kBN * kDC);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp & 3, wn = warp >> 2;  // query-row block, key half
   const int g = blockIdx.z, n = g / p.H, h = g % p.H;
   const int m0 = blockIdx.x * kBM;
   const __nv_bfloat16* qg = p.q + n * p.sqn + h * p.sqh;
@@ -103,7 +108,7 @@ template <int KT> __global__ void __launch_bounds__(kThreads) topk_kernel(const 
 #pragma unroll
   for (int j = 0; j < KT; ++j) v[j] = -CUDART_INF_F, ix[j] = -1;
 
-  const int srow = warp * 16 + (lane & 15);  // the row this lane scans
+  const int srow = wm * 16 + (lane & 15);  // the row this lane scans
   const int half = lane >> 4;                // and which interleaved half of the columns
 
   if (t0 < t1) {
@@ -137,7 +142,7 @@ template <int KT> __global__ void __launch_bounds__(kThreads) topk_kernel(const 
     }
 
     // Rows of this lane's accumulators, and their visibility limits.
-    const int ra = warp * 16 + (lane >> 2);
+    const int ra = wm * 16 + (lane >> 2);
     const int64_t lim_a = row_lim(p, min(m0 + ra, p.M - 1));
     const int64_t lim_b = row_lim(p, min(m0 + ra + 8, p.M - 1));
     float* St = Ss + warp * 16 * kSPad;
@@ -158,11 +163,11 @@ template <int KT> __global__ void __launch_bounds__(kThreads) topk_kernel(const 
 #pragma unroll
       for (int kk = 0; kk < kDC / 16; ++kk) {
         uint32_t a[4];
-        ldsm_x4(a, Qs + swz(warp * 16 + (lane & 15), dc * kDC + kk * 16 + (lane >> 4) * 8, DP));
+        ldsm_x4(a, Qs + swz(wm * 16 + (lane & 15), dc * kDC + kk * 16 + (lane >> 4) * 8, DP));
 #pragma unroll
         for (int np = 0; np < 4; ++np) {
           uint32_t b[4];
-          const int key = np * 16 + (lane >> 4) * 8 + (lane & 7);
+          const int key = wn * kWN + np * 16 + (lane >> 4) * 8 + (lane & 7);
           ldsm_x4(b, Kt + swz(key, kk * 16 + ((lane >> 3) & 1) * 8, kDC));
           mma16816(acc[2 * np], a, b[0], b[1]);
           mma16816(acc[2 * np + 1], a, b[2], b[3]);
@@ -170,7 +175,7 @@ template <int KT> __global__ void __launch_bounds__(kThreads) topk_kernel(const 
       }
 
       if (dc == ND - 1) {
-        const int64_t kbase = int64_t(t0 + step / ND) * kBN;
+        const int64_t kbase = int64_t(t0 + step / ND) * kBN + wn * kWN;
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
           const int col = nt * 8 + 2 * (lane & 3);
@@ -186,7 +191,7 @@ template <int KT> __global__ void __launch_bounds__(kThreads) topk_kernel(const 
         __syncwarp();
         const float* row = St + (lane & 15) * kSPad;
 #pragma unroll 8
-        for (int c = 0; c < kBN / 2; ++c) {
+        for (int c = 0; c < kWN / 2; ++c) {
           const int col = 2 * c + half;
           const float s = row[col];
           if (s > v[KT - 1]) insert<KT>(v, ix, s, int(kbase + col));
@@ -199,7 +204,8 @@ template <int KT> __global__ void __launch_bounds__(kThreads) topk_kernel(const 
 
   const int m = m0 + srow;
   if (m < p.M) {
-    const int64_t base = ((int64_t(g) * p.M + m) * (2 * p.splits) + 2 * blockIdx.y + half) * KT;
+    const int64_t base =
+        ((int64_t(g) * p.M + m) * (kLists * p.splits) + kLists * blockIdx.y + 2 * wn + half) * KT;
 #pragma unroll
     for (int j = 0; j < KT; ++j) {
       p.ps[base + j] = v[j];
@@ -241,7 +247,7 @@ __global__ void merge_kernel(const float* __restrict__ ps, const int* __restrict
 
 inline size_t topk_smem(int D) {
   const int DP = (D + kDC - 1) / kDC * kDC;
-  return size_t(kBM * DP + kStages * kBN * kDC) * 2 + size_t(4 * 16 * kSPad) * 4;
+  return size_t(kBM * DP + kStages * kBN * kDC) * 2 + size_t(kWarps * 16 * kSPad) * 4;
 }
 
 template <int KT> cudaError_t launch(const Params& p, float* os, int64_t* oi, int topk,
@@ -258,7 +264,7 @@ template <int KT> cudaError_t launch(const Params& p, float* os, int64_t* oi, in
   const int64_t rows = int64_t(p.N) * p.H * p.M;
   const int threads = 128;
   merge_kernel<KT><<<unsigned((rows + threads - 1) / threads), threads, 0, s>>>(
-      p.ps, p.pi, os, oi, rows, 2 * p.splits, topk);
+      p.ps, p.pi, os, oi, rows, kLists * p.splits, topk);
   return cudaGetLastError();
 }
 
@@ -272,7 +278,7 @@ int lcm_retrieval_max_dim() { return 1024; }
 int lcm_retrieval_max_k() { return 32; }
 
 // How the key range is split across CTAs: writes splits and tiles per split, and returns
-// the number of partial lists per query row (2 * splits), which sizes the scratch.
+// the number of partial lists per query row (4 * splits), which sizes the scratch.
 int lcm_retrieval_plan(int N, int H, int M, int E, int D, int64_t first, int div, int topk,
                        int* splits, int* tiles_per_split) {
   using namespace lcm::ret;
@@ -284,9 +290,9 @@ int lcm_retrieval_plan(int N, int H, int M, int E, int D, int64_t first, int div
   if (cudaGetDevice(&dev) == cudaSuccess)
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   // CTAs resident per SM: shared memory (228 KB per SM, 1 KB reserved per CTA) and
-  // registers (up to 128 per thread at k <= 16, 160 at k = 32).
+  // registers (up to 128 per thread at k <= 16, 160 at k = 32; 256 threads).
   const int by_smem = int(233472 / (topk_smem(D) + 1024));
-  const int by_regs = topk > 16 ? 3 : 4;
+  const int by_regs = topk > 16 ? 1 : 2;
   const int resident = by_smem < 1 ? 1 : (by_smem < by_regs ? by_smem : by_regs);
   // Whole waves of about two CTAs per slot: the split count that fills them.
   const int64_t ctas = int64_t((M + kBM - 1) / kBM) * N * H;
@@ -297,7 +303,7 @@ int lcm_retrieval_plan(int N, int H, int M, int E, int D, int64_t first, int div
   const int tps = ntiles == 0 ? 0 : int((ntiles + want - 1) / want);
   *tiles_per_split = tps;
   *splits = tps == 0 ? 1 : (ntiles + tps - 1) / tps;
-  return 2 * *splits;
+  return kLists * *splits;
 }
 
 int lcm_retrieval_topk_launch(const void* q, const void* k, const int64_t* strides, float* ps,

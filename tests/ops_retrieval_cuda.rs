@@ -123,7 +123,23 @@ fn check_case(c: &Case, dev: Device) {
     }
 
     let exact = exact_scores(&q, &k, first, div);
-    let (top_s, top_i) = exact.topk(topk, -1, true, true);
+    // Exact top-k, padded with empty slots (-inf, -1) where E < topk.
+    let (top_s, top_i) = exact.topk(topk.min(e), -1, true, true);
+    let (top_s, top_i) = if topk > e {
+        let pad = [n, h, m, topk - e];
+        (
+            Tensor::cat(
+                &[
+                    top_s,
+                    Tensor::full(pad, f64::NEG_INFINITY, (Kind::Double, dev)),
+                ],
+                -1,
+            ),
+            Tensor::cat(&[top_i, Tensor::full(pad, -1, (Kind::Int64, dev))], -1),
+        )
+    } else {
+        (top_s, top_i)
+    };
     let at_k = exact.gather(-1, &ki.clamp_min(0), false);
     let fin = valid.to_kind(Kind::Double);
     let scale_s = top_s

@@ -223,11 +223,13 @@ fn chosen_scores(q: &Tensor, k: &Tensor, indices: &Tensor) -> Tensor {
     let (m, nk) = (indices.size()[1], indices.size()[2]);
     let offs = Tensor::arange(g, (Kind::Int64, k.device())).view([g, 1, 1]) * e;
     let flat = (indices.clamp_min(0) + offs).view([-1]);
+    // fp32 before the gather, so that the keys' gradient is summed over the queries that
+    // chose them in fp32 (index_select's backward), not in bf16.
     let kg = k
+        .to_kind(Kind::Float)
         .reshape([g * e, d])
         .index_select(0, &flat)
-        .view([g, m, nk, d])
-        .to_kind(Kind::Float);
+        .view([g, m, nk, d]);
     let qf = q.to_kind(Kind::Float).unsqueeze(-2); // (G, M, 1, D)
     qf.matmul(&kg.transpose(-1, -2)).squeeze_dim(-2) / (d as f64).sqrt()
 }
