@@ -14,7 +14,8 @@ int lcm_retrieval_plan(int N, int H, int M, int E, int D, int64_t first, int div
 int lcm_retrieval_topk_launch(const void* q, const void* k, const int64_t* strides, float* ps,
                               int* pi, float* os, int64_t* oi, int N, int H, int M, int E,
                               int D, int64_t first, int div, int splits, int tiles_per_split,
-                              int topk, float scale, cudaStream_t s);
+                              int topk, float scale, uint64_t seed, int gumbel,
+                              cudaStream_t s);
 }
 
 namespace {
@@ -33,10 +34,11 @@ extern "C" {
 
 // Top-k keys per query: q (N, M, H, D), k (N, E, H, D) bf16 on one CUDA device. Query m
 // sees keys j < min(E, (first + m) / div). Returns scores (N, H, M, topk) fp32, descending
-// (empty slots -inf) and indices (N, H, M, topk) int64 (empty slots -1).
+// (empty slots -inf) and indices (N, H, M, topk) int64 (empty slots -1). With `gumbel`,
+// Gumbel noise from `seed` is added to the scores before the selection (and returned).
 int lcm_retrieval_topk(const at::Tensor* q_in, const at::Tensor* k_in, int64_t first,
-                       int64_t div, int64_t topk, double scale, at::Tensor** scores,
-                       at::Tensor** indices) {
+                       int64_t div, int64_t topk, double scale, int64_t seed, int gumbel,
+                       at::Tensor** scores, at::Tensor** indices) {
   return lcm::guarded("retrieval_topk", [&] {
     TORCH_CHECK(q_in->is_cuda() && k_in->is_cuda() && q_in->device() == k_in->device(),
                 "retrieval: q and k must be on one CUDA device");
@@ -75,7 +77,8 @@ int lcm_retrieval_topk(const at::Tensor* q_in, const at::Tensor* k_in, int64_t f
                                     pi.data_ptr<int>(), os.data_ptr<float>(),
                                     oi.data_ptr<int64_t>(), int(N), int(H), int(M), int(E),
                                     int(D), first, int(div), splits, tps, int(topk),
-                                    float(scale), at::cuda::getCurrentCUDAStream()),
+                                    float(scale), uint64_t(seed), gumbel,
+                                    at::cuda::getCurrentCUDAStream()),
           "retrieval top-k launch");
     }
     *scores = new at::Tensor(os);

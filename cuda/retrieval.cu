@@ -6,6 +6,9 @@
 // retrieval (token first+m sees chunks complete before it). Score = (q . k) * scale, fp32.
 // Output: the top `topk` of each query, (N, H, M, topk), scores descending, ties broken
 // by the lower key index; empty slots (fewer visible keys than topk) score -inf, index -1.
+// With `gumbel`, each visible score gets Gumbel(0, 1) noise -log(-log(u)) before the
+// selection (u from a counter-based hash of (seed, n*H+h, first+m, j): the same in every
+// split, reproducible for a seed), and the returned scores include the noise.
 //
 // Two kernels:
 // 1. topk_kernel: grid (query tiles of 64, key splits, N*H), 8 warps. The CTA keeps its 64
@@ -47,7 +50,26 @@ struct Params {
   int N, H, M, E, D, div, splits, tiles_per_split;
   int64_t first;
   float scale;
+  uint64_t seed;
+  int gumbel;
 };
+
+// splitmix64's finaliser.
+__device__ __forceinline__ uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Gumbel(0, 1) noise for (group g, query number m, key j): u uniform in (0, 1) from 24
+// hashed bits.
+__device__ __forceinline__ float gumbel_noise(uint64_t seed, int g, int64_t m, int64_t j) {
+  const uint64_t x = mix64(mix64(seed ^ ((uint64_t(g) << 40) ^ uint64_t(m))) ^ uint64_t(j));
+  const float u = (float(x >> 40) + 0.5f) * (1.0f / 16777216.0f);
+  return -__logf(-__logf(u));
+}
 
 __device__ __forceinline__ int64_t row_lim(const Params& p, int m) {
   const int64_t l = (p.first + m) / p.div;
@@ -185,6 +207,13 @@ template <int KT> __global__ void __launch_bounds__(kThreads) topk_kernel(const 
           sa.y = key + 1 < lim_a ? acc[nt][1] * p.scale : -CUDART_INF_F;
           sb.x = key < lim_b ? acc[nt][2] * p.scale : -CUDART_INF_F;
           sb.y = key + 1 < lim_b ? acc[nt][3] * p.scale : -CUDART_INF_F;
+          if (p.gumbel) {
+            const int64_t qa = p.first + m0 + ra, qb = qa + 8;
+            sa.x += gumbel_noise(p.seed, g, qa, key);
+            sa.y += gumbel_noise(p.seed, g, qa, key + 1);
+            sb.x += gumbel_noise(p.seed, g, qb, key);
+            sb.y += gumbel_noise(p.seed, g, qb, key + 1);
+          }
           *reinterpret_cast<float2*>(St + (lane >> 2) * kSPad + col) = sa;
           *reinterpret_cast<float2*>(St + ((lane >> 2) + 8) * kSPad + col) = sb;
         }
@@ -309,7 +338,8 @@ int lcm_retrieval_plan(int N, int H, int M, int E, int D, int64_t first, int div
 int lcm_retrieval_topk_launch(const void* q, const void* k, const int64_t* strides, float* ps,
                               int* pi, float* os, int64_t* oi, int N, int H, int M, int E,
                               int D, int64_t first, int div, int splits, int tiles_per_split,
-                              int topk, float scale, cudaStream_t s) {
+                              int topk, float scale, uint64_t seed, int gumbel,
+                              cudaStream_t s) {
   using namespace lcm::ret;
   Params p;
   p.q = static_cast<const __nv_bfloat16*>(q);
@@ -321,6 +351,8 @@ int lcm_retrieval_topk_launch(const void* q, const void* k, const int64_t* strid
   p.splits = splits, p.tiles_per_split = tiles_per_split;
   p.first = first;
   p.scale = scale;
+  p.seed = seed;
+  p.gumbel = gumbel;
   if (D < 8 || D > 1024 || D % 8 != 0 || div < 1 || topk < 1 || topk > 32)
     return cudaErrorInvalidValue;
   if (topk <= 8) return launch<8>(p, os, oi, topk, s);

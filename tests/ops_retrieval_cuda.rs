@@ -15,6 +15,10 @@
 //! fails here), (c) the number of rows whose index set differs at all (at most 1%, and 0
 //! at the training shapes), (d) empty slots exactly where fewer keys are visible.
 //! Tie rule: among equal scores the lower key index wins (checked on keys all equal).
+//! Gumbel noise (training) is the kernel's own (a hash, not torch's generator), so it is
+//! checked by its law: with top-1, key j must win with probability softmax(scores)_j
+//! (the Gumbel-max property), within 4 standard errors over 16K draws; and the dispatched
+//! op with noise stays causal and weights the chosen keys by their clean scores.
 
 mod common;
 
@@ -75,7 +79,7 @@ fn check_case(c: &Case, dev: Device) {
     let k = Tensor::randn([n, e, h, d], (Kind::BFloat16, dev));
     let scale = 1.0 / (d as f64).sqrt();
     poison_cuda_allocator(dev);
-    let (ks, ki) = lcm::ops::retrieval::retrieval_topk_cuda(&q, &k, first, div, topk, scale)
+    let (ks, ki) = lcm::ops::retrieval::retrieval_topk_cuda(&q, &k, first, div, topk, scale, None)
         .unwrap_or_else(|err| panic!("{tag}: {err}"));
     assert_eq!(ks.size(), [n, h, m, topk], "{tag}: score shape");
     assert_eq!(ki.size(), [n, h, m, topk], "{tag}: index shape");
@@ -188,7 +192,7 @@ fn check_case(c: &Case, dev: Device) {
     // Deterministic: the same output again.
     poison_cuda_allocator(dev);
     let (ks2, ki2) =
-        lcm::ops::retrieval::retrieval_topk_cuda(&q, &k, first, div, topk, scale).unwrap();
+        lcm::ops::retrieval::retrieval_topk_cuda(&q, &k, first, div, topk, scale, None).unwrap();
     assert!(ki2.equal(&ki), "{tag}: indices not deterministic");
     assert!(
         ks2.nan_to_num(0.0, 0.0, 0.0)
@@ -219,7 +223,8 @@ fn kernel_ties_prefer_the_lower_index() {
     let (n, m, e, d, topk) = (2, 300, 300, 64, 6);
     let q = Tensor::randn([n, m, 1, d], (Kind::BFloat16, dev));
     let k = Tensor::randn([n, 1, 1, d], (Kind::BFloat16, dev)).expand([n, e, 1, d], false);
-    let (_, ki) = lcm::ops::retrieval::retrieval_topk_cuda(&q, &k, 0, 1, topk, 0.125).unwrap();
+    let (_, ki) =
+        lcm::ops::retrieval::retrieval_topk_cuda(&q, &k, 0, 1, topk, 0.125, None).unwrap();
     let slots = Tensor::arange(topk, (Kind::Int64, dev)).view([1, 1, 1, topk]);
     let rows = Tensor::arange(m, (Kind::Int64, dev)).view([1, 1, m, 1]);
     let want = slots.where_self(&slots.lt_tensor(&rows), &Tensor::from(-1i64).to_device(dev));
@@ -351,8 +356,59 @@ fn dispatch_falls_back_to_the_reference() {
     let (qb, kb) = (qf.to_kind(Kind::BFloat16), kf.to_kind(Kind::BFloat16));
     assert!(kernel_supports(&qb, &kb, 4));
     assert!(!kernel_supports(&qb, &kb, 33), "k > 32 takes the reference");
-    // Gumbel noise: the reference (causal; noise-free weights checked in ops_retrieval).
+    // Gumbel noise on bf16 CUDA: the kernel; causal, weights from the clean scores.
     let r = chunk_retrieval(&qb, &kb, 4, true);
     let rows = Tensor::arange(9, (Kind::Int64, dev)).view([1, 9, 1]);
     assert!(r.indices.lt_tensor(&rows).all().int64_value(&[]) == 1);
+    let valid = r.indices.ge(0);
+    let slots = Tensor::arange(4, (Kind::Int64, dev)).view([1, 1, 4]);
+    assert!(
+        valid.equal(&slots.lt_tensor(&rows)),
+        "empty slots only where < 4 visible"
+    );
+    let clean = lcm::ops::retrieval::chunk_retrieval_scores(&qb, &kb)
+        .gather(-1, &r.indices.clamp_min(0), false)
+        .masked_fill(&valid.logical_not(), -1e30);
+    let want = clean.softmax(-1, Kind::Float) * valid.to_kind(Kind::Float);
+    let diff = (&r.weights - &want).abs().max().double_value(&[]);
+    assert!(
+        diff <= 1e-4,
+        "gumbel: weights off the clean softmax by {diff:.3e}"
+    );
+}
+
+#[test]
+fn kernel_gumbel_noise_samples_the_softmax() {
+    let Some(dev) = cuda_or_skip("kernel_gumbel_noise_samples_the_softmax") else {
+        return;
+    };
+    tch::manual_seed(46);
+    // One query repeated over m rows, each seeing the same e keys: independent draws.
+    let (m, e, d) = (16384, 5, 64);
+    let q = Tensor::randn([1, 1, 1, d], (Kind::BFloat16, dev)).expand([1, m, 1, d], false);
+    let k = (Tensor::randn([1, e, 1, d], (Kind::Float, dev)) * 0.15).to_kind(Kind::BFloat16);
+    let scale = 1.0 / (d as f64).sqrt();
+    let topk = |seed| lcm::ops::retrieval::retrieval_topk_cuda(&q, &k, e, 1, 1, scale, Some(seed));
+    let (_, idx) = topk(1234).unwrap();
+    let (_, again) = topk(1234).unwrap();
+    let (_, other) = topk(99).unwrap();
+    assert!(idx.equal(&again), "gumbel: not reproducible for a seed");
+    assert!(!idx.equal(&other), "gumbel: the seed changes nothing");
+    let counts = idx
+        .view([-1])
+        .bincount::<Tensor>(None, e)
+        .to_kind(Kind::Double)
+        / m as f64;
+    let p = exact_scores(&q.narrow(1, 0, 1), &k, e, 1)
+        .view([e])
+        .softmax(0, Kind::Double);
+    for j in 0..e {
+        let (c, pj) = (counts.double_value(&[j]), p.double_value(&[j]));
+        let se = (pj * (1.0 - pj) / m as f64).sqrt();
+        eprintln!("gumbel: key {j}: chosen {c:.4}, softmax {pj:.4}");
+        assert!(
+            (c - pj).abs() <= 4.0 * se + 1e-3,
+            "gumbel: key {j} chosen {c:.4}, want {pj:.4}"
+        );
+    }
 }

@@ -131,6 +131,8 @@ extern "C" {
         div: i64,
         topk: i64,
         scale: f64,
+        seed: i64,
+        gumbel: c_int,
         scores: *mut *mut C_tensor,
         indices: *mut *mut C_tensor,
     ) -> c_int;

@@ -15,14 +15,17 @@
 //! not. All-masked rows give weight 0 without producing NaN in forward or backward.
 //! Test: `tests/ops_retrieval.rs`.
 //!
-//! On CUDA with bf16 queries and keys (dim a multiple of 8 up to 1024, top-k up to 32, no
-//! Gumbel noise), the plain and blocked forms select with the kernel of
+//! On CUDA with bf16 queries and keys (dim a multiple of 8 up to 1024, top-k up to 32),
+//! the plain and blocked forms select with the kernel of
 //! `cuda/retrieval.cu` ([`retrieval_topk_cuda`]): scores and top-k in one pass over the
 //! memory, no score matrix. It returns the indices and their fp32 scores; where a gradient
 //! is wanted, the chosen scores are recomputed here from the gathered keys (top-k itself
 //! is not differentiable), and the weights follow as in the reference. Ties: the kernel
 //! prefers the lower key index among equal scores (torch's topk leaves their order
-//! unspecified). Test: `tests/ops_retrieval_cuda.rs`.
+//! unspecified). Gumbel noise (training) is drawn inside the kernel from a counter-based
+//! hash seeded from tch's generator (so `tch::manual_seed` fixes it), not from torch's
+//! `exponential_`: the same distribution, not the same draws as the reference.
+//! Test: `tests/ops_retrieval_cuda.rs`.
 
 use tch::{Kind, Tensor};
 
@@ -132,11 +135,12 @@ pub fn chunk_retrieval_reference(
 }
 
 /// Chunk retrieval by whichever implementation suits the input: the CUDA top-k kernel
-/// for bf16 on a GPU without Gumbel noise ([`kernel_supports`]), else the reference.
+/// for bf16 on a GPU ([`kernel_supports`]), else the reference.
 pub fn chunk_retrieval(q_lmk: &Tensor, k_lmk: &Tensor, topk: i64, gumbel: bool) -> Retrieval {
     let c = q_lmk.size()[1];
-    if !gumbel && c > 0 && kernel_supports(q_lmk, k_lmk, topk.min(c)) {
-        if let Some(r) = chunk_retrieval_kernel(q_lmk, k_lmk, 0, topk.min(c)) {
+    if c > 0 && kernel_supports(q_lmk, k_lmk, topk.min(c)) {
+        let seed = gumbel.then(gumbel_seed);
+        if let Some(r) = chunk_retrieval_kernel(q_lmk, k_lmk, 0, topk.min(c), seed) {
             return r;
         }
     }
@@ -159,10 +163,17 @@ pub fn kernel_supports(q: &Tensor, k: &Tensor, topk: i64) -> bool {
         && (1..=KERNEL_MAX_K).contains(&topk)
 }
 
+/// A seed for the kernel's Gumbel noise, drawn from tch's CPU generator.
+fn gumbel_seed() -> i64 {
+    Tensor::randint(i64::MAX, [1], (Kind::Int64, tch::Device::Cpu)).int64_value(&[0])
+}
+
 /// The CUDA top-k kernel: queries `q (N, M, H, D)` against keys `k (N, E, H, D)` (bf16),
 /// query `m` seeing keys `j < min(E, (first + m) / div)`, score `(q . k) * scale` in fp32.
 /// Returns `(scores, indices)`, both `(N, H, M, topk)`: scores descending (ties: lower
-/// index first), fp32, `-inf` in empty slots; int64 indices, `-1` in empty slots.
+/// index first), fp32, `-inf` in empty slots; int64 indices, `-1` in empty slots. With
+/// `gumbel = Some(seed)`, Gumbel(0, 1) noise (a hash of seed, group, query number and key)
+/// is added to every visible score before the selection, and the scores include it.
 #[cfg(lcm_cuda)]
 pub fn retrieval_topk_cuda(
     q: &Tensor,
@@ -171,6 +182,7 @@ pub fn retrieval_topk_cuda(
     div: i64,
     topk: i64,
     scale: f64,
+    gumbel: Option<i64>,
 ) -> Result<(Tensor, Tensor)> {
     let [s, i] = unsafe {
         crate::cuda::ffi::call(|out| {
@@ -182,6 +194,8 @@ pub fn retrieval_topk_cuda(
                 div,
                 topk,
                 scale,
+                gumbel.unwrap_or(0),
+                gumbel.is_some() as i32,
                 a,
                 b,
             )
@@ -200,8 +214,12 @@ fn kernel_topk(
     div: i64,
     topk: i64,
     scale: f64,
+    gumbel: Option<i64>,
 ) -> Option<(Tensor, Tensor)> {
-    Some(retrieval_topk_cuda(q, k, first, div, topk, scale).unwrap_or_else(|e| panic!("{e}")))
+    Some(
+        retrieval_topk_cuda(q, k, first, div, topk, scale, gumbel)
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
 }
 
 #[cfg(not(lcm_cuda))]
@@ -212,6 +230,7 @@ fn kernel_topk(
     _div: i64,
     _topk: i64,
     _scale: f64,
+    _gumbel: Option<i64>,
 ) -> Option<(Tensor, Tensor)> {
     None
 }
@@ -242,6 +261,7 @@ fn chunk_retrieval_kernel(
     k_lmk: &Tensor,
     first: i64,
     topk: i64,
+    gumbel: Option<i64>,
 ) -> Option<Retrieval> {
     let d = q_lmk.size()[2];
     let (scores, indices) = kernel_topk(
@@ -251,10 +271,12 @@ fn chunk_retrieval_kernel(
         1,
         topk,
         1.0 / (d as f64).sqrt(),
+        gumbel,
     )?;
     let (scores, indices) = (scores.squeeze_dim(1), indices.squeeze_dim(1));
     let valid = indices.ge(0);
-    let chosen = if q_lmk.requires_grad() || k_lmk.requires_grad() {
+    // With noise the kernel's scores are noisy: the weights take the clean ones.
+    let chosen = if gumbel.is_some() || q_lmk.requires_grad() || k_lmk.requires_grad() {
         chosen_scores(q_lmk, k_lmk, &indices)
     } else {
         scores
@@ -274,14 +296,23 @@ fn token_retrieval_kernel(
     chunk_size: i64,
     topk: i64,
     weighting: SlotWeighting,
+    gumbel: Option<i64>,
 ) -> Option<Retrieval> {
     let (n, l, r, dr) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);
     let e = lmk.size()[1];
-    let (scores, picked) = kernel_topk(q, lmk, first, chunk_size, topk, 1.0 / (dr as f64).sqrt())?;
+    let (scores, picked) = kernel_topk(
+        q,
+        lmk,
+        first,
+        chunk_size,
+        topk,
+        1.0 / (dr as f64).sqrt(),
+        gumbel,
+    )?;
     // (N, r, L, K): most recent chunk first; -1 (empty) sorts last.
     let (indices, order) = picked.sort(-1, true);
     let valid = indices.ge(0);
-    let chosen = if q.requires_grad() || lmk.requires_grad() {
+    let chosen = if gumbel.is_some() || q.requires_grad() || lmk.requires_grad() {
         let qg = q.permute([0, 2, 1, 3]).reshape([n * r, l, dr]);
         let kg = lmk.permute([0, 2, 1, 3]).reshape([n * r, e, dr]);
         chosen_scores(&qg, &kg, &indices.view([n * r, l, topk])).view([n, r, l, topk])
@@ -338,7 +369,7 @@ pub fn token_retrieval_reference(
 }
 
 /// Token retrieval by whichever implementation suits the input: the CUDA top-k kernel for
-/// bf16 on a GPU without Gumbel noise ([`kernel_supports`]), else the reference.
+/// bf16 on a GPU ([`kernel_supports`]), else the reference.
 pub fn token_retrieval(
     q: &Tensor,
     lmk: &Tensor,
@@ -348,8 +379,9 @@ pub fn token_retrieval(
     gumbel: bool,
 ) -> Retrieval {
     let kk = topk.min(lmk.size()[1]);
-    if !gumbel && q.size()[1] > 0 && kernel_supports(q, lmk, kk) {
-        if let Some(r) = token_retrieval_kernel(q, lmk, 0, chunk_size, kk, weighting) {
+    if q.size()[1] > 0 && kernel_supports(q, lmk, kk) {
+        let seed = gumbel.then(gumbel_seed);
+        if let Some(r) = token_retrieval_kernel(q, lmk, 0, chunk_size, kk, weighting, seed) {
             return r;
         }
     }
@@ -396,7 +428,7 @@ pub fn chunk_retrieval_blocked(
     block: i64,
 ) -> Retrieval {
     if q_lmk.size()[1] > 0 && kernel_supports(q_lmk, k_lmk, topk) {
-        if let Some(r) = chunk_retrieval_kernel(q_lmk, k_lmk, first, topk) {
+        if let Some(r) = chunk_retrieval_kernel(q_lmk, k_lmk, first, topk, None) {
             return r;
         }
     }
@@ -452,7 +484,7 @@ pub fn token_retrieval_blocked(
     block: i64,
 ) -> Retrieval {
     if q.size()[1] > 0 && kernel_supports(q, lmk, topk) {
-        if let Some(r) = token_retrieval_kernel(q, lmk, first, chunk_size, topk, weighting) {
+        if let Some(r) = token_retrieval_kernel(q, lmk, first, chunk_size, topk, weighting, None) {
             return r;
         }
     }
