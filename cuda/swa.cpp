@@ -66,8 +66,11 @@ struct Prepared {
 
 Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                  const at::Tensor* slopes) {
+  // A tensor of no elements stands for "no ALiBi" (autograd's apply takes no undefined
+  // tensor arguments).
   at::Tensor m;
-  if (slopes != nullptr && slopes->defined()) m = slopes->detach().to(at::kFloat).contiguous();
+  if (slopes != nullptr && slopes->defined() && slopes->numel() > 0)
+    m = slopes->detach().to(at::kFloat).contiguous();
   return {rows_ready(q), rows_ready(k), rows_ready(v), m};
 }
 
@@ -166,8 +169,8 @@ extern "C" {
 int lcm_swa(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
             const at::Tensor* slopes, int64_t window, int causal, double scale, at::Tensor** o) {
   return lcm::guarded("swa", [&] {
-    at::Tensor m;
-    if (slopes != nullptr && causal) m = slopes->detach().to(at::kFloat).contiguous();
+    at::Tensor m = slopes != nullptr && causal ? slopes->detach().to(at::kFloat).contiguous()
+                                               : at::empty({0}, q->options().dtype(at::kFloat));
     *o = new at::Tensor(SwaFunction::apply(*q, *k, *v, m, window, causal != 0, scale));
   });
 }
