@@ -126,6 +126,11 @@ __device__ __forceinline__ bool visible(const Params& p, int t, int s) {
   return ok;
 }
 
+// The mma/ldmatrix asm statements are volatile, so the compiler keeps their order: each
+// product below loads the B fragments of step kk + 1 before the MMAs of step kk (a
+// two-deep register ring), so that shared-memory latency overlaps the tensor cores instead
+// of stalling every MMA on its own ldmatrix.
+
 // S (16 rows x 64 keys) += A (16 x D) times B^T (64 x D rows of a swizzled tile). REG_A:
 // the A fragments are in `af`; otherwise they are read from rows r0.. of the tile tA.
 template <int D, bool REG_A = true>
@@ -133,22 +138,24 @@ __device__ __forceinline__ void mma_abt(float (*s)[4], const uint32_t (*af)[4],
                                         const __nv_bfloat16* tB,
                                         const __nv_bfloat16* tA = nullptr, int r0 = 0) {
   const int lane = threadIdx.x & 31;
+  constexpr int KK = D / 16, NP = kTile / 16;
+  uint32_t a[2][4], bb[2][NP][4];
+  auto load = [&](int kk, int slot) {
+    if (!REG_A) ldsm_x4(a[slot], tA + sw<D>(r0 + (lane & 15), kk * 16 + (lane >> 4) * 8));
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    uint32_t a[4];
-    if (REG_A) {
+    for (int np = 0; np < NP; ++np)
+      ldsm_x4(bb[slot][np], tB + sw<D>(np * 16 + (lane & 7) + (lane >> 4) * 8,
+                                       kk * 16 + ((lane >> 3) & 1) * 8));
+  };
+  load(0, 0);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = af[kk][i];
-    } else {
-      ldsm_x4(a, tA + sw<D>(r0 + (lane & 15), kk * 16 + (lane >> 4) * 8));
-    }
+  for (int kk = 0; kk < KK; ++kk) {
+    if (kk + 1 < KK) load(kk + 1, (kk + 1) & 1);
+    const uint32_t* ak = REG_A ? af[kk] : a[kk & 1];
 #pragma unroll
-    for (int np = 0; np < kTile / 16; ++np) {
-      uint32_t bb[4];
-      ldsm_x4(bb, tB + sw<D>(np * 16 + (lane & 7) + (lane >> 4) * 8,
-                             kk * 16 + ((lane >> 3) & 1) * 8));
-      mma16816(s[2 * np], a, bb[0], bb[1]);
-      mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+    for (int np = 0; np < NP; ++np) {
+      mma16816(s[2 * np], ak, bb[kk & 1][np][0], bb[kk & 1][np][1]);
+      mma16816(s[2 * np + 1], ak, bb[kk & 1][np][2], bb[kk & 1][np][3]);
     }
   }
 }
@@ -159,19 +166,26 @@ template <int D>
 __device__ __forceinline__ void mma_pb(float (*acc)[4], const float (*pf)[4],
                                        const __nv_bfloat16* tB) {
   const int lane = threadIdx.x & 31;
+  constexpr int KK = kTile / 16, DP = D / 16;
+  uint32_t bb[2][DP][4];
+  auto load = [&](int kk, int slot) {
 #pragma unroll
-  for (int kk = 0; kk < kTile / 16; ++kk) {
+    for (int dp = 0; dp < DP; ++dp)
+      ldsm_x4_t(bb[slot][dp], tB + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                         dp * 16 + (lane >> 4) * 8));
+  };
+  load(0, 0);
+#pragma unroll
+  for (int kk = 0; kk < KK; ++kk) {
+    if (kk + 1 < KK) load(kk + 1, (kk + 1) & 1);
     uint32_t a[4] = {pack_bf16(pf[2 * kk][0], pf[2 * kk][1]),
                      pack_bf16(pf[2 * kk][2], pf[2 * kk][3]),
                      pack_bf16(pf[2 * kk + 1][0], pf[2 * kk + 1][1]),
                      pack_bf16(pf[2 * kk + 1][2], pf[2 * kk + 1][3])};
 #pragma unroll
-    for (int dp = 0; dp < D / 16; ++dp) {
-      uint32_t bb[4];
-      ldsm_x4_t(bb, tB + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                               dp * 16 + (lane >> 4) * 8));
-      mma16816(acc[2 * dp], a, bb[0], bb[1]);
-      mma16816(acc[2 * dp + 1], a, bb[2], bb[3]);
+    for (int dp = 0; dp < DP; ++dp) {
+      mma16816(acc[2 * dp], a, bb[kk & 1][dp][0], bb[kk & 1][dp][1]);
+      mma16816(acc[2 * dp + 1], a, bb[kk & 1][dp][2], bb[kk & 1][dp][3]);
     }
   }
 }
@@ -257,13 +271,13 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
     // Base-2 scores: without ALiBi the raw scores (scaled inside the exponent below, as
     // scale > 0), with ALiBi the full s2 = scale_log2 * qk + slope2 * (s - t).
     if (ALIBI) {
+      // slope2 * (col - row) = slope2 * (n * 8 + (e & 1)) + tb[row half]: two FFMAs.
+      const float tb[2] = {slope2 * float(k0 + 2 * t - row[0]), slope2 * float(k0 + 2 * t - row[1])};
 #pragma unroll
       for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = k0 + n * 8 + 2 * t + (e & 1);
-          s[n][e] = fmaf(s[n][e], p.scale_log2, slope2 * float(col - row[e >> 1]));
-        }
+        for (int e = 0; e < 4; ++e)
+          s[n][e] = fmaf(s[n][e], p.scale_log2, fmaf(slope2, float(n * 8 + (e & 1)), tb[e >> 1]));
     }
     if (needs_mask(p, q0, k0)) {
 #pragma unroll
@@ -421,14 +435,19 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kerne
     mma_abt<D, kRegA>(s, qf, tK, sQ, wr);
     mma_abt<D, kRegA>(dp, of, tV, sO, wr);
     const bool masked = needs_mask(p, q0, k0);
+    // -lse + slope2 * (col - row), split as in the forward.
+    float tb[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh)
+      tb[hh] = ALIBI ? fmaf(slope2, float(k0 + 2 * t - row[hh]), -lse[hh]) : -lse[hh];
 #pragma unroll
     for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = k0 + n * 8 + 2 * t + (e & 1);
         const int r = row[e >> 1];
-        float x = fmaf(s[n][e], p.scale_log2, -lse[e >> 1]);
-        if (ALIBI) x = fmaf(slope2, float(col - r), x);
+        const float bias = ALIBI ? fmaf(slope2, float(n * 8 + (e & 1)), tb[e >> 1]) : tb[e >> 1];
+        const float x = fmaf(s[n][e], p.scale_log2, bias);
         float pr = exp2f(x);
         if (masked && !visible(p, r, col)) pr = 0.f;
         dp[n][e] = pr * (dp[n][e] - di[e >> 1]);
@@ -531,6 +550,8 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_ker
     mma_abt<D, kRegA>(s, kf, tQ, sK, wr);
     mma_abt<D, kRegA>(dp, vf, tO, sV, wr);
     const bool masked = needs_mask(p, q0, k0);
+    // slope2 * (key - query) = -slope2 * (n * 8 + (e & 1)) + tb[key half].
+    const float tb[2] = {slope2 * float(key[0] - q0 - 2 * t), slope2 * float(key[1] - q0 - 2 * t)};
 #pragma unroll
     for (int n = 0; n < kTile / 8; ++n) {
       const float2 l2 = *reinterpret_cast<const float2*>(tL + n * 8 + 2 * t);
@@ -539,8 +560,8 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_ker
       for (int e = 0; e < 4; ++e) {
         const int col = q0 + n * 8 + 2 * t + (e & 1);  // query
         const int kr = key[e >> 1];
-        float x = fmaf(s[n][e], p.scale_log2, -((e & 1) ? l2.y : l2.x));
-        if (ALIBI) x = fmaf(slope2, float(kr - col), x);
+        const float bias = ALIBI ? fmaf(slope2, -float(n * 8 + (e & 1)), tb[e >> 1]) : 0.f;
+        const float x = fmaf(s[n][e], p.scale_log2, bias - ((e & 1) ? l2.y : l2.x));
         float pr = exp2f(x);
         if (masked && !visible(p, col, kr)) pr = 0.f;
         s[n][e] = pr;

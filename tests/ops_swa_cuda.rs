@@ -153,7 +153,11 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
             let rel = (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-30);
             let maxd = (&a - &b).abs().max().double_value(&[]);
             errs.push(format!("{name} rel {rel:.2e} max {maxd:.2e}"));
-            assert_rel_norm(&what, &got[i], &want[i], 1e-2);
+            // With window 0 (each query sees only itself) dq and dk are exactly zero in
+            // the reference, so only the elementwise bound (1e-3 absolute there) applies.
+            if b.abs().max().double_value(&[]) > 0.0 {
+                assert_rel_norm(&what, &got[i], &want[i], 1e-2);
+            }
             assert_close_scaled(&what, &got[i], &want[i]);
         }
         // Run to run, forward and backward are bit-identical (no atomics).
