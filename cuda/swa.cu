@@ -10,12 +10,11 @@
 // bidirectional_attention_reference). Tests: tests/ops_swa_cuda.rs.
 //
 // Layout: q (B, Hq, T, D), k/v (B, Hkv, T, D), GQA (query head h reads kv head h / G).
-// Tiles of 64 keys and 64 query rows (4 warps x 16 rows; the forward: 128 rows, 8 warps);
-// a query tile visits only the key tiles of its band, a forward warp skips the tiles its
-// own 16 rows do not see, and only tiles that cross the band's edges (or T) evaluate the
-// mask.
+// Tiles of 64 query rows (4 warps x 16 rows) and 64 keys; a query tile visits only the key
+// tiles of its band (at most ceil(window / 64) + 1 of them), and only tiles that cross
+// the band's edges (or T) evaluate the mask.
 //
-// Forward: one CTA per (128-row query tile, b, query head); Q in registers, K/V tiles in a
+// Forward: one CTA per (query tile, b, query head); Q in registers, K/V tiles in a
 // 3-stage cp.async ring, online softmax.
 // Backward (deterministic, no atomics): Di = rowsum(dO * o) (a small kernel), then
 //   dq kernel:    one CTA per (query tile, b, query head), key tiles of the band:
@@ -65,11 +64,11 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid
 
 // Loads `rows` rows (ROWS in the tile, the rest zero-filled) of D bf16 each; row r starts
 // at src(r). All threads of the CTA take part.
-template <int ROWS, int D, int THREADS = kThreads, typename F>
+template <int ROWS, int D, typename F>
 __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, int rows, F src) {
   constexpr int kChunks = D / 8;
 #pragma unroll
-  for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
+  for (int i = threadIdx.x; i < ROWS * kChunks; i += kThreads) {
     const int r = i / kChunks, c = (i % kChunks) * 8;
     const bool valid = r < rows;
     cp_async16(dst + sw<D>(r, c), src(valid ? r : 0) + c, valid);
@@ -102,9 +101,9 @@ __device__ __forceinline__ void store_rows(float (*acc)[4], const float* mul,
   __syncwarp();
 }
 
-// Key tiles [lo, hi] that the query rows q0 .. q0 + qrows - 1 must visit.
-__device__ __forceinline__ void key_band(const Params& p, int q0, int qrows, int* lo, int* hi) {
-  const int last = min(p.T - 1, q0 + qrows - 1);
+// Key tiles [lo, hi] that query tile qt (rows qt*64 ..) must visit.
+__device__ __forceinline__ void key_band(const Params& p, int q0, int* lo, int* hi) {
+  const int last = min(p.T - 1, q0 + kTile - 1);
   if (p.causal) {
     *lo = max(0, q0 - p.window) / kTile;
     *hi = last / kTile;
@@ -114,18 +113,11 @@ __device__ __forceinline__ void key_band(const Params& p, int q0, int qrows, int
   }
 }
 
-// Whether the (query rows q0 .. q0 + qrows - 1, keys k0 .. k0 + 63) pair needs the element
-// mask.
-__device__ __forceinline__ bool needs_mask(const Params& p, int q0, int k0, int qrows = kTile) {
-  bool m = k0 + kTile > p.T || q0 + qrows > p.T;
-  if (p.causal) m = m || k0 + kTile - 1 > q0 || q0 + qrows - 1 - k0 > p.window;
+// Whether the (query rows q0.., keys k0..) tile pair needs the element mask.
+__device__ __forceinline__ bool needs_mask(const Params& p, int q0, int k0) {
+  bool m = k0 + kTile > p.T || q0 + kTile > p.T;
+  if (p.causal) m = m || k0 + kTile - 1 > q0 || q0 + kTile - 1 - k0 > p.window;
   return m;
-}
-
-// Whether none of the query rows q0 .. q0 + qrows - 1 sees any of the keys k0 .. k0 + 63.
-__device__ __forceinline__ bool none_visible(const Params& p, int q0, int k0, int qrows) {
-  if (q0 >= p.T) return true;
-  return p.causal && (k0 > q0 + qrows - 1 || q0 - (k0 + kTile - 1) > p.window);
 }
 
 __device__ __forceinline__ bool visible(const Params& p, int t, int s) {
@@ -210,45 +202,38 @@ __device__ __forceinline__ void load_afrag(uint32_t (*af)[4], const __nv_bfloat1
 // ---------------------------------------------------------------------------------------
 // Forward.
 
-// The forward's CTA: 8 warps, 128 query rows, so each K/V tile brought in from L2 serves
-// twice the rows of the backward's 64-row tiles (a query tile's band is ceil(W/64) + 2 key
-// tiles for 128 rows against ceil(W/64) + 1 for 64).
 constexpr int kFwdStages = 3;
-constexpr int kFwdWarps = 8;
-constexpr int kFwdThreads = kFwdWarps * 32;
-constexpr int kFwdRows = 16 * kFwdWarps;
-template <int D> __host__ __device__ constexpr int fwd_min_blocks() { return D == 64 ? 2 : 1; }
+template <int D> __host__ __device__ constexpr int fwd_min_blocks() { return D == 64 ? 4 : 2; }
 
 template <int D, bool ALIBI>
-__global__ void __launch_bounds__(kFwdThreads, fwd_min_blocks<D>()) swa_fwd_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(const Params p) {
   constexpr int S = kFwdStages;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  __nv_bfloat16* sK = sQ + kFwdRows * D;
+  __nv_bfloat16* sK = sQ + kTile * D;
   __nv_bfloat16* sV = sK + S * kTile * D;
 
-  const int q0 = blockIdx.x * kFwdRows;
+  const int q0 = blockIdx.x * kTile;
   const int bh = blockIdx.y + p.bh0, b = bh / p.Hq, h = bh % p.Hq, hkv = h / p.G;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wr = warp * 16;
-  const int rows = min(kFwdRows, p.T - q0);
+  const int rows = min(kTile, p.T - q0);
 
   const __nv_bfloat16* qbase = p.q + b * p.sqb + h * p.sqh;
-  load_tile<kFwdRows, D, kFwdThreads>(sQ, rows,
-                                      [&](int r) { return qbase + int64_t(q0 + r) * p.sqt; });
+  load_tile<kTile, D>(sQ, rows, [&](int r) { return qbase + int64_t(q0 + r) * p.sqt; });
   cp_async_commit();
 
   int lo, hi;
-  key_band(p, q0, kFwdRows, &lo, &hi);
+  key_band(p, q0, &lo, &hi);
   const int items = hi - lo + 1;
   const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
   const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
   auto load_kv = [&](int item) {
     const int k0 = (lo + item) * kTile, buf = item % S, nk = min(kTile, p.T - k0);
-    load_tile<kTile, D, kFwdThreads>(sK + buf * kTile * D, nk,
-                                     [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
-    load_tile<kTile, D, kFwdThreads>(sV + buf * kTile * D, nk,
-                                     [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
+    load_tile<kTile, D>(sK + buf * kTile * D, nk,
+                        [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
+    load_tile<kTile, D>(sV + buf * kTile * D, nk,
+                        [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
   };
 #pragma unroll
   for (int i = 0; i < S - 1; ++i) {
@@ -275,8 +260,6 @@ __global__ void __launch_bounds__(kFwdThreads, fwd_min_blocks<D>()) swa_fwd_kern
     const int k0 = (lo + item) * kTile, buf = item % S;
     const __nv_bfloat16* tK = sK + buf * kTile * D;
     const __nv_bfloat16* tV = sV + buf * kTile * D;
-    // Warp-uniform: skip a key tile that none of this warp's 16 rows sees.
-    if (none_visible(p, q0 + wr, k0, 16)) continue;
 
     float s[kTile / 8][4];
 #pragma unroll
@@ -296,7 +279,7 @@ __global__ void __launch_bounds__(kFwdThreads, fwd_min_blocks<D>()) swa_fwd_kern
         for (int e = 0; e < 4; ++e)
           s[n][e] = fmaf(s[n][e], p.scale_log2, fmaf(slope2, float(n * 8 + (e & 1)), tb[e >> 1]));
     }
-    if (needs_mask(p, q0 + wr, k0, 16)) {
+    if (needs_mask(p, q0, k0)) {
 #pragma unroll
       for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
@@ -399,7 +382,7 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kerne
   load_tile<kTile, D>(sO, rows,
                       [&](int r) { return p.dout + (int64_t(bh) * p.T + q0 + r) * D; });
   int lo, hi;
-  key_band(p, q0, kTile, &lo, &hi);
+  key_band(p, q0, &lo, &hi);
   const int items = hi - lo + 1;
   const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
   const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
@@ -610,12 +593,11 @@ template <typename K> cudaError_t prepare(K kernel, size_t smem) {
 
 // Grid (tiles along T, (b, head) pairs), sliced into launches of at most 65535 in y.
 template <typename K>
-cudaError_t launch_sliced(K kernel, Params p, int pairs, size_t smem, cudaStream_t s,
-                         int rows = kTile, int threads = kThreads) {
+cudaError_t launch_sliced(K kernel, Params p, int pairs, size_t smem, cudaStream_t s) {
   for (int y0 = 0; y0 < pairs; y0 += 65535) {
     p.bh0 = y0;
-    dim3 grid((p.T + rows - 1) / rows, min(65535, pairs - y0));
-    kernel<<<grid, threads, smem, s>>>(p);
+    dim3 grid((p.T + kTile - 1) / kTile, min(65535, pairs - y0));
+    kernel<<<grid, kThreads, smem, s>>>(p);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
@@ -624,10 +606,10 @@ cudaError_t launch_sliced(K kernel, Params p, int pairs, size_t smem, cudaStream
 
 template <int D, bool ALIBI> cudaError_t launch_fwd(const Params& p, cudaStream_t s) {
   auto kernel = swa_fwd_kernel<D, ALIBI>;
-  const size_t smem = size_t(kFwdRows + 2 * kFwdStages * kTile) * D * 2;
+  const size_t smem = size_t(1 + 2 * kFwdStages) * kTile * D * 2;
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
-  return launch_sliced(kernel, p, p.B * p.Hq, smem, s, kFwdRows, kFwdThreads);
+  return launch_sliced(kernel, p, p.B * p.Hq, smem, s);
 }
 
 template <int D, bool ALIBI> cudaError_t launch_bwd(const Params& p, float* di, cudaStream_t s) {
