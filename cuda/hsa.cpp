@@ -11,8 +11,9 @@ int lcm_hsa_fwd_launch(const void* q, const void* k, const void* v, const float*
                        int K, int S, int C, int D, float scale, int one, cudaStream_t s);
 int lcm_hsa_bwd_launch(const void* q, const void* k, const void* v, const float* w,
                        const int64_t* idx, const void* dout, const float* lse, void* dq,
-                       float* dk, float* dv, float* dw, int N, int L, int Hq, int H, int K,
-                       int S, int C, int D, float scale, int one, cudaStream_t s);
+                       void* dk, void* dv, float* di, const int64_t* perm, const int64_t* offs,
+                       const int64_t* order, int N, int L, int Hq, int H, int K, int S, int C,
+                       int D, float scale, int one, cudaStream_t s);
 }
 
 namespace {
@@ -74,7 +75,34 @@ std::tuple<at::Tensor, at::Tensor> forward_raw(const Prepared& in, int64_t chunk
   return {o, lse};
 }
 
-// (dq, dk, dv, dw): dk/dv accumulate in fp32 scratch by atomics, returned in bf16.
+// The inverse index of the backward's dk/dv kernel: every valid (token, slot) pair with a
+// nonzero weight (the others add exact zeros to dk/dv) keyed by its memory chunk
+// (n*H + h)*C + c; perm = the pair ids (flat (N, L, H, K) positions) sorted by key, stably
+// (so each chunk's pairs are in a fixed order and its sums are deterministic); offs
+// (N*H*C + 1) = each key's first position in perm; order = the keys by pair count,
+// largest first (the heaviest chunks start first).
+struct InverseIndex {
+  at::Tensor perm, offs, order;
+};
+
+InverseIndex inverse_index(const Prepared& in, const Shape& s) {
+  const int64_t nkeys = int64_t(s.N) * s.H * s.C;
+  TORCH_CHECK(nkeys < INT32_MAX, "hsa backward: too many memory chunks (", nkeys, ")");
+  const auto o64 = in.idx.options();
+  auto base = (at::arange(s.N, o64).view({s.N, 1, 1, 1}) * s.H +
+               at::arange(s.H, o64).view({1, 1, s.H, 1})) *
+              s.C;
+  auto valid = in.idx.ge(0).logical_and(in.idx.lt(s.C)).logical_and(in.w.ne(0));
+  auto keys = at::where(valid, in.idx + base, at::full({}, nkeys, o64)).to(at::kInt).reshape({-1});
+  auto [sorted, perm] = at::sort(keys, std::optional<bool>(true), 0, /*descending=*/false);
+  auto offs = at::searchsorted(sorted, at::arange(nkeys + 1, keys.options()));
+  auto counts = offs.slice(0, 1, nkeys + 1) - offs.slice(0, 0, nkeys);
+  auto order = at::argsort(counts, /*stable=*/true, 0, /*descending=*/true);
+  return {perm.contiguous(), offs.contiguous(), order.contiguous()};
+}
+
+// (dq, dk, dv, dw), all written by the kernels (no atomics, deterministic); dw = the sum
+// over the group's heads of the per-slot Di the dq kernel writes.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_raw(
     const Prepared& in, const at::Tensor& lse, const at::Tensor& dout_in, int64_t chunk,
     double scale, bool one) {
@@ -86,19 +114,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_raw(
   TORCH_CHECK(lse.sizes() == at::IntArrayRef({s.N, s.L, s.Hq, s.K}) &&
                   lse.scalar_type() == at::kFloat && lse.is_contiguous(),
               "hsa backward: lse ", lse.sizes(), " must be (N, L, Hq, K) fp32");
+  const int G = s.Hq / s.H;
   auto dq = at::empty({s.N, s.L, s.Hq, s.D}, in.q.options());
-  auto dk = at::zeros(in.k.sizes(), in.q.options().dtype(at::kFloat));
-  auto dv = at::zeros(in.k.sizes(), in.q.options().dtype(at::kFloat));
-  auto dw = at::empty({s.N, s.L, s.H, s.K}, in.q.options().dtype(at::kFloat));
+  auto dk = at::empty(in.k.sizes(), in.q.options());
+  auto dv = at::empty(in.k.sizes(), in.q.options());
+  auto di = at::empty({s.N, s.L, s.H, s.K, G}, in.q.options().dtype(at::kFloat));
+  const InverseIndex inv = inverse_index(in, s);
   LCM_CHECK_LAUNCH(
       lcm_hsa_bwd_launch(in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(),
                          in.w.data_ptr<float>(), in.idx.data_ptr<int64_t>(), dout.data_ptr(),
-                         lse.data_ptr<float>(), dq.data_ptr(), dk.data_ptr<float>(),
-                         dv.data_ptr<float>(), dw.data_ptr<float>(), s.N, s.L, s.Hq, s.H, s.K,
-                         s.S, s.C, s.D, float(scale), one ? 1 : 0,
+                         lse.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                         di.data_ptr<float>(), inv.perm.data_ptr<int64_t>(),
+                         inv.offs.data_ptr<int64_t>(), inv.order.data_ptr<int64_t>(), s.N, s.L,
+                         s.Hq, s.H, s.K, s.S, s.C, s.D, float(scale), one ? 1 : 0,
                          at::cuda::getCurrentCUDAStream()),
       "hsa backward launch");
-  return {dq, dk.to(at::kBFloat16), dv.to(at::kBFloat16), dw};
+  return {dq, dk, dv, di.sum(-1)};
 }
 
 struct HsaFunction : public torch::autograd::Function<HsaFunction> {

@@ -10,23 +10,22 @@
 // Reference: src/ops/hsa.rs (hsa_reference). Tests: tests/ops_hsa_cuda.rs.
 //
 // Forward for G <= 16 and S <= 64 (the model's shapes): on tensor cores, one warp per
-// (token, kv head), see hsa_fwd_mma_kernel below. Otherwise, and for the whole backward:
-// Layout (first, correctness-first version): one CTA of 128 threads per (batch n, token l,
-// kv head h); the G query heads of the kv head are the rows of one G x D tile (the GQA
-// group packed into the rows, so each gathered chunk is read once per token and kv head).
-// The chunk's keys and values are gathered into shared memory (fp32, rows padded to D+1
-// floats so that column walks are bank-conflict free) and the G x S scores, the softmax
-// and the products run on CUDA cores in fp32.
+// (token, kv head), see hsa_fwd_mma_kernel below. Otherwise (G up to 32) the first,
+// correctness-first forward: one CTA of 128 threads per (batch n, token l, kv head h); the
+// G query heads of the kv head are the rows of one G x D tile (the GQA group packed into
+// the rows, so each gathered chunk is read once per token and kv head). The chunk's keys
+// and values are gathered into shared memory (fp32, rows padded to D+1 floats so that
+// column walks are bank-conflict free) and the G x S scores, the softmax and the products
+// run on CUDA cores in fp32.
 //
 // lse[n,l,hq,k] = natural-log per-slot softmax denominator (with the max folded in), saved
 // for the backward; P = exp(scale * q.k - lse).
 //
-// Backward, per CTA and valid slot: P recomputed from lse, dP = dO V^T, Di = rowsum(P*dP),
-//   dweight = sum_g Di[g],  dS = w * P * (dP - Di),
-//   dq += scale * dS K (kept in shared memory across slots),
-//   dk[idx] += scale * dS^T Q,  dv[idx] += (wP)^T dO   (fp32 atomics into a scratch of the
-// whole memory, converted to bf16 at the end: dk/dv are not bitwise deterministic run to
-// run; o, lse, dq and dweights are).
+// Backward (any supported shape; tensor cores, heads in groups of 16 MMA rows): per valid
+// slot, P recomputed from lse, dP = dO V^T, Di = rowsum(P*dP), dweight = sum_g Di[g],
+// dS = w * P * (dP - Di), dq += scale * dS K (one kernel per token), and per memory chunk
+// dk += scale * dS^T Q, dv += (wP)^T dO over the chunk's inverse index (one CTA per chunk,
+// no atomics): see the backward section below. Every output is bitwise deterministic.
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -46,9 +45,12 @@ struct Params {
   __nv_bfloat16* o;           // (N, L, Hq, D) (forward)
   float* lse;                 // (N, L, Hq, K)
   __nv_bfloat16* dq;          // (N, L, Hq, D) (backward)
-  float* dk;                  // (N, Lkv, H, D) fp32 scratch, zeroed (backward)
-  float* dv;                  // (N, Lkv, H, D) fp32 scratch, zeroed (backward)
-  float* dw;                  // (N, L, H, K) (backward)
+  __nv_bfloat16* dk;          // (N, Lkv, H, D) (backward)
+  __nv_bfloat16* dv;          // (N, Lkv, H, D) (backward)
+  float* di;                  // (N, L, H, K, G) rowsum(P dP) per slot (backward)
+  const int64_t* perm;        // valid pairs (token*K + slot) sorted by chunk (backward)
+  const int64_t* offs;        // (N*H*C + 1) first entry of each chunk in perm (backward)
+  const int64_t* order;       // (N*H*C) chunk keys, most pairs first (backward)
   int N, L, Hq, H, G, K, S, C;
   float scale;
   int one;
@@ -59,11 +61,6 @@ template <int D> __host__ __device__ constexpr int pad() { return D + 1; }
 template <int D> __host__ size_t fwd_smem(int G, int S) {
   return sizeof(float) * (size_t(2) * G * D + size_t(2) * S * pad<D>() + size_t(G) * S);
 }
-template <int D> __host__ size_t bwd_smem(int G, int S) {
-  return sizeof(float) *
-         (size_t(3) * G * D + size_t(2) * S * pad<D>() + size_t(2) * G * S + G + 1);
-}
-
 // Gathers chunk `c`'s S rows of kv head h (batch n) into padded fp32 shared tiles.
 template <int D>
 __device__ __forceinline__ void gather_chunk(const Params& p, int n, int h, int64_t c,
@@ -182,98 +179,6 @@ template <int D> __global__ void __launch_bounds__(kThreads) hsa_fwd_kernel(cons
   for (int e = threadIdx.x; e < p.G * D; e += kThreads) o[e] = __float2bfloat16_rn(sO[e]);
 }
 
-template <int D> __global__ void __launch_bounds__(kThreads) hsa_bwd_kernel(const Params p) {
-  extern __shared__ float smem[];
-  float* sQ = smem;                  // G x D
-  float* sdO = sQ + p.G * D;         // G x D
-  float* sdQ = sdO + p.G * D;        // G x D
-  float* sK = sdQ + p.G * D;         // S x (D+1)
-  float* sV = sK + p.S * pad<D>();   // S x (D+1)
-  float* sP = sV + p.S * pad<D>();   // G x S: P, then w * P
-  float* sdS = sP + p.G * p.S;       // G x S: dP, then dS
-  float* sDi = sdS + p.G * p.S;      // G (+1: the slot's dweight)
-  const int64_t tok = blockIdx.x;
-  const int h = int(tok % p.H);
-  const int64_t nl = tok / p.H;
-  const int n = int(nl / p.L);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t lkv = int64_t(p.C) * p.S;
-
-  const int64_t qrow = (nl * p.Hq + int64_t(h) * p.G) * D;
-  load_rows<D>(sQ, p.q + qrow, p.G);
-  load_rows<D>(sdO, p.dout + qrow, p.G);
-  for (int e = threadIdx.x; e < p.G * D; e += kThreads) sdQ[e] = 0.f;
-
-  for (int slot = 0; slot < p.K; ++slot) {
-    const int64_t c = p.idx[tok * p.K + slot];
-    const float w = p.w[tok * p.K + slot];
-    if (c < 0 || c >= p.C) {
-      if (threadIdx.x == 0) p.dw[tok * p.K + slot] = 0.f;
-      continue;
-    }
-    const float* lse_in = p.lse + (nl * p.Hq + int64_t(h) * p.G) * p.K + slot;
-    __syncthreads();
-    gather_chunk<D>(p, n, h, c, sK, sV, true);
-    __syncthreads();
-    scores<D>(p, sQ, sK, sP);
-    // dP = dO V^T
-    for (int e = threadIdx.x; e < p.G * p.S; e += kThreads) {
-      const int g = e / p.S, s = e % p.S;
-      const float* orow = sdO + g * D;
-      const float* vr = sV + s * pad<D>();
-      float acc = 0.f;
-#pragma unroll 16
-      for (int d = 0; d < D; ++d) acc = fmaf(orow[d], vr[d], acc);
-      sdS[e] = acc;
-      sP[e] = __expf(sP[e] - lse_in[g * p.K]);  // same thread wrote sP[e] in scores()
-    }
-    __syncthreads();
-    for (int g = warp; g < p.G; g += kWarps) {
-      float acc = 0.f;
-      for (int s = lane; s < p.S; s += 32) acc += sP[g * p.S + s] * sdS[g * p.S + s];
-      acc = warp_sum(acc);
-      if (lane == 0) sDi[g] = acc;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      float dw = 0.f;
-      for (int g = 0; g < p.G; ++g) dw += sDi[g];
-      p.dw[tok * p.K + slot] = dw;
-    }
-    for (int e = threadIdx.x; e < p.G * p.S; e += kThreads) {
-      const int g = e / p.S;
-      const float pp = sP[e];
-      sdS[e] = w * pp * (sdS[e] - sDi[g]);
-      sP[e] = w * pp;
-    }
-    __syncthreads();
-    // dq (g, d) += scale * sum_s dS[g, s] k[s, d]
-    for (int e = threadIdx.x; e < p.G * D; e += kThreads) {
-      const int g = e / D, d = e % D;
-      const float* dsr = sdS + g * p.S;
-      float acc = 0.f;
-      for (int s = 0; s < p.S; ++s) acc = fmaf(dsr[s], sK[s * pad<D>() + d], acc);
-      sdQ[e] = fmaf(p.scale, acc, sdQ[e]);
-    }
-    // dk (s, d) += scale * sum_g dS[g, s] q[g, d];  dv (s, d) += sum_g wP[g, s] dO[g, d]
-    const int64_t base = ((int64_t(n) * lkv + c * p.S) * p.H + h) * D;
-    for (int e = threadIdx.x; e < p.S * D; e += kThreads) {
-      const int s = e / D, d = e % D;
-      float ak = 0.f, av = 0.f;
-      for (int g = 0; g < p.G; ++g) {
-        ak = fmaf(sdS[g * p.S + s], sQ[g * D + d], ak);
-        av = fmaf(sP[g * p.S + s], sdO[g * D + d], av);
-      }
-      const int64_t off = base + int64_t(s) * p.H * D + d;
-      atomicAdd(p.dk + off, ak * p.scale);
-      atomicAdd(p.dv + off, av);
-    }
-  }
-  __syncthreads();
-  __nv_bfloat16* dq = p.dq + qrow;
-  for (int e = threadIdx.x; e < p.G * D; e += kThreads) dq[e] = __float2bfloat16_rn(sdQ[e]);
-}
-
 // ---------------------------------------------------------------------------------------
 // Tensor-core forward (G <= 16): one warp per (batch, token, kv head); the G query heads
 // are the 16 rows of one m16n8k16 A tile (rows >= G zero), a chunk of S <= 64 keys is
@@ -298,16 +203,25 @@ __device__ __forceinline__ void warp_load(__nv_bfloat16* dst, const __nv_bfloat1
 constexpr int kMmaWarps = 1;  // warps (tokens) per CTA
 constexpr int kTile = 64;     // keys per chunk tile
 
-template <int D> __host__ __device__ constexpr int mma_warp_smem_elems() {
-  return 16 * D + 2 * 2 * kTile * D;  // Q + 2 stages of (K, V)
+template <int D, int NST> __host__ __device__ constexpr int mma_warp_smem_elems() {
+  return 16 * D + NST * 2 * kTile * D;  // Q + NST stages of (K, V)
 }
 
-template <int D, bool ONE>
+// Gather pipeline depth (slots in flight + 1) of the forward and the backward's dq kernel:
+// 2 unless LCM_HSA_FWD_STAGES / LCM_HSA_DQ_STAGES say 3 or 4 (a tuning knob for the bench;
+// deeper rings take more shared memory per warp, so fewer warps per SM).
+inline int env_stages(const char* name, int dflt) {
+  const char* v = getenv(name);
+  const int n = v ? atoi(v) : dflt;
+  return (n >= 2 && n <= 4) ? n : dflt;
+}
+
+template <int D, bool ONE, int NST>
 __global__ void __launch_bounds__(32 * kMmaWarps) hsa_fwd_mma_kernel(const Params p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   __nv_bfloat16* sQ =
-      reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * mma_warp_smem_elems<D>();
+      reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * mma_warp_smem_elems<D, NST>();
   __nv_bfloat16* sKV = sQ + 16 * D;  // stage st: K at st*2*kTile*D, V after it
   const int64_t tok = int64_t(blockIdx.x) * kMmaWarps + warp;
   if (tok >= int64_t(p.N) * p.L * p.H) return;  // no CTA-wide barriers below
@@ -331,8 +245,10 @@ __global__ void __launch_bounds__(32 * kMmaWarps) hsa_fwd_mma_kernel(const Param
     warp_load<kTile, D>(dK, p.k + off, rs, p.S);
     warp_load<kTile, D>(dK + kTile * D, p.v + off, rs, p.S);
   };
-  load_slot(0, 0);
-  cp_async_commit();
+  for (int st = 0; st < NST - 1; ++st) {
+    if (st < p.K) load_slot(st, st);
+    cp_async_commit();
+  }
 
   float acc[D / 8][4];
 #pragma unroll
@@ -343,9 +259,9 @@ __global__ void __launch_bounds__(32 * kMmaWarps) hsa_fwd_mma_kernel(const Param
   float* lse_base = p.lse + (nl * p.Hq + int64_t(h) * p.G) * p.K;
 
   for (int slot = 0; slot < p.K; ++slot) {
-    if (slot + 1 < p.K) load_slot(slot + 1, (slot + 1) & 1);
+    if (slot + NST - 1 < p.K) load_slot(slot + NST - 1, (slot + NST - 1) % NST);
     cp_async_commit();
-    cp_async_wait<1>();
+    cp_async_wait<NST - 1>();
     __syncwarp();
     const int64_t c = slot_chunk(slot);
     if (c < 0) {
@@ -355,7 +271,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps) hsa_fwd_mma_kernel(const Param
       }
       continue;
     }
-    const __nv_bfloat16* tK = sKV + (slot & 1) * 2 * kTile * D;
+    const __nv_bfloat16* tK = sKV + (slot % NST) * 2 * kTile * D;
     const __nv_bfloat16* tV = tK + kTile * D;
     float s[kTile / 8][4];
 #pragma unroll
@@ -449,16 +365,22 @@ __global__ void __launch_bounds__(32 * kMmaWarps) hsa_fwd_mma_kernel(const Param
   }
 }
 
-template <int D, bool ONE> int launch_fwd_mma(const Params& p, cudaStream_t s) {
-  const size_t smem = sizeof(__nv_bfloat16) * size_t(mma_warp_smem_elems<D>()) * kMmaWarps;
-  cudaError_t e = cudaFuncSetAttribute(hsa_fwd_mma_kernel<D, ONE>,
+template <int D, bool ONE, int NST> int launch_fwd_mma(const Params& p, cudaStream_t s) {
+  const size_t smem = sizeof(__nv_bfloat16) * size_t(mma_warp_smem_elems<D, NST>()) * kMmaWarps;
+  cudaError_t e = cudaFuncSetAttribute(hsa_fwd_mma_kernel<D, ONE, NST>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
   const int64_t items = int64_t(p.N) * p.L * p.H;
   if (items == 0) return cudaSuccess;
   const int64_t blocks = (items + kMmaWarps - 1) / kMmaWarps;
-  hsa_fwd_mma_kernel<D, ONE><<<dim3(unsigned(blocks)), 32 * kMmaWarps, smem, s>>>(p);
+  hsa_fwd_mma_kernel<D, ONE, NST><<<dim3(unsigned(blocks)), 32 * kMmaWarps, smem, s>>>(p);
   return cudaGetLastError();
+}
+
+template <int D> int launch_fwd_mma_d(const Params& p, int one, int nst, cudaStream_t s) {
+  if (nst == 3) return one ? launch_fwd_mma<D, true, 3>(p, s) : launch_fwd_mma<D, false, 3>(p, s);
+  if (nst == 4) return one ? launch_fwd_mma<D, true, 4>(p, s) : launch_fwd_mma<D, false, 4>(p, s);
+  return one ? launch_fwd_mma<D, true, 2>(p, s) : launch_fwd_mma<D, false, 2>(p, s);
 }
 
 template <int D> int launch_fwd(const Params& p, cudaStream_t s) {
@@ -472,15 +394,442 @@ template <int D> int launch_fwd(const Params& p, cudaStream_t s) {
   return cudaGetLastError();
 }
 
-template <int D> int launch_bwd(const Params& p, cudaStream_t s) {
-  const size_t smem = bwd_smem<D>(p.G, p.S);
-  cudaError_t e = cudaFuncSetAttribute(hsa_bwd_kernel<D>,
+// ---------------------------------------------------------------------------------------
+// Tensor-core backward, in two kernels and no atomics (deterministic):
+//
+// 1. hsa_bwd_dq_kernel: one warp per (batch, token, kv head, group of 16 query heads),
+//    the forward's layout (heads = MMA rows, the chunk gathered by cp.async, double-
+//    buffered across slots). Per valid slot: S = Q K^T and dP = dO V^T (16 x 64 tiles),
+//    P = exp(scale S - lse), Di = rowsum(P dP) (written out: the dkdv kernel needs it and
+//    dweights = sum_g Di), dS = w P (dP - Di), dQ += dS K (registers across slots).
+// 2. hsa_bwd_dkdv_kernel: one CTA (4 warps) per memory chunk (batch, kv head, chunk),
+//    over the chunk's inverse index: the (token, slot) pairs that retrieved it, sorted by
+//    pair (a stable sort of chunk keys in the bridge), so the sums run in a fixed order.
+//    Warp w owns keys 16w..16w+15 of the chunk (rows of the transposed products):
+//    S^T = K Q^T and dP^T = V dO^T (16 keys x 16 heads), P^T from lse, dS^T from Di,
+//    dV += (wP)^T dO and dK += dS^T Q (16 keys x D, fp32 registers across all pairs);
+//    each pair's Q, dO rows, lse, Di and w stream through an 8-stage cp.async ring shared
+//    by the 4 warps (6 pairs in flight), one barrier per pair (variants with two pairs per
+//    iteration exist behind a bench knob, see env_kv_variant; none was faster). CTAs run heaviest chunk first (the bridge orders them by pair count).
+//    dK, dV are written once, in bf16; chunks nobody retrieved get zeros.
+
+// 4-byte async copy, zero-filled when !valid.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+  const int n = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(n));
+}
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <int D, int NST> __host__ __device__ constexpr int dq_smem_elems() {
+  return 2 * 16 * D + NST * 2 * kTile * D;  // Q, dO + NST stages of (K, V)
+}
+
+template <int D, int NST>
+__global__ void __launch_bounds__(32) hsa_bwd_dq_kernel(const Params p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sdO = sQ + 16 * D;
+  __nv_bfloat16* sKV = sdO + 16 * D;  // stage st: K at st*2*kTile*D, V after it
+  const int64_t tok = blockIdx.x;     // (n*L + l)*H + h
+  const int hg = blockIdx.y;          // group of 16 query heads
+  const int h = int(tok % p.H);
+  const int64_t nl = tok / p.H;
+  const int n = int(nl / p.L);
+  const int64_t lkv = int64_t(p.C) * p.S;
+  const int64_t rs = int64_t(p.H) * D;
+  const int rows = min(16, p.G - 16 * hg);
+  const int64_t head0 = nl * p.Hq + int64_t(h) * p.G + 16 * hg;
+
+  warp_load<16, D>(sQ, p.q + head0 * D, D, rows);
+  warp_load<16, D>(sdO, p.dout + head0 * D, D, rows);
+  auto slot_chunk = [&](int slot) -> int64_t {
+    const int64_t c = p.idx[tok * p.K + slot];
+    return (c < 0 || c >= p.C) ? -1 : c;
+  };
+  auto load_slot = [&](int slot, int st) {
+    const int64_t c = slot_chunk(slot);
+    if (c < 0) return;
+    const int64_t off = ((int64_t(n) * lkv + c * p.S) * p.H + h) * D;
+    __nv_bfloat16* dK = sKV + st * 2 * kTile * D;
+    warp_load<kTile, D>(dK, p.k + off, rs, p.S);
+    warp_load<kTile, D>(dK + kTile * D, p.v + off, rs, p.S);
+  };
+  for (int st = 0; st < NST - 1; ++st) {
+    if (st < p.K) load_slot(st, st);
+    cp_async_commit();
+  }
+
+  float acc[D / 8][4];
+#pragma unroll
+  for (int nn = 0; nn < D / 8; ++nn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nn][e] = 0.f;
+  const float sl2 = p.scale * kLog2e;
+  const float* lse_base = p.lse + head0 * p.K;
+  float* di_base = p.di + tok * p.K * p.G + 16 * hg;  // + slot*G + row
+
+  for (int slot = 0; slot < p.K; ++slot) {
+    if (slot + NST - 1 < p.K) load_slot(slot + NST - 1, (slot + NST - 1) % NST);
+    cp_async_commit();
+    const int64_t c = slot_chunk(slot);
+    float* di_out = di_base + int64_t(slot) * p.G;
+    if (c < 0) {
+      if (t == 0) {
+        if (g < rows) di_out[g] = 0.f;
+        if (g + 8 < rows) di_out[g + 8] = 0.f;
+      }
+      continue;
+    }
+    float nl2[2];  // -lse in base 2, rows g and g + 8 (padding rows: 0)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int row = g + 8 * hh;
+      nl2[hh] = row < rows ? -lse_base[int64_t(row) * p.K + slot] * kLog2e : 0.f;
+    }
+    const float w = p.w[tok * p.K + slot];
+    cp_async_wait<NST - 1>();
+    __syncwarp();
+    const __nv_bfloat16* tK = sKV + (slot % NST) * 2 * kTile * D;
+    const __nv_bfloat16* tV = tK + kTile * D;
+    float s[kTile / 8][4], dp[kTile / 8][4];
+#pragma unroll
+    for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nn][e] = dp[nn][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4], ao[4];
+      ldsm_x4(a, sQ + sw<D>(lane & 15, kk * 16 + (lane >> 4) * 8));
+      ldsm_x4(ao, sdO + sw<D>(lane & 15, kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+      for (int np = 0; np < kTile / 16; ++np) {
+        const int off = sw<D>(np * 16 + (lane & 7) + (lane >> 4) * 8,
+                              kk * 16 + ((lane >> 3) & 1) * 8);
+        uint32_t bb[4];
+        ldsm_x4(bb, tK + off);
+        mma16816(s[2 * np], a, bb[0], bb[1]);
+        mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+        ldsm_x4(bb, tV + off);
+        mma16816(dp[2 * np], ao, bb[0], bb[1]);
+        mma16816(dp[2 * np + 1], ao, bb[2], bb[3]);
+      }
+    }
+    float di[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const bool key = nn * 8 + 2 * t + (e & 1) < p.S;
+        s[nn][e] = key ? exp2f(fmaf(s[nn][e], sl2, nl2[e >> 1])) : 0.f;
+        di[e >> 1] = fmaf(s[nn][e], dp[nn][e], di[e >> 1]);
+      }
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      di[hh] += __shfl_xor_sync(0xffffffffu, di[hh], 1);
+      di[hh] += __shfl_xor_sync(0xffffffffu, di[hh], 2);
+      const int row = g + 8 * hh;
+      if (t == 0 && row < rows) di_out[row] = di[hh];
+    }
+    // dS = w P (dP - Di), into s
+#pragma unroll
+    for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nn][e] = w * s[nn][e] * (dp[nn][e] - di[e >> 1]);
+    // dQ += dS K (keys are the reduction dimension)
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                       pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                       pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                       pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dd = 0; dd < D / 16; ++dd) {
+        uint32_t bb[4];
+        ldsm_x4_t(bb, tK + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                 dd * 16 + (lane >> 4) * 8));
+        mma16816(acc[2 * dd], a, bb[0], bb[1]);
+        mma16816(acc[2 * dd + 1], a, bb[2], bb[3]);
+      }
+    }
+    __syncwarp();  // done reading this stage before it is refilled
+  }
+  cp_async_wait<0>();
+  __nv_bfloat16* dq = p.dq + head0 * D;
+#pragma unroll
+  for (int nn = 0; nn < D / 8; ++nn) {
+    const int col = nn * 8 + 2 * t;
+    if (g < rows)
+      *reinterpret_cast<uint32_t*>(dq + g * D + col) =
+          pack_bf16(p.scale * acc[nn][0], p.scale * acc[nn][1]);
+    if (g + 8 < rows)
+      *reinterpret_cast<uint32_t*>(dq + (g + 8) * D + col) =
+          pack_bf16(p.scale * acc[nn][2], p.scale * acc[nn][3]);
+  }
+}
+
+constexpr int kKvWarps = 4;  // 4 x 16 keys = one 64-key chunk tile
+
+// NST: unit stages in the ring (each: one pair x head group's Q, dO rows, lse, Di, w).
+template <int D, int NST> struct KvSmem {
+  static constexpr int kStageElems = 2 * 16 * D;  // Q, dO (bf16)
+  static constexpr int kStageBytes = kStageElems * 2 + 64 * 4;  // + lse[16], Di[16], w, pad
+  static constexpr int kBytes = 2 * kTile * D * 2 + NST * kStageBytes;
+};
+
+// U units (pair x head group) per iteration, a ring of NB bundles of U unit stages; MINB
+// CTAs per SM asked of the register allocator.
+template <int D, int NB, int U, int MINB>
+__global__ void __launch_bounds__(32 * kKvWarps, MINB) hsa_bwd_dkdv_kernel(const Params p) {
+  constexpr int NST = NB * U;  // unit stages
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sV = sK + kTile * D;
+  unsigned char* ring = smem_raw + 2 * kTile * D * 2;
+  auto stage_q = [&](int st) {
+    return reinterpret_cast<__nv_bfloat16*>(ring + st * KvSmem<D, NST>::kStageBytes);
+  };
+  auto stage_f = [&](int st) {  // lse[16], Di[16], w
+    return reinterpret_cast<float*>(ring + st * KvSmem<D, NST>::kStageBytes +
+                                    KvSmem<D, NST>::kStageElems * 2);
+  };
+
+  const int64_t key = p.order[blockIdx.x];  // (n*H + h)*C + c
+  const int64_t c = key % p.C;
+  const int h = int((key / p.C) % p.H);
+  const int n = int(key / (int64_t(p.C) * p.H));
+  const int64_t start = p.offs[key];
+  const int ngroups = (p.G + 15) / 16;
+  const int64_t units = (p.offs[key + 1] - start) * ngroups;  // (pair, head group)
+  const int64_t lkv = int64_t(p.C) * p.S;
+  const int64_t rs = int64_t(p.H) * D;
+  const int64_t kvoff = ((int64_t(n) * lkv + c * p.S) * p.H + h) * D;
+
+  // The chunk's K and V (rows >= S zero), 128 threads.
+  for (int i = tid; i < kTile * (D / 8); i += 32 * kKvWarps) {
+    const int r = i / (D / 8), col = (i % (D / 8)) * 8;
+    const bool valid = r < p.S;
+    cp_async16(sK + sw<D>(r, col), p.k + kvoff + (valid ? r : 0) * rs + col, valid);
+    cp_async16(sV + sw<D>(r, col), p.v + kvoff + (valid ? r : 0) * rs + col, valid);
+  }
+  // Unit u = pair (u / ngroups) x head group (u % ngroups) into stage st.
+  auto load_unit = [&](int64_t pair, int hgi, int st) {
+    const int64_t tok = pair / p.K;
+    const int slot = int(pair % p.K);
+    const int64_t nl = tok / p.H;
+    const int rows = min(16, p.G - 16 * hgi);
+    const int64_t head0 = nl * p.Hq + int64_t(h) * p.G + 16 * hgi;
+    __nv_bfloat16* q = stage_q(st);
+    for (int i = tid; i < 16 * (D / 8); i += 32 * kKvWarps) {
+      const int r = i / (D / 8), col = (i % (D / 8)) * 8;
+      const bool valid = r < rows;
+      const int64_t off = (head0 + (valid ? r : 0)) * D + col;
+      cp_async16(q + sw<D>(r, col), p.q + off, valid);
+      cp_async16(q + 16 * D + sw<D>(r, col), p.dout + off, valid);
+    }
+    float* f = stage_f(st);
+    if (tid < 16) {
+      const bool valid = tid < rows;
+      cp_async4(f + tid, p.lse + (head0 + (valid ? tid : 0)) * p.K + slot, valid);
+    } else if (tid < 32) {
+      const int r = tid - 16;
+      const bool valid = r < rows;
+      cp_async4(f + tid, p.di + (tok * p.K + slot) * p.G + 16 * hgi + (valid ? r : 0), valid);
+    } else if (tid == 32) {
+      cp_async4(f + 32, p.w + pair, true);
+    }
+  };
+  auto pair_of = [&](int64_t u) -> int64_t {
+    return u < units ? p.perm[start + u / ngroups] : 0;
+  };
+  // Bundle b = units b*U .. b*U+U-1 in unit stages (b % NB)*U + j. Iteration b loads bundle
+  // b + NB - 2 into the stages of bundle b - 2, which every warp finished before the
+  // barrier of iteration b - 1: one barrier per bundle, NB - 2 bundles in flight.
+  const int64_t bundles = (units + U - 1) / U;
+  auto load_bundle = [&](int64_t bb, const int64_t* pairs) {
+#pragma unroll
+    for (int j = 0; j < U; ++j) {
+      const int64_t un = bb * U + j;
+      if (un < units) load_unit(pairs[j], int(un % ngroups), int(bb % NB) * U + j);
+    }
+  };
+  int64_t next[U];
+  for (int bb = 0; bb < NB - 2; ++bb) {  // prologue (the first group also carries K and V)
+#pragma unroll
+    for (int j = 0; j < U; ++j) next[j] = pair_of(int64_t(bb) * U + j);
+    load_bundle(bb, next);
+    cp_async_commit();
+  }
+#pragma unroll
+  for (int j = 0; j < U; ++j) next[j] = pair_of(int64_t(NB - 2) * U + j);
+
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int nn = 0; nn < D / 8; ++nn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[nn][e] = dv[nn][e] = 0.f;
+  const float sl2 = p.scale * kLog2e;
+  const bool active = warp * 16 < p.S;  // this warp's keys exist
+  const int krow = warp * 16;
+
+  for (int64_t b = 0; b < bundles; ++b) {
+    {
+      const int64_t bn = b + NB - 2;
+      if (bn < bundles) load_bundle(bn, next);
+      cp_async_commit();
+#pragma unroll
+      for (int j = 0; j < U; ++j) next[j] = pair_of((bn + 1) * U + j);
+    }
+    cp_async_wait<NB - 2>();
+    __syncthreads();
+    if (!active) continue;
+    const int64_t left = units - b * U;
+    const int nu = left < U ? int(left) : U;  // units in this bundle
+    float s[U][2][4], dp[U][2][4];
+    // Phase 1, every unit of the bundle (independent MMA chains): S^T = K Q^T, dP^T = V dO^T.
+#pragma unroll
+    for (int j = 0; j < U; ++j)
+#pragma unroll
+      for (int x = 0; x < 2; ++x)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][x][e] = dp[j][x][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4], av[4];
+      ldsm_x4(a, sK + sw<D>(krow + (lane & 15), kk * 16 + (lane >> 4) * 8));
+      ldsm_x4(av, sV + sw<D>(krow + (lane & 15), kk * 16 + (lane >> 4) * 8));
+      const int off = sw<D>((lane & 7) + (lane >> 4) * 8, kk * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+      for (int j = 0; j < U; ++j) {
+        const __nv_bfloat16* tQ = stage_q(int(b % NB) * U + j);
+        uint32_t bq[4];
+        ldsm_x4(bq, tQ + off);
+        mma16816(s[j][0], a, bq[0], bq[1]);
+        mma16816(s[j][1], a, bq[2], bq[3]);
+        ldsm_x4(bq, tQ + 16 * D + off);
+        mma16816(dp[j][0], av, bq[0], bq[1]);
+        mma16816(dp[j][1], av, bq[2], bq[3]);
+      }
+    }
+    // Phase 2: wP^T and dS^T. Element (x, e): key krow + g + 8*(e>>1), head 8x + 2t + (e&1).
+    uint32_t ap[U][4], as[U][4];
+#pragma unroll
+    for (int j = 0; j < U; ++j) {
+      const float* f = stage_f(int(b % NB) * U + j);
+      const float w = f[32];
+#pragma unroll
+      for (int x = 0; x < 2; ++x)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int col = 8 * x + 2 * t + e;
+          const float nl2 = -f[col] * kLog2e, di = f[16 + col];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const float pw = w * exp2f(fmaf(s[j][x][2 * r + e], sl2, nl2));
+            s[j][x][2 * r + e] = pw;                                   // w P
+            dp[j][x][2 * r + e] = pw * (dp[j][x][2 * r + e] - di);  // dS
+          }
+        }
+      ap[j][0] = pack_bf16(s[j][0][0], s[j][0][1]);
+      ap[j][1] = pack_bf16(s[j][0][2], s[j][0][3]);
+      ap[j][2] = pack_bf16(s[j][1][0], s[j][1][1]);
+      ap[j][3] = pack_bf16(s[j][1][2], s[j][1][3]);
+      as[j][0] = pack_bf16(dp[j][0][0], dp[j][0][1]);
+      as[j][1] = pack_bf16(dp[j][0][2], dp[j][0][3]);
+      as[j][2] = pack_bf16(dp[j][1][0], dp[j][1][1]);
+      as[j][3] = pack_bf16(dp[j][1][2], dp[j][1][3]);
+    }
+    // Phase 3: dV += (wP)^T dO, dK += dS^T Q (a unit past the end adds nothing).
+#pragma unroll
+    for (int j = 0; j < U; ++j) {
+      if (j >= nu) break;
+      const __nv_bfloat16* tQ = stage_q(int(b % NB) * U + j);
+#pragma unroll
+      for (int dd = 0; dd < D / 16; ++dd) {
+        const int off = sw<D>((lane & 7) + ((lane >> 3) & 1) * 8, dd * 16 + (lane >> 4) * 8);
+        uint32_t bb[4];
+        ldsm_x4_t(bb, tQ + 16 * D + off);
+        mma16816(dv[2 * dd], ap[j], bb[0], bb[1]);
+        mma16816(dv[2 * dd + 1], ap[j], bb[2], bb[3]);
+        ldsm_x4_t(bb, tQ + off);
+        mma16816(dk[2 * dd], as[j], bb[0], bb[1]);
+        mma16816(dk[2 * dd + 1], as[j], bb[2], bb[3]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  if (!active) return;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int s = krow + g + 8 * r;
+    if (s >= p.S) continue;
+    const int64_t off = kvoff + int64_t(s) * rs;
+#pragma unroll
+    for (int nn = 0; nn < D / 8; ++nn) {
+      const int col = nn * 8 + 2 * t;
+      *reinterpret_cast<uint32_t*>(p.dk + off + col) =
+          pack_bf16(p.scale * dk[nn][2 * r], p.scale * dk[nn][2 * r + 1]);
+      *reinterpret_cast<uint32_t*>(p.dv + off + col) =
+          pack_bf16(dv[nn][2 * r], dv[nn][2 * r + 1]);
+    }
+  }
+}
+
+template <int D, int NST> int launch_bwd_dq(const Params& p, cudaStream_t s) {
+  const int ngroups = (p.G + 15) / 16;
+  const int64_t items = int64_t(p.N) * p.L * p.H;
+  if (items == 0) return cudaSuccess;
+  const size_t smem = sizeof(__nv_bfloat16) * size_t(dq_smem_elems<D, NST>());
+  cudaError_t e = cudaFuncSetAttribute(hsa_bwd_dq_kernel<D, NST>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
-  const int64_t blocks = int64_t(p.N) * p.L * p.H;
-  if (blocks == 0) return cudaSuccess;
-  hsa_bwd_kernel<D><<<dim3(unsigned(blocks)), kThreads, smem, s>>>(p);
+  hsa_bwd_dq_kernel<D, NST><<<dim3(unsigned(items), unsigned(ngroups)), 32, smem, s>>>(p);
   return cudaGetLastError();
+}
+
+template <int D, int U, int MINB>
+int launch_bwd_dkdv(const Params& p, int64_t nchunks, cudaStream_t s) {
+  constexpr int NB = 8 / U;  // 8 unit stages either way
+  if (nchunks == 0) return cudaSuccess;
+  const size_t smem = KvSmem<D, NB * U>::kBytes;
+  cudaError_t e = cudaFuncSetAttribute(hsa_bwd_dkdv_kernel<D, NB, U, MINB>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (e != cudaSuccess) return e;
+  hsa_bwd_dkdv_kernel<D, NB, U, MINB><<<dim3(unsigned(nchunks)), 32 * kKvWarps, smem, s>>>(p);
+  return cudaGetLastError();
+}
+
+// The dkdv kernel's variant (bench knob LCM_HSA_KV_VARIANT): 1 (the default, fastest on
+// the H200: docs/benchmarks.md) = one pair per iteration (D 64: capped at 128 registers,
+// 4 CTAs per SM); 2 = two pairs per iteration (D 64: 195 registers, 2 CTAs per SM); 3 = two
+// pairs capped at 128 registers (D 64 only: 4 CTAs, 32 bytes spilled); 4 = two pairs capped
+// at 168 registers (D 64: 3 CTAs).
+inline int env_kv_variant(int dflt) {
+  const char* v = getenv("LCM_HSA_KV_VARIANT");
+  const int n = v ? atoi(v) : dflt;
+  return (n >= 1 && n <= 4) ? n : dflt;
+}
+
+template <int D> int launch_bwd(const Params& p, int64_t nchunks, cudaStream_t s) {
+  static const int nst = env_stages("LCM_HSA_DQ_STAGES", 2);
+  {
+    const int e = nst == 3   ? launch_bwd_dq<D, 3>(p, s)
+                  : nst == 4 ? launch_bwd_dq<D, 4>(p, s)
+                             : launch_bwd_dq<D, 2>(p, s);
+    if (e != cudaSuccess) return e;
+  }
+  static const int kv = env_kv_variant(1);
+  if constexpr (D == 64) {
+    if (kv == 1) return launch_bwd_dkdv<D, 1, 4>(p, nchunks, s);
+    if (kv == 3) return launch_bwd_dkdv<D, 2, 4>(p, nchunks, s);
+    if (kv == 4) return launch_bwd_dkdv<D, 2, 3>(p, nchunks, s);
+  } else {
+    if (kv == 1) return launch_bwd_dkdv<D, 1, 1>(p, nchunks, s);
+  }
+  return launch_bwd_dkdv<D, 2, 1>(p, nchunks, s);
 }
 
 }  // namespace hsa
@@ -505,18 +854,24 @@ int lcm_hsa_fwd_launch(const void* q, const void* k, const void* v, const float*
   p.one = one;
   // G <= 16 and S <= 64 on tensor cores (needs scale > 0); else the CUDA-core kernel.
   if (p.G <= 16 && p.S <= kTile && scale > 0.f) {
-    if (D == 64) return one ? launch_fwd_mma<64, true>(p, s) : launch_fwd_mma<64, false>(p, s);
-    if (D == 128) return one ? launch_fwd_mma<128, true>(p, s) : launch_fwd_mma<128, false>(p, s);
+    static const int nst = env_stages("LCM_HSA_FWD_STAGES", 2);
+    if (D == 64) return launch_fwd_mma_d<64>(p, one, nst, s);
+    if (D == 128) return launch_fwd_mma_d<128>(p, one, nst, s);
   }
   if (D == 64) return launch_fwd<64>(p, s);
   if (D == 128) return launch_fwd<128>(p, s);
   return cudaErrorInvalidValue;
 }
 
+// Backward. di (N, L, H, K, G) fp32 scratch (Di per slot and head; dweights = its sum over
+// G); perm: the valid (token, slot) pair ids sorted by chunk key (n*H + h)*C + c, stably;
+// offs (N*H*C + 1): each key's first entry in perm; order (N*H*C): the keys, heaviest
+// first. dk, dv bf16 (N, Lkv, H, D), every row written.
 int lcm_hsa_bwd_launch(const void* q, const void* k, const void* v, const float* w,
                        const int64_t* idx, const void* dout, const float* lse, void* dq,
-                       float* dk, float* dv, float* dw, int N, int L, int Hq, int H, int K,
-                       int S, int C, int D, float scale, int one, cudaStream_t s) {
+                       void* dk, void* dv, float* di, const int64_t* perm, const int64_t* offs,
+                       const int64_t* order, int N, int L, int Hq, int H, int K, int S, int C,
+                       int D, float scale, int one, cudaStream_t s) {
   using namespace lcm::hsa;
   Params p{};
   p.q = static_cast<const __nv_bfloat16*>(q);
@@ -527,14 +882,19 @@ int lcm_hsa_bwd_launch(const void* q, const void* k, const void* v, const float*
   p.dout = static_cast<const __nv_bfloat16*>(dout);
   p.lse = const_cast<float*>(lse);
   p.dq = static_cast<__nv_bfloat16*>(dq);
-  p.dk = dk;
-  p.dv = dv;
-  p.dw = dw;
+  p.dk = static_cast<__nv_bfloat16*>(dk);
+  p.dv = static_cast<__nv_bfloat16*>(dv);
+  p.di = di;
+  p.perm = perm;
+  p.offs = offs;
+  p.order = order;
   p.N = N, p.L = L, p.Hq = Hq, p.H = H, p.G = Hq / H, p.K = K, p.S = S, p.C = C;
   p.scale = scale;
   p.one = one;
-  if (D == 64) return launch_bwd<64>(p, s);
-  if (D == 128) return launch_bwd<128>(p, s);
+  if (S > kTile) return cudaErrorInvalidValue;
+  const int64_t nchunks = int64_t(N) * H * C;
+  if (D == 64) return launch_bwd<64>(p, nchunks, s);
+  if (D == 128) return launch_bwd<128>(p, nchunks, s);
   return cudaErrorInvalidValue;
 }
 

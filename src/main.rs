@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
     name = "lcm",
     version,
     about = "Pretrain and evaluate long-context LMs with retrieval attention (GCA/DRT, HSA)",
-    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train\n  lcm pretrain --config configs/drt-tiny.json\n  lcm plot runs/drt-tiny/metrics.jsonl\n  lcm eval niah --checkpoint runs/drt-tiny --len 1K,4K --samples 2"
+    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train\n  lcm pretrain --config configs/drt-tiny.json\n  lcm plot runs/drt-tiny/metrics.jsonl\n  lcm eval niah --checkpoint runs/drt-tiny --len 1K,4K --samples 2\n  lcm export runs/drt-tiny --out models/drt-tiny"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,6 +34,8 @@ enum Command {
     /// Evaluate a checkpoint at long context: `niah` (needle in a haystack), `ppl`.
     #[command(subcommand)]
     Eval(cli::eval::Command),
+    /// Weights of a checkpoint as bf16 safetensors shards, to publish or carry a model.
+    Export(cli::export::Args),
     /// Draw the loss curve of a training run's metrics.jsonl as a PNG.
     Plot(cli::plot::Args),
 }
@@ -48,6 +50,7 @@ fn main() {
         Command::Pretrain(args) => cli::pretrain::run(args),
         Command::Plot(args) => cli::plot::run(args),
         Command::Eval(cmd) => cli::eval::run(cmd),
+        Command::Export(args) => cli::export::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -11,7 +11,7 @@ use lcm::eval::niah::{build_sample, Haystack, NiahTask, TaskSpec};
 use lcm::eval::plan::{self, Available};
 use lcm::eval::{Engine, PrefillOptions};
 use lcm::model::{ModelConfig, Placement};
-use lcm::train::synthetic::{PasskeyConfig, Task};
+use lcm::train::synthetic::{PasskeyConfig, Phrasing, Task};
 use lcm::util::SplitMix64;
 use tch::{Device, Tensor};
 
@@ -29,6 +29,8 @@ fn facts() -> PasskeyConfig {
         question: vec![3, 4, 5],
         min_gap: 0,
         answer_only: false,
+        answer_weight: None,
+        variants: vec![],
     }
 }
 
@@ -241,4 +243,29 @@ fn s_niah_phrases_come_from_the_neox_tokenizer() {
     assert_eq!(spec.facts.key_len, 5);
     let e = TaskSpec::new(NiahTask::MqNiah, None, 2, VOCAB, None).unwrap_err();
     assert!(e.to_string().contains("data.synthetic"), "{e}");
+
+    // A model trained on RULER's phrasing (as a variant) is asked with the keys it learned;
+    // passkey keeps the config's own phrasing.
+    let ruler = TaskSpec::new(NiahTask::SNiah, None, 1, 50278, Some(&path)).unwrap();
+    let mut trained = facts();
+    trained.variants = vec![Phrasing {
+        needle: ruler.facts.needle.clone(),
+        question: ruler.facts.question.clone(),
+        key_len: 6,
+        key_lo: 17,
+        key_hi: 27,
+    }];
+    let s = TaskSpec::new(NiahTask::SNiah, Some(&trained), 1, 50278, Some(&path)).unwrap();
+    assert_eq!(
+        (s.facts.key_len, s.facts.key_lo, s.facts.key_hi),
+        (6, 17, 27)
+    );
+    assert_eq!(s.facts.needle, ruler.facts.needle);
+    let p = TaskSpec::new(NiahTask::Passkey, Some(&trained), 1, 50278, Some(&path)).unwrap();
+    assert_eq!((p.facts.needle.clone(), p.facts.key_len), (vec![1, 2], 3));
+    assert!(p.facts.variants.is_empty());
+    // A variant with other phrases leaves s-niah as RULER's.
+    trained.variants[0].needle = vec![7, 7];
+    let s = TaskSpec::new(NiahTask::SNiah, Some(&trained), 1, 50278, Some(&path)).unwrap();
+    assert_eq!(s.facts.key_len, 7);
 }

@@ -5,12 +5,13 @@
 //! softmax-off-by-one on and off), with indices drawn at random among each token's visible
 //! chunks, most recent first (so the first chunk's tokens have only empty slots, -1), plus
 //! extra empty slots, zero weights and duplicated indices; a poisoned allocator so unwritten
-//! outputs fail; run-to-run determinism of the forward; the dispatch's fallback to the
+//! outputs fail; run-to-run determinism of the forward and of every gradient; the dispatch's fallback to the
 //! reference for inputs the kernel does not take (this part also runs on the CPU).
 //!
 //! The reference runs in fp32 on the same bf16 inputs (upcast); the kernel computes in fp32
-//! and rounds its outputs to bf16 (2^-9 relative; dk/dv are summed in fp32 by atomics and
-//! rounded once). Tolerances (bf16 kernel vs fp32 reference): relative L2 error
+//! on tensor cores (bf16 operands: P and dS are rounded to bf16 for their products) and
+//! rounds its outputs to bf16 (2^-9 relative; dk/dv are summed per chunk in fp32 registers
+//! and rounded once). Tolerances (bf16 kernel vs fp32 reference): relative L2 error
 //! ||got - want|| / ||want|| <= 1e-2 for o, dq, dk, dv and dweights, and elementwise
 //! |got - want| <= 3e-2 * max|want| + 1e-3. NaN never passes (the poison is NaN). Empty
 //! slots must get exactly zero weight gradient.
@@ -145,6 +146,19 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
         let again =
             tch::no_grad(|| hsa_cuda(&x.q, &x.k, &x.v, &x.w, &x.idx, s, scale, one).unwrap());
         assert!(again.equal(&got[0]), "{tag}: forward not deterministic");
+        // And so is the backward (no atomics: dk/dv are summed per chunk in a fixed order).
+        poison_cuda_allocator(dev);
+        let again = forward_and_grads(
+            |l| hsa_cuda(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one).unwrap(),
+            &[&x.q, &x.k, &x.v, &x.w],
+            &x.dout,
+        );
+        for (i, name) in ["dq", "dk", "dv", "dweights"].iter().enumerate() {
+            assert!(
+                again[i + 1].equal(&got[i + 1]),
+                "{tag}: {name} not deterministic"
+            );
+        }
         eprintln!("ok: {tag}");
     }
 }

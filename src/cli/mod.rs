@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod corpus;
 pub mod eval;
+pub mod export;
 pub mod info;
 pub mod plot;
 pub mod preprocess;

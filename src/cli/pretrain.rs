@@ -11,6 +11,7 @@ use lcm::train::{checkpoint, train, TrainConfig, TrainOptions};
   lcm pretrain --config configs/drt-tiny.json --set steps=50 --set optim.lr=3e-3
   lcm pretrain --config configs/drt-tiny.json --print-config
   lcm pretrain --config configs/drt-tiny.json --resume runs/drt-tiny
+  lcm pretrain --config configs/drt-niah.json --init models/drt-niah --set steps=1000
 
 Ctrl-C saves a checkpoint and exits; --resume continues exactly where it stopped.")]
 pub struct Args {
@@ -23,6 +24,9 @@ pub struct Args {
     /// Resume from a checkpoint folder (step-*) or the newest checkpoint of a run folder.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start from the weights of a checkpoint or an exported model (step 0, fresh optimizer).
+    #[arg(long, conflicts_with = "resume")]
+    init: Option<PathBuf>,
     /// Print the resolved config (defaults filled in) and exit.
     #[arg(long)]
     print_config: bool,
@@ -48,6 +52,7 @@ pub fn run(args: Args) -> Result<()> {
     .context("installing the Ctrl-C handler")?;
     let opts = TrainOptions {
         resume: args.resume,
+        init: args.init,
         progress: true,
         stop_after: args.stop_after,
         interrupt: Some(interrupt),

@@ -160,6 +160,20 @@ extern "C" {
         dk: *mut *mut C_tensor,
         dv: *mut *mut C_tensor,
     ) -> c_int;
+    pub fn lcm_retrieval_topk(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        first: i64,
+        div: i64,
+        topk: i64,
+        scale: f64,
+        seed: i64,
+        gumbel: c_int,
+        scores: *mut *mut C_tensor,
+        indices: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_retrieval_max_dim() -> c_int;
+    pub fn lcm_retrieval_max_k() -> c_int;
 }
 
 /// Calls a bridge function that fills `N` output tensor pointers, and takes ownership of

@@ -66,11 +66,12 @@ impl Engine {
         let ckpt = checkpoint::resolve(path)?;
         let state = checkpoint::read_state(&ckpt)?;
         let mut engine = Engine::build(&state.config.model, device)?;
-        let weights = ckpt.join("model.safetensors");
-        engine
-            ._vs
-            .load(&weights)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", weights.display())))?;
+        let (file, weights) = checkpoint::read_weights(&ckpt)?;
+        let mut vars = engine._vs.variables();
+        let mut names: Vec<String> = vars.keys().cloned().collect();
+        names.sort();
+        let mut dst: Vec<Tensor> = names.iter().map(|n| vars.remove(n).unwrap()).collect();
+        checkpoint::copy_named(&file, &weights, "", &names, &mut dst)?;
         engine._vs.set_kind(engine.kind);
         engine.model.set_step(state.step);
         engine.train = Some(state.config);

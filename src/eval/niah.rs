@@ -75,8 +75,18 @@ impl TaskSpec {
         tokenizer: Option<&Path>,
     ) -> Result<Self> {
         let mut facts = match (task, trained) {
-            (NiahTask::SNiah, _) => ruler_single(vocab, tokenizer)?,
-            (_, Some(t)) => t.clone(),
+            (NiahTask::SNiah, trained) => {
+                let ruler = ruler_single(vocab, tokenizer)?;
+                // A model trained on RULER's phrasing is asked with its own keys (e.g. digits).
+                trained
+                    .and_then(|t| {
+                        (0..=t.variants.len())
+                            .map(|i| t.phrased(i))
+                            .find(|p| p.needle == ruler.needle && p.question == ruler.question)
+                    })
+                    .unwrap_or(ruler)
+            }
+            (_, Some(t)) => t.phrased(0),
             (NiahTask::Passkey, None) => gca_passkey(vocab, tokenizer)?,
             (_, None) => {
                 return Err(Error::Invalid(format!(
@@ -133,6 +143,8 @@ fn gca_passkey(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         question,
         min_gap: 0,
         answer_only: false,
+        answer_weight: None,
+        variants: vec![],
     })
 }
 
@@ -149,6 +161,8 @@ fn ruler_single(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         question,
         min_gap: 0,
         answer_only: false,
+        answer_weight: None,
+        variants: vec![],
     })
 }
 

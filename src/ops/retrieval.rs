@@ -14,8 +14,28 @@
 //! 0). Weights are differentiable in the scores (and so in queries and keys); indices are
 //! not. All-masked rows give weight 0 without producing NaN in forward or backward.
 //! Test: `tests/ops_retrieval.rs`.
+//!
+//! On CUDA with bf16 queries and keys (dim a multiple of 8 up to 1024, top-k up to 32),
+//! the plain and blocked forms select with the kernel of
+//! `cuda/retrieval.cu` ([`retrieval_topk_cuda`]): scores and top-k in one pass over the
+//! memory, no score matrix. It returns the indices and their fp32 scores; where a gradient
+//! is wanted, the chosen scores are recomputed here from the gathered keys (top-k itself
+//! is not differentiable), and the weights follow as in the reference. Ties: the kernel
+//! prefers the lower key index among equal scores (torch's topk leaves their order
+//! unspecified). Gumbel noise (training) is drawn inside the kernel from a counter-based
+//! hash seeded from tch's generator (so `tch::manual_seed` fixes it), not from torch's
+//! `exponential_`: the same distribution, not the same draws as the reference.
+//! Test: `tests/ops_retrieval_cuda.rs`.
 
 use tch::{Kind, Tensor};
+
+#[cfg(lcm_cuda)]
+use crate::error::Result;
+
+/// Largest query/key dim the CUDA top-k kernel takes (a multiple of 8).
+pub const KERNEL_MAX_DIM: i64 = 1024;
+/// Largest top-k the CUDA kernel takes.
+pub const KERNEL_MAX_K: i64 = 32;
 
 /// The chosen chunks and their weights.
 #[derive(Debug)]
@@ -114,9 +134,199 @@ pub fn chunk_retrieval_reference(
     }
 }
 
-/// Chunk retrieval by whichever implementation suits the input (reference for now).
+/// Chunk retrieval by whichever implementation suits the input: the CUDA top-k kernel
+/// for bf16 on a GPU ([`kernel_supports`]), else the reference.
 pub fn chunk_retrieval(q_lmk: &Tensor, k_lmk: &Tensor, topk: i64, gumbel: bool) -> Retrieval {
+    let c = q_lmk.size()[1];
+    if c > 0 && kernel_supports(q_lmk, k_lmk, topk.min(c)) {
+        let seed = gumbel.then(gumbel_seed);
+        if let Some(r) = chunk_retrieval_kernel(q_lmk, k_lmk, 0, topk.min(c), seed) {
+            return r;
+        }
+    }
     chunk_retrieval_reference(q_lmk, k_lmk, topk, gumbel)
+}
+
+/// Whether the CUDA top-k kernel takes queries `q` and keys `k` (last dim = the score
+/// dim) with this `topk`: kernels in use on their device, bf16 both, dim a multiple of 8
+/// up to [`KERNEL_MAX_DIM`], `1 <= topk <=` [`KERNEL_MAX_K`].
+pub fn kernel_supports(q: &Tensor, k: &Tensor, topk: i64) -> bool {
+    let d = *q.size().last().unwrap_or(&0);
+    super::use_kernels(q.device())
+        && k.device() == q.device()
+        && q.kind() == Kind::BFloat16
+        && k.kind() == Kind::BFloat16
+        && k.size().last() == Some(&d)
+        && d >= 8
+        && d % 8 == 0
+        && d <= KERNEL_MAX_DIM
+        && (1..=KERNEL_MAX_K).contains(&topk)
+}
+
+/// A seed for the kernel's Gumbel noise, drawn from tch's CPU generator.
+fn gumbel_seed() -> i64 {
+    Tensor::randint(i64::MAX, [1], (Kind::Int64, tch::Device::Cpu)).int64_value(&[0])
+}
+
+/// The CUDA top-k kernel: queries `q (N, M, H, D)` against keys `k (N, E, H, D)` (bf16),
+/// query `m` seeing keys `j < min(E, (first + m) / div)`, score `(q . k) * scale` in fp32.
+/// Returns `(scores, indices)`, both `(N, H, M, topk)`: scores descending (ties: lower
+/// index first), fp32, `-inf` in empty slots; int64 indices, `-1` in empty slots. With
+/// `gumbel = Some(seed)`, Gumbel(0, 1) noise (a hash of seed, group, query number and key)
+/// is added to every visible score before the selection, and the scores include it.
+#[cfg(lcm_cuda)]
+pub fn retrieval_topk_cuda(
+    q: &Tensor,
+    k: &Tensor,
+    first: i64,
+    div: i64,
+    topk: i64,
+    scale: f64,
+    gumbel: Option<i64>,
+) -> Result<(Tensor, Tensor)> {
+    let [s, i] = unsafe {
+        crate::cuda::ffi::call(|out| {
+            let [a, b] = out;
+            crate::cuda::ffi::lcm_retrieval_topk(
+                q.as_ptr(),
+                k.as_ptr(),
+                first,
+                div,
+                topk,
+                scale,
+                gumbel.unwrap_or(0),
+                gumbel.is_some() as i32,
+                a,
+                b,
+            )
+        })?
+    };
+    Ok((s, i))
+}
+
+/// [`retrieval_topk_cuda`] where this build has kernels (panicking on a kernel error, as
+/// the other ops do); `None` in a build without them.
+#[cfg(lcm_cuda)]
+fn kernel_topk(
+    q: &Tensor,
+    k: &Tensor,
+    first: i64,
+    div: i64,
+    topk: i64,
+    scale: f64,
+    gumbel: Option<i64>,
+) -> Option<(Tensor, Tensor)> {
+    Some(
+        retrieval_topk_cuda(q, k, first, div, topk, scale, gumbel)
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+}
+
+#[cfg(not(lcm_cuda))]
+fn kernel_topk(
+    _q: &Tensor,
+    _k: &Tensor,
+    _first: i64,
+    _div: i64,
+    _topk: i64,
+    _scale: f64,
+    _gumbel: Option<i64>,
+) -> Option<(Tensor, Tensor)> {
+    None
+}
+
+/// Scores of the chosen keys, differentiable in `q (G, M, D)` and `k (G, E, D)`:
+/// `(G, M, K)` fp32 for `indices (G, M, K)` (empty slots read key 0; the caller masks them).
+fn chosen_scores(q: &Tensor, k: &Tensor, indices: &Tensor) -> Tensor {
+    let (g, e, d) = (k.size()[0], k.size()[1], k.size()[2]);
+    let (m, nk) = (indices.size()[1], indices.size()[2]);
+    let offs = Tensor::arange(g, (Kind::Int64, k.device())).view([g, 1, 1]) * e;
+    let flat = (indices.clamp_min(0) + offs).view([-1]);
+    // fp32 before the gather, so that the keys' gradient is summed over the queries that
+    // chose them in fp32 (index_select's backward), not in bf16.
+    let kg = k
+        .to_kind(Kind::Float)
+        .reshape([g * e, d])
+        .index_select(0, &flat)
+        .view([g, m, nk, d]);
+    let qf = q.to_kind(Kind::Float).unsqueeze(-2); // (G, M, 1, D)
+    qf.matmul(&kg.transpose(-1, -2)).squeeze_dim(-2) / (d as f64).sqrt()
+}
+
+/// Chunk retrieval through the kernel: landmark `first + i` sees keys `j < first + i`.
+/// `(N, c, topk)`; the chosen scores are recomputed differentiably when a gradient is
+/// wanted.
+fn chunk_retrieval_kernel(
+    q_lmk: &Tensor,
+    k_lmk: &Tensor,
+    first: i64,
+    topk: i64,
+    gumbel: Option<i64>,
+) -> Option<Retrieval> {
+    let d = q_lmk.size()[2];
+    let (scores, indices) = kernel_topk(
+        &q_lmk.unsqueeze(2),
+        &k_lmk.unsqueeze(2),
+        first,
+        1,
+        topk,
+        1.0 / (d as f64).sqrt(),
+        gumbel,
+    )?;
+    let (scores, indices) = (scores.squeeze_dim(1), indices.squeeze_dim(1));
+    let valid = indices.ge(0);
+    // With noise the kernel's scores are noisy: the weights take the clean ones.
+    let chosen = if gumbel.is_some() || q_lmk.requires_grad() || k_lmk.requires_grad() {
+        chosen_scores(q_lmk, k_lmk, &indices)
+    } else {
+        scores
+    };
+    Some(Retrieval {
+        weights: softmax_valid(&chosen, &valid),
+        indices,
+    })
+}
+
+/// Token retrieval through the kernel: `q (N, L, r, dr)` from token `first`, `lmk (N, E,
+/// r, dr)`; slots most recent first. Returns `(N, L, r, topk)`.
+fn token_retrieval_kernel(
+    q: &Tensor,
+    lmk: &Tensor,
+    first: i64,
+    chunk_size: i64,
+    topk: i64,
+    weighting: SlotWeighting,
+    gumbel: Option<i64>,
+) -> Option<Retrieval> {
+    let (n, l, r, dr) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);
+    let e = lmk.size()[1];
+    let (scores, picked) = kernel_topk(
+        q,
+        lmk,
+        first,
+        chunk_size,
+        topk,
+        1.0 / (dr as f64).sqrt(),
+        gumbel,
+    )?;
+    // (N, r, L, K): most recent chunk first; -1 (empty) sorts last.
+    let (indices, order) = picked.sort(-1, true);
+    let valid = indices.ge(0);
+    let chosen = if gumbel.is_some() || q.requires_grad() || lmk.requires_grad() {
+        let qg = q.permute([0, 2, 1, 3]).reshape([n * r, l, dr]);
+        let kg = lmk.permute([0, 2, 1, 3]).reshape([n * r, e, dr]);
+        chosen_scores(&qg, &kg, &indices.view([n * r, l, topk])).view([n, r, l, topk])
+    } else {
+        scores.gather(-1, &order, false)
+    };
+    let weights = match weighting {
+        SlotWeighting::StickBreaking => stick_breaking(&chosen, &valid),
+        SlotWeighting::Softmax => softmax_valid(&chosen, &valid),
+    };
+    Some(Retrieval {
+        weights: weights.permute([0, 2, 1, 3]),
+        indices: indices.permute([0, 2, 1, 3]),
+    })
 }
 
 /// `(L, C)` bool: token `t` may read chunk `d` iff `(d + 1) * chunk_size <= t`.
@@ -158,7 +368,8 @@ pub fn token_retrieval_reference(
     Retrieval { weights, indices }
 }
 
-/// Token retrieval by whichever implementation suits the input (reference for now).
+/// Token retrieval by whichever implementation suits the input: the CUDA top-k kernel for
+/// bf16 on a GPU ([`kernel_supports`]), else the reference.
 pub fn token_retrieval(
     q: &Tensor,
     lmk: &Tensor,
@@ -167,6 +378,13 @@ pub fn token_retrieval(
     weighting: SlotWeighting,
     gumbel: bool,
 ) -> Retrieval {
+    let kk = topk.min(lmk.size()[1]);
+    if q.size()[1] > 0 && kernel_supports(q, lmk, kk) {
+        let seed = gumbel.then(gumbel_seed);
+        if let Some(r) = token_retrieval_kernel(q, lmk, 0, chunk_size, kk, weighting, seed) {
+            return r;
+        }
+    }
     token_retrieval_reference(q, lmk, chunk_size, topk, weighting, gumbel)
 }
 
@@ -209,6 +427,22 @@ pub fn chunk_retrieval_blocked(
     topk: i64,
     block: i64,
 ) -> Retrieval {
+    if q_lmk.size()[1] > 0 && kernel_supports(q_lmk, k_lmk, topk) {
+        if let Some(r) = chunk_retrieval_kernel(q_lmk, k_lmk, first, topk, None) {
+            return r;
+        }
+    }
+    chunk_retrieval_blocked_reference(q_lmk, k_lmk, first, topk, block)
+}
+
+/// [`chunk_retrieval_blocked`] in pure tch (the CPU path and the kernel's ground truth).
+pub fn chunk_retrieval_blocked_reference(
+    q_lmk: &Tensor,
+    k_lmk: &Tensor,
+    first: i64,
+    topk: i64,
+    block: i64,
+) -> Retrieval {
     let (n, c, d) = (q_lmk.size()[0], q_lmk.size()[1], q_lmk.size()[2]);
     let e = k_lmk.size()[1];
     let dev = q_lmk.device();
@@ -241,6 +475,25 @@ pub fn chunk_retrieval_blocked(
 /// slots most recent first, as [`token_retrieval_reference`] (no Gumbel noise). Returns
 /// `(N, L, r, topk)`.
 pub fn token_retrieval_blocked(
+    q: &Tensor,
+    lmk: &Tensor,
+    first: i64,
+    chunk_size: i64,
+    topk: i64,
+    weighting: SlotWeighting,
+    block: i64,
+) -> Retrieval {
+    if q.size()[1] > 0 && kernel_supports(q, lmk, topk) {
+        if let Some(r) = token_retrieval_kernel(q, lmk, first, chunk_size, topk, weighting, None) {
+            return r;
+        }
+    }
+    token_retrieval_blocked_reference(q, lmk, first, chunk_size, topk, weighting, block)
+}
+
+/// [`token_retrieval_blocked`] in pure tch (the CPU path and the kernel's ground truth).
+#[allow(clippy::too_many_arguments)]
+pub fn token_retrieval_blocked_reference(
     q: &Tensor,
     lmk: &Tensor,
     first: i64,

@@ -14,6 +14,11 @@
 //! blocks of `bs = min(window, T)` rows attend to their own block plus the
 //! `ceil(window / bs)` previous blocks (one previous block when `bs = window`), so memory
 //! is `O(T * window)`. Test: `tests/ops_swa.rs`.
+//!
+//! On CUDA, bf16 inputs with head dim 64 or 128 ([`kernel_supports`]) run the hand-written
+//! kernels of `cuda/swa.cu` (FlashAttention-2 style: the band's key tiles only, online
+//! softmax, a deterministic backward) for both the sliding window and the bidirectional
+//! mode, through the autograd Function of `cuda/swa.cpp`. Test: `tests/ops_swa_cuda.rs`.
 
 use tch::{Kind, Tensor};
 

@@ -140,8 +140,7 @@ pub fn read_state(ckpt: &Path) -> Result<State> {
 /// variable must be present with its shape; extra names are an error too.
 pub fn load(ckpt: &Path, opt: &mut AdamW, with_optimizer: bool) -> Result<State> {
     let state = read_state(ckpt)?;
-    let p = ckpt.join("model.safetensors");
-    let weights = Tensor::read_safetensors(&p).map_err(tch_err(&p))?;
+    let (p, weights) = read_weights(ckpt)?;
     copy_named(&p, &weights, "", &opt.names, &mut opt.master)?;
     if with_optimizer {
         let p = ckpt.join("optim.safetensors");
@@ -155,7 +154,166 @@ pub fn load(ckpt: &Path, opt: &mut AdamW, with_optimizer: bool) -> Result<State>
     Ok(state)
 }
 
-fn copy_named(
+/// The weight files of a checkpoint: `model.safetensors` as training writes it, or the
+/// shards `model-00001-of-0000N.safetensors` that [`export`] writes, in order.
+pub fn weight_files(ckpt: &Path) -> Result<Vec<PathBuf>> {
+    let single = ckpt.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let mut shards = vec![];
+    for e in std::fs::read_dir(ckpt).map_err(|e| Error::io(ckpt, e))? {
+        let p = e.map_err(|e| Error::io(ckpt, e))?.path();
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with("model-") && name.ends_with(".safetensors") {
+            shards.push(p);
+        }
+    }
+    shards.sort();
+    let n = shards.len();
+    for (i, p) in shards.iter().enumerate() {
+        let want = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+        if p.file_name().unwrap_or_default().to_string_lossy() != want {
+            return Err(Error::Invalid(format!(
+                "{}: expected shard {want} (a shard is missing or extra)",
+                p.display()
+            )));
+        }
+    }
+    if shards.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no model.safetensors or model-*-of-*.safetensors",
+            ckpt.display()
+        )));
+    }
+    Ok(shards)
+}
+
+/// Suffix of the row blocks of a tensor too large for one shard (an embedding of a 50K
+/// vocabulary is 25 MiB in bf16): `NAME.__rows000`, `NAME.__rows001`, ... in order.
+const ROWS: &str = ".__rows";
+
+/// `t` whole, or split along dim 0 into blocks of at most `max_bytes` named by [`ROWS`].
+fn split_rows(name: &str, t: &Tensor, max_bytes: usize) -> Vec<(String, Tensor)> {
+    let bytes = t.numel() * t.kind().elt_size_in_bytes();
+    if bytes <= max_bytes || t.dim() == 0 || t.size()[0] < 2 {
+        return vec![(name.to_string(), t.contiguous())];
+    }
+    let rows = t.size()[0];
+    let row_bytes = bytes / rows as usize;
+    let per = ((max_bytes / row_bytes.max(1)) as i64).max(1);
+    (0..rows)
+        .step_by(per as usize)
+        .enumerate()
+        .map(|(i, r)| {
+            let n = per.min(rows - r);
+            (
+                format!("{name}{ROWS}{i:03}"),
+                t.narrow(0, r, n).contiguous(),
+            )
+        })
+        .collect()
+}
+
+/// Joins the row blocks [`split_rows`] made back into their tensors, in order.
+fn join_rows(all: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    let mut whole = vec![];
+    let mut parts: std::collections::BTreeMap<String, Vec<(String, Tensor)>> = Default::default();
+    for (name, t) in all {
+        match name.rsplit_once(ROWS) {
+            Some((base, idx)) => parts
+                .entry(base.to_string())
+                .or_default()
+                .push((idx.to_string(), t)),
+            None => whole.push((name, t)),
+        }
+    }
+    for (base, mut blocks) in parts {
+        blocks.sort_by(|a, b| a.0.cmp(&b.0));
+        let ts: Vec<Tensor> = blocks.into_iter().map(|(_, t)| t).collect();
+        whole.push((base, Tensor::cat(&ts, 0)));
+    }
+    whole
+}
+
+/// Every weight tensor of a checkpoint (all shards), with the path to name in errors.
+pub fn read_weights(ckpt: &Path) -> Result<(PathBuf, Vec<(String, Tensor)>)> {
+    let files = weight_files(ckpt)?;
+    let mut all = vec![];
+    for p in &files {
+        all.extend(Tensor::read_safetensors(p).map_err(tch_err(p))?);
+    }
+    let all = join_rows(all);
+    let named = if files.len() == 1 {
+        files[0].clone()
+    } else {
+        ckpt.join("model-*.safetensors")
+    };
+    Ok((named, all))
+}
+
+/// Writes the weights of checkpoint `ckpt` to `out` as `kind` (e.g. bf16 to publish a model),
+/// in shards of at most `shard_bytes` (a tensor never split), with its `state.json`: a
+/// folder that `lcm eval` loads and `lcm pretrain --init` starts from, without the optimizer
+/// moments. Written to a temporary folder and renamed, so `out` is never half-written.
+pub fn export(
+    ckpt: &Path,
+    out: &Path,
+    kind: tch::Kind,
+    shard_bytes: usize,
+) -> Result<Vec<PathBuf>> {
+    let state = read_state(ckpt)?;
+    let (_, mut weights) = read_weights(ckpt)?;
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
+    let mut bytes = 0usize;
+    for (name, t) in weights {
+        for (name, t) in split_rows(&name, &t.to_kind(kind), shard_bytes) {
+            let size = t.numel() * kind.elt_size_in_bytes();
+            if bytes + size > shard_bytes && !shards.last().unwrap().is_empty() {
+                shards.push(vec![]);
+                bytes = 0;
+            }
+            bytes += size;
+            shards.last_mut().unwrap().push((name, t));
+        }
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent = parent.unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let leaf = out.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = parent.join(format!(".tmp-{leaf}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let n = shards.len();
+    let mut names = vec![];
+    for (i, shard) in shards.iter().enumerate() {
+        let name = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+        let p = tmp.join(&name);
+        let refs: Vec<(&str, &Tensor)> = shard.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        Tensor::write_safetensors(&refs, &p).map_err(tch_err(&p))?;
+        names.push(name);
+    }
+    let p = tmp.join("state.json");
+    let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::Invalid(e.to_string()))?;
+    std::fs::write(&p, json).map_err(|e| Error::io(&p, e))?;
+    if out.exists() {
+        let old = parent.join(format!(".old-{leaf}"));
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    } else {
+        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+    }
+    Ok(names.iter().map(|n| out.join(n)).collect())
+}
+
+pub fn copy_named(
     file: &Path,
     src: &[(String, Tensor)],
     prefix: &str,

@@ -54,6 +54,26 @@ pub struct PasskeyConfig {
     /// random-id haystack, whose next token is noise that drowns the answer's gradient.
     #[serde(default)]
     pub answer_only: bool,
+    /// Weight of the answers' mean loss added to the text's mean loss (default: none, one
+    /// mean over all targets). See [`crate::train::trainer::training_loss`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_weight: Option<f64>,
+    /// Other phrasings of the task, each row drawing uniformly among this config's own and
+    /// these: e.g. the GCA passkey and RULER's single NIAH in one run, so that one model
+    /// answers both `lcm eval niah --task passkey` and `--task s-niah`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<Phrasing>,
+}
+
+/// A phrasing of a synthetic task: its needle and question ids and its keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phrasing {
+    pub needle: Vec<u32>,
+    pub question: Vec<u32>,
+    pub key_len: usize,
+    pub key_lo: u32,
+    pub key_hi: u32,
 }
 
 fn one() -> usize {
@@ -68,9 +88,45 @@ fn bad(key: &str, msg: impl Into<String>) -> Error {
 }
 
 impl PasskeyConfig {
+    /// This config with `variants[i - 1]`'s phrasing (`i = 0`: its own), no variants.
+    pub fn phrased(&self, i: usize) -> PasskeyConfig {
+        let mut c = PasskeyConfig {
+            variants: vec![],
+            ..self.clone()
+        };
+        if let Some(p) = i.checked_sub(1).map(|j| &self.variants[j]) {
+            c.needle = p.needle.clone();
+            c.question = p.question.clone();
+            c.key_len = p.key_len;
+            c.key_lo = p.key_lo;
+            c.key_hi = p.key_hi;
+        }
+        c
+    }
+
     pub fn validate(&self, seq_len: i64, vocab: i64) -> Result<()> {
+        for i in 1..=self.variants.len() {
+            self.phrased(i)
+                .validate(seq_len, vocab)
+                .map_err(|e| match e {
+                    Error::Config { key, message } => Error::Config {
+                        key: key.replace(
+                            "data.synthetic.",
+                            &format!("data.synthetic.variants[{}].", i - 1),
+                        ),
+                        message,
+                    },
+                    e => e,
+                })?;
+        }
         if !(0.0..=1.0).contains(&self.rate) {
             return Err(bad("rate", "must be in [0, 1]"));
+        }
+        if self
+            .answer_weight
+            .is_some_and(|w| !(w >= 0.0 && w.is_finite()))
+        {
+            return Err(bad("answer_weight", "must be a finite number >= 0"));
         }
         if self.key_len == 0 {
             return Err(bad("key_len", "must be positive"));
@@ -167,6 +223,10 @@ impl PasskeyConfig {
         answer: &mut [bool],
         rng: &mut SplitMix64,
     ) {
+        if !self.variants.is_empty() {
+            let i = rng.below(self.variants.len() as u64 + 1) as usize;
+            return self.phrased(i).insert(window, ignore, answer, rng);
+        }
         let n = window.len();
         // Facts: (tokens, the range within them that cannot be predicted).
         let (facts, asked, key): (Vec<Vec<u32>>, Vec<u32>, Vec<u32>) = match self.task {

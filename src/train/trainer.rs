@@ -24,6 +24,9 @@ use crate::train::schedule::learning_rate;
 pub struct TrainOptions {
     /// A checkpoint (`step-*` folder) or run folder whose newest checkpoint to resume.
     pub resume: Option<PathBuf>,
+    /// A checkpoint (e.g. one `lcm export` wrote) whose weights start a new run at step 0,
+    /// with fresh optimizer moments: fine-tuning, or continuing a published model.
+    pub init: Option<PathBuf>,
     pub rank: u64,
     /// World size; 0 is taken as 1.
     pub world: u64,
@@ -57,6 +60,31 @@ pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
         .to_kind(Kind::Float)
         .view([-1, v])
         .cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Mean, IGNORE, 0.0)
+}
+
+/// The training objective: [`lm_loss`] over every target, or, with `answer_weight`
+/// (`data.synthetic.answer_weight`), the mean over the language targets plus `answer_weight`
+/// times the mean over the synthetic answers. A plain mean lets a row's 2K text targets
+/// drown its 5 answer targets (0.25% of the gradient): a small real-text DRT then learns
+/// language and never the passkey (docs/experiments.md, run n1).
+pub fn training_loss(logits: &Tensor, batch: &Batch, answer_weight: Option<f64>) -> Tensor {
+    let Some(w) = answer_weight else {
+        return lm_loss(logits, &batch.targets);
+    };
+    let v = logits.size()[2];
+    let targets = batch.targets.view([-1]);
+    let per_token = logits
+        .to_kind(Kind::Float)
+        .view([-1, v])
+        .cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, IGNORE, 0.0);
+    let valid = targets.ne(IGNORE);
+    let answer = batch.answer.view([-1]).logical_and(&valid);
+    let text = valid.logical_and(&answer.logical_not());
+    let mean_over = |mask: &Tensor| {
+        let n = mask.sum(Kind::Float).clamp_min(1.0);
+        (&per_token * mask.to_kind(Kind::Float)).sum(Kind::Float) / n
+    };
+    mean_over(&text) + mean_over(&answer) * w
 }
 
 /// Exact-match rate of argmax predictions on answer targets, if the batch has any.
@@ -105,6 +133,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         samples = state.samples;
         tokens = state.tokens;
         eprintln!("resumed from {} at step {}", ckpt.display(), state.step);
+    } else if let Some(path) = &opts.init {
+        let ckpt = checkpoint::resolve(path)?;
+        let state = checkpoint::load(&ckpt, &mut opt, false)?;
+        eprintln!(
+            "weights from {} (its step {}); starting at step 0",
+            ckpt.display(),
+            state.step
+        );
     }
     let start = opt.step;
 
@@ -168,7 +204,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let min_gap = cfg.stage_at(step).and_then(|s| s.min_gap);
             let batch = sampler.batch_at(range, seq_len as usize, min_gap, device);
             let logits = model.forward(&batch.inputs, true);
-            let loss = lm_loss(&logits, &batch.targets);
+            let answer_weight = cfg.data.synthetic.as_ref().and_then(|s| s.answer_weight);
+            let loss = training_loss(&logits, &batch, answer_weight);
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 return Err(diverged(format!("loss is {value}"), step, &last_ckpt));

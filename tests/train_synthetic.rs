@@ -1,0 +1,144 @@
+//! Synthetic rows with several phrasings (`data.synthetic.variants`): each row uses one
+//! phrasing whole (its needle, question and key length and range), all are drawn, and a
+//! bad variant is named in the error.
+
+use lcm::train::synthetic::{PasskeyConfig, Phrasing, Task};
+use lcm::util::SplitMix64;
+
+fn config() -> PasskeyConfig {
+    PasskeyConfig {
+        task: Task::Passkey,
+        n_keys: 1,
+        rate: 1.0,
+        key_len: 3,
+        key_lo: 10,
+        key_hi: 20,
+        needle: vec![1, 2],
+        question: vec![3, 4],
+        min_gap: 0,
+        answer_only: false,
+        answer_weight: None,
+        variants: vec![Phrasing {
+            needle: vec![5, 6, 7],
+            question: vec![8],
+            key_len: 5,
+            key_lo: 30,
+            key_hi: 40,
+        }],
+    }
+}
+
+/// The phrasing a row was written with, checked whole: (needle, question, key range, key_len).
+fn phrasing_of(window: &[u32], answer: &[bool]) -> usize {
+    let answer_len = answer.iter().filter(|&&a| a).count();
+    let n = window.len();
+    let key = &window[n - answer_len..];
+    let (needle, question, lo, hi): (&[u32], &[u32], u32, u32) = match answer_len {
+        3 => (&[1, 2], &[3, 4], 10, 20),
+        5 => (&[5, 6, 7], &[8], 30, 40),
+        other => panic!("answer of {other} tokens"),
+    };
+    assert!(key.iter().all(|&k| (lo..hi).contains(&k)), "key {key:?}");
+    let q = n - answer_len - question.len();
+    assert_eq!(&window[q..n - answer_len], question);
+    let p = window
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("needle planted");
+    assert_eq!(
+        &window[p + needle.len()..p + needle.len() + answer_len],
+        key
+    );
+    if answer_len == 3 {
+        0
+    } else {
+        1
+    }
+}
+
+#[test]
+fn each_row_uses_one_phrasing_and_both_are_drawn() {
+    let cfg = config();
+    cfg.validate(40, 64).unwrap();
+    let mut seen = [0usize; 2];
+    for seed in 0..200u64 {
+        let mut rng = SplitMix64::new(seed);
+        let mut window = vec![50u32; 41];
+        let (mut ignore, mut answer) = (vec![false; 40], vec![false; 40]);
+        cfg.insert(&mut window, &mut ignore, &mut answer, &mut rng);
+        // answer[t] marks targets t predicting window[t + 1].
+        let mut ans_tokens = vec![false; 41];
+        for (t, &a) in answer.iter().enumerate() {
+            ans_tokens[t + 1] = a;
+        }
+        seen[phrasing_of(&window, &ans_tokens)] += 1;
+    }
+    assert!(seen.iter().all(|&c| c > 60), "phrasings drawn {seen:?}");
+}
+
+#[test]
+fn phrased_zero_is_the_config_without_variants() {
+    let cfg = config();
+    let own = cfg.phrased(0);
+    assert!(own.variants.is_empty());
+    assert_eq!((own.needle.clone(), own.key_len), (vec![1, 2], 3));
+    let other = cfg.phrased(1);
+    assert_eq!(
+        (other.needle, other.key_len, other.key_lo),
+        (vec![5, 6, 7], 5, 30)
+    );
+}
+
+#[test]
+fn a_variant_outside_the_vocabulary_is_named() {
+    let mut cfg = config();
+    cfg.variants[0].key_hi = 100;
+    let err = cfg.validate(40, 64).unwrap_err().to_string();
+    assert!(err.contains("data.synthetic.variants[0].key_hi"), "{err}");
+}
+
+/// With `answer_weight` the loss is the text targets' mean plus `w` times the answers' mean
+/// (each computed here by hand); without it, one mean over every target.
+#[test]
+fn answer_weight_separates_the_answers_mean() {
+    use lcm::train::sampler::{Batch, IGNORE};
+    use lcm::train::trainer::{lm_loss, training_loss};
+    use tch::{Kind, Tensor};
+
+    tch::manual_seed(0);
+    let logits = Tensor::randn([2, 6, 11], (Kind::Float, tch::Device::Cpu));
+    let targets =
+        Tensor::from_slice(&[1i64, 2, IGNORE, 4, 5, 6, 7, IGNORE, 9, 10, 0, 3]).view([2, 6]);
+    let answer = Tensor::from_slice(&[
+        false, false, false, false, true, true, false, false, false, false, false, true,
+    ])
+    .view([2, 6]);
+    let batch = Batch {
+        inputs: Tensor::zeros([2, 6], (Kind::Int64, tch::Device::Cpu)),
+        targets: targets.shallow_clone(),
+        answer: answer.shallow_clone(),
+    };
+    let logp = logits.log_softmax(-1, Kind::Float).view([12, 11]);
+    let t: Vec<i64> = Vec::try_from(targets.view([-1])).unwrap();
+    let a: Vec<bool> = Vec::try_from(answer.view([-1])).unwrap();
+    let (mut text, mut nt, mut ans, mut na) = (0.0, 0.0, 0.0, 0.0);
+    for i in 0..12 {
+        if t[i] == IGNORE {
+            continue;
+        }
+        let nll = -logp.double_value(&[i as i64, t[i]]);
+        if a[i] {
+            ans += nll;
+            na += 1.0;
+        } else {
+            text += nll;
+            nt += 1.0;
+        }
+    }
+    let weighted = training_loss(&logits, &batch, Some(3.0)).double_value(&[]);
+    let want = text / nt + 3.0 * ans / na;
+    assert!((weighted - want).abs() < 1e-5, "{weighted} vs {want}");
+    let plain = training_loss(&logits, &batch, None).double_value(&[]);
+    assert!((plain - (text + ans) / (nt + na)).abs() < 1e-5);
+    assert_eq!(plain, lm_loss(&logits, &targets).double_value(&[]));
+}
