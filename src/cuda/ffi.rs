@@ -124,6 +124,42 @@ extern "C" {
         dw: *mut *mut C_tensor,
     ) -> c_int;
 
+    pub fn lcm_swa(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        slopes: *const C_tensor,
+        window: i64,
+        causal: c_int,
+        scale: f64,
+        o: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_swa_forward_raw(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        slopes: *const C_tensor,
+        window: i64,
+        causal: c_int,
+        scale: f64,
+        o: *mut *mut C_tensor,
+        lse: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_swa_backward_raw(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        slopes: *const C_tensor,
+        o: *const C_tensor,
+        lse: *const C_tensor,
+        dout: *const C_tensor,
+        window: i64,
+        causal: c_int,
+        scale: f64,
+        dq: *mut *mut C_tensor,
+        dk: *mut *mut C_tensor,
+        dv: *mut *mut C_tensor,
+    ) -> c_int;
     pub fn lcm_retrieval_topk(
         q: *const C_tensor,
         k: *const C_tensor,

@@ -14,8 +14,16 @@
 //! blocks of `bs = min(window, T)` rows attend to their own block plus the
 //! `ceil(window / bs)` previous blocks (one previous block when `bs = window`), so memory
 //! is `O(T * window)`. Test: `tests/ops_swa.rs`.
+//!
+//! On CUDA, bf16 inputs with head dim 64 or 128 ([`kernel_supports`]) run the hand-written
+//! kernels of `cuda/swa.cu` (FlashAttention-2 style: the band's key tiles only, online
+//! softmax, a deterministic backward) for both the sliding window and the bidirectional
+//! mode, through the autograd Function of `cuda/swa.cpp`. Test: `tests/ops_swa_cuda.rs`.
 
 use tch::{Kind, Tensor};
+
+#[cfg(lcm_cuda)]
+use crate::error::Result;
 
 /// `(B, Hq, T, D)` -> `(B, Hkv, G, T, D)` so that a kv tensor unsqueezed at dim 2 broadcasts
 /// over the query heads of its group.
@@ -128,10 +136,14 @@ pub fn bidirectional_attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, sca
     attend_dense(q, k, v, None, None, scale)
 }
 
-/// Bidirectional attention by whichever implementation suits the input: libtorch's fused
-/// attention on a GPU in bf16/fp16 (kv heads repeated over their query group), the
-/// reference otherwise.
+/// Bidirectional attention by whichever implementation suits the input: the kernel of
+/// `cuda/swa.cu` for inputs it takes ([`kernel_supports`]), else libtorch's fused attention
+/// on a GPU in bf16/fp16 (kv heads repeated over their query group), else the reference.
 pub fn bidirectional_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+    #[cfg(lcm_cuda)]
+    if super::use_kernels(q.device()) && kernel_supports(q, k, v, None, scale) {
+        return swa_cuda(q, k, v, None, None, scale).unwrap_or_else(|e| panic!("{e}"));
+    }
     let half = matches!(q.kind(), Kind::BFloat16 | Kind::Half);
     if !(half && q.device().is_cuda()) || super::reference_forced() {
         return bidirectional_attention_reference(q, k, v, scale);
@@ -208,10 +220,10 @@ pub fn sliding_window_attention_reference(
     o.reshape([b, hq, tp, d]).narrow(2, 0, t)
 }
 
-/// Sliding-window attention by whichever implementation suits the input: on a GPU in
-/// bf16/fp16 the blocked layout through libtorch's fused attention
-/// ([`sliding_window_attention_sdpa`]) until `cuda/swa.cu` exists; the reference otherwise
-/// (and with `LCM_REFERENCE_OPS=1`).
+/// Sliding-window attention by whichever implementation suits the input: the kernel of
+/// `cuda/swa.cu` for inputs it takes ([`kernel_supports`]); else on a GPU in bf16/fp16 the
+/// blocked layout through libtorch's fused attention ([`sliding_window_attention_sdpa`]);
+/// the reference otherwise (and with `LCM_REFERENCE_OPS=1`).
 pub fn sliding_window_attention(
     q: &Tensor,
     k: &Tensor,
@@ -220,6 +232,10 @@ pub fn sliding_window_attention(
     alibi: Option<&Tensor>,
     scale: f64,
 ) -> Tensor {
+    #[cfg(lcm_cuda)]
+    if super::use_kernels(q.device()) && kernel_supports(q, k, v, alibi, scale) && window >= 0 {
+        return swa_cuda(q, k, v, Some(window), alibi, scale).unwrap_or_else(|e| panic!("{e}"));
+    }
     let half = matches!(q.kind(), Kind::BFloat16 | Kind::Half);
     if half && q.device().is_cuda() && !super::reference_forced() {
         return sliding_window_attention_sdpa(q, k, v, window, alibi, scale);
@@ -342,4 +358,134 @@ pub fn sliding_window_attention_cached(
     // holds at most `window` positions, so this costs at most one extra block of rows.
     let padded = q.constant_pad_nd([0, 0, tk - tq, 0]);
     sliding_window_attention(&padded, k, v, window, alibi, scale).narrow(2, tk - tq, tq)
+}
+
+/// Whether the CUDA kernel (`cuda/swa.cu`) takes these inputs: CUDA tensors, bf16 q/k/v of
+/// shapes `(B, Hq, T, D)` / `(B, Hkv, T, D)` with `Hq % Hkv == 0`, head dim 64 or 128, a
+/// positive scale, and ALiBi slopes (if any) of shape `(Hq,)` on the same device. Anything
+/// else runs the previous path (libtorch SDPA or the reference).
+pub fn kernel_supports(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    alibi: Option<&Tensor>,
+    scale: f64,
+) -> bool {
+    let (qs, ks) = (q.size(), k.size());
+    qs.len() == 4
+        && ks.len() == 4
+        && v.size() == ks
+        && q.device().is_cuda()
+        && [q.kind(), k.kind(), v.kind()] == [Kind::BFloat16; 3]
+        && matches!(qs[3], 64 | 128)
+        && ks[3] == qs[3]
+        && ks[0] == qs[0]
+        && ks[2] == qs[2]
+        && ks[1] > 0
+        && qs[1] % ks[1] == 0
+        && qs[0] >= 1
+        && (1..i32::MAX as i64 / 2).contains(&qs[2])
+        && qs[0] * qs[1] < i32::MAX as i64
+        && scale > 0.0
+        && alibi.map_or(true, |m| {
+            m.size() == [qs[1]] && m.device() == q.device() && m.is_floating_point()
+        })
+}
+
+/// The CUDA kernel (forward and backward through a C++ autograd Function): causal sliding
+/// window (`window = Some(w)`: keys `t - w ..= t`, optional ALiBi slopes `(Hq,)`), or
+/// bidirectional attention (`window = None`, no ALiBi). bf16 q, k, v (any strides whose
+/// last dimension is dense); output bf16.
+#[cfg(lcm_cuda)]
+pub fn swa_cuda(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: Option<i64>,
+    alibi: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let slopes = alibi.map_or(std::ptr::null(), |m| m.as_ptr());
+    let [o] = unsafe {
+        crate::cuda::ffi::call(|out| {
+            crate::cuda::ffi::lcm_swa(
+                q.as_ptr(),
+                k.as_ptr(),
+                v.as_ptr(),
+                slopes,
+                window.unwrap_or(0),
+                window.is_some() as i32,
+                scale,
+                &mut out[0],
+            )
+        })?
+    };
+    Ok(o)
+}
+
+/// The forward kernel without autograd: `(o, lse)`, lse `(B, Hq, T)` fp32 (base 2).
+#[cfg(lcm_cuda)]
+pub fn swa_cuda_forward_raw(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: Option<i64>,
+    alibi: Option<&Tensor>,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
+    let slopes = alibi.map_or(std::ptr::null(), |m| m.as_ptr());
+    let [o, lse] = unsafe {
+        crate::cuda::ffi::call(|out| {
+            let [a, b] = out;
+            crate::cuda::ffi::lcm_swa_forward_raw(
+                q.as_ptr(),
+                k.as_ptr(),
+                v.as_ptr(),
+                slopes,
+                window.unwrap_or(0),
+                window.is_some() as i32,
+                scale,
+                a,
+                b,
+            )
+        })?
+    };
+    Ok((o, lse))
+}
+
+/// The backward kernels without autograd: `(dq, dk, dv)` given the forward's `o` and `lse`.
+#[cfg(lcm_cuda)]
+#[allow(clippy::too_many_arguments)]
+pub fn swa_cuda_backward_raw(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: Option<i64>,
+    alibi: Option<&Tensor>,
+    o: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    scale: f64,
+) -> Result<[Tensor; 3]> {
+    let slopes = alibi.map_or(std::ptr::null(), |m| m.as_ptr());
+    unsafe {
+        crate::cuda::ffi::call(|out| {
+            let [a, b, c] = out;
+            crate::cuda::ffi::lcm_swa_backward_raw(
+                q.as_ptr(),
+                k.as_ptr(),
+                v.as_ptr(),
+                slopes,
+                o.as_ptr(),
+                lse.as_ptr(),
+                dout.as_ptr(),
+                window.unwrap_or(0),
+                window.is_some() as i32,
+                scale,
+                a,
+                b,
+                c,
+            )
+        })
+    }
 }

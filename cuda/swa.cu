@@ -1,0 +1,694 @@
+// Causal sliding-window attention (optionally with ALiBi) and bidirectional attention:
+// forward and backward, bf16 in, fp32 accumulation, tensor cores (mma.sync m16n8k16 bf16,
+// ldmatrix from swizzled shared memory, cp.async loads), FlashAttention-2 style.
+//
+//   causal:    query t sees keys t - window ..= t; score = scale * q.k - m_h * (t - s)
+//   otherwise: query t sees every key (bidirectional, no ALiBi)
+//   o = softmax(score) v;  lse[b,h,t] = log2 of the softmax denominator of the base-2
+//   scores s2 = log2(e) * score, saved for the backward.
+// Reference: src/ops/swa.rs (sliding_window_attention_reference,
+// bidirectional_attention_reference). Tests: tests/ops_swa_cuda.rs.
+//
+// Layout: q (B, Hq, T, D), k/v (B, Hkv, T, D), GQA (query head h reads kv head h / G).
+// Tiles of 64 query rows (4 warps x 16 rows) and 64 keys; a query tile visits only the key
+// tiles of its band (at most ceil(window / 64) + 1 of them), and only tiles that cross
+// the band's edges (or T) evaluate the mask.
+//
+// Forward: one CTA per (query tile, b, query head); Q in registers, K/V tiles in a
+// 3-stage cp.async ring, online softmax.
+// Backward (deterministic, no atomics): Di = rowsum(dO * o) (a small kernel), then
+//   dq kernel:    one CTA per (query tile, b, query head), key tiles of the band:
+//                 P = exp2(s2 - lse), dP = dO V^T, dS = P (dP - Di), dQ += dS K;
+//   dk/dv kernel: one CTA per (key tile, b, kv head), the query tiles of its band for each
+//                 of the G query heads of the group; each warp owns 16 keys and computes
+//                 the transposed products P^T = exp2(K Q^T s - lse), dP^T = V dO^T,
+//                 dV += P^T dO, dK += dS^T Q with P^T and dS^T straight from registers.
+// S and dP are computed twice (7 matrix products instead of 5) for determinism.
+#include "common.cuh"
+#include "mma.cuh"
+
+namespace lcm {
+namespace swa {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTile = 64;  // query rows and keys per tile
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct Params {
+  const __nv_bfloat16* q;  // (B, Hq, T, D), strides sqb, sqh, sqt; d contiguous
+  const __nv_bfloat16* k;  // (B, Hkv, T, D), strides skb, skh, skt
+  const __nv_bfloat16* v;  // strides svb, svh, svt
+  const float* slopes;     // (Hq,) ALiBi slopes or null
+  __nv_bfloat16* o;        // (B, Hq, T, D) contiguous
+  float* lse;              // (B, Hq, T) contiguous
+  // backward
+  const __nv_bfloat16* dout;  // (B, Hq, T, D) contiguous
+  const float* di;            // (B, Hq, T)
+  __nv_bfloat16* dq;          // (B, Hq, T, D) contiguous
+  __nv_bfloat16* dk;          // (B, Hkv, T, D) contiguous
+  __nv_bfloat16* dv;
+  int64_t sqb, sqh, sqt, skb, skh, skt, svb, svh, svt;
+  int B, Hq, Hkv, G, T, window;
+  int bh0;  // first (b, head) pair of this launch (grids are sliced at 65535 in y)
+  bool causal;
+  float scale, scale_log2;
+};
+
+// 4-byte async copy, zero-filled when !valid.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+  const int n = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(n));
+}
+
+// Loads `rows` rows (ROWS in the tile, the rest zero-filled) of D bf16 each; row r starts
+// at src(r). All threads of the CTA take part.
+template <int ROWS, int D, typename F>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* dst, int rows, F src) {
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int i = threadIdx.x; i < ROWS * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    const bool valid = r < rows;
+    cp_async16(dst + sw<D>(r, c), src(valid ? r : 0) + c, valid);
+  }
+}
+
+// Stores a warp's 16 x D fp32 C-fragments (times mul[row half]) as bf16 rows through the
+// warp's 16-row slice of a shared tile, then with 16-byte coalesced global stores. Rows
+// >= valid are not written. dst(r) gives the global row for the warp's row r.
+template <int D, typename F>
+__device__ __forceinline__ void store_rows(float (*acc)[4], const float* mul,
+                                           __nv_bfloat16* tile, int valid, F dst) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int col = n * 8 + 2 * t;
+    *reinterpret_cast<uint32_t*>(tile + sw<D>(g, col)) =
+        pack_bf16(acc[n][0] * mul[0], acc[n][1] * mul[0]);
+    *reinterpret_cast<uint32_t*>(tile + sw<D>(g + 8, col)) =
+        pack_bf16(acc[n][2] * mul[1], acc[n][3] * mul[1]);
+  }
+  __syncwarp();
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int i = lane; i < 16 * kChunks; i += 32) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    if (r < valid)
+      *reinterpret_cast<uint4*>(dst(r) + c) = *reinterpret_cast<const uint4*>(tile + sw<D>(r, c));
+  }
+  __syncwarp();
+}
+
+// Key tiles [lo, hi] that query tile qt (rows qt*64 ..) must visit.
+__device__ __forceinline__ void key_band(const Params& p, int q0, int* lo, int* hi) {
+  const int last = min(p.T - 1, q0 + kTile - 1);
+  if (p.causal) {
+    *lo = max(0, q0 - p.window) / kTile;
+    *hi = last / kTile;
+  } else {
+    *lo = 0;
+    *hi = (p.T - 1) / kTile;
+  }
+}
+
+// Whether the (query rows q0.., keys k0..) tile pair needs the element mask.
+__device__ __forceinline__ bool needs_mask(const Params& p, int q0, int k0) {
+  bool m = k0 + kTile > p.T || q0 + kTile > p.T;
+  if (p.causal) m = m || k0 + kTile - 1 > q0 || q0 + kTile - 1 - k0 > p.window;
+  return m;
+}
+
+__device__ __forceinline__ bool visible(const Params& p, int t, int s) {
+  bool ok = s < p.T && t < p.T;
+  if (p.causal) ok = ok && s <= t && t - s <= p.window;
+  return ok;
+}
+
+// The mma/ldmatrix asm statements are volatile, so the compiler keeps their order: each
+// product below loads the B fragments of step kk + 1 before the MMAs of step kk (a
+// two-deep register ring), so that shared-memory latency overlaps the tensor cores instead
+// of stalling every MMA on its own ldmatrix.
+
+// S (16 rows x 64 keys) += A (16 x D) times B^T (64 x D rows of a swizzled tile). REG_A:
+// the A fragments are in `af`; otherwise they are read from rows r0.. of the tile tA.
+template <int D, bool REG_A = true>
+__device__ __forceinline__ void mma_abt(float (*s)[4], const uint32_t (*af)[4],
+                                        const __nv_bfloat16* tB,
+                                        const __nv_bfloat16* tA = nullptr, int r0 = 0) {
+  const int lane = threadIdx.x & 31;
+  constexpr int KK = D / 16, NP = kTile / 16;
+  uint32_t a[2][4], bb[2][NP][4];
+  auto load = [&](int kk, int slot) {
+    if (!REG_A) ldsm_x4(a[slot], tA + sw<D>(r0 + (lane & 15), kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+    for (int np = 0; np < NP; ++np)
+      ldsm_x4(bb[slot][np], tB + sw<D>(np * 16 + (lane & 7) + (lane >> 4) * 8,
+                                       kk * 16 + ((lane >> 3) & 1) * 8));
+  };
+  load(0, 0);
+#pragma unroll
+  for (int kk = 0; kk < KK; ++kk) {
+    if (kk + 1 < KK) load(kk + 1, (kk + 1) & 1);
+    const uint32_t* ak = REG_A ? af[kk] : a[kk & 1];
+#pragma unroll
+    for (int np = 0; np < NP; ++np) {
+      mma16816(s[2 * np], ak, bb[kk & 1][np][0], bb[kk & 1][np][1]);
+      mma16816(s[2 * np + 1], ak, bb[kk & 1][np][2], bb[kk & 1][np][3]);
+    }
+  }
+}
+
+// acc (16 x D) += P (16 x 64 C-fragments in registers, rounded to bf16) times B (64 x D
+// rows of a swizzled tile).
+template <int D>
+__device__ __forceinline__ void mma_pb(float (*acc)[4], const float (*pf)[4],
+                                       const __nv_bfloat16* tB) {
+  const int lane = threadIdx.x & 31;
+  constexpr int KK = kTile / 16, DP = D / 16;
+  uint32_t bb[2][DP][4];
+  auto load = [&](int kk, int slot) {
+#pragma unroll
+    for (int dp = 0; dp < DP; ++dp)
+      ldsm_x4_t(bb[slot][dp], tB + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                         dp * 16 + (lane >> 4) * 8));
+  };
+  load(0, 0);
+#pragma unroll
+  for (int kk = 0; kk < KK; ++kk) {
+    if (kk + 1 < KK) load(kk + 1, (kk + 1) & 1);
+    uint32_t a[4] = {pack_bf16(pf[2 * kk][0], pf[2 * kk][1]),
+                     pack_bf16(pf[2 * kk][2], pf[2 * kk][3]),
+                     pack_bf16(pf[2 * kk + 1][0], pf[2 * kk + 1][1]),
+                     pack_bf16(pf[2 * kk + 1][2], pf[2 * kk + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < DP; ++dp) {
+      mma16816(acc[2 * dp], a, bb[kk & 1][dp][0], bb[kk & 1][dp][1]);
+      mma16816(acc[2 * dp + 1], a, bb[kk & 1][dp][2], bb[kk & 1][dp][3]);
+    }
+  }
+}
+
+// A fragments of a warp's 16 rows (from row r0 of a swizzled tile).
+template <int D>
+__device__ __forceinline__ void load_afrag(uint32_t (*af)[4], const __nv_bfloat16* tile, int r0) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    ldsm_x4(af[kk], tile + sw<D>(r0 + (lane & 15), kk * 16 + (lane >> 4) * 8));
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward.
+
+constexpr int kFwdStages = 3;
+template <int D> __host__ __device__ constexpr int fwd_min_blocks() { return D == 64 ? 4 : 2; }
+
+template <int D, bool ALIBI>
+__global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(const Params p) {
+  constexpr int S = kFwdStages;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sK = sQ + kTile * D;
+  __nv_bfloat16* sV = sK + S * kTile * D;
+
+  const int q0 = blockIdx.x * kTile;
+  const int bh = blockIdx.y + p.bh0, b = bh / p.Hq, h = bh % p.Hq, hkv = h / p.G;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int wr = warp * 16;
+  const int rows = min(kTile, p.T - q0);
+
+  const __nv_bfloat16* qbase = p.q + b * p.sqb + h * p.sqh;
+  load_tile<kTile, D>(sQ, rows, [&](int r) { return qbase + int64_t(q0 + r) * p.sqt; });
+  cp_async_commit();
+
+  int lo, hi;
+  key_band(p, q0, &lo, &hi);
+  const int items = hi - lo + 1;
+  const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
+  const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
+  auto load_kv = [&](int item) {
+    const int k0 = (lo + item) * kTile, buf = item % S, nk = min(kTile, p.T - k0);
+    load_tile<kTile, D>(sK + buf * kTile * D, nk,
+                        [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
+    load_tile<kTile, D>(sV + buf * kTile * D, nk,
+                        [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
+  };
+#pragma unroll
+  for (int i = 0; i < S - 1; ++i) {
+    if (i < items) load_kv(i);
+    cp_async_commit();
+  }
+
+  const float slope2 = ALIBI ? p.slopes[h] * kLog2e : 0.f;
+  uint32_t qf[D / 16][4];
+  float acc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const int row[2] = {q0 + wr + g, q0 + wr + g + 8};
+
+  for (int item = 0; item < items; ++item) {
+    cp_async_wait<S - 2>();
+    __syncthreads();
+    if (item + S - 1 < items) load_kv(item + S - 1);
+    cp_async_commit();
+    if (item == 0) load_afrag<D>(qf, sQ, wr);
+    const int k0 = (lo + item) * kTile, buf = item % S;
+    const __nv_bfloat16* tK = sK + buf * kTile * D;
+    const __nv_bfloat16* tV = sV + buf * kTile * D;
+
+    float s[kTile / 8][4];
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
+    mma_abt<D>(s, qf, tK);
+
+    // Base-2 scores: without ALiBi the raw scores (scaled inside the exponent below, as
+    // scale > 0), with ALiBi the full s2 = scale_log2 * qk + slope2 * (s - t).
+    if (ALIBI) {
+      // slope2 * (col - row) = slope2 * (n * 8 + (e & 1)) + tb[row half]: two FFMAs.
+      const float tb[2] = {slope2 * float(k0 + 2 * t - row[0]), slope2 * float(k0 + 2 * t - row[1])};
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          s[n][e] = fmaf(s[n][e], p.scale_log2, fmaf(slope2, float(n * 8 + (e & 1)), tb[e >> 1]));
+    }
+    if (needs_mask(p, q0, k0)) {
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = k0 + n * 8 + 2 * t + (e & 1);
+          if (!visible(p, row[e >> 1], col)) s[n][e] = -INFINITY;
+        }
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+    float alpha[2], neg[2], rs[2] = {0.f, 0.f};
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+      mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+      const float mn = fmaxf(m[hh], ALIBI ? mx[hh] : mx[hh] * p.scale_log2);
+      const float ms = mn == -INFINITY ? 0.f : mn;  // a row with nothing visible yet
+      alpha[hh] = exp2f(m[hh] - ms);
+      m[hh] = mn;
+      neg[hh] = -ms;
+    }
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = ALIBI ? exp2f(s[n][e] + neg[e >> 1])
+                        : exp2f(fmaf(s[n][e], p.scale_log2, neg[e >> 1]));
+        rs[e >> 1] += s[n][e];
+      }
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) l[hh] = l[hh] * alpha[hh] + rs[hh];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
+    mma_pb<D>(acc, s, tV);
+  }
+  float inv[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 1);
+    l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 2);
+    inv[hh] = 1.f / l[hh];
+    if (t == 0 && row[hh] < p.T) p.lse[int64_t(bh) * p.T + row[hh]] = m[hh] + log2f(l[hh]);
+  }
+  // The warp's rows of sQ are read by no one else: stage the output there.
+  if (wr < rows)
+    store_rows<D>(acc, inv, sQ + wr * D, rows - wr,
+                  [&](int r) { return p.o + (int64_t(bh) * p.T + q0 + wr + r) * D; });
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward.
+
+// Di[b,h,t] = sum_d dO * o (fp32). D/8 threads per row, 16 bytes each.
+template <int D>
+__global__ void swa_bwd_di_kernel(const __nv_bfloat16* o, const __nv_bfloat16* dout, float* di,
+                                  int64_t rows) {
+  constexpr int kPer = D / 8;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t r = i / kPer;
+  float acc = 0.f;
+  if (r < rows) {
+    const uint4 a = *reinterpret_cast<const uint4*>(o + i * 8);
+    const uint4 c = *reinterpret_cast<const uint4*>(dout + i * 8);
+    const __nv_bfloat162* pa = reinterpret_cast<const __nv_bfloat162*>(&a);
+    const __nv_bfloat162* pc = reinterpret_cast<const __nv_bfloat162*>(&c);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 x = __bfloat1622float2(pa[j]), y = __bfloat1622float2(pc[j]);
+      acc += x.x * y.x + x.y * y.y;
+    }
+  }
+#pragma unroll
+  for (int off = kPer / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (r < rows && (threadIdx.x % kPer) == 0) di[r] = acc;
+}
+
+template <int D> __host__ __device__ constexpr int dq_min_blocks() { return D == 64 ? 3 : 2; }
+
+template <int D, bool ALIBI>
+__global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kernel(const Params p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sO = sQ + kTile * D;  // dO
+  __nv_bfloat16* sK = sO + kTile * D;  // 2 buffers
+  __nv_bfloat16* sV = sK + 2 * kTile * D;
+
+  const int q0 = blockIdx.x * kTile;
+  const int bh = blockIdx.y + p.bh0, b = bh / p.Hq, h = bh % p.Hq, hkv = h / p.G;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int wr = warp * 16;
+  const int rows = min(kTile, p.T - q0);
+
+  const __nv_bfloat16* qbase = p.q + b * p.sqb + h * p.sqh;
+  load_tile<kTile, D>(sQ, rows, [&](int r) { return qbase + int64_t(q0 + r) * p.sqt; });
+  load_tile<kTile, D>(sO, rows,
+                      [&](int r) { return p.dout + (int64_t(bh) * p.T + q0 + r) * D; });
+  int lo, hi;
+  key_band(p, q0, &lo, &hi);
+  const int items = hi - lo + 1;
+  const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
+  const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
+  auto load_kv = [&](int item) {
+    const int k0 = (lo + item) * kTile, buf = item & 1, nk = min(kTile, p.T - k0);
+    load_tile<kTile, D>(sK + buf * kTile * D, nk,
+                        [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
+    load_tile<kTile, D>(sV + buf * kTile * D, nk,
+                        [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
+  };
+  load_kv(0);
+  cp_async_commit();
+
+  const float slope2 = ALIBI ? p.slopes[h] * kLog2e : 0.f;
+  const int row[2] = {q0 + wr + g, q0 + wr + g + 8};
+  float lse[2], di[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const bool ok = row[hh] < p.T;
+    lse[hh] = ok ? p.lse[int64_t(bh) * p.T + row[hh]] : 0.f;
+    di[hh] = ok ? p.di[int64_t(bh) * p.T + row[hh]] : 0.f;
+  }
+  float dq[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dq[n][e] = 0.f;
+  // D = 64 keeps the A fragments (Q, dO) in registers, D = 128 reads them from shared
+  // memory for each tile (registers).
+  constexpr bool kRegA = D == 64;
+  uint32_t qf[kRegA ? D / 16 : 1][4], of[kRegA ? D / 16 : 1][4];
+
+  for (int item = 0; item < items; ++item) {
+    if (item + 1 < items) load_kv(item + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (kRegA && item == 0) {
+      load_afrag<D>(qf, sQ, wr);
+      load_afrag<D>(of, sO, wr);
+    }
+    const int k0 = (lo + item) * kTile, buf = item & 1;
+    const __nv_bfloat16* tK = sK + buf * kTile * D;
+    const __nv_bfloat16* tV = sV + buf * kTile * D;
+    float s[kTile / 8][4], dp[kTile / 8][4];
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+    mma_abt<D, kRegA>(s, qf, tK, sQ, wr);
+    mma_abt<D, kRegA>(dp, of, tV, sO, wr);
+    const bool masked = needs_mask(p, q0, k0);
+    // -lse + slope2 * (col - row), split as in the forward.
+    float tb[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh)
+      tb[hh] = ALIBI ? fmaf(slope2, float(k0 + 2 * t - row[hh]), -lse[hh]) : -lse[hh];
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = k0 + n * 8 + 2 * t + (e & 1);
+        const int r = row[e >> 1];
+        const float bias = ALIBI ? fmaf(slope2, float(n * 8 + (e & 1)), tb[e >> 1]) : tb[e >> 1];
+        const float x = fmaf(s[n][e], p.scale_log2, bias);
+        float pr = exp2f(x);
+        if (masked && !visible(p, r, col)) pr = 0.f;
+        dp[n][e] = pr * (dp[n][e] - di[e >> 1]);
+      }
+    mma_pb<D>(dq, dp, tK);
+    __syncthreads();  // every warp is done with this buffer before it is refilled
+  }
+  const float mul[2] = {p.scale, p.scale};
+  // sQ's rows of this warp are no longer read (fragments are in registers).
+  if (wr < rows)
+    store_rows<D>(dq, mul, sQ + wr * D, rows - wr,
+                  [&](int r) { return p.dq + (int64_t(bh) * p.T + q0 + wr + r) * D; });
+}
+
+template <int D> __host__ __device__ constexpr int dkv_min_blocks() { return D == 64 ? 2 : 1; }
+
+template <int D, bool ALIBI>
+__global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_kernel(const Params p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sV = sK + kTile * D;
+  __nv_bfloat16* sQ = sV + kTile * D;      // 2 buffers
+  __nv_bfloat16* sO = sQ + 2 * kTile * D;  // dO, 2 buffers
+  float* sL = reinterpret_cast<float*>(sO + 2 * kTile * D);  // lse, 2 x kTile
+  float* sD = sL + 2 * kTile;                                  // Di, 2 x kTile
+
+  const int k0 = blockIdx.x * kTile;
+  const int bkv = blockIdx.y + p.bh0, b = bkv / p.Hkv, hkv = bkv % p.Hkv;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int wr = warp * 16;
+  const int nkeys = min(kTile, p.T - k0);
+
+  load_tile<kTile, D>(sK, nkeys,
+                      [&](int r) { return p.k + b * p.skb + hkv * p.skh + int64_t(k0 + r) * p.skt; });
+  load_tile<kTile, D>(sV, nkeys,
+                      [&](int r) { return p.v + b * p.svb + hkv * p.svh + int64_t(k0 + r) * p.svt; });
+
+  // Query tiles of the band, for each head of the group.
+  int lo, hi;
+  if (p.causal) {
+    lo = k0 / kTile;
+    hi = min(p.T - 1, k0 + kTile - 1 + p.window) / kTile;
+  } else {
+    lo = 0;
+    hi = (p.T - 1) / kTile;
+  }
+  const int per_head = hi - lo + 1;
+  const int items = per_head * p.G;
+  auto load_q = [&](int item) {
+    const int hq = hkv * p.G + item / per_head, q0 = (lo + item % per_head) * kTile;
+    const int buf = item & 1, rows = min(kTile, p.T - q0);
+    const int64_t bh = int64_t(b) * p.Hq + hq;
+    load_tile<kTile, D>(sQ + buf * kTile * D, rows, [&](int r) {
+      return p.q + b * p.sqb + hq * p.sqh + int64_t(q0 + r) * p.sqt;
+    });
+    load_tile<kTile, D>(sO + buf * kTile * D, rows,
+                        [&](int r) { return p.dout + (bh * p.T + q0 + r) * D; });
+    for (int i = threadIdx.x; i < 2 * kTile; i += kThreads) {
+      const int r = i % kTile;
+      const bool valid = r < rows;
+      const float* src = (i < kTile ? p.lse : p.di) + bh * p.T + (valid ? q0 + r : 0);
+      cp_async4((i < kTile ? sL : sD) + buf * kTile + r, src, valid);
+    }
+  };
+  load_q(0);
+  cp_async_commit();
+
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
+  constexpr bool kRegA = D == 64;  // as in the dq kernel
+  uint32_t kf[kRegA ? D / 16 : 1][4], vf[kRegA ? D / 16 : 1][4];
+  const int key[2] = {k0 + wr + g, k0 + wr + g + 8};
+
+  for (int item = 0; item < items; ++item) {
+    if (item + 1 < items) load_q(item + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (kRegA && item == 0) {
+      load_afrag<D>(kf, sK, wr);
+      load_afrag<D>(vf, sV, wr);
+    }
+    const int hq = hkv * p.G + item / per_head, q0 = (lo + item % per_head) * kTile;
+    const int buf = item & 1;
+    const __nv_bfloat16* tQ = sQ + buf * kTile * D;
+    const __nv_bfloat16* tO = sO + buf * kTile * D;
+    const float* tL = sL + buf * kTile;
+    const float* tD = sD + buf * kTile;
+    const float slope2 = ALIBI ? p.slopes[hq] * kLog2e : 0.f;
+
+    // Transposed: rows are this warp's 16 keys, columns the tile's 64 queries.
+    float s[kTile / 8][4], dp[kTile / 8][4];
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+    mma_abt<D, kRegA>(s, kf, tQ, sK, wr);
+    mma_abt<D, kRegA>(dp, vf, tO, sV, wr);
+    const bool masked = needs_mask(p, q0, k0);
+    // slope2 * (key - query) = -slope2 * (n * 8 + (e & 1)) + tb[key half].
+    const float tb[2] = {slope2 * float(key[0] - q0 - 2 * t), slope2 * float(key[1] - q0 - 2 * t)};
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n) {
+      const float2 l2 = *reinterpret_cast<const float2*>(tL + n * 8 + 2 * t);
+      const float2 d2 = *reinterpret_cast<const float2*>(tD + n * 8 + 2 * t);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = q0 + n * 8 + 2 * t + (e & 1);  // query
+        const int kr = key[e >> 1];
+        const float bias = ALIBI ? fmaf(slope2, -float(n * 8 + (e & 1)), tb[e >> 1]) : 0.f;
+        const float x = fmaf(s[n][e], p.scale_log2, bias - ((e & 1) ? l2.y : l2.x));
+        float pr = exp2f(x);
+        if (masked && !visible(p, col, kr)) pr = 0.f;
+        s[n][e] = pr;
+        dp[n][e] = pr * (dp[n][e] - ((e & 1) ? d2.y : d2.x));
+      }
+    }
+    mma_pb<D>(dv, s, tO);
+    mma_pb<D>(dk, dp, tQ);
+    __syncthreads();  // every warp is done with this buffer before it is refilled
+  }
+  // Each warp's rows of sK / sV are read by no other warp: stage the results there.
+  const float one[2] = {1.f, 1.f}, sc[2] = {p.scale, p.scale};
+  if (wr < nkeys) {
+    const int64_t base = (int64_t(bkv) * p.T + k0 + wr) * D;
+    store_rows<D>(dk, sc, sK + wr * D, nkeys - wr, [&](int r) { return p.dk + base + int64_t(r) * D; });
+    store_rows<D>(dv, one, sV + wr * D, nkeys - wr, [&](int r) { return p.dv + base + int64_t(r) * D; });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Launchers.
+
+template <typename K> cudaError_t prepare(K kernel, size_t smem) {
+  if (smem > 48 * 1024)
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(smem));
+  return cudaSuccess;
+}
+
+// Grid (tiles along T, (b, head) pairs), sliced into launches of at most 65535 in y.
+template <typename K>
+cudaError_t launch_sliced(K kernel, Params p, int pairs, size_t smem, cudaStream_t s) {
+  for (int y0 = 0; y0 < pairs; y0 += 65535) {
+    p.bh0 = y0;
+    dim3 grid((p.T + kTile - 1) / kTile, min(65535, pairs - y0));
+    kernel<<<grid, kThreads, smem, s>>>(p);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+template <int D, bool ALIBI> cudaError_t launch_fwd(const Params& p, cudaStream_t s) {
+  auto kernel = swa_fwd_kernel<D, ALIBI>;
+  const size_t smem = size_t(1 + 2 * kFwdStages) * kTile * D * 2;
+  cudaError_t e = prepare(kernel, smem);
+  if (e != cudaSuccess) return e;
+  return launch_sliced(kernel, p, p.B * p.Hq, smem, s);
+}
+
+template <int D, bool ALIBI> cudaError_t launch_bwd(const Params& p, float* di, cudaStream_t s) {
+  const int64_t rows = int64_t(p.B) * p.Hq * p.T;
+  const int64_t threads = rows * (D / 8);
+  swa_bwd_di_kernel<D><<<(threads + 255) / 256, 256, 0, s>>>(p.o, p.dout, di, rows);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  Params pp = p;
+  pp.di = di;
+  {
+    auto kernel = swa_bwd_dq_kernel<D, ALIBI>;
+    const size_t smem = size_t(6) * kTile * D * 2;
+    if ((e = prepare(kernel, smem)) != cudaSuccess) return e;
+    if ((e = launch_sliced(kernel, pp, p.B * p.Hq, smem, s)) != cudaSuccess) return e;
+  }
+  {
+    auto kernel = swa_bwd_dkv_kernel<D, ALIBI>;
+    const size_t smem = size_t(6) * kTile * D * 2 + 4 * kTile * 4;
+    if ((e = prepare(kernel, smem)) != cudaSuccess) return e;
+    if ((e = launch_sliced(kernel, pp, p.B * p.Hkv, smem, s)) != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+Params make_params(const void* q, const void* k, const void* v, const float* slopes,
+                   const int64_t* st, int B, int Hq, int Hkv, int T, int window, int causal,
+                   float scale) {
+  Params p{};
+  p.q = static_cast<const __nv_bfloat16*>(q);
+  p.k = static_cast<const __nv_bfloat16*>(k);
+  p.v = static_cast<const __nv_bfloat16*>(v);
+  p.slopes = slopes;
+  p.sqb = st[0], p.sqh = st[1], p.sqt = st[2];
+  p.skb = st[3], p.skh = st[4], p.skt = st[5];
+  p.svb = st[6], p.svh = st[7], p.svt = st[8];
+  p.B = B, p.Hq = Hq, p.Hkv = Hkv, p.G = Hq / Hkv, p.T = T, p.window = window;
+  p.causal = causal != 0;
+  p.scale = scale;
+  p.scale_log2 = scale * kLog2e;
+  return p;
+}
+
+}  // namespace swa
+}  // namespace lcm
+
+extern "C" {
+
+// strides: q (b, h, t), k (b, h, t), v (b, h, t) in elements; the last dim is dense.
+int lcm_swa_fwd_launch(const void* q, const void* k, const void* v, const float* slopes, void* o,
+                       float* lse, const int64_t* strides, int B, int Hq, int Hkv, int T, int D,
+                       int window, int causal, float scale, cudaStream_t s) {
+  using namespace lcm::swa;
+  Params p = make_params(q, k, v, slopes, strides, B, Hq, Hkv, T, window, causal, scale);
+  p.o = static_cast<__nv_bfloat16*>(o);
+  p.lse = lse;
+  const bool alibi = slopes != nullptr && p.causal;
+  if (D == 64) return alibi ? launch_fwd<64, true>(p, s) : launch_fwd<64, false>(p, s);
+  if (D == 128) return alibi ? launch_fwd<128, true>(p, s) : launch_fwd<128, false>(p, s);
+  return cudaErrorInvalidValue;
+}
+
+// o and dout contiguous (B, Hq, T, D); di is a scratch of B*Hq*T floats.
+int lcm_swa_bwd_launch(const void* q, const void* k, const void* v, const float* slopes,
+                       const void* o, const float* lse, const void* dout, float* di, void* dq,
+                       void* dk, void* dv, const int64_t* strides, int B, int Hq, int Hkv, int T,
+                       int D, int window, int causal, float scale, cudaStream_t s) {
+  using namespace lcm::swa;
+  Params p = make_params(q, k, v, slopes, strides, B, Hq, Hkv, T, window, causal, scale);
+  p.o = static_cast<__nv_bfloat16*>(const_cast<void*>(o));
+  p.lse = const_cast<float*>(lse);
+  p.dout = static_cast<const __nv_bfloat16*>(dout);
+  p.dq = static_cast<__nv_bfloat16*>(dq);
+  p.dk = static_cast<__nv_bfloat16*>(dk);
+  p.dv = static_cast<__nv_bfloat16*>(dv);
+  const bool alibi = slopes != nullptr && p.causal;
+  if (D == 64) return alibi ? launch_bwd<64, true>(p, di, s) : launch_bwd<64, false>(p, di, s);
+  if (D == 128) return alibi ? launch_bwd<128, true>(p, di, s) : launch_bwd<128, false>(p, di, s);
+  return cudaErrorInvalidValue;
+}
+
+}  // extern "C"
