@@ -66,46 +66,6 @@ struct BwdParams {
   float scale, scale_log2;
 };
 
-// Loads `rows` rows (ROWS in the tile, the rest zero-filled) of D bf16 each; row r starts
-// at src(r). All threads of the CTA take part.
-template <int ROWS, int D, typename F>
-__device__ __forceinline__ void load_tile(__nv_bfloat16* dst, int rows, F src) {
-  constexpr int kChunks = D / 8;
-#pragma unroll
-  for (int i = threadIdx.x; i < ROWS * kChunks; i += kThreads) {
-    const int r = i / kChunks, c = (i % kChunks) * 8;
-    const bool valid = r < rows;
-    // Zero-filled rows still name a valid global address (row 0; rows >= 1 always).
-    cp_async16(dst + sw<D>(r, c), src(valid ? r : 0) + c, valid);
-  }
-}
-
-// Stores a warp's 16 x D fp32 C-fragments (times `mul`) as bf16 rows through the warp's
-// 16-row slice of a shared tile, then with 16-byte coalesced global stores. Rows >= valid
-// are not written. dst(r) gives the global row for the warp's row r.
-template <int D, typename F>
-__device__ __forceinline__ void store_rows(float (*acc)[4], const float* mul,
-                                           __nv_bfloat16* tile, int valid, F dst) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    const int col = n * 8 + 2 * t;
-    *reinterpret_cast<uint32_t*>(tile + sw<D>(g, col)) =
-        pack_bf16(acc[n][0] * mul[0], acc[n][1] * mul[0]);
-    *reinterpret_cast<uint32_t*>(tile + sw<D>(g + 8, col)) =
-        pack_bf16(acc[n][2] * mul[1], acc[n][3] * mul[1]);
-  }
-  __syncwarp();
-  constexpr int kChunks = D / 8;
-#pragma unroll
-  for (int i = lane; i < 16 * kChunks; i += 32) {
-    const int r = i / kChunks, c = (i % kChunks) * 8;
-    if (r < valid)
-      *reinterpret_cast<uint4*>(dst(r) + c) = *reinterpret_cast<const uint4*>(tile + sw<D>(r, c));
-  }
-  __syncwarp();
-}
-
 // ---------------------------------------------------------------------------------------
 // Forward.
 
@@ -139,7 +99,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
     const int rr = row0 + r, head = hkv * p.G + rr / p.Q, qi = rr % p.Q;
     return p.q + b * p.sqb + head * p.sqh + qi * p.sqq;
   };
-  load_tile<kRows, D>(sQ, rows, q_row);
+  load_tile<kRows, D, kThreads>(sQ, rows, q_row);
   cp_async_commit();
 
   const int ntiles = (p.KCTX + kFwdTile - 1) / kFwdTile;
@@ -149,9 +109,9 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
   auto load_kv = [&](int item) {
     const int c = item / ntiles, j = item % ntiles, buf = item % S;
     const int key0 = j * kFwdTile, nk = min(kFwdTile, p.KCTX - key0);
-    load_tile<kFwdTile, D>(sK + buf * kFwdTile * D, nk,
+    load_tile<kFwdTile, D, kThreads>(sK + buf * kFwdTile * D, nk,
                            [&](int r) { return kbase + c * p.skc + (key0 + r) * p.skk; });
-    load_tile<kFwdTile, D>(sV + buf * kFwdTile * D, nk,
+    load_tile<kFwdTile, D, kThreads>(sV + buf * kFwdTile * D, nk,
                            [&](int r) { return vbase + c * p.svc + (key0 + r) * p.svk; });
   };
   // Prologue: S-1 tiles in flight (one commit group each, empty past the end).
@@ -339,9 +299,9 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
   const int items = npass * p.K;
   auto load_kv = [&](int item) {
     const int c = item % p.K, buf = item & 1;
-    load_tile<KT, D>(sK + buf * KT * D, p.KCTX,
+    load_tile<KT, D, kThreads>(sK + buf * KT * D, p.KCTX,
                      [&](int r) { return kbase + c * p.skc + r * p.skk; });
-    load_tile<KT, D>(sV + buf * KT * D, p.KCTX,
+    load_tile<KT, D, kThreads>(sV + buf * KT * D, p.KCTX,
                      [&](int r) { return vbase + c * p.svc + r * p.svk; });
   };
   load_kv(0);
@@ -357,12 +317,12 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
       *qi = rr % p.Q;
     };
     if (c == 0) {
-      load_tile<kRows, D>(sQ, rows, [&](int r) {
+      load_tile<kRows, D, kThreads>(sQ, rows, [&](int r) {
         int head, qi;
         row_head(r, &head, &qi);
         return p.q + b * p.sqb + head * p.sqh + qi * p.sqq;
       });
-      load_tile<kRows, D>(sO, rows, [&](int r) {
+      load_tile<kRows, D, kThreads>(sO, rows, [&](int r) {
         int head, qi;
         row_head(r, &head, &qi);
         return p.dout + ((int64_t(b) * p.Hq + head) * p.Q + qi) * D;

@@ -52,4 +52,46 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 template <int COLS> __device__ __forceinline__ int sw(int row, int col) {
   return row * COLS + ((((col >> 3) ^ row) & 7) | ((col >> 3) & ~7)) * 8 + (col & 7);
 }
+
+// Loads `rows` rows (ROWS in the tile, the rest zero-filled) of D bf16 each into a swizzled
+// tile; row r starts at src(r). All THREADS threads of the CTA take part.
+template <int ROWS, int D, int THREADS, typename F>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* dst, int rows, F src) {
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    const bool valid = r < rows;
+    // Zero-filled rows still name a valid global address (row 0; rows >= 1 always).
+    cp_async16(dst + sw<D>(r, c), src(valid ? r : 0) + c, valid);
+  }
+}
+
+// Stores a warp's 16 x D fp32 C-fragments (rows g scaled by mul[0], rows g + 8 by mul[1])
+// as bf16 rows through the warp's 16-row slice of a swizzled shared tile, then with 16-byte
+// coalesced global stores. Rows >= valid are not written. dst(r) gives the global row for
+// the warp's row r.
+template <int D, typename F>
+__device__ __forceinline__ void store_rows(float (*acc)[4], const float* mul,
+                                           __nv_bfloat16* tile, int valid, F dst) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int col = n * 8 + 2 * t;
+    *reinterpret_cast<uint32_t*>(tile + sw<D>(g, col)) =
+        pack_bf16(acc[n][0] * mul[0], acc[n][1] * mul[0]);
+    *reinterpret_cast<uint32_t*>(tile + sw<D>(g + 8, col)) =
+        pack_bf16(acc[n][2] * mul[1], acc[n][3] * mul[1]);
+  }
+  __syncwarp();
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int i = lane; i < 16 * kChunks; i += 32) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    if (r < valid)
+      *reinterpret_cast<uint4*>(dst(r) + c) = *reinterpret_cast<const uint4*>(tile + sw<D>(r, c));
+  }
+  __syncwarp();
+}
+
 }  // namespace lcm

@@ -62,45 +62,6 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid
                "r"(n));
 }
 
-// Loads `rows` rows (ROWS in the tile, the rest zero-filled) of D bf16 each; row r starts
-// at src(r). All threads of the CTA take part.
-template <int ROWS, int D, typename F>
-__device__ __forceinline__ void load_tile(__nv_bfloat16* dst, int rows, F src) {
-  constexpr int kChunks = D / 8;
-#pragma unroll
-  for (int i = threadIdx.x; i < ROWS * kChunks; i += kThreads) {
-    const int r = i / kChunks, c = (i % kChunks) * 8;
-    const bool valid = r < rows;
-    cp_async16(dst + sw<D>(r, c), src(valid ? r : 0) + c, valid);
-  }
-}
-
-// Stores a warp's 16 x D fp32 C-fragments (times mul[row half]) as bf16 rows through the
-// warp's 16-row slice of a shared tile, then with 16-byte coalesced global stores. Rows
-// >= valid are not written. dst(r) gives the global row for the warp's row r.
-template <int D, typename F>
-__device__ __forceinline__ void store_rows(float (*acc)[4], const float* mul,
-                                           __nv_bfloat16* tile, int valid, F dst) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    const int col = n * 8 + 2 * t;
-    *reinterpret_cast<uint32_t*>(tile + sw<D>(g, col)) =
-        pack_bf16(acc[n][0] * mul[0], acc[n][1] * mul[0]);
-    *reinterpret_cast<uint32_t*>(tile + sw<D>(g + 8, col)) =
-        pack_bf16(acc[n][2] * mul[1], acc[n][3] * mul[1]);
-  }
-  __syncwarp();
-  constexpr int kChunks = D / 8;
-#pragma unroll
-  for (int i = lane; i < 16 * kChunks; i += 32) {
-    const int r = i / kChunks, c = (i % kChunks) * 8;
-    if (r < valid)
-      *reinterpret_cast<uint4*>(dst(r) + c) = *reinterpret_cast<const uint4*>(tile + sw<D>(r, c));
-  }
-  __syncwarp();
-}
-
 // Key tiles [lo, hi] that query tile qt (rows qt*64 ..) must visit.
 __device__ __forceinline__ void key_band(const Params& p, int q0, int* lo, int* hi) {
   const int last = min(p.T - 1, q0 + kTile - 1);
@@ -220,7 +181,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
   const int rows = min(kTile, p.T - q0);
 
   const __nv_bfloat16* qbase = p.q + b * p.sqb + h * p.sqh;
-  load_tile<kTile, D>(sQ, rows, [&](int r) { return qbase + int64_t(q0 + r) * p.sqt; });
+  load_tile<kTile, D, kThreads>(sQ, rows, [&](int r) { return qbase + int64_t(q0 + r) * p.sqt; });
   cp_async_commit();
 
   int lo, hi;
@@ -230,9 +191,9 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
   const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
   auto load_kv = [&](int item) {
     const int k0 = (lo + item) * kTile, buf = item % S, nk = min(kTile, p.T - k0);
-    load_tile<kTile, D>(sK + buf * kTile * D, nk,
+    load_tile<kTile, D, kThreads>(sK + buf * kTile * D, nk,
                         [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
-    load_tile<kTile, D>(sV + buf * kTile * D, nk,
+    load_tile<kTile, D, kThreads>(sV + buf * kTile * D, nk,
                         [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
   };
 #pragma unroll
@@ -378,8 +339,8 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kerne
   const int rows = min(kTile, p.T - q0);
 
   const __nv_bfloat16* qbase = p.q + b * p.sqb + h * p.sqh;
-  load_tile<kTile, D>(sQ, rows, [&](int r) { return qbase + int64_t(q0 + r) * p.sqt; });
-  load_tile<kTile, D>(sO, rows,
+  load_tile<kTile, D, kThreads>(sQ, rows, [&](int r) { return qbase + int64_t(q0 + r) * p.sqt; });
+  load_tile<kTile, D, kThreads>(sO, rows,
                       [&](int r) { return p.dout + (int64_t(bh) * p.T + q0 + r) * D; });
   int lo, hi;
   key_band(p, q0, &lo, &hi);
@@ -388,9 +349,9 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kerne
   const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
   auto load_kv = [&](int item) {
     const int k0 = (lo + item) * kTile, buf = item & 1, nk = min(kTile, p.T - k0);
-    load_tile<kTile, D>(sK + buf * kTile * D, nk,
+    load_tile<kTile, D, kThreads>(sK + buf * kTile * D, nk,
                         [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
-    load_tile<kTile, D>(sV + buf * kTile * D, nk,
+    load_tile<kTile, D, kThreads>(sV + buf * kTile * D, nk,
                         [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
   };
   load_kv(0);
@@ -480,9 +441,9 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_ker
   const int wr = warp * 16;
   const int nkeys = min(kTile, p.T - k0);
 
-  load_tile<kTile, D>(sK, nkeys,
+  load_tile<kTile, D, kThreads>(sK, nkeys,
                       [&](int r) { return p.k + b * p.skb + hkv * p.skh + int64_t(k0 + r) * p.skt; });
-  load_tile<kTile, D>(sV, nkeys,
+  load_tile<kTile, D, kThreads>(sV, nkeys,
                       [&](int r) { return p.v + b * p.svb + hkv * p.svh + int64_t(k0 + r) * p.svt; });
 
   // Query tiles of the band, for each head of the group.
@@ -500,10 +461,10 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_ker
     const int hq = hkv * p.G + item / per_head, q0 = (lo + item % per_head) * kTile;
     const int buf = item & 1, rows = min(kTile, p.T - q0);
     const int64_t bh = int64_t(b) * p.Hq + hq;
-    load_tile<kTile, D>(sQ + buf * kTile * D, rows, [&](int r) {
+    load_tile<kTile, D, kThreads>(sQ + buf * kTile * D, rows, [&](int r) {
       return p.q + b * p.sqb + hq * p.sqh + int64_t(q0 + r) * p.sqt;
     });
-    load_tile<kTile, D>(sO + buf * kTile * D, rows,
+    load_tile<kTile, D, kThreads>(sO + buf * kTile * D, rows,
                         [&](int r) { return p.dout + (bh * p.T + q0 + r) * D; });
     for (int i = threadIdx.x; i < 2 * kTile; i += kThreads) {
       const int r = i % kTile;
