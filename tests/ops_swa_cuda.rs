@@ -15,7 +15,9 @@
 
 mod common;
 
-use common::{assert_close_scaled, assert_rel_norm, cuda_or_skip, poison_cuda_allocator};
+use common::{
+    assert_close_scaled, assert_rel_norm, cuda_or_skip, forward_and_grads, poison_cuda_allocator,
+};
 use lcm::model::layers::alibi_slopes;
 use lcm::ops::{
     bidirectional_attention, bidirectional_attention_reference, sliding_window_attention,
@@ -70,28 +72,6 @@ fn inputs(c: &Case, dev: Device) -> Inputs {
     };
     let dout = Tensor::randn([b, hq, t, d], opts);
     Inputs { q, k, v, dout }
-}
-
-/// The output of `f` on fresh leaves copied from `xs` and the gradients of `sum(out * dout)`
-/// with respect to the three leaves: [o, dq, dk, dv].
-fn forward_and_grads(
-    f: impl Fn(&[Tensor]) -> Tensor,
-    xs: &[&Tensor],
-    dout: &Tensor,
-) -> [Tensor; 4] {
-    let leaves: Vec<Tensor> = xs
-        .iter()
-        .map(|t| t.detach().set_requires_grad(true))
-        .collect();
-    let o = f(&leaves);
-    let loss = (o.to_kind(Kind::Float) * dout.to_kind(Kind::Float)).sum(Kind::Float);
-    let g = Tensor::run_backward(&[&loss], &leaves, false, false);
-    [
-        o.detach(),
-        g[0].shallow_clone(),
-        g[1].shallow_clone(),
-        g[2].shallow_clone(),
-    ]
 }
 
 fn tag(c: &Case) -> String {
