@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -107,7 +107,16 @@ fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
     (g.next_u64() >> 1) as i64
 }
 
+/// libtorch's default generator is one per process, and a run re-seeds it every
+/// micro-batch: two runs in one process (tests, a sweep driven from Rust) would interleave
+/// their draws and neither would be reproducible. One run at a time holds it.
+static TORCH_GENERATOR: Mutex<()> = Mutex::new(());
+
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+    // A run that panicked released the lock poisoned; the generator itself is still fine.
+    let _generator = TORCH_GENERATOR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let world = opts.world.max(1);
     let device = cfg.device()?;
     tch::manual_seed(cfg.seed as i64);
