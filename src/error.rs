@@ -10,12 +10,10 @@ pub enum Error {
     /// A libtorch call failed.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The I/O error is part of the message, not a `source`: anyhow's `{:#}` would print
+    /// it twice ("x.json: No such file: No such file").
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{0}")]
     Invalid(String),
     /// A configuration value is missing, unknown or wrong; `key` is its dotted path
@@ -59,7 +57,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 }

@@ -73,3 +73,15 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
+
+static TORCH_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// libtorch's default generator is one per process: two seeded computations in one process
+/// (a training run, a test that compares two forwards with the same Gumbel noise) interleave
+/// their draws unless each holds this guard while it seeds and draws.
+pub fn lock_torch_generator() -> std::sync::MutexGuard<'static, ()> {
+    // A holder that panicked left it poisoned; the generator itself is still fine.
+    TORCH_GENERATOR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

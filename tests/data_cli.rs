@@ -115,3 +115,20 @@ fn help_shows_examples() {
         assert!(ok && out.contains("Example"), "{args:?}: {out}");
     }
 }
+
+/// A config naming a model file that is not there: the error names the file, once, and the
+/// OS reason once (not "x: No such file: No such file").
+#[test]
+fn a_missing_file_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("run.json");
+    data_util::write(
+        &config,
+        br#"{"model": "models/nowhere.json", "data": {"random": {"lo": 1, "hi": 9}}}"#,
+    );
+    let (ok, _, err) = lcm(&["pretrain", "--config", config.to_str().unwrap()]);
+    assert!(!ok);
+    let missing = dir.path().join("models/nowhere.json");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+}

@@ -121,17 +121,26 @@ fn tiny_drt() -> ModelConfig {
     ModelConfig::from_json(&v).unwrap()
 }
 
+/// At every batch (samples prefilled side by side, in groups of 2 + 1 for batch 2), each
+/// sample's prediction is what the full forward of that sample alone predicts.
 #[test]
 fn grid_predictions_are_the_full_forward_argmax() {
     tch::manual_seed(2);
     let engine = Engine::random(&tiny_drt(), Device::Cpu).unwrap();
+    for batch in [1, 2, 3] {
+        grid_matches_full_forward(&engine, batch);
+    }
+}
+
+fn grid_matches_full_forward(engine: &Engine, batch: usize) {
     let spec = spec(NiahTask::Passkey);
     let hay = Haystack::Random { lo: 30, hi: 60 };
     let out = tempfile::tempdir().unwrap();
     let opts = GridOptions {
         lengths: vec![50, 96],
         depths: vec![0.0, 1.0],
-        samples: 2,
+        samples: 3,
+        batch,
         seed: 9,
         prefill: PrefillOptions {
             segment: 12, // 3 chunks: the answer spans segment boundaries at some lengths
@@ -140,8 +149,8 @@ fn grid_predictions_are_the_full_forward_argmax() {
         out: out.path().to_path_buf(),
         progress: false,
     };
-    let report = grid::run(&engine, &spec, &hay, &opts).unwrap();
-    assert_eq!(report.samples.len(), 8);
+    let report = grid::run(engine, &spec, &hay, &opts).unwrap();
+    assert_eq!(report.samples.len(), 12);
     assert_eq!(report.cells.len(), 4);
     for r in &report.samples {
         assert_eq!(r.used_length, r.length / 4 * 4, "rounded to the chunk size");
@@ -154,12 +163,22 @@ fn grid_predictions_are_the_full_forward_argmax() {
         let at = logits.narrow(1, s.answer_start as i64 - 1, s.answer.len() as i64);
         let want: Vec<i64> = Vec::try_from(at.argmax(-1, false).view([-1])).unwrap();
         let got: Vec<i64> = r.prediction.iter().map(|&p| p as i64).collect();
-        assert_eq!(got, want, "length {} depth {}", r.length, r.depth);
+        assert_eq!(
+            got, want,
+            "length {} depth {} batch {batch}",
+            r.length, r.depth
+        );
+        let group = match (batch, r.sample) {
+            (1, _) | (2, 2) => 1,
+            (2, _) => 2,
+            _ => 3,
+        };
+        assert_eq!(r.batch, group, "sample {} at batch {batch}", r.sample);
         assert_eq!(r.hit, r.prediction == r.answer);
     }
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
-    assert_eq!(json["samples"].as_array().unwrap().len(), 8);
+    assert_eq!(json["samples"].as_array().unwrap().len(), 12);
     let table = report.table();
     assert!(
         table.contains("96") && table.contains("first token"),

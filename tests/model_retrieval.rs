@@ -8,6 +8,7 @@ mod model_util;
 
 use lcm::model::drt::Drt;
 use lcm::model::swa_hsa::SwaHsa;
+use lcm::model::LanguageModel;
 use model_util::{lm_loss, tiny, tokens};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -118,7 +119,7 @@ fn drt_gradients_reach_retrieval_scores_and_encoder() {
     let vs = nn::VarStore::new(Device::Cpu);
     let m = Drt::new(&vs.root(), &tiny("drt")).unwrap();
     let x = tokens(2, 40);
-    let loss = lm_loss(&m.forward_detailed(&x, true).logits, &x);
+    let loss = lm_loss(&m.head(&m.forward_detailed(&x, true).hidden), &x);
     // The landmark RMSNorm weights act only through the retrieval scores.
     check_grads(
         &vs,
@@ -134,7 +135,7 @@ fn hsa_gradients_reach_retrieval_scores_and_encoder() {
     let vs = nn::VarStore::new(Device::Cpu);
     let m = SwaHsa::new(&vs.root(), &tiny("swa_hsa")).unwrap();
     let x = tokens(2, 40);
-    let loss = lm_loss(&m.forward_detailed(&x, true).logits, &x);
+    let loss = lm_loss(&m.head(&m.forward_detailed(&x, true).hidden), &x);
     let names = [
         "groups.0.retrieval.q_proj.weight",
         "groups.1.retrieval.q_proj.weight",

@@ -441,3 +441,48 @@ fn variable_tracking_rows_answer_every_name_holding_the_key() {
         assert_eq!(answer.iter().filter(|&&a| a).count(), 6);
     }
 }
+
+/// The trainer's loss applies the head only at scored positions; it must equal the loss of
+/// the full logits, gradients included, on a batch mixing text rows and answer-only rows.
+#[test]
+fn batch_loss_equals_the_loss_of_the_full_logits() {
+    use lcm::train::trainer::{batch_loss, training_loss};
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["data"]["synthetic"]["answer_only"] = json!(true);
+    v["batch_size"] = json!(6);
+    let cfg = config(v);
+    let sampler = Sampler::for_training(&cfg).unwrap();
+    let batch = sampler.batch_at(0..6, 56, Some(20), tch::Device::Cpu);
+    let ignored = batch.targets.eq(IGNORE).sum(Kind::Int64).int64_value(&[]);
+    assert!(ignored > 0 && ignored < 6 * 56, "{ignored} ignored targets");
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = lcm::model::build(&vs.root(), &cfg.model).unwrap();
+    let grads = |loss: &Tensor| -> Vec<Tensor> {
+        let vars = vs.trainable_variables();
+        let g = Tensor::run_backward(&[loss], &vars, false, false);
+        g.into_iter().map(|t| t.copy()).collect()
+    };
+    let _generator = lcm::util::lock_torch_generator(); // no other test's run draws meanwhile
+    for weight in [None, Some(2.0)] {
+        tch::manual_seed(5); // the same Gumbel noise for both forwards
+        let (loss, hits) = batch_loss(model.as_ref(), &batch, weight);
+        tch::manual_seed(5);
+        let full = model.forward(&batch.inputs, true);
+        let want = training_loss(&full, &batch.targets, &batch.answer, weight);
+        let (a, b) = (loss.double_value(&[]), want.double_value(&[]));
+        assert!(
+            (a - b).abs() < 1e-5 * b.abs(),
+            "{a} vs {b} (weight {weight:?})"
+        );
+        assert!(hits.unwrap().1 > 0.0);
+        for (ga, gb) in grads(&loss).iter().zip(grads(&want)) {
+            let err = (ga - &gb).abs().max().double_value(&[]);
+            let scale = gb.abs().max().double_value(&[]).max(1e-6);
+            assert!(
+                err <= 1e-4 * scale,
+                "gradient differs by {err} (scale {scale})"
+            );
+        }
+    }
+}

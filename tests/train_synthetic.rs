@@ -135,10 +135,11 @@ fn answer_weight_separates_the_answers_mean() {
             nt += 1.0;
         }
     }
-    let weighted = training_loss(&logits, &batch, Some(3.0)).double_value(&[]);
+    let weighted =
+        training_loss(&logits, &batch.targets, &batch.answer, Some(3.0)).double_value(&[]);
     let want = text / nt + 3.0 * ans / na;
     assert!((weighted - want).abs() < 1e-5, "{weighted} vs {want}");
-    let plain = training_loss(&logits, &batch, None).double_value(&[]);
+    let plain = training_loss(&logits, &batch.targets, &batch.answer, None).double_value(&[]);
     assert!((plain - (text + ans) / (nt + na)).abs() < 1e-5);
     assert_eq!(plain, lm_loss(&logits, &targets).double_value(&[]));
 }

@@ -268,7 +268,7 @@ fn prefill(a: PrefillArgs) -> Result<()> {
     let mut lines = String::new();
     for &l in &lengths {
         if !a.no_check {
-            super::eval::check_memory(&engine, l, &opts)?;
+            super::eval::check_memory(&engine, l, 1, &opts)?;
         }
         let bar = indicatif::ProgressBar::new(engine.usable_length(l) as u64);
         bar.set_style(

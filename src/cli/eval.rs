@@ -75,6 +75,10 @@ pub struct NiahArgs {
     /// tokenizer.json for s-niah's phrases [default: the NeoX tokenizer from set-up].
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Samples of a cell prefilled side by side: on a GPU a small model leaves most of the
+    /// chip idle at batch 1. Memory grows with it (the planner checks).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Output folder [default: runs/eval-niah].
     #[arg(long, default_value = "runs/eval-niah")]
     out: PathBuf,
@@ -124,14 +128,20 @@ pub fn parse_offload(v: Option<&str>) -> Result<Placement> {
     }
 }
 
-/// Runs the memory planner for the longest length; an error names what does not fit and
-/// the flag that would.
-pub fn check_memory(engine: &Engine, longest: i64, prefill: &PrefillOptions) -> Result<()> {
+/// Runs the memory planner for the longest length and `batch` samples side by side; an
+/// error names what does not fit and the flag that would.
+pub fn check_memory(
+    engine: &Engine,
+    longest: i64,
+    batch: i64,
+    prefill: &PrefillOptions,
+) -> Result<()> {
     let cfg = engine.config();
     let elt = engine.kind.elt_size_in_bytes();
     let segment = engine.segment_tokens(prefill.segment);
-    let est =
-        |seg: i64, placement| plan::estimate(cfg, engine.params, longest, seg, placement, elt);
+    let est = |seg: i64, placement| {
+        plan::estimate(cfg, engine.params, longest, seg, placement, elt).for_batch(batch)
+    };
     let chosen = est(segment, prefill.placement);
     let offloaded = (prefill.placement == Placement::Device && engine.device.is_cuda())
         .then(|| est(segment, Placement::Host));
@@ -145,10 +155,17 @@ pub fn check_memory(engine: &Engine, longest: i64, prefill: &PrefillOptions) -> 
         offloaded.as_ref(),
         smaller_est.as_ref().map(|(s, e)| (*s, e)),
     )
-    .map_err(|m| anyhow::anyhow!("length {}: {m}", format_length(longest)))
+    .map_err(|m| {
+        let fewer = if batch > 1 {
+            format!(" (or a smaller --batch: {batch} samples side by side each add their chunk memory and activations)")
+        } else {
+            String::new()
+        };
+        anyhow::anyhow!("length {}: {m}{fewer}", format_length(longest))
+    })
 }
 
-fn load(common: &Common) -> Result<(Engine, Vec<i64>, PrefillOptions)> {
+fn load(common: &Common, batch: i64) -> Result<(Engine, Vec<i64>, PrefillOptions)> {
     let device = parse_device(common.device.as_deref())?;
     let placement = parse_offload(common.offload.as_deref())?;
     let lengths = parse_lengths(&common.lengths)?;
@@ -167,7 +184,7 @@ fn load(common: &Common) -> Result<(Engine, Vec<i64>, PrefillOptions)> {
         }
     }
     let longest = *lengths.iter().max().expect("at least one length");
-    check_memory(&engine, longest, &prefill)?;
+    check_memory(&engine, longest, batch, &prefill)?;
     Ok((engine, lengths, prefill))
 }
 
@@ -197,7 +214,10 @@ fn haystack_for(args: &NiahArgs, engine: &Engine) -> Result<Haystack> {
 }
 
 fn niah(args: NiahArgs) -> Result<()> {
-    let (engine, lengths, prefill) = load(&args.common)?;
+    if args.batch == 0 {
+        bail!("--batch 0: at least one sample at a time");
+    }
+    let (engine, lengths, prefill) = load(&args.common, args.batch as i64)?;
     let depths = parse_depths(&args.depths)?;
     let trained = engine
         .train
@@ -229,6 +249,7 @@ fn niah(args: NiahArgs) -> Result<()> {
         lengths,
         depths,
         samples: args.samples,
+        batch: args.batch,
         seed: args.common.seed,
         prefill,
         out: args.out.clone(),
@@ -266,7 +287,7 @@ fn niah(args: NiahArgs) -> Result<()> {
 }
 
 fn ppl_cmd(args: PplArgs) -> Result<()> {
-    let (engine, lengths, prefill) = load(&args.common)?;
+    let (engine, lengths, prefill) = load(&args.common, 1)?;
     let corpus = IndexedCorpus::open(&args.corpus)
         .with_context(|| format!("corpus {}", args.corpus.display()))?;
     let total: u64 = lengths

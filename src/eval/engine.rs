@@ -37,6 +37,7 @@ pub struct PrefillOptions {
 /// What a prefill measured.
 #[derive(Debug, Clone, Copy)]
 pub struct PrefillStats {
+    /// Tokens fed, all sequences together.
     pub tokens: i64,
     pub seconds: f64,
     /// Peak bytes allocated on the GPU during the prefill (libtorch's allocator).
@@ -118,9 +119,10 @@ impl Engine {
         requested / m * m
     }
 
-    /// Feeds `tokens (1, T)` (CPU, int64; `T` a multiple of the chunk size) segment by
-    /// segment; `on_segment(start, hidden)` receives each segment's final hidden states
-    /// `(1, len, d)`. `progress` advances by tokens.
+    /// Feeds `tokens (N, T)` (CPU, int64; `T` a multiple of the chunk size; N sequences
+    /// side by side) segment by segment; `on_segment(start, hidden)` receives each
+    /// segment's final hidden states `(N, len, d)`. `progress` advances by tokens (N x len
+    /// a segment).
     pub fn prefill(
         &self,
         tokens: &Tensor,
@@ -128,7 +130,7 @@ impl Engine {
         progress: Option<&ProgressBar>,
         mut on_segment: impl FnMut(i64, &Tensor) -> Result<()>,
     ) -> Result<PrefillStats> {
-        let t = tokens.size()[1];
+        let (n, t) = (tokens.size()[0], tokens.size()[1]);
         let m = self.model.length_multiple();
         if t % m != 0 {
             return Err(Error::Invalid(format!(
@@ -146,7 +148,7 @@ impl Engine {
         }
         let started = Instant::now();
         let mut state = self.model.new_state(&StateOptions {
-            batch: 1,
+            batch: n,
             capacity_tokens: t,
             placement: opts.placement,
             kind: self.kind,
@@ -161,7 +163,7 @@ impl Engine {
                 on_segment(start, &h)?;
                 start += len;
                 if let Some(p) = progress {
-                    p.inc(len as u64);
+                    p.inc((n * len) as u64);
                 }
             }
             Ok(())
@@ -172,7 +174,7 @@ impl Engine {
         let seconds = started.elapsed().as_secs_f64();
         let (memory_bytes, landmark_bytes) = state.store.as_ref().map_or((0, 0), |s| s.bytes());
         Ok(PrefillStats {
-            tokens: t,
+            tokens: n * t,
             seconds,
             peak_device_bytes: cuda_index.and_then(crate::cuda::peak_allocated),
             memory_bytes,

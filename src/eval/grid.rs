@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 
 use super::engine::{Engine, PrefillOptions};
 use super::lengths::format_length;
-use super::niah::{build_sample, sample_seed, score, Haystack, TaskSpec};
+use super::niah::{build_sample, sample_seed, score, Haystack, Sample, TaskSpec};
 use crate::error::{Error, Result};
 use crate::util::{write_atomic, SplitMix64};
 
@@ -18,6 +18,8 @@ pub struct GridOptions {
     pub lengths: Vec<i64>,
     pub depths: Vec<f64>,
     pub samples: usize,
+    /// Samples of a cell prefilled side by side (results do not depend on it).
+    pub batch: usize,
     pub seed: u64,
     pub prefill: PrefillOptions,
     pub out: PathBuf,
@@ -37,9 +39,15 @@ pub struct SampleResult {
     pub prediction: Vec<u32>,
     pub hit: bool,
     pub single_token_hit: bool,
+    /// The prefill's seconds over the samples it held (`batch`): the time a sample cost.
     pub prefill_seconds: f64,
+    /// Tokens per second of the prefill, all its samples together.
     pub tokens_per_second: f64,
+    /// Samples prefilled side by side with this one, itself included.
+    pub batch: usize,
+    /// Peak GPU bytes of the whole prefill (all `batch` samples).
     pub peak_device_bytes: Option<u64>,
+    /// One sample's chunk memory.
     pub chunk_memory_bytes: i64,
 }
 
@@ -191,49 +199,79 @@ pub fn run(
     for (li, &length) in opts.lengths.iter().enumerate() {
         let used = engine.usable_length(length);
         for (di, &depth) in opts.depths.iter().enumerate() {
-            for s in 0..opts.samples {
-                let seed = sample_seed(opts.seed, li, di, s);
-                let mut rng = SplitMix64::new(seed);
-                let sample = build_sample(spec, used as usize, depth, haystack, &mut rng)?;
+            let cell: Vec<usize> = (0..opts.samples).collect();
+            for group in cell.chunks(opts.batch.max(1)) {
+                let built: Vec<(u64, Sample)> = group
+                    .iter()
+                    .map(|&s| {
+                        let seed = sample_seed(opts.seed, li, di, s);
+                        let mut rng = SplitMix64::new(seed);
+                        build_sample(spec, used as usize, depth, haystack, &mut rng)
+                            .map(|sample| (seed, sample))
+                    })
+                    .collect::<Result<_>>()?;
                 if let Some(b) = &bar {
-                    b.set_message(format!("{} depth {depth:.2} #{s}", format_length(length)));
+                    let (a, z) = (group[0], group[group.len() - 1]);
+                    let which = if a == z {
+                        format!("#{a}")
+                    } else {
+                        format!("#{a}-{z}")
+                    };
+                    b.set_message(format!(
+                        "{} depth {depth:.2} {which}",
+                        format_length(length)
+                    ));
                 }
-                let ids: Vec<i64> = sample.tokens.iter().map(|&t| t as i64).collect();
-                let tokens = Tensor::from_slice(&ids).view([1, used]);
-                // Targets: logits at p predict token p+1.
-                let first = sample.answer_start as i64 - 1;
-                let n_ans = sample.answer.len() as i64;
-                let mut picked = Vec::new();
+                let ids: Vec<i64> = built
+                    .iter()
+                    .flat_map(|(_, x)| x.tokens.iter().map(|&t| t as i64))
+                    .collect();
+                let rows = built.len() as i64;
+                let tokens = Tensor::from_slice(&ids).view([rows, used]);
+                // Targets: logits at p predict token p+1. Each row keeps its answer span.
+                let spans: Vec<(i64, i64)> = built
+                    .iter()
+                    .map(|(_, x)| (x.answer_start as i64 - 1, x.answer.len() as i64))
+                    .collect();
+                let mut picked: Vec<Vec<Tensor>> = built.iter().map(|_| Vec::new()).collect();
                 let stats = engine.prefill(&tokens, &opts.prefill, bar.as_ref(), |start, h| {
                     let len = h.size()[1];
-                    let lo = first.max(start);
-                    let hi = (first + n_ans).min(start + len);
-                    if lo < hi {
-                        picked.push(h.narrow(1, lo - start, hi - lo));
+                    for (row, &(first, n_ans)) in spans.iter().enumerate() {
+                        let lo = first.max(start);
+                        let hi = (first + n_ans).min(start + len);
+                        if lo < hi {
+                            picked[row].push(h.get(row as i64).narrow(0, lo - start, hi - lo));
+                        }
                     }
                     Ok(())
                 })?;
-                let hidden = Tensor::cat(&picked, 1);
-                let logits = tch::no_grad(|| engine.model.head(&hidden)).to_kind(Kind::Float);
-                let pred: Vec<i64> = Vec::try_from(logits.argmax(-1, false).view([-1]))
-                    .map_err(|e| Error::Invalid(format!("predictions: {e}")))?;
-                let sc = score(spec, &sample, pred.iter().map(|&p| p as u32).collect());
-                report.samples.push(SampleResult {
-                    length,
-                    used_length: used,
-                    depth,
-                    sample: s,
-                    seed,
-                    fact_position: sample.fact_position,
-                    answer: sample.answer.clone(),
-                    prediction: sc.prediction,
-                    hit: sc.hit,
-                    single_token_hit: sc.single_token_hit,
-                    prefill_seconds: stats.seconds,
-                    tokens_per_second: stats.tokens_per_second(),
-                    peak_device_bytes: stats.peak_device_bytes,
-                    chunk_memory_bytes: stats.memory_bytes,
-                });
+                for (((&s, (seed, sample)), parts), (_, n_ans)) in
+                    group.iter().zip(built).zip(picked).zip(spans)
+                {
+                    debug_assert_eq!(parts.iter().map(|p| p.size()[0]).sum::<i64>(), n_ans);
+                    let hidden = Tensor::cat(&parts, 0);
+                    let logits = tch::no_grad(|| engine.model.head(&hidden)).to_kind(Kind::Float);
+                    let pred: Vec<i64> = Vec::try_from(logits.argmax(-1, false).view([-1]))
+                        .map_err(|e| Error::Invalid(format!("predictions: {e}")))?;
+                    let sc = score(spec, &sample, pred.iter().map(|&p| p as u32).collect());
+                    report.samples.push(SampleResult {
+                        length,
+                        used_length: used,
+                        depth,
+                        sample: s,
+                        seed,
+                        fact_position: sample.fact_position,
+                        answer: sample.answer.clone(),
+                        prediction: sc.prediction,
+                        hit: sc.hit,
+                        single_token_hit: sc.single_token_hit,
+                        prefill_seconds: stats.seconds / rows as f64,
+                        tokens_per_second: stats.tokens_per_second(),
+                        batch: rows as usize,
+                        peak_device_bytes: stats.peak_device_bytes,
+                        chunk_memory_bytes: stats.memory_bytes / rows,
+                    });
+                }
                 report.summarise();
                 report.save(&opts.out)?;
             }

@@ -26,6 +26,19 @@ pub struct Estimate {
 }
 
 impl Estimate {
+    /// The estimate for `n` samples prefilled side by side: everything but the weights
+    /// scales with them.
+    pub fn for_batch(self, n: i64) -> Self {
+        let n = n.max(1) as f64;
+        Estimate {
+            memory: self.memory * n,
+            landmarks: self.landmarks * n,
+            caches: self.caches * n,
+            activations: self.activations * n,
+            ..self
+        }
+    }
+
     /// Bytes on the compute device, margin included.
     pub fn device_bytes(&self) -> f64 {
         let on_device = match self.placement {

@@ -64,12 +64,12 @@ impl Transformer {
 }
 
 impl LanguageModel for Transformer {
-    fn forward(&self, tokens: &Tensor, _train: bool) -> Tensor {
+    fn hidden(&self, tokens: &Tensor, _train: bool) -> Tensor {
         let mut x = self.embed.forward(tokens);
         for layer in &self.layers {
             x = layer.forward(&x);
         }
-        self.lm_head.forward(&self.norm.forward(&x))
+        self.norm.forward(&x)
     }
 
     fn config(&self) -> &ModelConfig {

@@ -133,11 +133,11 @@ struct Group {
     layers: Vec<UpperLayer>,
 }
 
-/// What a DRT forward produced besides the logits, for tests and analysis.
+/// What a DRT forward produced besides the hidden states, for tests and analysis.
 #[derive(Debug)]
 pub struct DrtOutput {
-    /// `(N, C*S, V)`.
-    pub logits: Tensor,
+    /// Final-normed, landmarks dropped: `(N, C*S, d)`; logits are `Drt::head` of it.
+    pub hidden: Tensor,
     /// Per group, landmark i's choice `(N, C, K)`: it serves chunk i+1.
     pub retrievals: Vec<Retrieval>,
 }
@@ -320,7 +320,7 @@ impl Drt {
             .narrow(2, 0, s)
             .reshape([n, t, dm]);
         DrtOutput {
-            logits: self.lm_head.forward(&real),
+            hidden: real,
             retrievals,
         }
     }
@@ -428,8 +428,8 @@ fn drt_section(cfg: &ModelConfig) -> crate::Result<&DrtConfig> {
 }
 
 impl LanguageModel for Drt {
-    fn forward(&self, tokens: &Tensor, train: bool) -> Tensor {
-        self.forward_detailed(tokens, train).logits
+    fn hidden(&self, tokens: &Tensor, train: bool) -> Tensor {
+        self.forward_detailed(tokens, train).hidden
     }
 
     fn config(&self) -> &ModelConfig {

@@ -25,10 +25,17 @@ use tch::Tensor;
 
 /// What the trainer and the evaluator see of a model.
 pub trait LanguageModel {
-    /// logits (B, T, V) float for raw tokens (B, T) int64; logits[:, t] predicts token t+1.
-    /// Chunked archs insert their landmarks internally and drop the landmark positions from
-    /// the output, so callers never see landmarks. `train` turns on Gumbel noise etc.
-    fn forward(&self, tokens: &Tensor, train: bool) -> Tensor;
+    /// The final-normed hidden states `(B, T, d)` of raw tokens `(B, T)` int64, the input of
+    /// [`LanguageModel::head`]. Chunked archs insert their landmarks internally and drop the
+    /// landmark positions from the output, so callers never see landmarks. `train` turns on
+    /// Gumbel noise etc. The trainer applies the head only where a target is scored: on a
+    /// passkey row with an answer-only loss that is 3 positions of 64, and the head over a
+    /// 50K vocabulary is most of a small model's cost.
+    fn hidden(&self, tokens: &Tensor, train: bool) -> Tensor;
+    /// logits (B, T, V) for raw tokens (B, T) int64; logits[:, t] predicts token t+1.
+    fn forward(&self, tokens: &Tensor, train: bool) -> Tensor {
+        self.head(&self.hidden(tokens, train))
+    }
     fn config(&self) -> &ModelConfig;
     /// Tokens must be a multiple of this (the chunk size; 1 for swa/dense).
     fn length_multiple(&self) -> i64;

@@ -84,11 +84,11 @@ pub struct SwaHsa {
     step: u64,
 }
 
-/// What a forward produced besides the logits, for tests and analysis.
+/// What a forward produced besides the hidden states, for tests and analysis.
 #[derive(Debug)]
 pub struct SwaHsaOutput {
-    /// `(N, L, V)`.
-    pub logits: Tensor,
+    /// Final-normed: `(N, L, d)`; logits are `SwaHsa::head` of it.
+    pub hidden: Tensor,
     /// Per group: `(N, L, r, K)` weights and chunk indices (-1 = empty).
     pub retrievals: Vec<Retrieval>,
 }
@@ -314,7 +314,7 @@ impl SwaHsa {
             retrievals.push(r);
         }
         SwaHsaOutput {
-            logits: self.lm_head.forward(&self.norm.forward(&x)),
+            hidden: self.norm.forward(&x),
             retrievals,
         }
     }
@@ -363,8 +363,8 @@ impl SwaHsa {
 }
 
 impl LanguageModel for SwaHsa {
-    fn forward(&self, tokens: &Tensor, train: bool) -> Tensor {
-        self.forward_detailed(tokens, train).logits
+    fn hidden(&self, tokens: &Tensor, train: bool) -> Tensor {
+        self.forward_detailed(tokens, train).hidden
     }
 
     fn config(&self) -> &ModelConfig {

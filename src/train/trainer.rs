@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -55,7 +55,7 @@ fn all_reduce_gradients(_opt: &AdamW, world: u64) {
 
 /// Mean cross-entropy over targets that are not IGNORE (fp32, whatever the logits' dtype).
 pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
-    let v = logits.size()[2];
+    let v = *logits.size().last().expect("logits have a vocabulary axis");
     logits
         .to_kind(Kind::Float)
         .view([-1, v])
@@ -67,18 +67,24 @@ pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
 /// times the mean over the synthetic answers. A plain mean lets a row's 2K text targets
 /// drown its 5 answer targets (0.25% of the gradient): a small real-text DRT then learns
 /// language and never the passkey (docs/experiments.md, run n1).
-pub fn training_loss(logits: &Tensor, batch: &Batch, answer_weight: Option<f64>) -> Tensor {
+/// `logits (..., V)`; `targets` and `answer` have its leading shape.
+pub fn training_loss(
+    logits: &Tensor,
+    targets: &Tensor,
+    answer: &Tensor,
+    answer_weight: Option<f64>,
+) -> Tensor {
     let Some(w) = answer_weight else {
-        return lm_loss(logits, &batch.targets);
+        return lm_loss(logits, targets);
     };
-    let v = logits.size()[2];
-    let targets = batch.targets.view([-1]);
+    let v = *logits.size().last().expect("logits have a vocabulary axis");
+    let targets = targets.reshape([-1]);
     let per_token = logits
         .to_kind(Kind::Float)
-        .view([-1, v])
+        .reshape([-1, v])
         .cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, IGNORE, 0.0);
     let valid = targets.ne(IGNORE);
-    let answer = batch.answer.view([-1]).logical_and(&valid);
+    let answer = answer.reshape([-1]).logical_and(&valid);
     let text = valid.logical_and(&answer.logical_not());
     let mean_over = |mask: &Tensor| {
         let n = mask.sum(Kind::Float).clamp_min(1.0);
@@ -87,16 +93,55 @@ pub fn training_loss(logits: &Tensor, batch: &Batch, answer_weight: Option<f64>)
     mean_over(&text) + mean_over(&answer) * w
 }
 
-/// Exact-match rate of argmax predictions on answer targets, if the batch has any.
-fn answer_accuracy(logits: &Tensor, batch: &Batch) -> Option<(f64, f64)> {
-    let total = batch.answer.sum(Kind::Int64).int64_value(&[]);
+/// The positions of a batch that a loss scores (target not IGNORE), flattened: their
+/// hidden states `(M, d)`, targets `(M)` and answer flags `(M)`.
+struct Scored {
+    hidden: Tensor,
+    targets: Tensor,
+    answer: Tensor,
+}
+
+impl Scored {
+    fn select(hidden: &Tensor, batch: &Batch) -> Self {
+        let d = *hidden
+            .size()
+            .last()
+            .expect("hidden states have a model axis");
+        let targets = batch.targets.reshape([-1]);
+        let at = targets.ne(IGNORE).nonzero().squeeze_dim(1);
+        Scored {
+            hidden: hidden.reshape([-1, d]).index_select(0, &at),
+            targets: targets.index_select(0, &at),
+            answer: batch.answer.reshape([-1]).index_select(0, &at),
+        }
+    }
+}
+
+/// [`training_loss`] of a training-mode forward of `batch`, and the answers' (hits, total)
+/// if it has any. The head runs only at the scored positions (see [`LanguageModel::hidden`]);
+/// the loss is that of the full logits (`tests/train_synthetic.rs`).
+pub fn batch_loss(
+    model: &dyn LanguageModel,
+    batch: &Batch,
+    answer_weight: Option<f64>,
+) -> (Tensor, Option<(f64, f64)>) {
+    let scored = Scored::select(&model.hidden(&batch.inputs, true), batch);
+    let logits = model.head(&scored.hidden);
+    let loss = training_loss(&logits, &scored.targets, &scored.answer, answer_weight);
+    let hits = answer_accuracy(&logits.detach(), &scored.targets, &scored.answer);
+    (loss, hits)
+}
+
+/// Exact-match rate of argmax predictions on answer targets, if there are any.
+fn answer_accuracy(logits: &Tensor, targets: &Tensor, answer: &Tensor) -> Option<(f64, f64)> {
+    let total = answer.sum(Kind::Int64).int64_value(&[]);
     if total == 0 {
         return None;
     }
     let hit = logits
         .argmax(-1, false)
-        .eq_tensor(&batch.targets)
-        .logical_and(&batch.answer);
+        .eq_tensor(targets)
+        .logical_and(answer);
     Some((hit.sum(Kind::Int64).int64_value(&[]) as f64, total as f64))
 }
 
@@ -107,16 +152,9 @@ fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
     (g.next_u64() >> 1) as i64
 }
 
-/// libtorch's default generator is one per process, and a run re-seeds it every
-/// micro-batch: two runs in one process (tests, a sweep driven from Rust) would interleave
-/// their draws and neither would be reproducible. One run at a time holds it.
-static TORCH_GENERATOR: Mutex<()> = Mutex::new(());
-
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
-    // A run that panicked released the lock poisoned; the generator itself is still fine.
-    let _generator = TORCH_GENERATOR
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // The run re-seeds the generator every micro-batch: no one else may draw meanwhile.
+    let _generator = crate::util::lock_torch_generator();
     let world = opts.world.max(1);
     let device = cfg.device()?;
     tch::manual_seed(cfg.seed as i64);
@@ -212,16 +250,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             );
             let min_gap = cfg.stage_at(step).and_then(|s| s.min_gap);
             let batch = sampler.batch_at(range, seq_len as usize, min_gap, device);
-            let logits = model.forward(&batch.inputs, true);
             let answer_weight = cfg.data.synthetic.as_ref().and_then(|s| s.answer_weight);
-            let loss = training_loss(&logits, &batch, answer_weight);
+            let (loss, hits) = batch_loss(model.as_ref(), &batch, answer_weight);
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 return Err(diverged(format!("loss is {value}"), step, &last_ckpt));
             }
             (loss / cfg.grad_accum as f64).backward();
             loss_sum += value;
-            if let Some((h, t)) = answer_accuracy(&logits.detach(), &batch) {
+            if let Some((h, t)) = hits {
                 answers.0 += h;
                 answers.1 += t;
             }
