@@ -30,6 +30,7 @@ fn facts() -> PasskeyConfig {
         min_gap: 0,
         answer_only: false,
         answer_weight: None,
+        end_jitter: None,
         variants: vec![],
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
 /// A DRT small enough to train a few steps in well under a second, on a random haystack
-/// with passkey rows.
+/// with passkey rows, the answer at the very end of each row (tests read the layout).
 fn tiny(dir: &Path) -> Value {
     json!({
         "model": {
@@ -21,7 +21,8 @@ fn tiny(dir: &Path) -> Value {
         "data": {
             "random": { "lo": 10, "hi": 64 },
             "synthetic": { "rate": 0.5, "key_len": 2, "key_lo": 2, "key_hi": 10,
-                           "needle": [1, 1], "question": [0, 0], "min_gap": 20 }
+                           "needle": [1, 1], "question": [0, 0], "min_gap": 20,
+                           "end_jitter": 0 }
         },
         "optim": { "lr": 3e-3, "warmup_steps": 2 },
         "steps": 6, "batch_size": 2, "seq_len": 56, "device": "cpu", "seed": 7,
@@ -485,4 +486,22 @@ fn batch_loss_equals_the_loss_of_the_full_logits() {
             );
         }
     }
+}
+
+/// `data.synthetic.end_jitter` unset becomes the model's chunk size minus 1 (chunks of 7
+/// in the tiny DRT); a value given is kept.
+#[test]
+fn end_jitter_defaults_to_one_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["data"]["synthetic"]
+        .as_object_mut()
+        .unwrap()
+        .remove("end_jitter");
+    let c = config(v);
+    assert_eq!(c.data.synthetic.as_ref().unwrap().end_jitter, Some(6));
+    let mut v = tiny(dir.path());
+    v["data"]["synthetic"]["end_jitter"] = json!(2);
+    let c = config(v);
+    assert_eq!(c.data.synthetic.as_ref().unwrap().end_jitter, Some(2));
 }

@@ -18,6 +18,7 @@ fn config() -> PasskeyConfig {
         min_gap: 0,
         answer_only: false,
         answer_weight: None,
+        end_jitter: None,
         variants: vec![Phrasing {
             needle: vec![5, 6, 7],
             question: vec![8],
@@ -142,4 +143,57 @@ fn answer_weight_separates_the_answers_mean() {
     let plain = training_loss(&logits, &batch.targets, &batch.answer, None).double_value(&[]);
     assert!((plain - (text + ans) / (nt + na)).abs() < 1e-5);
     assert_eq!(plain, lm_loss(&logits, &targets).double_value(&[]));
+}
+
+/// With `end_jitter` the answer ends 0..=J tokens before the row's end, every offset drawn,
+/// the haystack after it untouched and no target there marked as an answer.
+#[test]
+fn end_jitter_moves_the_question_across_alignments() {
+    let mut cfg = config();
+    cfg.variants.clear();
+    cfg.end_jitter = Some(7);
+    cfg.validate(40, 64).unwrap();
+    let mut seen = [0usize; 8];
+    for seed in 0..400u64 {
+        let mut rng = SplitMix64::new(seed);
+        let mut window = vec![50u32; 41];
+        let (mut ignore, mut answer) = (vec![false; 40], vec![false; 40]);
+        cfg.insert(&mut window, &mut ignore, &mut answer, &mut rng);
+        let last = answer.iter().rposition(|&a| a).expect("an answer");
+        // answer[t] marks target t, which predicts window[t + 1].
+        let jitter = 40 - (last + 1);
+        assert!(jitter <= 7, "jitter {jitter}");
+        seen[jitter] += 1;
+        assert!(
+            window[last + 2..].iter().all(|&t| t == 50),
+            "haystack after the answer"
+        );
+        let key = &window[last - 1..last + 2];
+        assert!(key.iter().all(|&k| (10..20).contains(&k)), "key {key:?}");
+        assert_eq!(
+            &window[last - 3..last - 1],
+            &[3, 4],
+            "question before the key"
+        );
+        assert_eq!(answer.iter().filter(|&&a| a).count(), 3);
+    }
+    assert!(seen.iter().all(|&c| c > 20), "offsets drawn {seen:?}");
+    // A jitter larger than the row's room is cut to it: facts, question and answer stay
+    // inside the row and min_gap holds.
+    cfg.end_jitter = Some(40);
+    cfg.min_gap = 30;
+    cfg.validate(40, 64).unwrap();
+    for seed in 0..100u64 {
+        let mut rng = SplitMix64::new(seed);
+        let mut window = vec![50u32; 41];
+        let (mut ignore, mut answer) = (vec![false; 40], vec![false; 40]);
+        cfg.insert(&mut window, &mut ignore, &mut answer, &mut rng);
+        let last = answer.iter().rposition(|&a| a).unwrap();
+        let needle = window.windows(2).position(|w| w == [1, 2]).unwrap();
+        // The answer starts at last - 1; the fact (needle + 3-token key) ends min_gap before.
+        assert!(
+            needle + 5 + 30 <= last - 1,
+            "needle at {needle}, answer ends {last}"
+        );
+    }
 }

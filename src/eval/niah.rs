@@ -144,6 +144,7 @@ fn gca_passkey(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         min_gap: 0,
         answer_only: false,
         answer_weight: None,
+        end_jitter: None,
         variants: vec![],
     })
 }
@@ -162,6 +163,7 @@ fn ruler_single(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         min_gap: 0,
         answer_only: false,
         answer_weight: None,
+        end_jitter: None,
         variants: vec![],
     })
 }

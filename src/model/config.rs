@@ -311,6 +311,15 @@ impl ModelConfig {
     }
 
     /// Head width.
+    /// Tokens per memory chunk of a chunked arch (drt, swa_hsa); None for swa/dense.
+    pub fn chunk_size(&self) -> Option<i64> {
+        match self.arch {
+            Arch::Drt => self.drt.as_ref().map(|d| d.chunk_size),
+            Arch::SwaHsa => self.hsa.as_ref().map(|h| h.chunk_size),
+            Arch::Swa | Arch::Dense => None,
+        }
+    }
+
     pub fn head_dim(&self) -> i64 {
         self.d_model / self.n_heads
     }

@@ -249,8 +249,19 @@ impl TrainConfig {
                 config_error(&key, inner)
             }
         })?;
+        let mut c = c;
+        c.fill_end_jitter();
         c.validate()?;
         Ok(c)
+    }
+
+    /// `data.synthetic.end_jitter` unset: one chunk's worth (see its doc).
+    fn fill_end_jitter(&mut self) {
+        let chunk = self.model.chunk_size().unwrap_or(1);
+        if let Some(s) = &mut self.data.synthetic {
+            s.end_jitter
+                .get_or_insert((chunk as usize).saturating_sub(1));
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
