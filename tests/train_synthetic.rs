@@ -57,17 +57,23 @@ fn phrasing_of(window: &[u32], answer: &[bool]) -> usize {
     }
 }
 
+/// A 40-target row (41 tokens of haystack id 50) written by `cfg` with rng `seed`: the
+/// window and the answer flags (`answer[t]` marks target t, which predicts window[t + 1]).
+fn row(cfg: &PasskeyConfig, seed: u64) -> (Vec<u32>, Vec<bool>) {
+    let mut rng = SplitMix64::new(seed);
+    let mut window = vec![50u32; 41];
+    let (mut ignore, mut answer) = (vec![false; 40], vec![false; 40]);
+    cfg.insert(&mut window, &mut ignore, &mut answer, &mut rng);
+    (window, answer)
+}
+
 #[test]
 fn each_row_uses_one_phrasing_and_both_are_drawn() {
     let cfg = config();
     cfg.validate(40, 64).unwrap();
     let mut seen = [0usize; 2];
     for seed in 0..200u64 {
-        let mut rng = SplitMix64::new(seed);
-        let mut window = vec![50u32; 41];
-        let (mut ignore, mut answer) = (vec![false; 40], vec![false; 40]);
-        cfg.insert(&mut window, &mut ignore, &mut answer, &mut rng);
-        // answer[t] marks targets t predicting window[t + 1].
+        let (window, answer) = row(&cfg, seed);
         let mut ans_tokens = vec![false; 41];
         for (t, &a) in answer.iter().enumerate() {
             ans_tokens[t + 1] = a;
@@ -155,12 +161,8 @@ fn end_jitter_moves_the_question_across_alignments() {
     cfg.validate(40, 64).unwrap();
     let mut seen = [0usize; 8];
     for seed in 0..400u64 {
-        let mut rng = SplitMix64::new(seed);
-        let mut window = vec![50u32; 41];
-        let (mut ignore, mut answer) = (vec![false; 40], vec![false; 40]);
-        cfg.insert(&mut window, &mut ignore, &mut answer, &mut rng);
+        let (window, answer) = row(&cfg, seed);
         let last = answer.iter().rposition(|&a| a).expect("an answer");
-        // answer[t] marks target t, which predicts window[t + 1].
         let jitter = 40 - (last + 1);
         assert!(jitter <= 7, "jitter {jitter}");
         seen[jitter] += 1;
@@ -184,10 +186,7 @@ fn end_jitter_moves_the_question_across_alignments() {
     cfg.min_gap = 30;
     cfg.validate(40, 64).unwrap();
     for seed in 0..100u64 {
-        let mut rng = SplitMix64::new(seed);
-        let mut window = vec![50u32; 41];
-        let (mut ignore, mut answer) = (vec![false; 40], vec![false; 40]);
-        cfg.insert(&mut window, &mut ignore, &mut answer, &mut rng);
+        let (window, answer) = row(&cfg, seed);
         let last = answer.iter().rposition(|&a| a).unwrap();
         let needle = window.windows(2).position(|w| w == [1, 2]).unwrap();
         // The answer starts at last - 1; the fact (needle + 3-token key) ends min_gap before.
