@@ -31,6 +31,7 @@ fn facts() -> PasskeyConfig {
         answer_only: false,
         answer_weight: None,
         end_jitter: None,
+        edge_rate: 0.0,
         variants: vec![],
     }
 }
@@ -288,4 +289,73 @@ fn s_niah_phrases_come_from_the_neox_tokenizer() {
     trained.variants[0].needle = vec![7, 7];
     let s = TaskSpec::new(NiahTask::SNiah, Some(&trained), 1, 50278, Some(&path)).unwrap();
     assert_eq!(s.facts.key_len, 7);
+}
+
+/// Grids run over different lengths merge into one: every sample of each, the cells and
+/// table of each length as its own run had them, lengths in order; overlapping lengths and
+/// differing depths are refused by file name.
+#[test]
+fn merged_grids_keep_each_runs_cells() {
+    tch::manual_seed(3);
+    let engine = Engine::random(&tiny_drt(), Device::Cpu).unwrap();
+    let spec = spec(NiahTask::Passkey);
+    let hay = Haystack::Random { lo: 30, hi: 60 };
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, lengths: Vec<i64>, depths: Vec<f64>| {
+        let out = dir.path().join(name);
+        let opts = GridOptions {
+            lengths,
+            depths,
+            samples: 2,
+            batch: 1,
+            seed: 4,
+            prefill: PrefillOptions {
+                segment: 16,
+                placement: Placement::Device,
+            },
+            out: out.clone(),
+            progress: false,
+        };
+        let report = grid::run(&engine, &spec, &hay, &opts).unwrap();
+        // What `lcm eval merge` reads back.
+        report.save(&out).unwrap();
+        (out.join("results.json"), report)
+    };
+    let depths = vec![0.0, 0.5, 1.0];
+    let long = run("long", vec![160], depths.clone());
+    let short = run("short", vec![48, 96], depths.clone());
+    let load =
+        |(p, _): &(std::path::PathBuf, grid::Report)| (p.clone(), grid::Report::load(p).unwrap());
+    let merged = grid::Report::merge(vec![load(&long), load(&short)]).unwrap();
+    assert_eq!(merged.lengths, vec![48, 96, 160]);
+    assert_eq!(merged.samples.len(), 18);
+    let cells = |r: &grid::Report| -> Vec<String> {
+        r.cells
+            .iter()
+            .map(|c| format!("{} {} {} {}", c.length, c.depth, c.samples, c.accuracy))
+            .collect()
+    };
+    let want: Vec<String> = [cells(&short.1), cells(&long.1)].concat();
+    assert_eq!(cells(&merged), want);
+    for l in [48, 96, 160] {
+        let of = if l == 160 { &long.1 } else { &short.1 };
+        assert_eq!(
+            merged.length_accuracy(l),
+            of.length_accuracy(l),
+            "length {l}"
+        );
+    }
+    let table = merged.table();
+    assert!(table.contains("160") && table.contains("48"), "{table}");
+
+    let again = run("again", vec![96], depths.clone());
+    let err = grid::Report::merge(vec![load(&short), load(&again)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("again") && err.contains("96"), "{err}");
+    let shallow = run("shallow", vec![200], vec![0.0, 1.0]);
+    let err = grid::Report::merge(vec![load(&short), load(&shallow)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shallow") && err.contains("depths"), "{err}");
 }

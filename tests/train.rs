@@ -488,6 +488,33 @@ fn batch_loss_equals_the_loss_of_the_full_logits() {
     }
 }
 
+/// The trainer's eval loss, head applied a slice of positions at a time (so that 256K-token
+/// rows fit), is the mean cross-entropy of the full logits, whatever the slice.
+#[test]
+fn eval_loss_equals_the_loss_of_the_full_logits() {
+    use lcm::train::trainer::{eval_loss, eval_loss_in_slices, lm_loss};
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["batch_size"] = json!(4);
+    let cfg = config(v);
+    let sampler = Sampler::for_training(&cfg).unwrap();
+    let batch = sampler.batch_at(0..4, 56, Some(20), tch::Device::Cpu);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = lcm::model::build(&vs.root(), &cfg.model).unwrap();
+    let want = tch::no_grad(|| lm_loss(&model.forward(&batch.inputs, false), &batch.targets))
+        .double_value(&[]);
+    let scored = batch.targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]);
+    assert!(scored > 7, "{scored} scored targets");
+    for slice in [7, 100, scored, 10_000] {
+        let got = eval_loss_in_slices(model.as_ref(), &batch, slice);
+        assert!(
+            (got - want).abs() < 1e-5 * want,
+            "slice {slice}: {got} vs {want}"
+        );
+    }
+    assert!((eval_loss(model.as_ref(), &batch) - want).abs() < 1e-5 * want);
+}
+
 /// `data.synthetic.end_jitter` unset becomes the model's chunk size minus 1 (chunks of 7
 /// in the tiny DRT); a value given is kept.
 #[test]

@@ -19,6 +19,7 @@ fn config() -> PasskeyConfig {
         answer_only: false,
         answer_weight: None,
         end_jitter: None,
+        edge_rate: 0.0,
         variants: vec![Phrasing {
             needle: vec![5, 6, 7],
             question: vec![8],
@@ -196,4 +197,51 @@ fn end_jitter_moves_the_question_across_alignments() {
             "needle at {needle}, answer ends {last}"
         );
     }
+}
+
+/// `edge_rate` puts the fact at token 0 (NIAH's depth 0) or right before the question
+/// (depth 1) in about that fraction of rows, half each, the rest placed as before; 0 leaves
+/// the rows exactly as they were.
+#[test]
+fn edge_rate_plants_the_fact_at_either_edge() {
+    let mut cfg = config();
+    cfg.variants.clear();
+    // Needle [1, 2] + 3 key ids end right before the question [3, 4] at the row's end.
+    let place = |cfg: &PasskeyConfig, seed| {
+        let (window, answer) = row(cfg, seed);
+        let p = window.windows(2).position(|w| w == [1, 2]).unwrap();
+        let q = answer.iter().position(|&a| a).unwrap() + 1 - 2;
+        match p {
+            0 => 0,
+            _ if p + 5 == q => 2,
+            _ => 1,
+        }
+    };
+    let count = |cfg: &PasskeyConfig| {
+        let mut c = [0; 3];
+        (0..400u64).for_each(|s| c[place(cfg, s)] += 1);
+        c
+    };
+    let [start, _, end] = count(&cfg);
+    assert!(
+        start + end < 60,
+        "{start} + {end} of 400 at an edge without edge_rate"
+    );
+    let before: Vec<_> = (0..50u64).map(|s| row(&cfg, s)).collect();
+    cfg.edge_rate = 0.0;
+    assert!((0..50u64).all(|s| row(&cfg, s) == before[s as usize]));
+    cfg.edge_rate = 0.5;
+    cfg.validate(40, 64).unwrap();
+    let [start, middle, end] = count(&cfg);
+    assert!((60..=140).contains(&start), "{start} of 400 at the start");
+    assert!(
+        (60..=140).contains(&end),
+        "{end} of 400 before the question"
+    );
+    assert!(middle > 120, "{middle} of 400 elsewhere");
+    cfg.edge_rate = 1.0;
+    assert_eq!(count(&cfg)[1], 0);
+    cfg.edge_rate = 1.5;
+    let err = cfg.validate(40, 64).unwrap_err().to_string();
+    assert!(err.contains("edge_rate"), "{err}");
 }

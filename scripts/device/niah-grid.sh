@@ -1,37 +1,30 @@
 #!/usr/bin/env bash
-# On the GPU machine (device tool): the NIAH grid of issue 7 for one checkpoint, every task
-# in TASKS, each length with its own sample count (a 16M sample costs seconds, a 4K one
-# milliseconds), samples of a cell prefilled BATCH at a time. Results land under
-# $OUT/niah-<task>-<len>/ (results.json, heatmap.png) and one log, $OUT/niah-grid.log.
+# On the GPU machine (device tool): the NIAH grid of issue 7 for one checkpoint: every task in
+# TASKS at every length in LENS, 5 depths, SAMPLES per cell, the samples of a cell prefilled
+# BATCH at a time (retried one at a time if the memory planner refuses). Each task's table,
+# results.json and heatmap.png land in $DEST/niah-<task>/ (default $OUT/<name of the
+# checkpoint>), the log in $DEST/niah-grid.log.
 #
-#   BIN=.device/niah/lcm scripts/device/niah-grid.sh models/drt-niah-c8
-#   GRID="4K:10 16K:10 64K:10 256K:10 1M:10 4M:4 16M:2" TASKS=passkey BATCH=10 ...
-#   (carry the binary, the checkpoint and data/tokens; lengths past what the memory
-#   planner allows at BATCH are retried one sample at a time)
+#   BIN=.device/s5/lcm scripts/device/niah-grid.sh models/drt-niah-c8
+#   LENS=4K,16K,64K,256K,1M,4M,16M SAMPLES=10 BATCH=4 TASKS="passkey s-niah" ...
+#   (carry the binary, the checkpoint and data/tokens)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ckpt=${1:?usage: niah-grid.sh CHECKPOINT}
-bin=${BIN:-.device/niah/lcm}
-out=${OUT:-/tmp/lcm-out}
-grid=${GRID:-4K:10 16K:10 64K:10 256K:10 1M:10 4M:5 16M:2}
-batch=${BATCH:-10}
-mkdir -p "$out"
-log="$out/niah-grid.log"
+bin=${BIN:-.device/s5/lcm}
+dest=${DEST:-${OUT:-/tmp/lcm-out}/$(basename "$ckpt")}
+mkdir -p "$dest"
+log="$dest/niah-grid.log"
 x() { scripts/gpu-test.sh exec "$bin" "$@" 2>&1 | grep -v '^\[W'; }
 for task in ${TASKS:-passkey}; do
-  for cell in $grid; do
-    len=${cell%%:*} samples=${cell##*:}
-    dir="$out/niah-$task-$len"
-    echo "== $task $len: $samples samples per depth, batch $batch" | tee -a "$log"
-    start=$(date +%s)
-    if ! x eval niah --checkpoint "$ckpt" --task "$task" --len "$len" --samples "$samples" \
-      --batch "$batch" --haystack data/tokens/sample_val --device cuda --quiet --out "$dir" \
-      >>"$log"; then
-      echo "   (retrying one sample at a time)" | tee -a "$log"
-      x eval niah --checkpoint "$ckpt" --task "$task" --len "$len" --samples "$samples" \
-        --batch 1 --haystack data/tokens/sample_val --device cuda --quiet --out "$dir" >>"$log"
-    fi
-    echo "   $(($(date +%s) - start)) s" | tee -a "$log"
-    grep -E '^(all|first token)' "$log" | tail -2
-  done
+  echo "== $ckpt $task ${LENS:=4K,16K,64K,256K,1M,4M,16M}: ${SAMPLES:=10} samples per cell" >>"$log"
+  start=$(date +%s)
+  args=(eval niah --checkpoint "$ckpt" --task "$task" --len "$LENS" --samples "$SAMPLES"
+    --haystack data/tokens/sample_val --device cuda --quiet --out "$dest/niah-$task")
+  if ! x "${args[@]}" --batch "${BATCH:-4}" >>"$log"; then
+    echo "   (retrying one sample at a time)" >>"$log"
+    x "${args[@]}" --batch 1 >>"$log"
+  fi
+  echo "   $(($(date +%s) - start)) s" >>"$log"
 done
+cat "$log"

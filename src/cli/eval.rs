@@ -25,6 +25,24 @@ Writes OUT/results.json (every sample; rewritten after each one) and OUT/heatmap
     #[command(after_help = "Example:
   lcm eval ppl --checkpoint runs/drt-tiny --corpus data/tokens/sample_val --len 1K,4K,16K")]
     Ppl(PplArgs),
+    /// One NIAH table and heatmap from the results of runs over different lengths.
+    #[command(after_help = "Example (the 16M cell run on its own, then merged):
+  lcm eval niah --checkpoint models/drt-niah-c8 --len 4K,64K,1M --out grid/short
+  lcm eval niah --checkpoint models/drt-niah-c8 --len 16M --batch 2 --out grid/16m
+  lcm eval merge grid/short/results.json grid/16m/results.json --out grid/all
+
+The runs must share the task, checkpoint step, haystack and depths.")]
+    Merge(MergeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    /// results.json files written by `lcm eval niah`.
+    #[arg(required = true, num_args = 2..)]
+    results: Vec<PathBuf>,
+    /// Folder for the merged results.json and heatmap.png.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -103,7 +121,29 @@ pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Niah(a) => niah(a),
         Command::Ppl(a) => ppl_cmd(a),
+        Command::Merge(a) => merge(a),
     }
+}
+
+fn merge(args: MergeArgs) -> Result<()> {
+    let reports = args
+        .results
+        .iter()
+        .map(|p| Ok((p.clone(), grid::Report::load(p)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let report = grid::Report::merge(reports)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    report.save(&args.out)?;
+    let heat = args.out.join("heatmap.png");
+    lcm::eval::heatmap::draw(&report, &heat)?;
+    print!("{}", report.table());
+    println!(
+        "results: {} and {}",
+        args.out.join("results.json").display(),
+        heat.display()
+    );
+    Ok(())
 }
 
 pub fn parse_device(name: Option<&str>) -> Result<Device> {

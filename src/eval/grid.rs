@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::engine::{Engine, PrefillOptions};
@@ -26,7 +26,7 @@ pub struct GridOptions {
     pub progress: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SampleResult {
     pub length: i64,
     /// The length run: the largest multiple of the chunk size not above `length`.
@@ -51,7 +51,7 @@ pub struct SampleResult {
     pub chunk_memory_bytes: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cell {
     pub length: i64,
     pub depth: f64,
@@ -60,7 +60,7 @@ pub struct Cell {
     pub single_token_accuracy: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub task: String,
     pub checkpoint: Option<String>,
@@ -148,7 +148,61 @@ impl Report {
         s
     }
 
-    fn save(&self, out: &std::path::Path) -> Result<()> {
+    /// Reads a `results.json` written by [`run`].
+    pub fn load(path: &std::path::Path) -> Result<Report> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Invalid(format!("{}: not NIAH results: {e}", path.display())))
+    }
+
+    /// One report from the grids of several runs over different lengths (e.g. 16M alone, on
+    /// a machine that had the time for it later): the same task, model step, haystack and
+    /// depths, or an error naming the file that differs. Lengths come out in increasing order.
+    /// A length's samples are seeded by its place in `--len`, so a length run alone draws
+    /// other samples (from the same distribution) than it does second in a list.
+    pub fn merge(reports: Vec<(PathBuf, Report)>) -> Result<Report> {
+        let mut it = reports.into_iter();
+        let (first_path, mut merged) = it
+            .next()
+            .ok_or_else(|| Error::Invalid("no results to merge".into()))?;
+        for (path, r) in it {
+            let differs = |what: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+                Error::Invalid(format!(
+                    "{}: {what} {b:?}, but {} has {a:?}",
+                    path.display(),
+                    first_path.display()
+                ))
+            };
+            if r.task != merged.task {
+                return Err(differs("task", &merged.task, &r.task));
+            }
+            if r.step != merged.step {
+                return Err(differs("checkpoint step", &merged.step, &r.step));
+            }
+            if r.haystack != merged.haystack {
+                return Err(differs("haystack", &merged.haystack, &r.haystack));
+            }
+            if r.depths != merged.depths {
+                return Err(differs("depths", &merged.depths, &r.depths));
+            }
+            if let Some(l) = r.lengths.iter().find(|l| merged.lengths.contains(l)) {
+                return Err(Error::Invalid(format!(
+                    "{}: length {} is also in {}",
+                    path.display(),
+                    format_length(*l),
+                    first_path.display()
+                )));
+            }
+            merged.lengths.extend(r.lengths);
+            merged.samples.extend(r.samples);
+            merged.samples_per_cell = merged.samples_per_cell.max(r.samples_per_cell);
+        }
+        merged.lengths.sort_unstable();
+        merged.summarise();
+        Ok(merged)
+    }
+
+    pub fn save(&self, out: &std::path::Path) -> Result<()> {
         let json =
             serde_json::to_vec_pretty(self).map_err(|e| Error::Invalid(format!("results: {e}")))?;
         write_atomic(&out.join("results.json"), &json)

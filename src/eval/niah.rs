@@ -145,6 +145,7 @@ fn gca_passkey(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         answer_only: false,
         answer_weight: None,
         end_jitter: None,
+        edge_rate: 0.0,
         variants: vec![],
     })
 }
@@ -164,6 +165,7 @@ fn ruler_single(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         answer_only: false,
         answer_weight: None,
         end_jitter: None,
+        edge_rate: 0.0,
         variants: vec![],
     })
 }

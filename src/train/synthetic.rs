@@ -67,6 +67,14 @@ pub struct PasskeyConfig {
     /// the config loads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_jitter: Option<usize>,
+    /// Probability that a row's fact sits where NIAH's depths 0 and 1 put it and uniform
+    /// placement almost never does (about once in `seq_len` rows): at token 0, with no text
+    /// before the needle for the local layers to see, or (half of these rows) ending right
+    /// before the question, inside the local window. A DRT fine-tuned without it missed the
+    /// third key digit in half its depth-0 samples at 256K-16M and confused the second with
+    /// the first at depth 1 (docs/experiments.md, session 5).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub edge_rate: f64,
     /// Other phrasings of the task, each row drawing uniformly among this config's own and
     /// these: e.g. the GCA passkey and RULER's single NIAH in one run, so that one model
     /// answers both `lcm eval niah --task passkey` and `--task s-niah`.
@@ -83,6 +91,10 @@ pub struct Phrasing {
     pub key_len: usize,
     pub key_lo: u32,
     pub key_hi: u32,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn one() -> usize {
@@ -130,6 +142,9 @@ impl PasskeyConfig {
         }
         if !(0.0..=1.0).contains(&self.rate) {
             return Err(bad("rate", "must be in [0, 1]"));
+        }
+        if !(0.0..=1.0).contains(&self.edge_rate) {
+            return Err(bad("edge_rate", "must be in [0, 1]"));
         }
         if self
             .answer_weight
@@ -297,6 +312,14 @@ impl PasskeyConfig {
             .map(|_| rng.below(free as u64 + 1) as usize)
             .collect();
         gaps.sort_unstable();
+        // Drawn only when asked for, so that rows without it stay what they were.
+        if self.edge_rate > 0.0 && rng.unit() < self.edge_rate {
+            if rng.below(2) == 0 {
+                gaps[0] = 0;
+            } else {
+                *gaps.last_mut().unwrap() = free;
+            }
+        }
         let mut used = 0;
         for (fact, gap) in facts.iter().zip(gaps) {
             let p = gap + used;
