@@ -1,6 +1,7 @@
-//! The checkpoint committed under models/ works out of the box: `lcm eval niah` loads it
-//! and finds the passkey in real text (the sample Pile's validation shard, tokenised here)
-//! on the CPU, at a length past the 16-token window and one 4x past that.
+//! The checkpoints committed under models/ work out of the box: `lcm eval niah` loads each
+//! and finds the needle of every task it was trained on in real text (the sample Pile's
+//! validation shard, tokenised here) on the CPU, at 1K and 4K tokens (64 and 256 times the
+//! 16-token window).
 
 mod data_util;
 
@@ -8,9 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn drt_niah_c8_finds_the_passkey_on_cpu() {
+fn published_models_find_the_needle_on_cpu() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model = root.join("models/drt-niah-c8");
     let shard = data_util::sample_shard("val.jsonl.zst");
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("val");
@@ -36,32 +36,42 @@ fn drt_niah_c8_finds_the_passkey_on_cpu() {
         "--workers",
         "2",
     ]);
-    let out = dir.path().join("niah");
-    let table = lcm(&[
-        "eval",
-        "niah",
-        "--checkpoint",
-        model.to_str().unwrap(),
-        "--len",
-        "1K,4K",
-        "--depths",
-        "0,0.5,1",
-        "--samples",
-        "2",
-        "--batch",
-        "2",
-        "--haystack",
-        prefix.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let results: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
-    let samples = results["samples"].as_array().unwrap();
-    assert_eq!(samples.len(), 12, "{table}");
-    let hits = samples.iter().filter(|s| s["hit"] == true).count();
-    assert_eq!(hits, 12, "{hits} of 12 passkeys found:\n{table}");
+    let cases = [
+        ("drt-niah-c8", "passkey"),
+        ("drt-niah-c8-sniah", "passkey"),
+        ("drt-niah-c8-sniah", "s-niah"),
+    ];
+    for (name, task) in cases {
+        let model = root.join("models").join(name);
+        let out = dir.path().join(format!("{name}-{task}"));
+        let table = lcm(&[
+            "eval",
+            "niah",
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--task",
+            task,
+            "--len",
+            "1K,4K",
+            "--depths",
+            "0,0.5,1",
+            "--samples",
+            "2",
+            "--batch",
+            "2",
+            "--haystack",
+            prefix.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let results: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+        let samples = results["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 12, "{name} {task}\n{table}");
+        let hits = samples.iter().filter(|s| s["hit"] == true).count();
+        assert_eq!(hits, 12, "{name} {task}: {hits} of 12 found:\n{table}");
+    }
 }
