@@ -123,6 +123,31 @@ fn drt_128m_has_the_papers_size_and_names() {
     );
 }
 
+/// A training step's FLOPs count the output head only at the positions it ran at: all of
+/// them for text rows, a handful for answer-only passkey rows, where the 50K-vocabulary head
+/// is most of a 7M model's per-token cost (the MFU of such runs was overstated 8x).
+#[test]
+fn trained_flops_count_the_head_where_it_ran() {
+    use lcm::model::flops::{lm_head_forward, trained_per_token};
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/models/drt-niah-c8-ft.json");
+    let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let cfg = ModelConfig::from_json(&v).unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let m = lcm::model::build(&vs.root(), &cfg).unwrap();
+    let full = m.flops_per_token(65536);
+    let head = 3.0 * lm_head_forward(&cfg);
+    assert_eq!(trained_per_token(&cfg, full, 1.0), full);
+    assert_eq!(trained_per_token(&cfg, full, 0.0), full - head);
+    let answer_only = trained_per_token(&cfg, full, 3.0 / 65536.0);
+    assert!(
+        answer_only < 0.2 * full && answer_only > full - head,
+        "{answer_only:e} of {full:e}"
+    );
+    let half = trained_per_token(&cfg, full, 0.5);
+    assert!((half - (full - head / 2.0)).abs() < 1e-6 * full);
+}
+
 /// The error of parsing `v` as the model section.
 fn error(v: Value) -> String {
     match ModelConfig::from_json(&v) {

@@ -48,3 +48,12 @@ pub fn block_forward(cfg: &ModelConfig, keys: f64) -> f64 {
 pub fn lm_head_forward(cfg: &ModelConfig) -> f64 {
     2.0 * (cfg.d_model * cfg.vocab_size) as f64
 }
+
+/// FLOPs per token of a training step whose output head ran at a fraction `scored` of the
+/// positions (the trainer applies it only where a target is scored: answer-only rows score
+/// 3 positions of 512K), from the arch's `per_token` (which counts the head at every
+/// position). For a 7M model with a 50K vocabulary the head is ~88% of `per_token`, so
+/// counting it at unscored positions overstated MFU eightfold (docs/benchmarks.md).
+pub fn trained_per_token(cfg: &ModelConfig, per_token: f64, scored: f64) -> f64 {
+    per_token - 3.0 * lm_head_forward(cfg) * (1.0 - scored.clamp(0.0, 1.0))
+}

@@ -252,6 +252,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut interrupted = false;
     let mut window_start = Instant::now();
     let mut window_tokens = 0u64;
+    // This rank's (scored, all) target positions since the last log line: the head's share
+    // of the step's FLOPs (see flops::trained_per_token).
+    let mut window_scored = (0i64, 0i64);
     let save = |opt: &AdamW, step: u64, samples: u64, tokens: u64| -> Result<Option<PathBuf>> {
         if !writer {
             return Ok(None);
@@ -287,6 +290,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let batch = sampler.batch_at(range, seq_len as usize, min_gap, device);
             let answer_weight = cfg.data.synthetic.as_ref().and_then(|s| s.answer_weight);
             let (loss, hits) = batch_loss(model.as_ref(), &batch, answer_weight);
+            window_scored.0 += batch.targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]);
+            window_scored.1 += batch.targets.numel() as i64;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 return Err(diverged(format!("loss is {value}"), step, &last_ckpt));
@@ -317,6 +322,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let tps = window_tokens as f64 / secs.max(1e-9);
             window_start = Instant::now();
             window_tokens = 0;
+            let scored = window_scored.0 as f64 / window_scored.1.max(1) as f64;
+            window_scored = (0, 0);
+            let flops = crate::model::flops::trained_per_token(
+                &cfg.model,
+                model.flops_per_token(seq_len),
+                scored,
+            );
             let eval_loss = match &eval_sampler {
                 Some(es) if eval_due => Some(evaluate(model.as_ref(), es, cfg, device)),
                 _ => None,
@@ -328,7 +340,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 grad_norm,
                 tokens,
                 tokens_per_s: tps,
-                mfu: peak.map(|p| model.flops_per_token(seq_len) * tps / (p * 1e12)),
+                mfu: peak.map(|p| flops * tps / (p * 1e12)),
                 peak_memory: match device {
                     tch::Device::Cuda(i) => crate::cuda::peak_allocated(i),
                     _ => None,
