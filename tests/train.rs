@@ -71,6 +71,43 @@ fn config_errors_name_the_key() {
     assert!(err.contains("model.drt.topk"), "{err}");
 }
 
+/// A corpus shorter than one row of the run is refused up front, naming the key that gave it
+/// (and, for the eval corpus, the override that fixes it), not at the first eval.
+#[test]
+fn a_corpus_shorter_than_a_row_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short");
+    let mut w =
+        lcm::data::indexed::IndexedWriter::create(&short, lcm::data::TokenDtype::Uint16).unwrap();
+    w.add_document(&(10..50).collect::<Vec<u32>>()).unwrap();
+    w.finish().unwrap();
+    let long = dir.path().join("long");
+    let mut w =
+        lcm::data::indexed::IndexedWriter::create(&long, lcm::data::TokenDtype::Uint16).unwrap();
+    w.add_document(&(0..400).map(|i| 10 + i % 50).collect::<Vec<u32>>())
+        .unwrap();
+    w.finish().unwrap();
+    let with = |train: &Path, eval: &Path| {
+        let mut v = tiny(dir.path());
+        v["data"].as_object_mut().unwrap().remove("random");
+        v["data"]["train"] = json!([{ "prefix": train, "weight": 1.0 }]);
+        v["data"]["eval"] = json!(eval);
+        config(v)
+    };
+    let cfg = with(&long, &short);
+    assert!(Sampler::for_training(&cfg).is_ok());
+    let err = Sampler::for_eval(&cfg).err().unwrap().to_string();
+    assert!(
+        err.contains("data.eval") && err.contains("40 tokens") && err.contains("--set data.eval="),
+        "{err}"
+    );
+    let err = Sampler::for_training(&with(&short, &long))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("data.train[0]") && err.contains("57"), "{err}");
+}
+
 #[test]
 fn overrides_parse_json_or_strings() {
     let mut v = json!({"a": {"b": 1}});

@@ -52,7 +52,8 @@ impl Sampler {
                     .data
                     .train
                     .iter()
-                    .map(|c| open_corpus(&c.prefix, cfg.seq_len))
+                    .enumerate()
+                    .map(|(i, c)| open_corpus(&c.prefix, cfg.seq_len, &format!("data.train[{i}]")))
                     .collect::<Result<Vec<_>>>()?;
                 let total: f64 = cfg.data.train.iter().map(|c| c.weight).sum();
                 let cumulative = cfg
@@ -84,7 +85,7 @@ impl Sampler {
         let mut s = Self::for_training(cfg)?;
         if let Some(prefix) = &cfg.data.eval {
             s.haystack = Haystack::Corpora {
-                corpora: vec![open_corpus(prefix, cfg.seq_len)?],
+                corpora: vec![open_corpus(prefix, cfg.seq_len, "data.eval")?],
                 cumulative: vec![1.0],
             };
         }
@@ -195,15 +196,24 @@ impl Sampler {
     }
 }
 
-fn open_corpus(prefix: &Path, seq_len: i64) -> Result<IndexedCorpus> {
+/// The corpus at `prefix`, which config `key` names, if it holds one window of the run.
+fn open_corpus(prefix: &Path, seq_len: i64, key: &str) -> Result<IndexedCorpus> {
     let c = IndexedCorpus::open(prefix)?;
     if c.num_tokens() < seq_len as u64 + 1 {
-        return Err(Error::Invalid(format!(
-            "{}: {} tokens, fewer than one window of seq_len + 1 = {}",
-            prefix.display(),
-            c.num_tokens(),
-            seq_len + 1
-        )));
+        return Err(Error::Config {
+            key: key.into(),
+            message: format!(
+                "{}: {} tokens, fewer than one window of seq_len + 1 = {} ({})",
+                prefix.display(),
+                c.num_tokens(),
+                seq_len + 1,
+                if key == "data.eval" {
+                    "evaluate on a longer corpus, e.g. --set data.eval=data/tokens/sample_train"
+                } else {
+                    "a longer corpus, or a shorter seq_len"
+                }
+            ),
+        });
     }
     Ok(c)
 }
