@@ -2,19 +2,7 @@
 
 mod data_util;
 
-use std::process::Command;
-
-fn lcm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lcm"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use data_util::lcm;
 
 #[test]
 fn preprocess_stats_and_cat_on_the_sample_pile() {

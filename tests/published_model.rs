@@ -6,7 +6,6 @@
 mod data_util;
 
 use std::path::Path;
-use std::process::Command;
 
 #[test]
 fn published_models_find_the_needle_on_cpu() {
@@ -15,15 +14,8 @@ fn published_models_find_the_needle_on_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("val");
     let lcm = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_lcm"))
-            .args(args)
-            .output()
-            .unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        assert!(out.status.success(), "lcm {args:?}\n{stdout}\n{stderr}");
+        let (ok, stdout, stderr) = data_util::lcm(args);
+        assert!(ok, "lcm {args:?}\n{stdout}\n{stderr}");
         stdout
     };
     lcm(&[

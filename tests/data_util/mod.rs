@@ -108,3 +108,16 @@ pub fn jsonl(docs: &[(String, &str)]) -> Vec<u8> {
     }
     s.into_bytes()
 }
+
+/// Runs the `lcm` binary of this build: (success, stdout, stderr).
+pub fn lcm(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lcm"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
