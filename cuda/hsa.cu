@@ -203,26 +203,32 @@ __device__ __forceinline__ void warp_load(__nv_bfloat16* dst, const __nv_bfloat1
 constexpr int kMmaWarps = 1;  // warps (tokens) per CTA
 constexpr int kTile = 64;     // keys per chunk tile
 
-template <int D, int NST> __host__ __device__ constexpr int mma_warp_smem_elems() {
-  return 16 * D + NST * 2 * kTile * D;  // Q + NST stages of (K, V)
+// The gather ring of the forward and of the backward's dq kernel holds *units*: one
+// chunk's K or V tile (kTile x D bf16, 8 KB at D 64), not a (K, V) pair. A slot's S = Q K^T
+// needs only K and its P V only V, so a unit's stage is free half a slot sooner, and a ring
+// of NU units takes NU/2 pair-stages' shared memory: at NU = 2, 18 KB per warp instead of
+// 34 KB for the pair ring of session 4, so twice the warps per SM (the bound there, in
+// docs/benchmarks.md) with as many bytes in flight per SM.
+template <int D, int NU> __host__ __device__ constexpr int mma_warp_smem_elems() {
+  return 16 * D + NU * kTile * D;  // Q + NU unit stages
 }
 
-// Gather pipeline depth (slots in flight + 1) of the forward and the backward's dq kernel:
-// 2 unless LCM_HSA_FWD_STAGES / LCM_HSA_DQ_STAGES say 3 or 4 (a tuning knob for the bench;
-// deeper rings take more shared memory per warp, so fewer warps per SM).
-inline int env_stages(const char* name, int dflt) {
+// Units in the gather ring of the forward and the dq kernel (LCM_HSA_FWD_UNITS /
+// LCM_HSA_DQ_UNITS, 2 to 4: a tuning knob for the bench; see docs/benchmarks.md).
+constexpr int kFwdUnits = 2, kDqUnits = 2;  // the fastest on the H200 (docs/benchmarks.md)
+inline int env_units(const char* name, int dflt) {
   const char* v = getenv(name);
   const int n = v ? atoi(v) : dflt;
   return (n >= 2 && n <= 4) ? n : dflt;
 }
 
-template <int D, bool ONE, int NST>
+template <int D, bool ONE, int NU>
 __global__ void __launch_bounds__(32 * kMmaWarps) hsa_fwd_mma_kernel(const Params p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   __nv_bfloat16* sQ =
-      reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * mma_warp_smem_elems<D, NST>();
-  __nv_bfloat16* sKV = sQ + 16 * D;  // stage st: K at st*2*kTile*D, V after it
+      reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * mma_warp_smem_elems<D, NU>();
+  __nv_bfloat16* sU = sQ + 16 * D;  // unit stage st at st*kTile*D
   const int64_t tok = int64_t(blockIdx.x) * kMmaWarps + warp;
   if (tok >= int64_t(p.N) * p.L * p.H) return;  // no CTA-wide barriers below
   const int h = int(tok % p.H);
@@ -237,16 +243,25 @@ __global__ void __launch_bounds__(32 * kMmaWarps) hsa_fwd_mma_kernel(const Param
     const int64_t c = p.idx[tok * p.K + slot];
     return (c < 0 || c >= p.C) ? -1 : c;
   };
-  auto load_slot = [&](int slot, int st) {
-    const int64_t c = slot_chunk(slot);
+  // unit u: slot u / 2's K (u even) or V (u odd)
+  const int nu = 2 * p.K;
+  auto load_unit = [&](int u) {
+    if (u >= nu) return;
+    const int64_t c = slot_chunk(u >> 1);
     if (c < 0) return;
     const int64_t off = ((int64_t(n) * lkv + c * p.S) * p.H + h) * D;
-    __nv_bfloat16* dK = sKV + st * 2 * kTile * D;
-    warp_load<kTile, D>(dK, p.k + off, rs, p.S);
-    warp_load<kTile, D>(dK + kTile * D, p.v + off, rs, p.S);
+    warp_load<kTile, D>(sU + (u % NU) * kTile * D, ((u & 1) ? p.v : p.k) + off, rs, p.S);
   };
-  for (int st = 0; st < NST - 1; ++st) {
-    if (st < p.K) load_slot(st, st);
+  // Issue unit u + NU - 1 into the stage unit u - 1 left (every lane is past it: the
+  // __syncwarp after each unit), then wait for unit u.
+  auto advance = [&](int u) {
+    load_unit(u + NU - 1);
+    cp_async_commit();
+    cp_async_wait<NU - 1>();
+    __syncwarp();
+  };
+  for (int u = 0; u < NU - 1; ++u) {
+    load_unit(u);
     cp_async_commit();
   }
 
@@ -259,99 +274,102 @@ __global__ void __launch_bounds__(32 * kMmaWarps) hsa_fwd_mma_kernel(const Param
   float* lse_base = p.lse + (nl * p.Hq + int64_t(h) * p.G) * p.K;
 
   for (int slot = 0; slot < p.K; ++slot) {
-    if (slot + NST - 1 < p.K) load_slot(slot + NST - 1, (slot + NST - 1) % NST);
-    cp_async_commit();
-    cp_async_wait<NST - 1>();
-    __syncwarp();
-    const int64_t c = slot_chunk(slot);
-    if (c < 0) {
+    const bool valid = slot_chunk(slot) >= 0;
+    float s[kTile / 8][4];
+    // K unit: S = Q K^T, the softmax, the LSE
+    advance(2 * slot);
+    if (!valid) {
       if (t == 0) {
         if (g < p.G) lse_base[g * p.K + slot] = 0.f;
         if (g + 8 < p.G) lse_base[(g + 8) * p.K + slot] = 0.f;
       }
-      continue;
-    }
-    const __nv_bfloat16* tK = sKV + (slot % NST) * 2 * kTile * D;
-    const __nv_bfloat16* tV = tK + kTile * D;
-    float s[kTile / 8][4];
-#pragma unroll
-    for (int nn = 0; nn < kTile / 8; ++nn)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nn][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      ldsm_x4(a, sQ + sw<D>(lane & 15, kk * 16 + (lane >> 4) * 8));
-#pragma unroll
-      for (int np = 0; np < kTile / 16; ++np) {
-        uint32_t bb[4];
-        ldsm_x4(bb, tK + sw<D>(np * 16 + (lane & 7) + (lane >> 4) * 8,
-                               kk * 16 + ((lane >> 3) & 1) * 8));
-        mma16816(s[2 * np], a, bb[0], bb[1]);
-        mma16816(s[2 * np + 1], a, bb[2], bb[3]);
-      }
-    }
-    if (p.S < kTile) {
+    } else {
+      const __nv_bfloat16* tK = sU + ((2 * slot) % NU) * kTile * D;
 #pragma unroll
       for (int nn = 0; nn < kTile / 8; ++nn)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (nn * 8 + 2 * t + (e & 1) >= p.S) s[nn][e] = -INFINITY;
-    }
-    float mx[2] = {-INFINITY, -INFINITY};
+        for (int e = 0; e < 4; ++e) s[nn][e] = 0.f;
 #pragma unroll
-    for (int nn = 0; nn < kTile / 8; ++nn)
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4];
+        ldsm_x4(a, sQ + sw<D>(lane & 15, kk * 16 + (lane >> 4) * 8));
 #pragma unroll
-      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[nn][e]);
-    float neg[2], rsum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
-      mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-      // scaled base-2 max (scale > 0 checked by the bridge); softmax_one: at least 0
-      mx[hh] = mx[hh] * sl2;
-      if (ONE) mx[hh] = fmaxf(mx[hh], 0.f);
-      neg[hh] = -mx[hh];
-    }
-#pragma unroll
-    for (int nn = 0; nn < kTile / 8; ++nn)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nn][e] = exp2f(fmaf(s[nn][e], sl2, neg[e >> 1]));
-        rsum[e >> 1] += s[nn][e];
+        for (int np = 0; np < kTile / 16; ++np) {
+          uint32_t bb[4];
+          ldsm_x4(bb, tK + sw<D>(np * 16 + (lane & 7) + (lane >> 4) * 8,
+                                 kk * 16 + ((lane >> 3) & 1) * 8));
+          mma16816(s[2 * np], a, bb[0], bb[1]);
+          mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+        }
       }
-    const float w = p.w[tok * p.K + slot];
-    float f[2];
+      if (p.S < kTile) {
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      rsum[hh] += __shfl_xor_sync(0xffffffffu, rsum[hh], 1);
-      rsum[hh] += __shfl_xor_sync(0xffffffffu, rsum[hh], 2);
-      if (ONE) rsum[hh] += exp2f(neg[hh]);
-      f[hh] = w / rsum[hh];
-      const float lse = (mx[hh] + __log2f(rsum[hh])) * 0.6931471805599453f;
-      const int row = g + 8 * hh;
-      if (t == 0 && row < p.G) lse_base[row * p.K + slot] = lse;
+        for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (nn * 8 + 2 * t + (e & 1) >= p.S) s[nn][e] = -INFINITY;
+      }
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[nn][e]);
+      float neg[2], rsum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+        // scaled base-2 max (scale > 0 checked by the bridge); softmax_one: at least 0
+        mx[hh] = mx[hh] * sl2;
+        if (ONE) mx[hh] = fmaxf(mx[hh], 0.f);
+        neg[hh] = -mx[hh];
+      }
+#pragma unroll
+      for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[nn][e] = exp2f(fmaf(s[nn][e], sl2, neg[e >> 1]));
+          rsum[e >> 1] += s[nn][e];
+        }
+      const float w = p.w[tok * p.K + slot];
+      float f[2];
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        rsum[hh] += __shfl_xor_sync(0xffffffffu, rsum[hh], 1);
+        rsum[hh] += __shfl_xor_sync(0xffffffffu, rsum[hh], 2);
+        if (ONE) rsum[hh] += exp2f(neg[hh]);
+        f[hh] = w / rsum[hh];
+        const float lse = (mx[hh] + __log2f(rsum[hh])) * 0.6931471805599453f;
+        const int row = g + 8 * hh;
+        if (t == 0 && row < p.G) lse_base[row * p.K + slot] = lse;
+      }
+#pragma unroll
+      for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nn][e] *= f[e >> 1];
     }
+    __syncwarp();  // done reading the K unit's stage before it is refilled
+    // V unit: O += (w P / l) V
+    advance(2 * slot + 1);
+    if (valid) {
+      const __nv_bfloat16* tV = sU + ((2 * slot + 1) % NU) * kTile * D;
 #pragma unroll
-    for (int nn = 0; nn < kTile / 8; ++nn)
+      for (int kk = 0; kk < kTile / 16; ++kk) {
+        uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                         pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                         pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                         pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[nn][e] *= f[e >> 1];
-#pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
-                       pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                       pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                       pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t bb[4];
-        ldsm_x4_t(bb, tV + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                 dp * 16 + (lane >> 4) * 8));
-        mma16816(acc[2 * dp], a, bb[0], bb[1]);
-        mma16816(acc[2 * dp + 1], a, bb[2], bb[3]);
+        for (int dp = 0; dp < D / 16; ++dp) {
+          uint32_t bb[4];
+          ldsm_x4_t(bb, tV + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                   dp * 16 + (lane >> 4) * 8));
+          mma16816(acc[2 * dp], a, bb[0], bb[1]);
+          mma16816(acc[2 * dp + 1], a, bb[2], bb[3]);
+        }
       }
     }
-    __syncwarp();  // done reading this stage before it is refilled
+    __syncwarp();  // done reading the V unit's stage before it is refilled
   }
   cp_async_wait<0>();
   __nv_bfloat16* o = p.o + qrow;
@@ -365,21 +383,21 @@ __global__ void __launch_bounds__(32 * kMmaWarps) hsa_fwd_mma_kernel(const Param
   }
 }
 
-template <int D, bool ONE, int NST> int launch_fwd_mma(const Params& p, cudaStream_t s) {
-  const size_t smem = sizeof(__nv_bfloat16) * size_t(mma_warp_smem_elems<D, NST>()) * kMmaWarps;
-  cudaError_t e = cudaFuncSetAttribute(hsa_fwd_mma_kernel<D, ONE, NST>,
+template <int D, bool ONE, int NU> int launch_fwd_mma(const Params& p, cudaStream_t s) {
+  const size_t smem = sizeof(__nv_bfloat16) * size_t(mma_warp_smem_elems<D, NU>()) * kMmaWarps;
+  cudaError_t e = cudaFuncSetAttribute(hsa_fwd_mma_kernel<D, ONE, NU>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
   const int64_t items = int64_t(p.N) * p.L * p.H;
   if (items == 0) return cudaSuccess;
   const int64_t blocks = (items + kMmaWarps - 1) / kMmaWarps;
-  hsa_fwd_mma_kernel<D, ONE, NST><<<dim3(unsigned(blocks)), 32 * kMmaWarps, smem, s>>>(p);
+  hsa_fwd_mma_kernel<D, ONE, NU><<<dim3(unsigned(blocks)), 32 * kMmaWarps, smem, s>>>(p);
   return cudaGetLastError();
 }
 
-template <int D> int launch_fwd_mma_d(const Params& p, int one, int nst, cudaStream_t s) {
-  if (nst == 3) return one ? launch_fwd_mma<D, true, 3>(p, s) : launch_fwd_mma<D, false, 3>(p, s);
-  if (nst == 4) return one ? launch_fwd_mma<D, true, 4>(p, s) : launch_fwd_mma<D, false, 4>(p, s);
+template <int D> int launch_fwd_mma_d(const Params& p, int one, int nu, cudaStream_t s) {
+  if (nu == 3) return one ? launch_fwd_mma<D, true, 3>(p, s) : launch_fwd_mma<D, false, 3>(p, s);
+  if (nu == 4) return one ? launch_fwd_mma<D, true, 4>(p, s) : launch_fwd_mma<D, false, 4>(p, s);
   return one ? launch_fwd_mma<D, true, 2>(p, s) : launch_fwd_mma<D, false, 2>(p, s);
 }
 
@@ -422,19 +440,21 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-template <int D, int NST> __host__ __device__ constexpr int dq_smem_elems() {
-  return 2 * 16 * D + NST * 2 * kTile * D;  // Q, dO + NST stages of (K, V)
+template <int D, int NU> __host__ __device__ constexpr int dq_smem_elems() {
+  return 2 * 16 * D + NU * kTile * D;  // Q, dO + NU unit stages
 }
 
-template <int D, int NST>
+// The unit ring of the forward (see mma_warp_smem_elems), V before K: dP = dO V^T needs only
+// V; S = Q K^T, Di, dS and dQ += dS K need only K after it.
+template <int D, int NU>
 __global__ void __launch_bounds__(32) hsa_bwd_dq_kernel(const Params p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
   __nv_bfloat16* sdO = sQ + 16 * D;
-  __nv_bfloat16* sKV = sdO + 16 * D;  // stage st: K at st*2*kTile*D, V after it
-  const int64_t tok = blockIdx.x;     // (n*L + l)*H + h
-  const int hg = blockIdx.y;          // group of 16 query heads
+  __nv_bfloat16* sU = sdO + 16 * D;  // unit stage st at st*kTile*D
+  const int64_t tok = blockIdx.x;    // (n*L + l)*H + h
+  const int hg = blockIdx.y;         // group of 16 query heads
   const int h = int(tok % p.H);
   const int64_t nl = tok / p.H;
   const int n = int(nl / p.L);
@@ -449,16 +469,23 @@ __global__ void __launch_bounds__(32) hsa_bwd_dq_kernel(const Params p) {
     const int64_t c = p.idx[tok * p.K + slot];
     return (c < 0 || c >= p.C) ? -1 : c;
   };
-  auto load_slot = [&](int slot, int st) {
-    const int64_t c = slot_chunk(slot);
+  // unit u: slot u / 2's V (u even) or K (u odd)
+  const int nu = 2 * p.K;
+  auto load_unit = [&](int u) {
+    if (u >= nu) return;
+    const int64_t c = slot_chunk(u >> 1);
     if (c < 0) return;
     const int64_t off = ((int64_t(n) * lkv + c * p.S) * p.H + h) * D;
-    __nv_bfloat16* dK = sKV + st * 2 * kTile * D;
-    warp_load<kTile, D>(dK, p.k + off, rs, p.S);
-    warp_load<kTile, D>(dK + kTile * D, p.v + off, rs, p.S);
+    warp_load<kTile, D>(sU + (u % NU) * kTile * D, ((u & 1) ? p.k : p.v) + off, rs, p.S);
   };
-  for (int st = 0; st < NST - 1; ++st) {
-    if (st < p.K) load_slot(st, st);
+  auto advance = [&](int u) {  // as the forward's
+    load_unit(u + NU - 1);
+    cp_async_commit();
+    cp_async_wait<NU - 1>();
+    __syncwarp();
+  };
+  for (int u = 0; u < NU - 1; ++u) {
+    load_unit(u);
     cp_async_commit();
   }
 
@@ -472,89 +499,108 @@ __global__ void __launch_bounds__(32) hsa_bwd_dq_kernel(const Params p) {
   float* di_base = p.di + tok * p.K * p.G + 16 * hg;  // + slot*G + row
 
   for (int slot = 0; slot < p.K; ++slot) {
-    if (slot + NST - 1 < p.K) load_slot(slot + NST - 1, (slot + NST - 1) % NST);
-    cp_async_commit();
-    const int64_t c = slot_chunk(slot);
+    const bool valid = slot_chunk(slot) >= 0;
     float* di_out = di_base + int64_t(slot) * p.G;
-    if (c < 0) {
+    float nl2[2];  // -lse in base 2, rows g and g + 8 (padding rows: 0)
+    float w = 0.f;
+    if (valid) {
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int row = g + 8 * hh;
+        nl2[hh] = row < rows ? -lse_base[int64_t(row) * p.K + slot] * kLog2e : 0.f;
+      }
+      w = p.w[tok * p.K + slot];
+    }
+    // V unit: dP = dO V^T
+    float dp[kTile / 8][4];
+    advance(2 * slot);
+    if (valid) {
+      const __nv_bfloat16* tV = sU + ((2 * slot) % NU) * kTile * D;
+#pragma unroll
+      for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dp[nn][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t ao[4];
+        ldsm_x4(ao, sdO + sw<D>(lane & 15, kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int np = 0; np < kTile / 16; ++np) {
+          uint32_t bb[4];
+          ldsm_x4(bb, tV + sw<D>(np * 16 + (lane & 7) + (lane >> 4) * 8,
+                                 kk * 16 + ((lane >> 3) & 1) * 8));
+          mma16816(dp[2 * np], ao, bb[0], bb[1]);
+          mma16816(dp[2 * np + 1], ao, bb[2], bb[3]);
+        }
+      }
+    }
+    __syncwarp();  // done reading the V unit's stage before it is refilled
+    // K unit: S = Q K^T, P, Di, dS, dQ += dS K
+    advance(2 * slot + 1);
+    if (!valid) {
       if (t == 0) {
         if (g < rows) di_out[g] = 0.f;
         if (g + 8 < rows) di_out[g + 8] = 0.f;
       }
-      continue;
-    }
-    float nl2[2];  // -lse in base 2, rows g and g + 8 (padding rows: 0)
+    } else {
+      const __nv_bfloat16* tK = sU + ((2 * slot + 1) % NU) * kTile * D;
+      float s[kTile / 8][4];
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int row = g + 8 * hh;
-      nl2[hh] = row < rows ? -lse_base[int64_t(row) * p.K + slot] * kLog2e : 0.f;
-    }
-    const float w = p.w[tok * p.K + slot];
-    cp_async_wait<NST - 1>();
-    __syncwarp();
-    const __nv_bfloat16* tK = sKV + (slot % NST) * 2 * kTile * D;
-    const __nv_bfloat16* tV = tK + kTile * D;
-    float s[kTile / 8][4], dp[kTile / 8][4];
+      for (int nn = 0; nn < kTile / 8; ++nn)
 #pragma unroll
-    for (int nn = 0; nn < kTile / 8; ++nn)
+        for (int e = 0; e < 4; ++e) s[nn][e] = 0.f;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[nn][e] = dp[nn][e] = 0.f;
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4];
+        ldsm_x4(a, sQ + sw<D>(lane & 15, kk * 16 + (lane >> 4) * 8));
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4], ao[4];
-      ldsm_x4(a, sQ + sw<D>(lane & 15, kk * 16 + (lane >> 4) * 8));
-      ldsm_x4(ao, sdO + sw<D>(lane & 15, kk * 16 + (lane >> 4) * 8));
+        for (int np = 0; np < kTile / 16; ++np) {
+          uint32_t bb[4];
+          ldsm_x4(bb, tK + sw<D>(np * 16 + (lane & 7) + (lane >> 4) * 8,
+                                 kk * 16 + ((lane >> 3) & 1) * 8));
+          mma16816(s[2 * np], a, bb[0], bb[1]);
+          mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+        }
+      }
+      float di[2] = {0.f, 0.f};
 #pragma unroll
-      for (int np = 0; np < kTile / 16; ++np) {
-        const int off = sw<D>(np * 16 + (lane & 7) + (lane >> 4) * 8,
-                              kk * 16 + ((lane >> 3) & 1) * 8);
-        uint32_t bb[4];
-        ldsm_x4(bb, tK + off);
-        mma16816(s[2 * np], a, bb[0], bb[1]);
-        mma16816(s[2 * np + 1], a, bb[2], bb[3]);
-        ldsm_x4(bb, tV + off);
-        mma16816(dp[2 * np], ao, bb[0], bb[1]);
-        mma16816(dp[2 * np + 1], ao, bb[2], bb[3]);
+      for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const bool key = nn * 8 + 2 * t + (e & 1) < p.S;
+          s[nn][e] = key ? exp2f(fmaf(s[nn][e], sl2, nl2[e >> 1])) : 0.f;
+          di[e >> 1] = fmaf(s[nn][e], dp[nn][e], di[e >> 1]);
+        }
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        di[hh] += __shfl_xor_sync(0xffffffffu, di[hh], 1);
+        di[hh] += __shfl_xor_sync(0xffffffffu, di[hh], 2);
+        const int row = g + 8 * hh;
+        if (t == 0 && row < rows) di_out[row] = di[hh];
+      }
+      // dS = w P (dP - Di), into s
+#pragma unroll
+      for (int nn = 0; nn < kTile / 8; ++nn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nn][e] = w * s[nn][e] * (dp[nn][e] - di[e >> 1]);
+      // dQ += dS K (keys are the reduction dimension)
+#pragma unroll
+      for (int kk = 0; kk < kTile / 16; ++kk) {
+        uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                         pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                         pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                         pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int dd = 0; dd < D / 16; ++dd) {
+          uint32_t bb[4];
+          ldsm_x4_t(bb, tK + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                   dd * 16 + (lane >> 4) * 8));
+          mma16816(acc[2 * dd], a, bb[0], bb[1]);
+          mma16816(acc[2 * dd + 1], a, bb[2], bb[3]);
+        }
       }
     }
-    float di[2] = {0.f, 0.f};
-#pragma unroll
-    for (int nn = 0; nn < kTile / 8; ++nn)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const bool key = nn * 8 + 2 * t + (e & 1) < p.S;
-        s[nn][e] = key ? exp2f(fmaf(s[nn][e], sl2, nl2[e >> 1])) : 0.f;
-        di[e >> 1] = fmaf(s[nn][e], dp[nn][e], di[e >> 1]);
-      }
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      di[hh] += __shfl_xor_sync(0xffffffffu, di[hh], 1);
-      di[hh] += __shfl_xor_sync(0xffffffffu, di[hh], 2);
-      const int row = g + 8 * hh;
-      if (t == 0 && row < rows) di_out[row] = di[hh];
-    }
-    // dS = w P (dP - Di), into s
-#pragma unroll
-    for (int nn = 0; nn < kTile / 8; ++nn)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nn][e] = w * s[nn][e] * (dp[nn][e] - di[e >> 1]);
-    // dQ += dS K (keys are the reduction dimension)
-#pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
-                       pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                       pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                       pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int dd = 0; dd < D / 16; ++dd) {
-        uint32_t bb[4];
-        ldsm_x4_t(bb, tK + sw<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                 dd * 16 + (lane >> 4) * 8));
-        mma16816(acc[2 * dd], a, bb[0], bb[1]);
-        mma16816(acc[2 * dd + 1], a, bb[2], bb[3]);
-      }
-    }
-    __syncwarp();  // done reading this stage before it is refilled
+    __syncwarp();  // done reading the K unit's stage before it is refilled
   }
   cp_async_wait<0>();
   __nv_bfloat16* dq = p.dq + head0 * D;
@@ -778,15 +824,15 @@ __global__ void __launch_bounds__(32 * kKvWarps, MINB) hsa_bwd_dkdv_kernel(const
   }
 }
 
-template <int D, int NST> int launch_bwd_dq(const Params& p, cudaStream_t s) {
+template <int D, int NU> int launch_bwd_dq(const Params& p, cudaStream_t s) {
   const int ngroups = (p.G + 15) / 16;
   const int64_t items = int64_t(p.N) * p.L * p.H;
   if (items == 0) return cudaSuccess;
-  const size_t smem = sizeof(__nv_bfloat16) * size_t(dq_smem_elems<D, NST>());
-  cudaError_t e = cudaFuncSetAttribute(hsa_bwd_dq_kernel<D, NST>,
+  const size_t smem = sizeof(__nv_bfloat16) * size_t(dq_smem_elems<D, NU>());
+  cudaError_t e = cudaFuncSetAttribute(hsa_bwd_dq_kernel<D, NU>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
-  hsa_bwd_dq_kernel<D, NST><<<dim3(unsigned(items), unsigned(ngroups)), 32, smem, s>>>(p);
+  hsa_bwd_dq_kernel<D, NU><<<dim3(unsigned(items), unsigned(ngroups)), 32, smem, s>>>(p);
   return cudaGetLastError();
 }
 
@@ -814,11 +860,11 @@ inline int env_kv_variant(int dflt) {
 }
 
 template <int D> int launch_bwd(const Params& p, int64_t nchunks, cudaStream_t s) {
-  static const int nst = env_stages("LCM_HSA_DQ_STAGES", 2);
+  static const int nu = env_units("LCM_HSA_DQ_UNITS", kDqUnits);
   {
-    const int e = nst == 3   ? launch_bwd_dq<D, 3>(p, s)
-                  : nst == 4 ? launch_bwd_dq<D, 4>(p, s)
-                             : launch_bwd_dq<D, 2>(p, s);
+    const int e = nu == 3   ? launch_bwd_dq<D, 3>(p, s)
+                  : nu == 4 ? launch_bwd_dq<D, 4>(p, s)
+                            : launch_bwd_dq<D, 2>(p, s);
     if (e != cudaSuccess) return e;
   }
   static const int kv = env_kv_variant(1);
@@ -854,9 +900,9 @@ int lcm_hsa_fwd_launch(const void* q, const void* k, const void* v, const float*
   p.one = one;
   // G <= 16 and S <= 64 on tensor cores (needs scale > 0); else the CUDA-core kernel.
   if (p.G <= 16 && p.S <= kTile && scale > 0.f) {
-    static const int nst = env_stages("LCM_HSA_FWD_STAGES", 2);
-    if (D == 64) return launch_fwd_mma_d<64>(p, one, nst, s);
-    if (D == 128) return launch_fwd_mma_d<128>(p, one, nst, s);
+    static const int nu = env_units("LCM_HSA_FWD_UNITS", kFwdUnits);
+    if (D == 64) return launch_fwd_mma_d<64>(p, one, nu, s);
+    if (D == 128) return launch_fwd_mma_d<128>(p, one, nu, s);
   }
   if (D == 64) return launch_fwd<64>(p, s);
   if (D == 128) return launch_fwd<128>(p, s);

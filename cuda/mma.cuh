@@ -55,15 +55,24 @@ template <int COLS> __device__ __forceinline__ int sw(int row, int col) {
 
 // Loads `rows` rows (ROWS in the tile, the rest zero-filled) of D bf16 each into a swizzled
 // tile; row r starts at src(r). All THREADS threads of the CTA take part.
+// THREADS must be the CTA's size. When THREADS divides the tile's chunks the loop has a
+// compile-time trip count (a runtime start of threadIdx.x made nvcc emit a remainder loop
+// and branches around every copy: seen in the SASS of the SWA forward).
 template <int ROWS, int D, int THREADS, typename F>
 __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, int rows, F src) {
-  constexpr int kChunks = D / 8;
-#pragma unroll
-  for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
+  constexpr int kChunks = D / 8, kN = ROWS * kChunks;
+  auto copy = [&](int i) {
     const int r = i / kChunks, c = (i % kChunks) * 8;
     const bool valid = r < rows;
     // Zero-filled rows still name a valid global address (row 0; rows >= 1 always).
     cp_async16(dst + sw<D>(r, c), src(valid ? r : 0) + c, valid);
+  };
+  if constexpr (kN % THREADS == 0) {
+#pragma unroll
+    for (int j = 0; j < kN / THREADS; ++j) copy(int(threadIdx.x) + j * THREADS);
+  } else {
+#pragma unroll
+    for (int i = threadIdx.x; i < kN; i += THREADS) copy(i);
   }
 }
 
