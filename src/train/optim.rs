@@ -11,7 +11,8 @@ use crate::train::config::OptimConfig;
 
 /// The moments and the master weights live in three flat fp32 buffers, one element range per
 /// variable (the weight-decayed ones first), and `master`, `m`, `v` are views of them: the
-/// update is a dozen ops over one buffer instead of a dozen per variable. Written per
+/// update is a dozen ops over one buffer instead of a dozen per variable (the gradient norm
+/// is still summed per variable, see `step_flat`). Written per
 /// variable, the update of drt-128m was ~2,800 kernel launches per step on the H200, more
 /// than its forward and backward together (docs/benchmarks.md, session 6).
 pub struct AdamW {
@@ -158,7 +159,21 @@ impl AdamW {
             for (dst, g) in f.grad_views.iter_mut().zip(grads) {
                 dst.copy_(g);
             }
-            f.grad.square().sum(Kind::Float).sqrt().double_value(&[])
+            // Summed per variable, then over variables, as `step_each` does: one flat sum
+            // would round differently, and the clip scale with it, which was enough to move
+            // the CPU toy's fragile depth-1 cell (scripts/demo.sh: 1K fell to 94%).
+            let sq: Vec<Tensor> = f
+                .grad_views
+                .iter()
+                .map(|g| g.square().sum(Kind::Float))
+                .collect();
+            if sq.is_empty() {
+                return 0.0;
+            }
+            Tensor::stack(&sq, 0)
+                .sum(Kind::Float)
+                .sqrt()
+                .double_value(&[])
         });
         if !norm.is_finite() {
             return Err(norm);
