@@ -51,6 +51,20 @@ fn views(buf: &Tensor, ranges: &[(i64, Vec<i64>)]) -> Vec<Tensor> {
         .collect()
 }
 
+/// The L2 norm of all `grads` together: each one's sum of squares in fp32, then their sum.
+fn global_norm<'a>(grads: impl Iterator<Item = &'a Tensor>) -> f64 {
+    let sq: Vec<Tensor> = grads
+        .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
+        .collect();
+    if sq.is_empty() {
+        return 0.0;
+    }
+    Tensor::stack(&sq, 0)
+        .sum(Kind::Float)
+        .sqrt()
+        .double_value(&[])
+}
+
 impl AdamW {
     /// Copies the fp32 master weights out of the (still fp32) VarStore; call before the
     /// store is narrowed to bf16 ([`AdamW::split_bf16`]).
@@ -159,21 +173,10 @@ impl AdamW {
             for (dst, g) in f.grad_views.iter_mut().zip(grads) {
                 dst.copy_(g);
             }
-            // Summed per variable, then over variables, as `step_each` does: one flat sum
-            // would round differently, and the clip scale with it, which was enough to move
-            // the CPU toy's fragile depth-1 cell (scripts/demo.sh: 1K fell to 94%).
-            let sq: Vec<Tensor> = f
-                .grad_views
-                .iter()
-                .map(|g| g.square().sum(Kind::Float))
-                .collect();
-            if sq.is_empty() {
-                return 0.0;
-            }
-            Tensor::stack(&sq, 0)
-                .sum(Kind::Float)
-                .sqrt()
-                .double_value(&[])
+            // Per variable, as `step_each`: one flat sum would round differently, and the
+            // clip scale with it, which was enough to move the CPU toy's fragile depth-1
+            // cell (scripts/demo.sh: 1K fell to 94%).
+            global_norm(f.grad_views.iter())
         });
         if !norm.is_finite() {
             return Err(norm);
@@ -202,20 +205,7 @@ impl AdamW {
 
     /// Some variable has no gradient: the update one variable at a time, skipping those.
     fn step_each(&mut self, o: &OptimConfig, lr: f64, grads: &[Tensor]) -> Result<f64, f64> {
-        let norm = tch::no_grad(|| {
-            let sq: Vec<Tensor> = grads
-                .iter()
-                .filter(|g| g.defined())
-                .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
-                .collect();
-            if sq.is_empty() {
-                return 0.0;
-            }
-            Tensor::stack(&sq, 0)
-                .sum(Kind::Float)
-                .sqrt()
-                .double_value(&[])
-        });
+        let norm = tch::no_grad(|| global_norm(grads.iter().filter(|g| g.defined())));
         if !norm.is_finite() {
             return Err(norm);
         }
