@@ -81,20 +81,15 @@ __device__ __forceinline__ bool needs_mask(const Params& p, int q0, int k0) {
   return m;
 }
 
-__device__ __forceinline__ bool visible(const Params& p, int t, int s) {
-  bool ok = s < p.T && t < p.T;
-  if (p.causal) ok = ok && s <= t && t - s <= p.window;
-  return ok;
-}
-
-// visible() as intervals, for the masked tiles' inner loops: two compares per score instead
-// of visible()'s branches (the SASS of the forward spent most of a masked tile on them).
-// Keys s with visible(p, t, s): [*lo, *hi], empty when t >= T.
+// Query t sees key s when both are < T and, if causal, s <= t <= s + window. As intervals,
+// so the masked tiles' inner loops take two compares per score (a per-score predicate with
+// branches took most of a masked tile in the SASS of the forward).
+// Keys query t sees: [*lo, *hi], empty when t >= T.
 __device__ __forceinline__ void visible_keys(const Params& p, int t, int* lo, int* hi) {
   *lo = p.causal ? t - p.window : 0;
   *hi = t < p.T ? (p.causal ? t : p.T - 1) : -1;
 }
-// Queries t with visible(p, t, s): [*lo, *hi], empty when s >= T.
+// Queries that see key s: [*lo, *hi], empty when s >= T.
 __device__ __forceinline__ void visible_queries(const Params& p, int s, int* lo, int* hi) {
   *lo = p.causal ? s : 0;
   *hi = s < p.T ? (p.causal ? min(p.T - 1, s + p.window) : p.T - 1) : -1;
