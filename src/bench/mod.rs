@@ -6,6 +6,7 @@ pub mod kernels;
 pub mod prefill;
 pub mod rmsnorm;
 pub mod tokenizer;
+pub mod xent;
 
 use std::time::Instant;
 use tch::Device;

@@ -1,5 +1,6 @@
 use anyhow::{bail, Result};
 use lcm::bench::rmsnorm::{self, RmsNormBench};
+use lcm::bench::xent::{self, XentBench};
 use tch::{Device, Kind};
 
 #[derive(clap::Subcommand)]
@@ -9,6 +10,12 @@ pub enum Command {
         after_help = "Example:\n  lcm bench rmsnorm --device cuda --rows 262144 --dim 768 --dtype bf16"
     )]
     Rmsnorm(RmsNormArgs),
+    /// Fused cross-entropy kernels (the training loss) against the pure-tch reference, the
+    /// fp32 log_softmax path: forward, backward, and both through autograd.
+    #[command(
+        after_help = "Example:\n  lcm bench xent --device cuda --rows 16384 --vocab 50304 --dtype bf16"
+    )]
+    Xent(XentArgs),
     /// Attention kernels (GCA; later SWA, HSA, retrieval) at their issue shapes: time,
     /// TFLOP/s, GB/s, fractions of the matrix rate, copy bandwidth and roofline, and the
     /// ratio against the pure-tch reference and libtorch SDPA dense attention.
@@ -130,6 +137,28 @@ pub struct RmsNormArgs {
     json: Option<std::path::PathBuf>,
 }
 
+#[derive(clap::Args)]
+pub struct XentArgs {
+    /// cuda or cpu (the kernels need cuda; on cpu only the reference runs).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Rows (scored tokens) of the logits.
+    #[arg(long, default_value_t = 16_384)]
+    rows: i64,
+    /// Vocabulary size (row length); repeat to measure several.
+    #[arg(long, default_values_t = [50_304])]
+    vocab: Vec<i64>,
+    /// bf16 or f32; repeat to measure both.
+    #[arg(long, default_values_t = ["bf16".to_string()])]
+    dtype: Vec<String>,
+    /// Device memory bandwidth used as the ceiling, in GB/s (H200 specification: 4800).
+    #[arg(long, default_value_t = 4800.0)]
+    peak_gbps: f64,
+    /// Write the results as JSON lines to this file too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
 pub fn parse_device(s: &str) -> Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
@@ -202,6 +231,36 @@ pub fn run(cmd: Command) -> Result<()> {
                 .filter(|e| a.only.is_empty() || a.only.iter().any(|n| n == e.name))
             {
                 for r in (e.run)(&bench)? {
+                    println!("{r}");
+                    lines.push(serde_json::to_string(&r)?);
+                }
+            }
+            if let Some(path) = a.json {
+                lcm::util::write_atomic(&path, (lines.join("\n") + "\n").as_bytes())?;
+            }
+            Ok(())
+        }
+        Command::Xent(a) => {
+            if a.rows < 1 {
+                bail!("--rows {}: must be at least 1", a.rows);
+            }
+            if let Some(v) = a.vocab.iter().find(|&&v| v < 1) {
+                bail!("--vocab {v}: must be at least 1");
+            }
+            let device = parse_device(&a.device)?;
+            let mut lines = vec![];
+            println!("{}", xent::header());
+            for dtype in &a.dtype {
+                let kind = parse_kind(dtype)?;
+                for &vocab in &a.vocab {
+                    let r = XentBench {
+                        device,
+                        rows: a.rows,
+                        vocab,
+                        kind,
+                        peak_gbps: a.peak_gbps,
+                    }
+                    .run()?;
                     println!("{r}");
                     lines.push(serde_json::to_string(&r)?);
                 }

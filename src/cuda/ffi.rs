@@ -51,6 +51,25 @@ extern "C" {
         dw: *mut *mut C_tensor,
     ) -> c_int;
 
+    pub fn lcm_xent(
+        logits: *const C_tensor,
+        targets: *const C_tensor,
+        loss: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_xent_forward_raw(
+        logits: *const C_tensor,
+        targets: *const C_tensor,
+        loss: *mut *mut C_tensor,
+        lse: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_xent_backward_raw(
+        logits: *const C_tensor,
+        targets: *const C_tensor,
+        lse: *const C_tensor,
+        dloss: *const C_tensor,
+        dlogits: *mut *mut C_tensor,
+    ) -> c_int;
+
     pub fn lcm_gca(
         q: *const C_tensor,
         k: *const C_tensor,

@@ -10,9 +10,10 @@ use tch::{Kind, Tensor};
 use super::engine::{Engine, PrefillOptions};
 use crate::data::IndexedCorpus;
 use crate::error::{Error, Result};
+use crate::ops::cross_entropy;
 use crate::util::SplitMix64;
 
-/// Positions whose logits are formed at once: bounds the `(positions, vocab)` fp32 block.
+/// Positions whose logits are formed at once: bounds the `(positions, vocab)` logits (fp32 at most).
 const LOGIT_BLOCK: i64 = 2048;
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,20 +67,11 @@ pub fn run(
                 let mut at = 0;
                 while at < len {
                     let n = LOGIT_BLOCK.min(len - at);
-                    let logits = engine
-                        .model
-                        .head(&h.narrow(1, at, n))
-                        .to_kind(Kind::Float)
-                        .view([n, -1]);
+                    let logits = engine.model.head(&h.narrow(1, at, n)).reshape([n, -1]);
                     let t = targets.narrow(0, start + at, n);
-                    let loss = logits.cross_entropy_loss::<Tensor>(
-                        &t,
-                        None,
-                        tch::Reduction::Sum,
-                        -100,
-                        0.0,
-                    );
-                    sum += loss.double_value(&[]);
+                    sum += cross_entropy(&logits, &t)
+                        .sum(Kind::Float)
+                        .double_value(&[]);
                     count += n;
                     at += n;
                 }

@@ -10,6 +10,7 @@ pub mod hsa;
 pub mod retrieval;
 pub mod rmsnorm;
 pub mod swa;
+pub mod xent;
 
 pub use gca::{gca, gca_reference};
 pub use hsa::{hsa, hsa_reference};
@@ -23,6 +24,7 @@ pub use swa::{
     causal_attention_reference, sliding_window_attention, sliding_window_attention_cached,
     sliding_window_attention_reference, sliding_window_attention_sdpa,
 };
+pub use xent::{cross_entropy, cross_entropy_reference};
 
 use std::sync::OnceLock;
 

@@ -17,8 +17,8 @@ use crate::train::config::{RandomHaystack, TrainConfig};
 use crate::train::synthetic::PasskeyConfig;
 use crate::util::SplitMix64;
 
-/// Targets that carry no loss.
-pub const IGNORE: i64 = -100;
+/// Targets that carry no loss: the cross-entropy op's ignore index.
+pub use crate::ops::xent::IGNORE;
 
 enum Haystack {
     Corpora {

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tch::{nn::VarStore, Kind, Reduction, Tensor};
+use tch::{nn::VarStore, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::{self, LanguageModel};
+use crate::ops::cross_entropy;
 use crate::train::checkpoint::{self, State};
 use crate::train::config::{Precision, TrainConfig};
 use crate::train::metrics::{Metrics, MetricsFile};
@@ -54,12 +55,19 @@ fn all_reduce_gradients(_opt: &AdamW, world: u64) {
 }
 
 /// Mean cross-entropy over targets that are not IGNORE (fp32, whatever the logits' dtype).
+/// With no such target the loss is 0 (and so is its gradient), where PyTorch's mean over
+/// nothing would be NaN and stop the trainer over a batch that simply scores nothing.
 pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let targets = targets.reshape([-1]);
+    let count = targets.ne(IGNORE).sum(Kind::Float).clamp_min(1.0);
+    per_token_loss(logits, &targets).sum(Kind::Float) / count
+}
+
+/// The cross-entropy of each target, 0 at IGNORE (fp32): the fused kernel on a GPU, which
+/// neither upcasts the logits nor keeps log-probabilities for the backward.
+fn per_token_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
     let v = *logits.size().last().expect("logits have a vocabulary axis");
-    logits
-        .to_kind(Kind::Float)
-        .view([-1, v])
-        .cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Mean, IGNORE, 0.0)
+    cross_entropy(&logits.reshape([-1, v]), &targets.reshape([-1]))
 }
 
 /// The training objective: [`lm_loss`] over every target, or, with `answer_weight`
@@ -77,12 +85,8 @@ pub fn training_loss(
     let Some(w) = answer_weight else {
         return lm_loss(logits, targets);
     };
-    let v = *logits.size().last().expect("logits have a vocabulary axis");
     let targets = targets.reshape([-1]);
-    let per_token = logits
-        .to_kind(Kind::Float)
-        .reshape([-1, v])
-        .cross_entropy_loss::<Tensor>(&targets, None, Reduction::None, IGNORE, 0.0);
+    let per_token = per_token_loss(logits, &targets);
     let valid = targets.ne(IGNORE);
     let answer = answer.reshape([-1]).logical_and(&valid);
     let text = valid.logical_and(&answer.logical_not());
@@ -152,15 +156,8 @@ pub fn eval_loss_in_slices(model: &dyn LanguageModel, batch: &Batch, slice: i64)
         for start in (0..m).step_by(slice as usize) {
             let len = slice.min(m - start);
             let logits = model.head(&scored.hidden.narrow(0, start, len));
-            sum += logits
-                .to_kind(Kind::Float)
-                .cross_entropy_loss::<Tensor>(
-                    &scored.targets.narrow(0, start, len),
-                    None,
-                    Reduction::Sum,
-                    IGNORE,
-                    0.0,
-                )
+            sum += per_token_loss(&logits, &scored.targets.narrow(0, start, len))
+                .sum(Kind::Float)
                 .double_value(&[]);
         }
         sum / m as f64
@@ -294,7 +291,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             window_scored.1 += batch.targets.numel() as i64;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
-                return Err(diverged(format!("loss is {value}"), step, &last_ckpt));
+                let mut what = format!("loss is {value}");
+                if let Some(t) = target_outside_vocabulary(&batch.targets, cfg.model.vocab_size) {
+                    what += &format!(
+                        " (target token {t} is outside model.vocab_size {})",
+                        cfg.model.vocab_size
+                    );
+                }
+                return Err(diverged(what, step, &last_ckpt));
             }
             (loss / cfg.grad_accum as f64).backward();
             loss_sum += value;
@@ -386,6 +390,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         checkpoint: last_ckpt,
         interrupted,
     })
+}
+
+/// A target that is neither IGNORE nor a token id below `vocab`, if `targets` has one: the
+/// cross-entropy op gives such a row a NaN loss (checking every batch would synchronise with
+/// the GPU), so a NaN loss looks here for the cause.
+fn target_outside_vocabulary(targets: &Tensor, vocab: i64) -> Option<i64> {
+    let t = targets.reshape([-1]);
+    let bad = t.ne(IGNORE).logical_and(&t.lt(0).logical_or(&t.ge(vocab)));
+    let at = bad.nonzero();
+    (at.size()[0] > 0).then(|| t.int64_value(&[at.int64_value(&[0, 0])]))
 }
 
 /// The error for a run that diverged; the last good checkpoint is never overwritten.
