@@ -28,6 +28,7 @@
 // owned by the CTA (no atomics: deterministic).
 #include "common.cuh"
 #include "mma.cuh"
+#include "wgmma.cuh"
 
 namespace lcm {
 namespace gca {
@@ -80,12 +81,17 @@ template <int D, bool SINGLE> __host__ __device__ constexpr int fwd_min_blocks()
 // SINGLE: K_CTX <= 64, one key tile per chunk, so the chunk's softmax is complete before
 // its P V product: P is scaled by w[b,c] / l and multiplied straight into the accumulator
 // (no per-chunk output registers, no rescaling).
-template <int D, bool ONE, bool SINGLE>
+// WG: the two products on wgmma (D 64, SINGLE, sm_90a; wgmma.cuh): every warp takes part
+// (the group's instructions need all four), rows past the last reading as zeros and not
+// stored; Q goes straight to registers (no Q tile) and the output is staged through the
+// first K buffer.
+template <int D, bool ONE, bool SINGLE, bool WG>
 __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd_kernel(const FwdParams p) {
+  static_assert(!WG || (D == 64 && SINGLE), "the wgmma products are for D 64, one key tile");
   constexpr int S = fwd_stages<D>();
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  __nv_bfloat16* sK = sQ + kRows * D;        // S buffers of kFwdTile x D
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
+  __nv_bfloat16* sK = WG ? sQ : sQ + kRows * D;  // S buffers of kFwdTile x D
   __nv_bfloat16* sV = sK + S * kFwdTile * D;  // S buffers
 
   const int bh = blockIdx.x;  // b * Hkv + hkv
@@ -99,7 +105,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
     const int rr = row0 + r, head = hkv * p.G + rr / p.Q, qi = rr % p.Q;
     return p.q + b * p.sqb + head * p.sqh + qi * p.sqq;
   };
-  load_tile<kRows, D, kThreads>(sQ, rows, q_row);
+  if (!WG) load_tile<kRows, D, kThreads>(sQ, rows, q_row);
   cp_async_commit();
 
   const int ntiles = (p.KCTX + kFwdTile - 1) / kFwdTile;
@@ -121,7 +127,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
     cp_async_commit();
   }
 
-  const bool active = warp * 16 < rows;  // warps past the last row only help load
+  const bool active = WG || warp * 16 < rows;  // warps past the last row only help load
   const int wr = warp * 16;              // warp's first row in the tile
   float acc[D / 8][4];
   float ok[D / 8][4];
@@ -130,12 +136,18 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[n][e] = ok[n][e] = 0.f;
   float m[2], l[2];
+  uint32_t qf[WG ? D / 16 : 1][4];  // WG: the warp's Q fragments
+  if constexpr (WG)
+    load_afrag_global<D>(qf, wr + g < rows ? q_row(wr + g) : nullptr,
+                         wr + g + 8 < rows ? q_row(wr + g + 8) : nullptr);
 
   for (int item = 0; item < items; ++item) {
     // Q and this item's tile are complete once at most S-2 newer groups are pending; the
     // barrier also ends every warp's reads of the buffer that the next load overwrites
-    // (the one item - 1 used).
+    // (the one item - 1 used). The tensor cores read through the async proxy: the copies,
+    // made through the generic one, are ordered before them by the proxy fence.
     cp_async_wait<S - 2>();
+    if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
     if (item + S - 1 < items) load_kv(item + S - 1);
     cp_async_commit();
@@ -153,6 +165,11 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
       }
       // S = Q K^T for the warp's 16 rows and 64 keys.
       float s[kFwdTile / 8][4];
+      if constexpr (WG) {
+        wg_qk64(s, qf, tK);
+        wgmma_wait<0>();
+        wgmma_fence_regs(s);
+      } else {
 #pragma unroll
       for (int n = 0; n < kFwdTile / 8; ++n)
 #pragma unroll
@@ -169,6 +186,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
           mma16816(s[2 * np], a, bb[0], bb[1]);
           mma16816(s[2 * np + 1], a, bb[2], bb[3]);
         }
+      }
       }
       // Masking (a uniform branch: only the last tile of a chunk whose K_CTX is not a
       // multiple of 64), then the row max of the raw scores (scale > 0, checked by the
@@ -223,6 +241,15 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
       }
       // ok += P V (SINGLE: acc += (w / l) P V)
       float(&pv)[D / 8][4] = SINGLE ? acc : ok;
+      if constexpr (WG) {
+        // Waited before the next item's barrier, after which this stage is reloaded.
+        uint32_t pa[4][4];
+        pack_p64(pa, s);
+        wgmma_fence_regs(pv);
+        wg_pv64(pv, pa, tV);
+        wgmma_wait<0>();
+        wgmma_fence_regs(pv);
+      } else
 #pragma unroll
       for (int kk = 0; kk < kFwdTile / 16; ++kk) {
         uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
@@ -259,10 +286,12 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
       }
     }
   }
-  if (active) {
+  if (WG) __syncthreads();  // every warp past its last product before sK is reused
+  if (warp * 16 < rows) {
     const float one[2] = {1.f, 1.f};
-    // The warp's rows of sQ are no longer read: stage the output there.
-    store_rows<D>(acc, one, sQ + wr * D, rows - wr, [&](int r) {
+    // The warp's rows of sQ (WG: of the first K buffer) are no longer read: stage the
+    // output there.
+    store_rows<D>(acc, one, (WG ? sK : sQ) + wr * D, rows - wr, [&](int r) {
       const int rr = row0 + wr + r, head = hkv * p.G + rr / p.Q, qi = rr % p.Q;
       return p.o + ((int64_t(b) * p.Hq + head) * p.Q + qi) * D;
     });
@@ -537,10 +566,20 @@ template <typename K> cudaError_t prepare(K kernel, size_t smem) {
   return cudaSuccess;
 }
 
+// Whether the forward runs its products on wgmma: head dim 64, one key tile per chunk,
+// a Hopper device, unless LCM_GCA_WGMMA=0 (wgmma_enabled).
+bool use_wgmma(int D, bool single) {
+  static const bool on = wgmma_enabled("LCM_GCA_WGMMA");
+  return on && D == 64 && single;
+}
+
 template <int D, bool ONE, bool SINGLE>
 cudaError_t launch_fwd_t(const FwdParams& p, cudaStream_t s) {
-  auto kernel = gca_fwd_kernel<D, ONE, SINGLE>;
-  const size_t smem = fwd_smem<D>();
+  constexpr bool kWg = D == 64 && SINGLE;
+  const bool wg = use_wgmma(D, SINGLE);
+  auto kernel = wg ? gca_fwd_kernel<D, ONE, SINGLE, kWg> : gca_fwd_kernel<D, ONE, SINGLE, false>;
+  // WG: no Q tile, 1 KB of slack to align the rings.
+  const size_t smem = wg ? fwd_smem<D>() - size_t(kRows) * D * 2 + 1024 : fwd_smem<D>();
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
   const int npass = (p.G * p.Q + kRows - 1) / kRows;

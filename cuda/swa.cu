@@ -26,6 +26,7 @@
 // S and dP are computed twice (7 matrix products instead of 5) for determinism.
 #include "common.cuh"
 #include "mma.cuh"
+#include "wgmma.cuh"
 
 namespace lcm {
 namespace swa {
@@ -174,12 +175,20 @@ __device__ __forceinline__ void load_afrag(uint32_t (*af)[4], const __nv_bfloat1
 constexpr int kFwdStages = 3;
 template <int D> __host__ __device__ constexpr int fwd_min_blocks() { return D == 64 ? 4 : 2; }
 
-template <int D, bool ALIBI>
+// WG: the products on wgmma (D 64, sm_90a; wgmma.cuh) instead of mma.sync; the CTA's
+// 4 warps are then one warpgroup, Q goes straight to registers (no Q tile: 48 KB of
+// shared memory + 1 KB of alignment slack, 4 CTAs per SM) and the output is staged
+// through the first K buffer. Two variants measured slower and were dropped (session 7,
+// docs/benchmarks.md): FlashAttention-3's overlap of one tile's P V with the next tile's
+// softmax (register spills at 4 CTAs per SM, one tile of prefetch instead of two), and
+// two warpgroups sharing a CTA's K/V stream (each then waits on the other at every tile).
+template <int D, bool ALIBI, bool WG>
 __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(const Params p) {
+  static_assert(!WG || D == 64, "the wgmma products are written for head dim 64");
   constexpr int S = kFwdStages;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  __nv_bfloat16* sK = sQ + kTile * D;
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
+  __nv_bfloat16* sK = WG ? sQ : sQ + kTile * D;
   __nv_bfloat16* sV = sK + S * kTile * D;
 
   const int q0 = blockIdx.x * kTile;
@@ -189,7 +198,8 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
   const int rows = min(kTile, p.T - q0);
 
   const __nv_bfloat16* qbase = p.q + b * p.sqb + h * p.sqh;
-  load_tile<kTile, D, kThreads>(sQ, rows, [&](int r) { return qbase + int64_t(q0 + r) * p.sqt; });
+  if (!WG)
+    load_tile<kTile, D, kThreads>(sQ, rows, [&](int r) { return qbase + int64_t(q0 + r) * p.sqt; });
   cp_async_commit();
 
   int lo, hi;
@@ -222,23 +232,35 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
   int vlo[2], vhi[2];  // the keys each row half sees
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) visible_keys(p, row[hh], &vlo[hh], &vhi[hh]);
+  if constexpr (WG)
+    load_afrag_global<D>(qf, row[0] < p.T ? qbase + int64_t(row[0]) * p.sqt : nullptr,
+                         row[1] < p.T ? qbase + int64_t(row[1]) * p.sqt : nullptr);
 
   for (int item = 0; item < items; ++item) {
     cp_async_wait<S - 2>();
+    // The tensor cores read shared memory through the async proxy: the copies made
+    // through the generic one must be ordered before them.
+    if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
     if (item + S - 1 < items) load_kv(item + S - 1);
     cp_async_commit();
-    if (item == 0) load_afrag<D>(qf, sQ, wr);
+    if (!WG && item == 0) load_afrag<D>(qf, sQ, wr);
     const int k0 = (lo + item) * kTile, buf = item % S;
     const __nv_bfloat16* tK = sK + buf * kTile * D;
     const __nv_bfloat16* tV = sV + buf * kTile * D;
 
     float s[kTile / 8][4];
+    if constexpr (WG) {
+      wg_qk64(s, qf, tK);
+      wgmma_wait<0>();
+      wgmma_fence_regs(s);
+    } else {
 #pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
+      for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
-    mma_abt<D>(s, qf, tK);
+        for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
+      mma_abt<D>(s, qf, tK);
+    }
 
     // Base-2 scores: without ALiBi the raw scores (scaled inside the exponent below, as
     // scale > 0), with ALiBi the full s2 = scale_log2 * qk + slope2 * (s - t).
@@ -290,7 +312,17 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
     for (int n = 0; n < D / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
-    mma_pb<D>(acc, s, tV);
+    if constexpr (WG) {
+      // Waited before the next iteration's barrier, after which this stage is reloaded.
+      uint32_t pa[4][4];
+      pack_p64(pa, s);
+      wgmma_fence_regs(acc);
+      wg_pv64(acc, pa, tV);
+      wgmma_wait<0>();
+      wgmma_fence_regs(acc);
+    } else {
+      mma_pb<D>(acc, s, tV);
+    }
   }
   float inv[2];
 #pragma unroll
@@ -300,9 +332,11 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
     inv[hh] = 1.f / l[hh];
     if (t == 0 && row[hh] < p.T) p.lse[int64_t(bh) * p.T + row[hh]] = m[hh] + log2f(l[hh]);
   }
-  // The warp's rows of sQ are read by no one else: stage the output there.
+  // The warp's rows of sQ are read by no one else: stage the output there (WG: in the
+  // first K buffer, once every warp is past its last product).
+  if (WG) __syncthreads();
   if (wr < rows)
-    store_rows<D>(acc, inv, sQ + wr * D, rows - wr,
+    store_rows<D>(acc, inv, (WG ? sK : sQ) + wr * D, rows - wr,
                   [&](int r) { return p.o + (int64_t(bh) * p.T + q0 + wr + r) * D; });
 }
 
@@ -580,12 +614,26 @@ cudaError_t launch_sliced(K kernel, Params p, int pairs, size_t smem, cudaStream
   return cudaSuccess;
 }
 
-template <int D, bool ALIBI> cudaError_t launch_fwd(const Params& p, cudaStream_t s) {
-  auto kernel = swa_fwd_kernel<D, ALIBI>;
-  const size_t smem = size_t(1 + 2 * kFwdStages) * kTile * D * 2;
+// Whether the forward runs its products on wgmma (wgmma_enabled; LCM_SWA_WGMMA=0 turns
+// it off): head dim 64 only.
+bool fwd_wgmma(int D) {
+  static const bool on = wgmma_enabled("LCM_SWA_WGMMA");
+  return on && D == 64;
+}
+
+template <int D, bool ALIBI, bool WG> cudaError_t launch_fwd_t(const Params& p, cudaStream_t s) {
+  auto kernel = swa_fwd_kernel<D, ALIBI, WG>;
+  const size_t smem = WG ? size_t(2 * kFwdStages) * kTile * D * 2 + 1024
+                         : size_t(1 + 2 * kFwdStages) * kTile * D * 2;
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
   return launch_sliced(kernel, p, p.B * p.Hq, smem, s);
+}
+
+template <int D, bool ALIBI> cudaError_t launch_fwd(const Params& p, cudaStream_t s) {
+  if constexpr (D == 64)
+    if (fwd_wgmma(D)) return launch_fwd_t<D, ALIBI, true>(p, s);
+  return launch_fwd_t<D, ALIBI, false>(p, s);
 }
 
 template <int D, bool ALIBI> cudaError_t launch_bwd(const Params& p, float* di, cudaStream_t s) {
