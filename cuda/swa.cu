@@ -369,10 +369,13 @@ __global__ void swa_bwd_di_kernel(const __nv_bfloat16* o, const __nv_bfloat16* d
 
 template <int D> __host__ __device__ constexpr int dq_min_blocks() { return D == 64 ? 3 : 2; }
 
-template <int D, bool ALIBI>
+// WG: the three products on wgmma (D 64, sm_90a; wgmma.cuh), as in the forward; the tiles
+// start at the first 1024-byte boundary (1 KB of slack).
+template <int D, bool ALIBI, bool WG>
 __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kernel(const Params p) {
+  static_assert(!WG || D == 64, "the wgmma products are written for head dim 64");
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
   __nv_bfloat16* sO = sQ + kTile * D;  // dO
   __nv_bfloat16* sK = sO + kTile * D;  // 2 buffers
   __nv_bfloat16* sV = sK + 2 * kTile * D;
@@ -428,6 +431,8 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kerne
     if (item + 1 < items) load_kv(item + 1);
     cp_async_commit();
     cp_async_wait<1>();
+    // The tensor cores read through the async proxy (see the forward).
+    if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
     if (kRegA && item == 0) {
       load_afrag<D>(qf, sQ, wr);
@@ -437,12 +442,20 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kerne
     const __nv_bfloat16* tK = sK + buf * kTile * D;
     const __nv_bfloat16* tV = sV + buf * kTile * D;
     float s[kTile / 8][4], dp[kTile / 8][4];
+    if constexpr (WG) {
+      wg_qk64(s, qf, tK);
+      wg_qk64(dp, of, tV);
+      wgmma_wait<0>();
+      wgmma_fence_regs(s);
+      wgmma_fence_regs(dp);
+    } else {
 #pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
+      for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
-    mma_abt<D, kRegA>(s, qf, tK, sQ, wr);
-    mma_abt<D, kRegA>(dp, of, tV, sO, wr);
+        for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+      mma_abt<D, kRegA>(s, qf, tK, sQ, wr);
+      mma_abt<D, kRegA>(dp, of, tV, sO, wr);
+    }
     const bool masked = needs_mask(p, q0, k0);
     // -lse + slope2 * (col - row), split as in the forward.
     float tb[2];
@@ -460,7 +473,16 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kerne
         if (masked && (col < vlo[e >> 1] || col > vhi[e >> 1])) pr = 0.f;
         dp[n][e] = pr * (dp[n][e] - di[e >> 1]);
       }
-    mma_pb<D>(dq, dp, tK);
+    if constexpr (WG) {
+      uint32_t da[4][4];
+      pack_p64(da, dp);
+      wgmma_fence_regs(dq);
+      wg_pv64(dq, da, tK);
+      wgmma_wait<0>();
+      wgmma_fence_regs(dq);
+    } else {
+      mma_pb<D>(dq, dp, tK);
+    }
     __syncthreads();  // every warp is done with this buffer before it is refilled
   }
   const float mul[2] = {p.scale, p.scale};
@@ -472,10 +494,13 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kerne
 
 template <int D> __host__ __device__ constexpr int dkv_min_blocks() { return D == 64 ? 2 : 1; }
 
-template <int D, bool ALIBI>
+// WG: the four products on wgmma (D 64, sm_90a; wgmma.cuh): the warpgroup's 64 rows are
+// the CTA's 64 keys; the tiles start at the first 1024-byte boundary (1 KB of slack).
+template <int D, bool ALIBI, bool WG>
 __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_kernel(const Params p) {
+  static_assert(!WG || D == 64, "the wgmma products are written for head dim 64");
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
   __nv_bfloat16* sV = sK + kTile * D;
   __nv_bfloat16* sQ = sV + kTile * D;      // 2 buffers
   __nv_bfloat16* sO = sQ + 2 * kTile * D;  // dO, 2 buffers
@@ -539,6 +564,7 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_ker
     if (item + 1 < items) load_q(item + 1);
     cp_async_commit();
     cp_async_wait<1>();
+    if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
     if (kRegA && item == 0) {
       load_afrag<D>(kf, sK, wr);
@@ -554,12 +580,20 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_ker
 
     // Transposed: rows are this warp's 16 keys, columns the tile's 64 queries.
     float s[kTile / 8][4], dp[kTile / 8][4];
+    if constexpr (WG) {
+      wg_qk64(s, kf, tQ);
+      wg_qk64(dp, vf, tO);
+      wgmma_wait<0>();
+      wgmma_fence_regs(s);
+      wgmma_fence_regs(dp);
+    } else {
 #pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
+      for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
-    mma_abt<D, kRegA>(s, kf, tQ, sK, wr);
-    mma_abt<D, kRegA>(dp, vf, tO, sV, wr);
+        for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+      mma_abt<D, kRegA>(s, kf, tQ, sK, wr);
+      mma_abt<D, kRegA>(dp, vf, tO, sV, wr);
+    }
     const bool masked = needs_mask(p, q0, k0);
     // slope2 * (key - query) = -slope2 * (n * 8 + (e & 1)) + tb[key half].
     const float tb[2] = {slope2 * float(key[0] - q0 - 2 * t), slope2 * float(key[1] - q0 - 2 * t)};
@@ -578,8 +612,21 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_ker
         dp[n][e] = pr * (dp[n][e] - ((e & 1) ? d2.y : d2.x));
       }
     }
-    mma_pb<D>(dv, s, tO);
-    mma_pb<D>(dk, dp, tQ);
+    if constexpr (WG) {
+      uint32_t pa[4][4], da[4][4];
+      pack_p64(pa, s);
+      pack_p64(da, dp);
+      wgmma_fence_regs(dv);
+      wgmma_fence_regs(dk);
+      wg_pv64(dv, pa, tO);
+      wg_pv64(dk, da, tQ);
+      wgmma_wait<0>();
+      wgmma_fence_regs(dv);
+      wgmma_fence_regs(dk);
+    } else {
+      mma_pb<D>(dv, s, tO);
+      mma_pb<D>(dk, dp, tQ);
+    }
     __syncthreads();  // every warp is done with this buffer before it is refilled
   }
   // Each warp's rows of sK / sV are read by no other warp: stage the results there.
@@ -614,9 +661,9 @@ cudaError_t launch_sliced(K kernel, Params p, int pairs, size_t smem, cudaStream
   return cudaSuccess;
 }
 
-// Whether the forward runs its products on wgmma (wgmma_enabled; LCM_SWA_WGMMA=0 turns
+// Whether the kernels run their products on wgmma (wgmma_enabled; LCM_SWA_WGMMA=0 turns
 // it off): head dim 64 only.
-bool fwd_wgmma(int D) {
+bool use_wgmma(int D) {
   static const bool on = wgmma_enabled("LCM_SWA_WGMMA");
   return on && D == 64;
 }
@@ -632,11 +679,12 @@ template <int D, bool ALIBI, bool WG> cudaError_t launch_fwd_t(const Params& p, 
 
 template <int D, bool ALIBI> cudaError_t launch_fwd(const Params& p, cudaStream_t s) {
   if constexpr (D == 64)
-    if (fwd_wgmma(D)) return launch_fwd_t<D, ALIBI, true>(p, s);
+    if (use_wgmma(D)) return launch_fwd_t<D, ALIBI, true>(p, s);
   return launch_fwd_t<D, ALIBI, false>(p, s);
 }
 
-template <int D, bool ALIBI> cudaError_t launch_bwd(const Params& p, float* di, cudaStream_t s) {
+template <int D, bool ALIBI, bool WG>
+cudaError_t launch_bwd_t(const Params& p, float* di, cudaStream_t s) {
   const int64_t rows = int64_t(p.B) * p.Hq * p.T;
   const int64_t threads = rows * (D / 8);
   swa_bwd_di_kernel<D><<<(threads + 255) / 256, 256, 0, s>>>(p.o, p.dout, di, rows);
@@ -644,19 +692,26 @@ template <int D, bool ALIBI> cudaError_t launch_bwd(const Params& p, float* di, 
   if (e != cudaSuccess) return e;
   Params pp = p;
   pp.di = di;
+  const size_t slack = WG ? 1024 : 0;  // to align the tiles
   {
-    auto kernel = swa_bwd_dq_kernel<D, ALIBI>;
-    const size_t smem = size_t(6) * kTile * D * 2;
+    auto kernel = swa_bwd_dq_kernel<D, ALIBI, WG>;
+    const size_t smem = size_t(6) * kTile * D * 2 + slack;
     if ((e = prepare(kernel, smem)) != cudaSuccess) return e;
     if ((e = launch_sliced(kernel, pp, p.B * p.Hq, smem, s)) != cudaSuccess) return e;
   }
   {
-    auto kernel = swa_bwd_dkv_kernel<D, ALIBI>;
-    const size_t smem = size_t(6) * kTile * D * 2 + 4 * kTile * 4;
+    auto kernel = swa_bwd_dkv_kernel<D, ALIBI, WG>;
+    const size_t smem = size_t(6) * kTile * D * 2 + 4 * kTile * 4 + slack;
     if ((e = prepare(kernel, smem)) != cudaSuccess) return e;
     if ((e = launch_sliced(kernel, pp, p.B * p.Hkv, smem, s)) != cudaSuccess) return e;
   }
   return cudaSuccess;
+}
+
+template <int D, bool ALIBI> cudaError_t launch_bwd(const Params& p, float* di, cudaStream_t s) {
+  if constexpr (D == 64)
+    if (use_wgmma(D)) return launch_bwd_t<D, ALIBI, true>(p, di, s);
+  return launch_bwd_t<D, ALIBI, false>(p, di, s);
 }
 
 Params make_params(const void* q, const void* k, const void* v, const float* slopes,
