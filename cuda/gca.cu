@@ -305,11 +305,17 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
 // capped at 168.
 template <int D, int KT> __host__ __device__ constexpr int bwd_min_blocks() { return D == 64 && KT == 64 ? 3 : 1; }
 
-template <int D, int KT, bool MULTIPASS>
+// WG (D = KT = 64, sm_90a; wgmma.cuh): the five products on wgmma. Phase 1's are the
+// forward's two forms (S, dP: A from registers, B a K-major tile; dQ += dS K: B N-major);
+// phase 2's warpgroup rows are the 64 keys, A = (wP)^T or dS^T from ldmatrix.trans and B
+// = dO or Q as N-major tiles. The tiles start at the first 1024-byte boundary (1 KB of
+// slack).
+template <int D, int KT, bool MULTIPASS, bool WG>
 __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
     gca_bwd_kernel(const BwdParams p) {
+  static_assert(!WG || (D == 64 && KT == 64), "the wgmma products are for D = KT = 64");
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
   __nv_bfloat16* sO = sQ + kRows * D;  // dO
   __nv_bfloat16* sK = sO + kRows * D;  // 2 buffers of KT x D
   __nv_bfloat16* sV = sK + 2 * KT * D;
@@ -365,6 +371,8 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
     if (item + 1 < items) load_kv(item + 1);
     cp_async_commit();
     cp_async_wait<1>();
+    // The tensor cores read through the async proxy (see the forward).
+    if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
     const __nv_bfloat16* tK = sK + buf * KT * D;
     const __nv_bfloat16* tV = sV + buf * KT * D;
@@ -372,10 +380,24 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
 
     // Phase 1: the warp's 16 rows against all KT keys.
     float s[KT / 8][4], dp[KT / 8][4];
+    if constexpr (WG) {
+      uint32_t qa[D / 16][4], oa[D / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        ldsm_x4(qa[kk], sQ + sw<D>(wr + (lane & 15), kk * 16 + (lane >> 4) * 8));
+        ldsm_x4(oa[kk], sO + sw<D>(wr + (lane & 15), kk * 16 + (lane >> 4) * 8));
+      }
+      wg_qk64(s, qa, tK);
+      wg_qk64(dp, oa, tV);
+      wgmma_wait<0>();
+      wgmma_fence_regs(s);
+      wgmma_fence_regs(dp);
+    } else {
 #pragma unroll
     for (int n = 0; n < KT / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+    }
     float lse[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -389,7 +411,7 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
       }
     }
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
+    for (int kk = 0; kk < (WG ? 0 : D / 16); ++kk) {
       uint32_t a[4], ao[4];
       ldsm_x4(a, sQ + sw<D>(wr + (lane & 15), kk * 16 + (lane >> 4) * 8));
       ldsm_x4(ao, sO + sw<D>(wr + (lane & 15), kk * 16 + (lane >> 4) * 8));
@@ -441,8 +463,16 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
       *reinterpret_cast<uint32_t*>(sS + sw<KT>(wr + g + 8, col)) = pack_bf16(dp[n][2], dp[n][3]);
     }
     // dQ += dS K (dS from registers, rounded to bf16 like the shared copy).
+    if constexpr (WG) {
+      uint32_t da[4][4];
+      pack_p64(da, dp);
+      wgmma_fence_regs(dq);
+      wg_pv64(dq, da, tK);
+      wgmma_wait<0>();
+      wgmma_fence_regs(dq);
+    }
 #pragma unroll
-    for (int kk = 0; kk < KT / 16; ++kk) {
+    for (int kk = 0; kk < (WG ? 0 : KT / 16); ++kk) {
       uint32_t a[4] = {pack_bf16(dp[2 * kk][0], dp[2 * kk][1]),
                        pack_bf16(dp[2 * kk][2], dp[2 * kk][3]),
                        pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
@@ -482,8 +512,19 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
         for (int n = 0; n < D / 8; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) r[n][e] = 0.f;
+        if constexpr (WG) {
+          uint32_t a[kRows / 16][4];
 #pragma unroll
-        for (int kk = 0; kk < kRows / 16; ++kk) {
+          for (int kk = 0; kk < kRows / 16; ++kk)
+            ldsm_x4_t(a[kk], sA + sw<KT>(kk * 16 + (lane & 7) + (lane >> 4) * 8,
+                                         key0 + ((lane >> 3) & 1) * 8));
+          wgmma_fence_regs(r);
+          wg_pv64(r, a, sB);
+          wgmma_wait<0>();
+          wgmma_fence_regs(r);
+        }
+#pragma unroll
+        for (int kk = 0; kk < (WG ? 0 : kRows / 16); ++kk) {
           uint32_t a[4];
           // A = (rows x keys)^T: 8x8 blocks (rows kk*16 + {0,8}) x (keys key0 + {0,8}).
           ldsm_x4_t(a, sA + sw<KT>(kk * 16 + (lane & 7) + (lane >> 4) * 8,
@@ -566,8 +607,8 @@ template <typename K> cudaError_t prepare(K kernel, size_t smem) {
   return cudaSuccess;
 }
 
-// Whether the forward runs its products on wgmma: head dim 64, one key tile per chunk,
-// a Hopper device, unless LCM_GCA_WGMMA=0 (wgmma_enabled).
+// Whether the kernels run their products on wgmma: head dim 64, one key tile per chunk, a
+// Hopper device, unless LCM_GCA_WGMMA=0 (wgmma_enabled).
 bool use_wgmma(int D, bool single) {
   static const bool on = wgmma_enabled("LCM_GCA_WGMMA");
   return on && D == 64 && single;
@@ -593,8 +634,10 @@ template <int D, bool ONE> cudaError_t launch_fwd(const FwdParams& p, cudaStream
 }
 
 template <int D, int KT, bool MP> cudaError_t launch_bwd(const BwdParams& p, cudaStream_t s) {
-  auto kernel = gca_bwd_kernel<D, KT, MP>;
-  const size_t smem = bwd_smem<D, KT>();
+  constexpr bool kWg = D == 64 && KT == 64;
+  const bool wg = kWg && use_wgmma(D, true);
+  auto kernel = wg ? gca_bwd_kernel<D, KT, MP, kWg> : gca_bwd_kernel<D, KT, MP, false>;
+  const size_t smem = bwd_smem<D, KT>() + (wg ? 1024 : 0);  // slack to align the tiles
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
   kernel<<<p.B * p.Hkv, kThreads, smem, s>>>(p);
