@@ -1,6 +1,7 @@
 // Grouped Cross Attention (GCA): forward (training and inference) and backward, bf16 in,
-// fp32 accumulation, tensor cores (mma.sync m16n8k16 bf16, ldmatrix from swizzled shared
-// memory, cp.async loads).
+// fp32 accumulation, tensor cores (mma.sync m16n8k16 bf16 with ldmatrix; at head dim 64
+// with one key tile per chunk on sm_90a, warpgroup MMAs: wgmma.cuh, LCM_GCA_WGMMA=0 to turn
+// them off), cp.async loads into swizzled shared tiles.
 //
 //   o[b,h,i]   = sum_c w[b,c] * o_c[b,h,i],   o_c = softmax_j(scale * q_i . k_{c,j}) v_{c,j}
 //   lse[b,h,c,i] = log2 of the per-chunk softmax denominator of the scaled logits in base 2

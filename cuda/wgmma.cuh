@@ -1,10 +1,12 @@
-// Hopper warpgroup MMA (wgmma, sm_90a) for the attention forwards at head dim 64: the two
-// products of a 64-row query tile against a 64-key tile,
-//   S (64 x 64) = Q (64 x 64, registers) K^T (K a 64 x 64 tile in shared memory),
-//   O (64 x 64) += P (64 x 64, registers, rounded to bf16) V (a 64 x 64 tile),
+// Hopper warpgroup MMA (wgmma, sm_90a) for the attention kernels at head dim 64. Every
+// product of the SWA and GCA forwards and backwards is one of two forms over 64-row tiles:
+//   C (64 x 64)  = A (64 x 64, registers) B^T   (B a 64 x 64 K-major tile: S = Q K^T),
+//   C (64 x 64) += A (64 x 64, registers) B     (B a 64 x 64 N-major tile: O += P V),
 // each four `wgmma.mma_async m64n64k16` issued by the CTA's one warpgroup (4 warps) in
 // place of 64 mma.sync per warp and their ldmatrix loads: the SASS of the mma.sync
 // forwards spent ~10 instructions per HMMA on addressing (docs/benchmarks.md, session 6).
+// A standalone check of both forms against a CPU product (sweeping the descriptor's
+// strides) is described in docs/benchmarks.md, session 7.
 //
 // Shared memory: the kernels place their K and V rings at the first 1024-byte boundary of
 // their dynamic shared memory (`align1024`) and keep Q in registers.
@@ -93,8 +95,9 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (*c)[4], const uint32_t* a
 #endif
 }
 
-// S = Q K^T for the warpgroup's 64 rows and the 64 keys of tile tK (D = 64; qf: the
-// rows' A fragments, 4 k-steps). Issues and commits; the caller waits.
+// S = Q K^T for the warpgroup's 64 rows and the 64 rows of tile tK (D = 64; qf: the
+// rows' A fragments, 4 k-steps; the backwards pass dO, K or V as A). Issues and commits;
+// the caller waits.
 __device__ __forceinline__ void wg_qk64(float (*s)[4], const uint32_t (*qf)[4],
                                         const __nv_bfloat16* tK) {
   const uint64_t d0 = wgmma_desc(tK);
@@ -117,8 +120,8 @@ __device__ __forceinline__ void pack_p64(uint32_t (*a)[4], const float (*pf)[4])
   }
 }
 
-// acc += P V: P packed by pack_p64, V the 64 x 64 tile tV. Issues and commits; the
-// caller waits.
+// acc += P V: P packed by pack_p64 (or any A fragments: dS, P^T), V the 64 x 64 tile tV
+// read N-major (K, Q or dO in the backwards). Issues and commits; the caller waits.
 __device__ __forceinline__ void wg_pv64(float (*acc)[4], const uint32_t (*a)[4],
                                         const __nv_bfloat16* tV) {
   const uint64_t d0 = wgmma_desc(tV);
