@@ -167,9 +167,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
       // S = Q K^T for the warp's 16 rows and 64 keys.
       float s[kFwdTile / 8][4];
       if constexpr (WG) {
-        wg_qk64(s, qf, tK);
-        wgmma_wait<0>();
-        wgmma_fence_regs(s);
+        wg_qk64_wait(s, qf, tK);
       } else {
 #pragma unroll
       for (int n = 0; n < kFwdTile / 8; ++n)
@@ -242,15 +240,9 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
       }
       // ok += P V (SINGLE: acc += (w / l) P V)
       float(&pv)[D / 8][4] = SINGLE ? acc : ok;
-      if constexpr (WG) {
-        // Waited before the next item's barrier, after which this stage is reloaded.
-        uint32_t pa[4][4];
-        pack_p64(pa, s);
-        wgmma_fence_regs(pv);
-        wg_pv64(pv, pa, tV);
-        wgmma_wait<0>();
-        wgmma_fence_regs(pv);
-      } else
+      if constexpr (WG)
+        wg_pv64_wait(pv, s, tV);  // waited before the barrier after which tV is reloaded
+      else
 #pragma unroll
       for (int kk = 0; kk < kFwdTile / 16; ++kk) {
         uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
@@ -464,14 +456,7 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
       *reinterpret_cast<uint32_t*>(sS + sw<KT>(wr + g + 8, col)) = pack_bf16(dp[n][2], dp[n][3]);
     }
     // dQ += dS K (dS from registers, rounded to bf16 like the shared copy).
-    if constexpr (WG) {
-      uint32_t da[4][4];
-      pack_p64(da, dp);
-      wgmma_fence_regs(dq);
-      wg_pv64(dq, da, tK);
-      wgmma_wait<0>();
-      wgmma_fence_regs(dq);
-    }
+    if constexpr (WG) wg_pv64_wait(dq, dp, tK);
 #pragma unroll
     for (int kk = 0; kk < (WG ? 0 : KT / 16); ++kk) {
       uint32_t a[4] = {pack_bf16(dp[2 * kk][0], dp[2 * kk][1]),
@@ -519,10 +504,7 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
           for (int kk = 0; kk < kRows / 16; ++kk)
             ldsm_x4_t(a[kk], sA + sw<KT>(kk * 16 + (lane & 7) + (lane >> 4) * 8,
                                          key0 + ((lane >> 3) & 1) * 8));
-          wgmma_fence_regs(r);
-          wg_pv64(r, a, sB);
-          wgmma_wait<0>();
-          wgmma_fence_regs(r);
+          wg_pv64_wait(r, a, sB);
         }
 #pragma unroll
         for (int kk = 0; kk < (WG ? 0 : kRows / 16); ++kk) {

@@ -253,9 +253,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
 
     float s[kTile / 8][4];
     if constexpr (WG) {
-      wg_qk64(s, qf, tK);
-      wgmma_wait<0>();
-      wgmma_fence_regs(s);
+      wg_qk64_wait(s, qf, tK);
     } else {
 #pragma unroll
       for (int n = 0; n < kTile / 8; ++n)
@@ -316,12 +314,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
       for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
     if constexpr (WG) {
       // Waited before the next iteration's barrier, after which this stage is reloaded.
-      uint32_t pa[4][4];
-      pack_p64(pa, s);
-      wgmma_fence_regs(acc);
-      wg_pv64(acc, pa, tV);
-      wgmma_wait<0>();
-      wgmma_fence_regs(acc);
+      wg_pv64_wait(acc, s, tV);
     } else {
       mma_pb<D>(acc, s, tV);
     }
@@ -476,12 +469,7 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kerne
         dp[n][e] = pr * (dp[n][e] - di[e >> 1]);
       }
     if constexpr (WG) {
-      uint32_t da[4][4];
-      pack_p64(da, dp);
-      wgmma_fence_regs(dq);
-      wg_pv64(dq, da, tK);
-      wgmma_wait<0>();
-      wgmma_fence_regs(dq);
+      wg_pv64_wait(dq, dp, tK);
     } else {
       mma_pb<D>(dq, dp, tK);
     }

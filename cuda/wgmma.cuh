@@ -132,6 +132,29 @@ __device__ __forceinline__ void wg_pv64(float (*acc)[4], const uint32_t (*a)[4],
   wgmma_commit();
 }
 
+// The two forms waited for at once (what a kernel does between two elementwise passes over
+// the accumulators): issue, wait, and keep the compiler's reads of the results after the
+// wait. wg_pv64_wait rounds P to bf16 itself, or takes A fragments already packed.
+__device__ __forceinline__ void wg_qk64_wait(float (*s)[4], const uint32_t (*a)[4],
+                                             const __nv_bfloat16* tB) {
+  wg_qk64(s, a, tB);
+  wgmma_wait<0>();
+  wgmma_fence_regs(s);
+}
+__device__ __forceinline__ void wg_pv64_wait(float (*acc)[4], const uint32_t (*a)[4],
+                                             const __nv_bfloat16* tB) {
+  wgmma_fence_regs(acc);
+  wg_pv64(acc, a, tB);
+  wgmma_wait<0>();
+  wgmma_fence_regs(acc);
+}
+__device__ __forceinline__ void wg_pv64_wait(float (*acc)[4], const float (*pf)[4],
+                                             const __nv_bfloat16* tB) {
+  uint32_t a[4][4];
+  pack_p64(a, pf);
+  wg_pv64_wait(acc, a, tB);
+}
+
 // The first 1024-byte boundary at or after p, where the swizzled tiles must start
 // (launchers request 1 KB of slack). The address is read through asm: given an __align__
 // on the extern array, the compiler folds any test of it to "aligned", and sm_90 does not

@@ -235,10 +235,7 @@ pub fn run(cmd: Command) -> Result<()> {
                     lines.push(serde_json::to_string(&r)?);
                 }
             }
-            if let Some(path) = a.json {
-                lcm::util::write_atomic(&path, (lines.join("\n") + "\n").as_bytes())?;
-            }
-            Ok(())
+            write_json_lines(a.json.as_deref(), &lines)
         }
         Command::Xent(a) => {
             if a.rows < 1 {
@@ -265,10 +262,7 @@ pub fn run(cmd: Command) -> Result<()> {
                     lines.push(serde_json::to_string(&r)?);
                 }
             }
-            if let Some(path) = a.json {
-                lcm::util::write_atomic(&path, (lines.join("\n") + "\n").as_bytes())?;
-            }
-            Ok(())
+            write_json_lines(a.json.as_deref(), &lines)
         }
         Command::Rmsnorm(a) => {
             let device = parse_device(&a.device)?;
@@ -289,12 +283,17 @@ pub fn run(cmd: Command) -> Result<()> {
                     lines.push(serde_json::to_string(&r)?);
                 }
             }
-            if let Some(path) = a.json {
-                lcm::util::write_atomic(&path, (lines.join("\n") + "\n").as_bytes())?;
-            }
-            Ok(())
+            write_json_lines(a.json.as_deref(), &lines)
         }
     }
+}
+
+/// The rows of a bench as JSON lines, when `--json` names a file (written whole or not at all).
+fn write_json_lines(path: Option<&std::path::Path>, lines: &[String]) -> Result<()> {
+    if let Some(path) = path {
+        lcm::util::write_atomic(path, (lines.join("\n") + "\n").as_bytes())?;
+    }
+    Ok(())
 }
 
 fn prefill(a: PrefillArgs) -> Result<()> {
