@@ -182,8 +182,9 @@ template <int D> __host__ __device__ constexpr int fwd_min_blocks() { return D =
 // shared memory + 1 KB of alignment slack, 4 CTAs per SM) and the output is staged
 // through the first K buffer. Two variants measured slower and were dropped (session 7,
 // docs/benchmarks.md): FlashAttention-3's overlap of one tile's P V with the next tile's
-// softmax (register spills at 4 CTAs per SM, one tile of prefetch instead of two), and
-// two warpgroups sharing a CTA's K/V stream (each then waits on the other at every tile).
+// softmax (at 4 CTAs per SM: spills and one tile of prefetch instead of two; at 3 CTAs per
+// SM without either: fewer warpgroups cost more than the overlap gains), and two
+// warpgroups sharing a CTA's K/V stream (each then waits on the other at every tile).
 template <int D, bool ALIBI, bool WG>
 __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(const Params p) {
   static_assert(!WG || D == 64, "the wgmma products are written for head dim 64");
