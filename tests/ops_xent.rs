@@ -11,21 +11,8 @@ use lcm::ops::xent::IGNORE;
 use lcm::ops::{cross_entropy, cross_entropy_reference};
 use tch::{Device, Kind, Reduction, Tensor};
 
-/// Random int64 targets in [0, v) with every `ignore_every`-th one IGNORE, and the first
-/// and last column as the targets of rows 1 and 2 (the edges of a row).
 fn targets(n: i64, v: i64, ignore_every: i64) -> Tensor {
-    let mut t: Vec<i64> =
-        Vec::try_from(Tensor::randint(v, [n], (Kind::Int64, Device::Cpu))).unwrap();
-    for (i, x) in t.iter_mut().enumerate() {
-        if i as i64 % ignore_every == ignore_every - 1 {
-            *x = IGNORE;
-        }
-    }
-    if n > 2 {
-        t[1] = 0;
-        t[2] = v - 1;
-    }
-    Tensor::from_slice(&t)
+    common::xent_targets(n, v, ignore_every)
 }
 
 /// Per-token losses equal PyTorch's (log_softmax then nll_loss) bit for bit on fp32

@@ -29,21 +29,8 @@ use tch::{Device, Kind, Tensor};
 const ROWS: [i64; 4] = [1, 7, 300, 4096];
 const VOCABS: [i64; 5] = [8, 1000, 50277, 50304, 131072];
 
-/// Random targets in [0, v) with every `ignore_every`-th one IGNORE, and the first and last
-/// column as the targets of rows 1 and 2 (the loose elements around the packs).
 fn targets(n: i64, v: i64, ignore_every: i64, dev: Device) -> Tensor {
-    let mut t: Vec<i64> =
-        Vec::try_from(Tensor::randint(v, [n], (Kind::Int64, Device::Cpu))).unwrap();
-    for (i, x) in t.iter_mut().enumerate() {
-        if i as i64 % ignore_every == ignore_every - 1 {
-            *x = IGNORE;
-        }
-    }
-    if n > 2 {
-        t[1] = 0;
-        t[2] = v - 1;
-    }
-    Tensor::from_slice(&t).to_device(dev)
+    common::xent_targets(n, v, ignore_every).to_device(dev)
 }
 
 /// max(|got - want| - rtol |want|) <= atol, computed on the device (the large cases are

@@ -77,3 +77,27 @@ pub fn median_ms_events(device: Device, warmup: usize, runs: usize, mut f: impl 
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
 }
+
+/// Table cells shared by the kernel-vs-reference benches (`rmsnorm`, `xent`): a time in ms
+/// or "-" where it was not measured, a number at `prec` digits or "-", the bandwidth that
+/// moving `bytes` in `ms` takes, and the short name of a dtype.
+pub(crate) fn cell_ms(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.3}ms"))
+}
+pub(crate) fn cell(v: Option<f64>, prec: usize) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.prec$}"))
+}
+/// The reference's time over the kernel's, as "2.50x", or "-" without a kernel time.
+pub(crate) fn cell_ratio(reference_ms: f64, kernel_ms: Option<f64>) -> String {
+    kernel_ms.map_or("-".to_string(), |k| format!("{:.2}x", reference_ms / k))
+}
+pub(crate) fn gbps(bytes: f64, ms: Option<f64>) -> Option<f64> {
+    ms.map(|t| bytes / (t * 1e-3) / 1e9)
+}
+pub(crate) fn dtype_label(dtype: &str) -> &'static str {
+    if dtype == "BFloat16" {
+        "bf16"
+    } else {
+        "f32"
+    }
+}

@@ -150,21 +150,14 @@ pub fn header() -> String {
 
 impl std::fmt::Display for RmsNormResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}ms"));
-        let gbps = |bytes: f64, t: Option<f64>| t.map(|t| bytes / (t * 1e-3) / 1e9);
-        let show =
-            |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+        use super::{cell as show, cell_ms as ms, cell_ratio, dtype_label, gbps};
         let fwd_bw = gbps(self.fwd_bytes, self.kernel_fwd_ms);
         let bwd_bw = gbps(self.bwd_bytes, self.kernel_bwd_ms);
         let pct = |bw: Option<f64>| bw.map(|b| 100.0 * b / self.peak_gbps);
         write!(
             f,
             "{:<6} {:>8} {:>5} | {:>9} {:>9} {:>7} {:>6} | {:>9} {:>7} {:>6} | {:>10} {:>10} {:>7}",
-            if self.dtype == "BFloat16" {
-                "bf16"
-            } else {
-                "f32"
-            },
+            dtype_label(&self.dtype),
             self.rows,
             self.dim,
             ms(Some(self.ref_fwd_ms)),
@@ -176,7 +169,7 @@ impl std::fmt::Display for RmsNormResult {
             show(pct(bwd_bw), 1),
             ms(Some(self.ref_fwd_bwd_ms)),
             ms(self.kernel_fwd_bwd_ms),
-            show(self.kernel_fwd_bwd_ms.map(|k| self.ref_fwd_bwd_ms / k), 2) + "x",
+            cell_ratio(self.ref_fwd_bwd_ms, self.kernel_fwd_bwd_ms),
         )
     }
 }

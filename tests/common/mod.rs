@@ -104,3 +104,21 @@ pub fn assert_close_scaled(what: &str, got: &Tensor, want: &Tensor) {
         "{what}: max |got - want| = {diff:.3e} exceeds {tol:.3e} (max |want| {scale:.3e})"
     );
 }
+
+/// Cross-entropy targets: random ids in [0, v) with every `ignore_every`-th one IGNORE
+/// (-100), and the first and last column as the targets of rows 1 and 2 (the edges of a
+/// row, where the kernel's loose elements around its 16-byte packs lie). On the CPU.
+pub fn xent_targets(n: i64, v: i64, ignore_every: i64) -> Tensor {
+    let mut t: Vec<i64> =
+        Vec::try_from(Tensor::randint(v, [n], (Kind::Int64, Device::Cpu))).unwrap();
+    for (i, x) in t.iter_mut().enumerate() {
+        if i as i64 % ignore_every == ignore_every - 1 {
+            *x = lcm::ops::xent::IGNORE;
+        }
+    }
+    if n > 2 {
+        t[1] = 0;
+        t[2] = v - 1;
+    }
+    Tensor::from_slice(&t)
+}
