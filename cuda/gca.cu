@@ -29,6 +29,7 @@
 // owned by the CTA (no atomics: deterministic).
 #include "common.cuh"
 #include "mma.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace lcm {
@@ -68,6 +69,12 @@ struct BwdParams {
   float scale, scale_log2;
 };
 
+// The TMA descriptors of k and v (5-D: b, kv head, chunk, key, d; boxes of one chunk of
+// 64 keys), for the kernels that load through TMA; unused (zeros) by the others.
+struct KvMaps {
+  CUtensorMap k, v;
+};
+
 // ---------------------------------------------------------------------------------------
 // Forward.
 
@@ -86,14 +93,19 @@ template <int D, bool SINGLE> __host__ __device__ constexpr int fwd_min_blocks()
 // (the group's instructions need all four), rows past the last reading as zeros and not
 // stored; Q goes straight to registers (no Q tile) and the output is staged through the
 // first K buffer.
-template <int D, bool ONE, bool SINGLE, bool WG>
-__global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd_kernel(const FwdParams p) {
+// TMA (WG with K_CTX = 64): the chunks come by TMA, with the SWA forward's pipeline
+// (swa.cu: a transaction barrier per stage).
+template <int D, bool ONE, bool SINGLE, bool WG, bool TMA>
+__global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
+    gca_fwd_kernel(const FwdParams p, const __grid_constant__ KvMaps maps) {
   static_assert(!WG || (D == 64 && SINGLE), "the wgmma products are for D 64, one key tile");
+  static_assert(!TMA || WG, "the TMA loads feed the wgmma kernel");
   constexpr int S = fwd_stages<D>();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
   __nv_bfloat16* sK = WG ? sQ : sQ + kRows * D;  // S buffers of kFwdTile x D
   __nv_bfloat16* sV = sK + S * kFwdTile * D;  // S buffers
+  uint64_t* full = reinterpret_cast<uint64_t*>(sV + S * kFwdTile * D);  // TMA
 
   const int bh = blockIdx.x;  // b * Hkv + hkv
   const int b = bh / p.Hkv, hkv = bh % p.Hkv;
@@ -113,19 +125,39 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
   const int items = p.K * ntiles;
   const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
   const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
-  auto load_kv = [&](int item) {
+  auto load_kv = [&](int item) {  // TMA: thread 0 only
     const int c = item / ntiles, j = item % ntiles, buf = item % S;
-    const int key0 = j * kFwdTile, nk = min(kFwdTile, p.KCTX - key0);
-    load_tile<kFwdTile, D, kThreads>(sK + buf * kFwdTile * D, nk,
-                           [&](int r) { return kbase + c * p.skc + (key0 + r) * p.skk; });
-    load_tile<kFwdTile, D, kThreads>(sV + buf * kFwdTile * D, nk,
-                           [&](int r) { return vbase + c * p.svc + (key0 + r) * p.svk; });
+    if constexpr (TMA) {
+      mbar_expect_tx(&full[buf], 2 * kFwdTile * D * 2);
+      tma_load_5d(sK + buf * kFwdTile * D, &maps.k, &full[buf], 0, 0, c, hkv, b);
+      tma_load_5d(sV + buf * kFwdTile * D, &maps.v, &full[buf], 0, 0, c, hkv, b);
+    } else {
+      const int key0 = j * kFwdTile, nk = min(kFwdTile, p.KCTX - key0);
+      load_tile<kFwdTile, D, kThreads>(sK + buf * kFwdTile * D, nk,
+                             [&](int r) { return kbase + c * p.skc + (key0 + r) * p.skk; });
+      load_tile<kFwdTile, D, kThreads>(sV + buf * kFwdTile * D, nk,
+                             [&](int r) { return vbase + c * p.svc + (key0 + r) * p.svk; });
+    }
   };
-  // Prologue: S-1 tiles in flight (one commit group each, empty past the end).
+  if constexpr (TMA) {
+    if (threadIdx.x == 0) {
 #pragma unroll
-  for (int i = 0; i < S - 1; ++i) {
-    if (i < items) load_kv(i);
-    cp_async_commit();
+      for (int i = 0; i < S; ++i) {
+        mbar_init(&full[i], 1);
+      }
+      mbar_fence_init();
+#pragma unroll
+      for (int i = 0; i < S - 1; ++i)
+        if (i < items) load_kv(i);
+    }
+    __syncthreads();
+  } else {
+    // Prologue: S-1 tiles in flight (one commit group each, empty past the end).
+#pragma unroll
+    for (int i = 0; i < S - 1; ++i) {
+      if (i < items) load_kv(i);
+      cp_async_commit();
+    }
   }
 
   const bool active = WG || warp * 16 < rows;  // warps past the last row only help load
@@ -147,12 +179,18 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
     // barrier also ends every warp's reads of the buffer that the next load overwrites
     // (the one item - 1 used). The tensor cores read through the async proxy: the copies,
     // made through the generic one, are ordered before them by the proxy fence.
-    cp_async_wait<S - 2>();
-    if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
-    if (item + S - 1 < items) load_kv(item + S - 1);
-    cp_async_commit();
     const int c = item / ntiles, j = item % ntiles, buf = item % S;
+    if constexpr (TMA) {
+      __syncthreads();  // as in the SWA forward
+      if (threadIdx.x == 0 && item + S - 1 < items) load_kv(item + S - 1);
+      mbar_wait(&full[buf], (item / S) & 1);
+    } else {
+      cp_async_wait<S - 2>();
+      if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+      if (item + S - 1 < items) load_kv(item + S - 1);
+      cp_async_commit();
+    }
     const __nv_bfloat16* tK = sK + buf * kFwdTile * D;
     const __nv_bfloat16* tV = sV + buf * kFwdTile * D;
     if (active) {
@@ -240,9 +278,9 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
       }
       // ok += P V (SINGLE: acc += (w / l) P V)
       float(&pv)[D / 8][4] = SINGLE ? acc : ok;
-      if constexpr (WG)
+      if constexpr (WG) {
         wg_pv64_wait(pv, s, tV);  // waited before the barrier after which tV is reloaded
-      else
+      } else
 #pragma unroll
       for (int kk = 0; kk < kFwdTile / 16; ++kk) {
         uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
@@ -296,17 +334,30 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>()) gca_fwd
 
 // 3 CTAs (12 warps) per SM for the main shape: 64 KB of shared memory each, registers
 // capped at 168.
-template <int D, int KT> __host__ __device__ constexpr int bwd_min_blocks() { return D == 64 && KT == 64 ? 3 : 1; }
+template <int D, int KT> __host__ __device__ constexpr int bwd_min_blocks() {
+  return D == 64 && KT == 64 ? 3 : 1;
+}
+
+// The backward's TMA descriptors: k and v as in the forward, q and dO (b, head, query, d;
+// boxes of 64 queries of one head).
+struct BwdMaps {
+  CUtensorMap k, v, q, o;
+};
 
 // WG (D = KT = 64, sm_90a; wgmma.cuh): the five products on wgmma. Phase 1's are the
 // forward's two forms (S, dP: A from registers, B a K-major tile; dQ += dS K: B N-major);
 // phase 2's warpgroup rows are the 64 keys, A = (wP)^T or dS^T from ldmatrix.trans and B
 // = dO or Q as N-major tiles. The tiles start at the first 1024-byte boundary (1 KB of
 // slack).
-template <int D, int KT, bool MULTIPASS, bool WG>
+// TMA (WG with K_CTX = 64 and Q a multiple of 64, so that a pass is 64 queries of one
+// head): the chunks (2 stages) and each pass's Q and dO come by TMA; the buffers the
+// loads overwrite were last written through the generic proxy (the staged outputs), hence
+// the proxy fence before each item's closing barrier.
+template <int D, int KT, bool MULTIPASS, bool WG, bool TMA = false>
 __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
-    gca_bwd_kernel(const BwdParams p) {
+    gca_bwd_kernel(const BwdParams p, const __grid_constant__ BwdMaps maps) {
   static_assert(!WG || (D == 64 && KT == 64), "the wgmma products are for D = KT = 64");
+  static_assert(!TMA || WG, "the TMA loads feed the wgmma kernel");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
   __nv_bfloat16* sO = sQ + kRows * D;  // dO
@@ -315,6 +366,8 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
   __nv_bfloat16* sP = sV + 2 * KT * D;  // kRows x KT: w * P
   __nv_bfloat16* sS = sP + kRows * KT;  // kRows x KT: dS
   float* sDw = reinterpret_cast<float*>(sS + kRows * KT);  // [kWarps]
+  uint64_t* full = reinterpret_cast<uint64_t*>(sDw + kWarps);  // TMA: the 2 K/V stages
+  uint64_t* qo_full = full + 2;                                 // TMA: the pass's Q, dO
 
   const int bh = blockIdx.x;
   const int b = bh / p.Hkv, hkv = bh % p.Hkv;
@@ -325,15 +378,32 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
   const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
   const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
   const int items = npass * p.K;
-  auto load_kv = [&](int item) {
+  auto load_kv = [&](int item) {  // TMA: thread 0 only
     const int c = item % p.K, buf = item & 1;
+    if constexpr (TMA) {
+      mbar_expect_tx(&full[buf], 2 * KT * D * 2);
+      tma_load_5d(sK + buf * KT * D, &maps.k, &full[buf], 0, 0, c, hkv, b);
+      tma_load_5d(sV + buf * KT * D, &maps.v, &full[buf], 0, 0, c, hkv, b);
+      return;
+    }
     load_tile<KT, D, kThreads>(sK + buf * KT * D, p.KCTX,
                      [&](int r) { return kbase + c * p.skc + r * p.skk; });
     load_tile<KT, D, kThreads>(sV + buf * KT * D, p.KCTX,
                      [&](int r) { return vbase + c * p.svc + r * p.svk; });
   };
-  load_kv(0);
-  cp_async_commit();
+  if constexpr (TMA) {
+    if (threadIdx.x == 0) {
+      mbar_init(&full[0], 1);
+      mbar_init(&full[1], 1);
+      mbar_init(qo_full, 1);
+      mbar_fence_init();
+      load_kv(0);
+    }
+    __syncthreads();
+  } else {
+    load_kv(0);
+    cp_async_commit();
+  }
 
   float dq[D / 8][4];
   for (int item = 0; item < items; ++item) {
@@ -344,7 +414,23 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
       *head = hkv * p.G + rr / p.Q;
       *qi = rr % p.Q;
     };
-    if (c == 0) {
+    if (TMA && c == 0) {
+      if (threadIdx.x == 0) {  // a pass is 64 queries of one head (Q % 64 == 0)
+        const int head = hkv * p.G + row0 / p.Q, qi0 = row0 % p.Q;
+        mbar_expect_tx(qo_full, 2 * kRows * D * 2);
+        tma_load_4d(sQ, &maps.q, qo_full, 0, qi0, head, b);
+        tma_load_4d(sO, &maps.o, qo_full, 0, qi0, head, b);
+      }
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dq[n][e] = 0.f;
+    }
+    if (TMA) {
+      if (threadIdx.x == 0 && item + 1 < items) load_kv(item + 1);
+      mbar_wait(&full[buf], (item >> 1) & 1);
+      if (c == 0) mbar_wait(qo_full, pass & 1);
+    } else if (c == 0) {
       load_tile<kRows, D, kThreads>(sQ, rows, [&](int r) {
         int head, qi;
         row_head(r, &head, &qi);
@@ -360,13 +446,15 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
 #pragma unroll
         for (int e = 0; e < 4; ++e) dq[n][e] = 0.f;
     }
-    cp_async_commit();
-    if (item + 1 < items) load_kv(item + 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    // The tensor cores read through the async proxy (see the forward).
-    if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
+    if (!TMA) {
+      cp_async_commit();
+      if (item + 1 < items) load_kv(item + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+      // The tensor cores read through the async proxy (see the forward).
+      if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+    }
     const __nv_bfloat16* tK = sK + buf * KT * D;
     const __nv_bfloat16* tV = sV + buf * KT * D;
     const float wc = p.w[b * p.K + c];
@@ -571,6 +659,9 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
           return p.dq + ((int64_t(b) * p.Hq + head) * p.Q + qi) * D;
         });
     }
+    // TMA: the staged outputs above were written through the generic proxy into buffers
+    // that the next loads overwrite.
+    if (TMA) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
   }
 }
@@ -597,18 +688,39 @@ bool use_wgmma(int D, bool single) {
   return on && D == 64 && single;
 }
 
+// Whether the wgmma forward loads through TMA (LCM_GCA_TMA=0: its cp.async form).
+bool use_tma() {
+  static const bool on = tma_enabled("LCM_GCA_WGMMA", "LCM_GCA_TMA");
+  return on;
+}
+
+// The k and v descriptors (one box = one chunk of K_CTX = 64 keys), false when TMA does not
+// take the layout.
+bool kv_maps(const FwdParams& p, KvMaps* m) {
+  if (p.KCTX != kFwdTile) return false;
+  const int64_t dims[5] = {64, p.KCTX, p.K, p.Hkv, p.B};
+  const int64_t sk[4] = {p.skk, p.skc, p.skh, p.skb}, sv[4] = {p.svk, p.svc, p.svh, p.svb};
+  return encode_rows_map(&m->k, p.k, 5, dims, sk, kFwdTile) &&
+         encode_rows_map(&m->v, p.v, 5, dims, sv, kFwdTile);
+}
+
 template <int D, bool ONE, bool SINGLE>
 cudaError_t launch_fwd_t(const FwdParams& p, cudaStream_t s) {
   constexpr bool kWg = D == 64 && SINGLE;
   const bool wg = use_wgmma(D, SINGLE);
-  auto kernel = wg ? gca_fwd_kernel<D, ONE, SINGLE, kWg> : gca_fwd_kernel<D, ONE, SINGLE, false>;
-  // WG: no Q tile, 1 KB of slack to align the rings.
-  const size_t smem = wg ? fwd_smem<D>() - size_t(kRows) * D * 2 + 1024 : fwd_smem<D>();
+  KvMaps maps{};
+  const bool tma = kWg && wg && use_tma() && kv_maps(p, &maps);
+  auto kernel = tma  ? gca_fwd_kernel<D, ONE, SINGLE, kWg, kWg>
+                : wg ? gca_fwd_kernel<D, ONE, SINGLE, kWg, false>
+                     : gca_fwd_kernel<D, ONE, SINGLE, false, false>;
+  // WG: no Q tile, 1 KB of slack to align the rings; TMA: and the stages' barriers.
+  const size_t smem =
+      wg ? fwd_smem<D>() - size_t(kRows) * D * 2 + 1024 + (tma ? 128 : 0) : fwd_smem<D>();
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
   const int npass = (p.G * p.Q + kRows - 1) / kRows;
   dim3 grid(p.B * p.Hkv, npass);
-  kernel<<<grid, kThreads, smem, s>>>(p);
+  kernel<<<grid, kThreads, smem, s>>>(p, maps);
   return cudaGetLastError();
 }
 
@@ -616,14 +728,33 @@ template <int D, bool ONE> cudaError_t launch_fwd(const FwdParams& p, cudaStream
   return p.KCTX <= kFwdTile ? launch_fwd_t<D, ONE, true>(p, s) : launch_fwd_t<D, ONE, false>(p, s);
 }
 
+// The backward's descriptors, false when TMA does not take the layouts or the shape (one
+// 64-key chunk per tile, passes of 64 queries of one head).
+bool bwd_maps(const BwdParams& p, BwdMaps* m) {
+  if (p.KCTX != 64 || p.Q % kRows != 0) return false;
+  const int64_t kd[5] = {64, p.KCTX, p.K, p.Hkv, p.B};
+  const int64_t sk[4] = {p.skk, p.skc, p.skh, p.skb}, sv[4] = {p.svk, p.svc, p.svh, p.svb};
+  const int64_t qd[4] = {64, p.Q, p.Hq, p.B};
+  const int64_t sq[3] = {p.sqq, p.sqh, p.sqb};
+  const int64_t so[3] = {64, int64_t(p.Q) * 64, int64_t(p.Hq) * p.Q * 64};  // dO contiguous
+  return encode_rows_map(&m->k, p.k, 5, kd, sk, 64) && encode_rows_map(&m->v, p.v, 5, kd, sv, 64) &&
+         encode_rows_map(&m->q, p.q, 4, qd, sq, kRows) &&
+         encode_rows_map(&m->o, p.dout, 4, qd, so, kRows);
+}
+
 template <int D, int KT, bool MP> cudaError_t launch_bwd(const BwdParams& p, cudaStream_t s) {
   constexpr bool kWg = D == 64 && KT == 64;
   const bool wg = kWg && use_wgmma(D, true);
-  auto kernel = wg ? gca_bwd_kernel<D, KT, MP, kWg> : gca_bwd_kernel<D, KT, MP, false>;
-  const size_t smem = bwd_smem<D, KT>() + (wg ? 1024 : 0);  // slack to align the tiles
+  BwdMaps maps{};
+  const bool tma = wg && use_tma() && bwd_maps(p, &maps);
+  auto kernel = tma  ? gca_bwd_kernel<D, KT, MP, kWg, kWg>
+                : wg ? gca_bwd_kernel<D, KT, MP, kWg>
+                     : gca_bwd_kernel<D, KT, MP, false>;
+  // WG: slack to align the tiles; TMA: and 3 barriers.
+  const size_t smem = bwd_smem<D, KT>() + (wg ? 1024 : 0) + (tma ? 32 : 0);
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
-  kernel<<<p.B * p.Hkv, kThreads, smem, s>>>(p);
+  kernel<<<p.B * p.Hkv, kThreads, smem, s>>>(p, maps);
   return cudaGetLastError();
 }
 

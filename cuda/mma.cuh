@@ -47,6 +47,36 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// The max and the sum over this thread's columns of each row half (e >> 1) of a warp's NF
+// C fragments (NF a power of two), as balanced trees: the plain loops compile to chains of
+// 2 * NF dependent FMNMX / FADD, which sat on the SWA forward's critical path (session 8).
+template <int NF> __device__ __forceinline__ void frag_row_max(const float (*s)[4], float* out) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    float v[NF];
+#pragma unroll
+    for (int n = 0; n < NF; ++n) v[n] = fmaxf(s[n][2 * hh], s[n][2 * hh + 1]);
+#pragma unroll
+    for (int w = NF / 2; w > 0; w /= 2)
+#pragma unroll
+      for (int i = 0; i < w; ++i) v[i] = fmaxf(v[i], v[i + w]);
+    out[hh] = v[0];
+  }
+}
+template <int NF> __device__ __forceinline__ void frag_row_sum(const float (*s)[4], float* out) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    float v[NF];
+#pragma unroll
+    for (int n = 0; n < NF; ++n) v[n] = s[n][2 * hh] + s[n][2 * hh + 1];
+#pragma unroll
+    for (int w = NF / 2; w > 0; w /= 2)
+#pragma unroll
+      for (int i = 0; i < w; ++i) v[i] += v[i + w];
+    out[hh] = v[0];
+  }
+}
+
 // Shared-memory tiles are row-major with COLS bf16 per row, 16-byte chunks XOR-swizzled by
 // the row's low 3 bits so that ldmatrix on 8 rows of one column hits 8 different banks.
 template <int COLS> __device__ __forceinline__ int sw(int row, int col) {

@@ -28,6 +28,7 @@
 // S and dP are computed twice (7 matrix products instead of 5) for determinism.
 #include "common.cuh"
 #include "mma.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace lcm {
@@ -37,6 +38,8 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTile = 64;  // query rows and keys per tile
 constexpr float kLog2e = 1.4426950408889634f;
+// The forward's running max moves only by more than this (log2 units): see its lazy rescale.
+constexpr float kLazyMax = 8.f;
 
 struct Params {
   const __nv_bfloat16* q;  // (B, Hq, T, D), strides sqb, sqh, sqt; d contiguous
@@ -56,6 +59,17 @@ struct Params {
   int bh0;  // first (b, head) pair of this launch (grids are sliced at 65535 in y)
   bool causal;
   float scale, scale_log2;
+};
+
+// The TMA descriptors of k and v (4-D: b, kv head, t, d; boxes of one 64-row tile), for the
+// kernels that load through TMA; unused (zeros) by the others.
+struct KvMaps {
+  CUtensorMap k, v;
+};
+// The dk/dv kernel's streams: q and dO tiles (b, head, t, d) and the lse and Di vectors
+// ((b, head), t; fp32, 64 per box).
+struct QoMaps {
+  CUtensorMap q, o, lse, di;
 };
 
 // 4-byte async copy, zero-filled when !valid.
@@ -185,14 +199,18 @@ template <int D> __host__ __device__ constexpr int fwd_min_blocks() { return D =
 // softmax (at 4 CTAs per SM: spills and one tile of prefetch instead of two; at 3 CTAs per
 // SM without either: fewer warpgroups cost more than the overlap gains), and two
 // warpgroups sharing a CTA's K/V stream (each then waits on the other at every tile).
-template <int D, bool ALIBI, bool WG>
-__global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(const Params p) {
+template <int D, bool ALIBI, bool WG, bool TMA>
+__global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
+    swa_fwd_kernel(const Params p, const __grid_constant__ KvMaps maps) {
   static_assert(!WG || D == 64, "the wgmma products are written for head dim 64");
+  static_assert(!TMA || WG, "the TMA loads feed the wgmma kernel");
   constexpr int S = kFwdStages;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
   __nv_bfloat16* sK = WG ? sQ : sQ + kTile * D;
   __nv_bfloat16* sV = sK + S * kTile * D;
+  // TMA: stage i's K and V tiles have landed when full[i] completes a phase.
+  uint64_t* full = reinterpret_cast<uint64_t*>(sV + S * kTile * D);
 
   const int q0 = blockIdx.x * kTile;
   const int bh = blockIdx.y + p.bh0, b = bh / p.Hq, h = bh % p.Hq, hkv = h / p.G;
@@ -210,17 +228,39 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
   const int items = hi - lo + 1;
   const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
   const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
+  // TMA: called by thread 0 only.
   auto load_kv = [&](int item) {
-    const int k0 = (lo + item) * kTile, buf = item % S, nk = min(kTile, p.T - k0);
-    load_tile<kTile, D, kThreads>(sK + buf * kTile * D, nk,
-                        [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
-    load_tile<kTile, D, kThreads>(sV + buf * kTile * D, nk,
-                        [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
+    const int k0 = (lo + item) * kTile, buf = item % S;
+    if constexpr (TMA) {
+      mbar_expect_tx(&full[buf], 2 * kTile * D * 2);
+      tma_load_4d(sK + buf * kTile * D, &maps.k, &full[buf], 0, k0, hkv, b);
+      tma_load_4d(sV + buf * kTile * D, &maps.v, &full[buf], 0, k0, hkv, b);
+    } else {
+      const int nk = min(kTile, p.T - k0);
+      load_tile<kTile, D, kThreads>(sK + buf * kTile * D, nk,
+                          [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
+      load_tile<kTile, D, kThreads>(sV + buf * kTile * D, nk,
+                          [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
+    }
   };
+  if constexpr (TMA) {
+    if (threadIdx.x == 0) {
 #pragma unroll
-  for (int i = 0; i < S - 1; ++i) {
-    if (i < items) load_kv(i);
-    cp_async_commit();
+      for (int i = 0; i < S; ++i) {
+        mbar_init(&full[i], 1);
+      }
+      mbar_fence_init();
+#pragma unroll
+      for (int i = 0; i < S - 1; ++i)
+        if (i < items) load_kv(i);
+    }
+    __syncthreads();
+  } else {
+#pragma unroll
+    for (int i = 0; i < S - 1; ++i) {
+      if (i < items) load_kv(i);
+      cp_async_commit();
+    }
   }
 
   const float slope2 = ALIBI ? p.slopes[h] * kLog2e : 0.f;
@@ -240,15 +280,24 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
                          row[1] < p.T ? qbase + int64_t(row[1]) * p.sqt : nullptr);
 
   for (int item = 0; item < items; ++item) {
-    cp_async_wait<S - 2>();
-    // The tensor cores read shared memory through the async proxy: the copies made
-    // through the generic one must be ordered before them.
-    if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
-    if (item + S - 1 < items) load_kv(item + S - 1);
-    cp_async_commit();
-    if (!WG && item == 0) load_afrag<D>(qf, sQ, wr);
     const int k0 = (lo + item) * kTile, buf = item % S;
+    if constexpr (TMA) {
+      // Every warp is past its products on the stage reloaded here (that of item - 1).
+      // (Measured: a per-stage "empty" barrier in place of this one, the refill issued
+      // once this item's S was done, ran 5% slower; docs/benchmarks.md, session 8.)
+      __syncthreads();
+      if (threadIdx.x == 0 && item + S - 1 < items) load_kv(item + S - 1);
+      mbar_wait(&full[buf], (item / S) & 1);
+    } else {
+      cp_async_wait<S - 2>();
+      // The tensor cores read shared memory through the async proxy: the copies made
+      // through the generic one must be ordered before them.
+      if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+      if (item + S - 1 < items) load_kv(item + S - 1);
+      cp_async_commit();
+    }
+    if (!WG && item == 0) load_afrag<D>(qf, sQ, wr);
     const __nv_bfloat16* tK = sK + buf * kTile * D;
     const __nv_bfloat16* tV = sV + buf * kTile * D;
 
@@ -266,13 +315,20 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
     // Base-2 scores: without ALiBi the raw scores (scaled inside the exponent below, as
     // scale > 0), with ALiBi the full s2 = scale_log2 * qk + slope2 * (s - t).
     if (ALIBI) {
-      // slope2 * (col - row) = slope2 * (n * 8 + (e & 1)) + tb[row half]: two FFMAs.
-      const float tb[2] = {slope2 * float(k0 + 2 * t - row[0]), slope2 * float(k0 + 2 * t - row[1])};
+      // The bias slope2 * (col - row) less its row part, slope2 * (col - q0): one value per
+      // column (16 FFMAs a tile, not 32), one FFMA per score. Dropping -slope2 * (row - q0),
+      // constant along a row, shifts the row's scores and its running max alike; the lse
+      // below adds it back. (q0, not 0, keeps the biased scores small beside fp32's ulp.)
+      const float tb = slope2 * float(k0 + 2 * t - q0);
+      float bias[kTile / 8][2];
 #pragma unroll
       for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          s[n][e] = fmaf(s[n][e], p.scale_log2, fmaf(slope2, float(n * 8 + (e & 1)), tb[e >> 1]));
+        for (int j = 0; j < 2; ++j) bias[n][j] = fmaf(slope2, float(n * 8 + j), tb);
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[n][e] = fmaf(s[n][e], p.scale_log2, bias[n][e & 1]);
     }
     if (needs_mask(p, q0, k0)) {
 #pragma unroll
@@ -283,36 +339,44 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
           if (col < vlo[e >> 1] || col > vhi[e >> 1]) s[n][e] = -INFINITY;
         }
     }
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
-    float alpha[2], neg[2], rs[2] = {0.f, 0.f};
+    float mx[2];
+    frag_row_max<kTile / 8>(s, mx);
+    float mn[2], neg[2], rs[2];
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
       mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
       mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-      const float mn = fmaxf(m[hh], ALIBI ? mx[hh] : mx[hh] * p.scale_log2);
-      const float ms = mn == -INFINITY ? 0.f : mn;  // a row with nothing visible yet
-      alpha[hh] = exp2f(m[hh] - ms);
-      m[hh] = mn;
-      neg[hh] = -ms;
+      mn[hh] = fmaxf(m[hh], ALIBI ? mx[hh] : mx[hh] * p.scale_log2);
     }
+    // Lazy rescaling (FlashAttention-4's): the running max moves, and acc and l are
+    // rescaled, only when some row of the warp gained more than kLazyMax (log2 units); the
+    // probabilities then stay below 2^kLazyMax, harmless in fp32 (acc, l) and in bf16 (P),
+    // and the tiles of a band whose max settled skip the 32 FMULs.
+    if (__any_sync(0xffffffffu, mn[0] > m[0] + kLazyMax || mn[1] > m[1] + kLazyMax)) {
+      float alpha[2];
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        alpha[hh] = exp2f(m[hh] - (mn[hh] == -INFINITY ? 0.f : mn[hh]));
+        m[hh] = mn[hh];
+        l[hh] *= alpha[hh];
+      }
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
+    }
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) neg[hh] = m[hh] == -INFINITY ? 0.f : -m[hh];  // nothing visible yet
 #pragma unroll
     for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         s[n][e] = ALIBI ? exp2f(s[n][e] + neg[e >> 1])
                         : exp2f(fmaf(s[n][e], p.scale_log2, neg[e >> 1]));
-        rs[e >> 1] += s[n][e];
       }
+    frag_row_sum<kTile / 8>(s, rs);
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) l[hh] = l[hh] * alpha[hh] + rs[hh];
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
+    for (int hh = 0; hh < 2; ++hh) l[hh] += rs[hh];
     if constexpr (WG) {
       // Waited before the next iteration's barrier, after which this stage is reloaded.
       wg_pv64_wait(acc, s, tV);
@@ -326,7 +390,10 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>()) swa_fwd_kernel(
     l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 1);
     l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 2);
     inv[hh] = 1.f / l[hh];
-    if (t == 0 && row[hh] < p.T) p.lse[int64_t(bh) * p.T + row[hh]] = m[hh] + log2f(l[hh]);
+    // ALiBi: the row part of the bias, left out of the scores above.
+    const float row_bias = ALIBI ? -slope2 * float(row[hh] - q0) : 0.f;
+    if (t == 0 && row[hh] < p.T)
+      p.lse[int64_t(bh) * p.T + row[hh]] = m[hh] + log2f(l[hh]) + row_bias;
   }
   // The warp's rows of sQ are read by no one else: stage the output there (WG: in the
   // first K buffer, once every warp is past its last product).
@@ -367,14 +434,20 @@ template <int D> __host__ __device__ constexpr int dq_min_blocks() { return D ==
 
 // WG: the three products on wgmma (D 64, sm_90a; wgmma.cuh), as in the forward; the tiles
 // start at the first 1024-byte boundary (1 KB of slack).
-template <int D, bool ALIBI, bool WG>
-__global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kernel(const Params p) {
+// TMA: Q and dO go straight to registers, K/V tiles come by TMA into a 3-stage ring
+// (the forward's pipeline); the output is staged through the first K buffer.
+template <int D, bool ALIBI, bool WG, bool TMA>
+__global__ void __launch_bounds__(kThreads, dq_min_blocks<D>())
+    swa_bwd_dq_kernel(const Params p, const __grid_constant__ KvMaps maps) {
   static_assert(!WG || D == 64, "the wgmma products are written for head dim 64");
+  static_assert(!TMA || WG, "the TMA loads feed the wgmma kernel");
+  constexpr int S = TMA ? 3 : 2;  // K/V stages
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
-  __nv_bfloat16* sO = sQ + kTile * D;  // dO
-  __nv_bfloat16* sK = sO + kTile * D;  // 2 buffers
-  __nv_bfloat16* sV = sK + 2 * kTile * D;
+  __nv_bfloat16* sO = TMA ? sQ : sQ + kTile * D;  // dO
+  __nv_bfloat16* sK = TMA ? sQ : sO + kTile * D;
+  __nv_bfloat16* sV = sK + S * kTile * D;
+  uint64_t* full = reinterpret_cast<uint64_t*>(sV + S * kTile * D);  // TMA, as in the forward
 
   const int q0 = blockIdx.x * kTile;
   const int bh = blockIdx.y + p.bh0, b = bh / p.Hq, h = bh % p.Hq, hkv = h / p.G;
@@ -383,23 +456,46 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kerne
   const int rows = min(kTile, p.T - q0);
 
   const __nv_bfloat16* qbase = p.q + b * p.sqb + h * p.sqh;
-  load_tile<kTile, D, kThreads>(sQ, rows, [&](int r) { return qbase + int64_t(q0 + r) * p.sqt; });
-  load_tile<kTile, D, kThreads>(sO, rows,
-                      [&](int r) { return p.dout + (int64_t(bh) * p.T + q0 + r) * D; });
+  if constexpr (!TMA) {
+    load_tile<kTile, D, kThreads>(sQ, rows, [&](int r) { return qbase + int64_t(q0 + r) * p.sqt; });
+    load_tile<kTile, D, kThreads>(sO, rows,
+                        [&](int r) { return p.dout + (int64_t(bh) * p.T + q0 + r) * D; });
+  }
   int lo, hi;
   key_band(p, q0, &lo, &hi);
   const int items = hi - lo + 1;
   const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
   const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
-  auto load_kv = [&](int item) {
-    const int k0 = (lo + item) * kTile, buf = item & 1, nk = min(kTile, p.T - k0);
-    load_tile<kTile, D, kThreads>(sK + buf * kTile * D, nk,
-                        [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
-    load_tile<kTile, D, kThreads>(sV + buf * kTile * D, nk,
-                        [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
+  auto load_kv = [&](int item) {  // TMA: thread 0 only
+    const int k0 = (lo + item) * kTile, buf = item % S;
+    if constexpr (TMA) {
+      mbar_expect_tx(&full[buf], 2 * kTile * D * 2);
+      tma_load_4d(sK + buf * kTile * D, &maps.k, &full[buf], 0, k0, hkv, b);
+      tma_load_4d(sV + buf * kTile * D, &maps.v, &full[buf], 0, k0, hkv, b);
+    } else {
+      const int nk = min(kTile, p.T - k0);
+      load_tile<kTile, D, kThreads>(sK + buf * kTile * D, nk,
+                          [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
+      load_tile<kTile, D, kThreads>(sV + buf * kTile * D, nk,
+                          [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
+    }
   };
-  load_kv(0);
-  cp_async_commit();
+  if constexpr (TMA) {
+    if (threadIdx.x == 0) {
+#pragma unroll
+      for (int i = 0; i < S; ++i) {
+        mbar_init(&full[i], 1);
+      }
+      mbar_fence_init();
+#pragma unroll
+      for (int i = 0; i < S - 1; ++i)
+        if (i < items) load_kv(i);
+    }
+    __syncthreads();
+  } else {
+    load_kv(0);
+    cp_async_commit();
+  }
 
   const float slope2 = ALIBI ? p.slopes[h] * kLog2e : 0.f;
   const int row[2] = {q0 + wr + g, q0 + wr + g + 8};
@@ -422,19 +518,32 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kerne
   // memory for each tile (registers).
   constexpr bool kRegA = D == 64;
   uint32_t qf[kRegA ? D / 16 : 1][4], of[kRegA ? D / 16 : 1][4];
+  if constexpr (TMA) {
+    const __nv_bfloat16* obase = p.dout + int64_t(bh) * p.T * D;
+    load_afrag_global<D>(qf, row[0] < p.T ? qbase + int64_t(row[0]) * p.sqt : nullptr,
+                         row[1] < p.T ? qbase + int64_t(row[1]) * p.sqt : nullptr);
+    load_afrag_global<D>(of, row[0] < p.T ? obase + int64_t(row[0]) * D : nullptr,
+                         row[1] < p.T ? obase + int64_t(row[1]) * D : nullptr);
+  }
 
   for (int item = 0; item < items; ++item) {
-    if (item + 1 < items) load_kv(item + 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    // The tensor cores read through the async proxy (see the forward).
-    if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
-    if (kRegA && item == 0) {
-      load_afrag<D>(qf, sQ, wr);
-      load_afrag<D>(of, sO, wr);
+    const int k0 = (lo + item) * kTile, buf = item % S;
+    if constexpr (TMA) {
+      __syncthreads();  // as in the forward
+      if (threadIdx.x == 0 && item + S - 1 < items) load_kv(item + S - 1);
+      mbar_wait(&full[buf], (item / S) & 1);
+    } else {
+      if (item + 1 < items) load_kv(item + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+      // The tensor cores read through the async proxy (see the forward).
+      if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+      if (kRegA && item == 0) {
+        load_afrag<D>(qf, sQ, wr);
+        load_afrag<D>(of, sO, wr);
+      }
     }
-    const int k0 = (lo + item) * kTile, buf = item & 1;
     const __nv_bfloat16* tK = sK + buf * kTile * D;
     const __nv_bfloat16* tV = sV + buf * kTile * D;
     float s[kTile / 8][4], dp[kTile / 8][4];
@@ -474,29 +583,39 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>()) swa_bwd_dq_kerne
     } else {
       mma_pb<D>(dq, dp, tK);
     }
-    __syncthreads();  // every warp is done with this buffer before it is refilled
+    if (!TMA) __syncthreads();  // every warp is done with this buffer before it is refilled
   }
   const float mul[2] = {p.scale, p.scale};
-  // sQ's rows of this warp are no longer read (fragments are in registers).
+  // sQ's rows of this warp are no longer read (fragments are in registers; TMA: sQ is
+  // the first K buffer, free once every warp is past its last product).
+  if (TMA) __syncthreads();
   if (wr < rows)
     store_rows<D>(dq, mul, sQ + wr * D, rows - wr,
                   [&](int r) { return p.dq + (int64_t(bh) * p.T + q0 + wr + r) * D; });
 }
 
+// 2 CTAs per SM at D 64. (TMA: capped for 3, the kernel spilled 96 bytes and ran 20%
+// slower than at 2; docs/benchmarks.md, session 8.)
 template <int D> __host__ __device__ constexpr int dkv_min_blocks() { return D == 64 ? 2 : 1; }
 
 // WG: the four products on wgmma (D 64, sm_90a; wgmma.cuh): the warpgroup's 64 rows are
 // the CTA's 64 keys; the tiles start at the first 1024-byte boundary (1 KB of slack).
-template <int D, bool ALIBI, bool WG>
-__global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_kernel(const Params p) {
+// TMA: K and V go straight to registers; Q, dO, lse and Di come by TMA into a 3-stage
+// ring with the forward's pipeline; the outputs are staged through the first Q and dO buffers.
+template <int D, bool ALIBI, bool WG, bool TMA>
+__global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>())
+    swa_bwd_dkv_kernel(const Params p, const __grid_constant__ QoMaps maps) {
   static_assert(!WG || D == 64, "the wgmma products are written for head dim 64");
+  static_assert(!TMA || WG, "the TMA loads feed the wgmma kernel");
+  constexpr int S = TMA ? 3 : 2;  // stages of the Q / dO / lse / Di ring
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
-  __nv_bfloat16* sV = sK + kTile * D;
-  __nv_bfloat16* sQ = sV + kTile * D;      // 2 buffers
-  __nv_bfloat16* sO = sQ + 2 * kTile * D;  // dO, 2 buffers
-  float* sL = reinterpret_cast<float*>(sO + 2 * kTile * D);  // lse, 2 x kTile
-  float* sD = sL + 2 * kTile;                                  // Di, 2 x kTile
+  __nv_bfloat16* sV = TMA ? sK : sK + kTile * D;
+  __nv_bfloat16* sQ = TMA ? sK : sV + kTile * D;  // S buffers
+  __nv_bfloat16* sO = sQ + S * kTile * D;         // dO, S buffers
+  float* sL = reinterpret_cast<float*>(sO + S * kTile * D);  // lse, S x kTile
+  float* sD = sL + S * kTile;                                  // Di, S x kTile
+  uint64_t* full = reinterpret_cast<uint64_t*>(sD + S * kTile);  // TMA
 
   const int k0 = blockIdx.x * kTile;
   const int bkv = blockIdx.y + p.bh0, b = bkv / p.Hkv, hkv = bkv % p.Hkv;
@@ -504,10 +623,14 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_ker
   const int wr = warp * 16;
   const int nkeys = min(kTile, p.T - k0);
 
-  load_tile<kTile, D, kThreads>(sK, nkeys,
-                      [&](int r) { return p.k + b * p.skb + hkv * p.skh + int64_t(k0 + r) * p.skt; });
-  load_tile<kTile, D, kThreads>(sV, nkeys,
-                      [&](int r) { return p.v + b * p.svb + hkv * p.svh + int64_t(k0 + r) * p.svt; });
+  if constexpr (!TMA) {
+    load_tile<kTile, D, kThreads>(sK, nkeys, [&](int r) {
+      return p.k + b * p.skb + hkv * p.skh + int64_t(k0 + r) * p.skt;
+    });
+    load_tile<kTile, D, kThreads>(sV, nkeys, [&](int r) {
+      return p.v + b * p.svb + hkv * p.svh + int64_t(k0 + r) * p.svt;
+    });
+  }
 
   // Query tiles of the band, for each head of the group.
   int lo, hi;
@@ -520,10 +643,18 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_ker
   }
   const int per_head = hi - lo + 1;
   const int items = per_head * p.G;
-  auto load_q = [&](int item) {
+  auto load_q = [&](int item) {  // TMA: thread 0 only
     const int hq = hkv * p.G + item / per_head, q0 = (lo + item % per_head) * kTile;
-    const int buf = item & 1, rows = min(kTile, p.T - q0);
+    const int buf = item % S, rows = min(kTile, p.T - q0);
     const int64_t bh = int64_t(b) * p.Hq + hq;
+    if constexpr (TMA) {
+      mbar_expect_tx(&full[buf], 2 * kTile * D * 2 + 2 * kTile * 4);
+      tma_load_4d(sQ + buf * kTile * D, &maps.q, &full[buf], 0, q0, hq, b);
+      tma_load_4d(sO + buf * kTile * D, &maps.o, &full[buf], 0, q0, hq, b);
+      tma_load_2d(sL + buf * kTile, &maps.lse, &full[buf], q0, int(bh));
+      tma_load_2d(sD + buf * kTile, &maps.di, &full[buf], q0, int(bh));
+      return;
+    }
     load_tile<kTile, D, kThreads>(sQ + buf * kTile * D, rows, [&](int r) {
       return p.q + b * p.sqb + hq * p.sqh + int64_t(q0 + r) * p.sqt;
     });
@@ -536,8 +667,22 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_ker
       cp_async4((i < kTile ? sL : sD) + buf * kTile + r, src, valid);
     }
   };
-  load_q(0);
-  cp_async_commit();
+  if constexpr (TMA) {
+    if (threadIdx.x == 0) {
+#pragma unroll
+      for (int i = 0; i < S; ++i) {
+        mbar_init(&full[i], 1);
+      }
+      mbar_fence_init();
+#pragma unroll
+      for (int i = 0; i < S - 1; ++i)
+        if (i < items) load_q(i);
+    }
+    __syncthreads();
+  } else {
+    load_q(0);
+    cp_async_commit();
+  }
 
   float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
@@ -551,18 +696,33 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_ker
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) visible_queries(p, key[hh], &vlo[hh], &vhi[hh]);
 
+  if constexpr (TMA) {
+    const __nv_bfloat16* kb = p.k + b * p.skb + hkv * p.skh;
+    const __nv_bfloat16* vb = p.v + b * p.svb + hkv * p.svh;
+    load_afrag_global<D>(kf, key[0] < p.T ? kb + int64_t(key[0]) * p.skt : nullptr,
+                         key[1] < p.T ? kb + int64_t(key[1]) * p.skt : nullptr);
+    load_afrag_global<D>(vf, key[0] < p.T ? vb + int64_t(key[0]) * p.svt : nullptr,
+                         key[1] < p.T ? vb + int64_t(key[1]) * p.svt : nullptr);
+  }
+
   for (int item = 0; item < items; ++item) {
-    if (item + 1 < items) load_q(item + 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
-    if (kRegA && item == 0) {
-      load_afrag<D>(kf, sK, wr);
-      load_afrag<D>(vf, sV, wr);
+    const int buf = item % S;
+    if constexpr (TMA) {
+      __syncthreads();  // as in the forward
+      if (threadIdx.x == 0 && item + S - 1 < items) load_q(item + S - 1);
+      mbar_wait(&full[buf], (item / S) & 1);
+    } else {
+      if (item + 1 < items) load_q(item + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+      if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+      if (kRegA && item == 0) {
+        load_afrag<D>(kf, sK, wr);
+        load_afrag<D>(vf, sV, wr);
+      }
     }
     const int hq = hkv * p.G + item / per_head, q0 = (lo + item % per_head) * kTile;
-    const int buf = item & 1;
     const __nv_bfloat16* tQ = sQ + buf * kTile * D;
     const __nv_bfloat16* tO = sO + buf * kTile * D;
     const float* tL = sL + buf * kTile;
@@ -618,14 +778,20 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>()) swa_bwd_dkv_ker
       mma_pb<D>(dv, s, tO);
       mma_pb<D>(dk, dp, tQ);
     }
-    __syncthreads();  // every warp is done with this buffer before it is refilled
+    if (!TMA) __syncthreads();  // every warp is done with this buffer before it is refilled
   }
-  // Each warp's rows of sK / sV are read by no other warp: stage the results there.
+  // Each warp's rows of sK / sV are read by no other warp: stage the results there (TMA:
+  // in the first Q and dO buffers, once every warp is past its last product).
+  if (TMA) __syncthreads();
+  __nv_bfloat16* stage_k = TMA ? sQ : sK;
+  __nv_bfloat16* stage_v = TMA ? sO : sV;
   const float one[2] = {1.f, 1.f}, sc[2] = {p.scale, p.scale};
   if (wr < nkeys) {
     const int64_t base = (int64_t(bkv) * p.T + k0 + wr) * D;
-    store_rows<D>(dk, sc, sK + wr * D, nkeys - wr, [&](int r) { return p.dk + base + int64_t(r) * D; });
-    store_rows<D>(dv, one, sV + wr * D, nkeys - wr, [&](int r) { return p.dv + base + int64_t(r) * D; });
+    store_rows<D>(dk, sc, stage_k + wr * D, nkeys - wr,
+                  [&](int r) { return p.dk + base + int64_t(r) * D; });
+    store_rows<D>(dv, one, stage_v + wr * D, nkeys - wr,
+                  [&](int r) { return p.dv + base + int64_t(r) * D; });
   }
 }
 
@@ -640,12 +806,13 @@ template <typename K> cudaError_t prepare(K kernel, size_t smem) {
 }
 
 // Grid (tiles along T, (b, head) pairs), sliced into launches of at most 65535 in y.
-template <typename K>
-cudaError_t launch_sliced(K kernel, Params p, int pairs, size_t smem, cudaStream_t s) {
+template <typename K, typename... Extra>
+cudaError_t launch_sliced(K kernel, Params p, int pairs, size_t smem, cudaStream_t s,
+                          const Extra&... extra) {
   for (int y0 = 0; y0 < pairs; y0 += 65535) {
     p.bh0 = y0;
     dim3 grid((p.T + kTile - 1) / kTile, min(65535, pairs - y0));
-    kernel<<<grid, kThreads, smem, s>>>(p);
+    kernel<<<grid, kThreads, smem, s>>>(p, extra...);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
@@ -658,24 +825,55 @@ bool use_wgmma(int D) {
   static const bool on = wgmma_enabled("LCM_SWA_WGMMA");
   return on && D == 64;
 }
+// Whether the wgmma kernels load through TMA (LCM_SWA_TMA=0: their cp.async form).
+bool use_tma(int D) {
+  static const bool on = tma_enabled("LCM_SWA_WGMMA", "LCM_SWA_TMA");
+  return on && D == 64;
+}
 
-template <int D, bool ALIBI, bool WG> cudaError_t launch_fwd_t(const Params& p, cudaStream_t s) {
-  auto kernel = swa_fwd_kernel<D, ALIBI, WG>;
-  const size_t smem = WG ? size_t(2 * kFwdStages) * kTile * D * 2 + 1024
+// The k and v descriptors of p's tensors, false when TMA does not take their layout.
+bool kv_maps(const Params& p, KvMaps* m) {
+  const int64_t dims[4] = {64, p.T, p.Hkv, p.B};
+  const int64_t sk[3] = {p.skt, p.skh, p.skb}, sv[3] = {p.svt, p.svh, p.svb};
+  return encode_rows_map(&m->k, p.k, 4, dims, sk, kTile) &&
+         encode_rows_map(&m->v, p.v, 4, dims, sv, kTile);
+}
+
+// The dk/dv kernel's descriptors (p.di set), false when TMA does not take the layouts (the
+// lse and Di rows need T a multiple of 4).
+bool qo_maps(const Params& p, QoMaps* m) {
+  const int64_t dims[4] = {64, p.T, p.Hq, p.B};
+  const int64_t sq[3] = {p.sqt, p.sqh, p.sqb};
+  const int64_t so[3] = {64, int64_t(p.T) * 64, int64_t(p.Hq) * p.T * 64};  // dO contiguous
+  const int64_t rows = int64_t(p.B) * p.Hq;
+  return encode_rows_map(&m->q, p.q, 4, dims, sq, kTile) &&
+         encode_rows_map(&m->o, p.dout, 4, dims, so, kTile) &&
+         encode_vec_map(&m->lse, p.lse, rows, p.T, kTile) &&
+         encode_vec_map(&m->di, p.di, rows, p.T, kTile);
+}
+
+template <int D, bool ALIBI, bool WG, bool TMA>
+cudaError_t launch_fwd_t(const Params& p, const KvMaps& maps, cudaStream_t s) {
+  auto kernel = swa_fwd_kernel<D, ALIBI, WG, TMA>;
+  // WG: 1 KB of slack to align the tiles; TMA: and the stages' barriers.
+  const size_t smem = WG ? size_t(2 * kFwdStages) * kTile * D * 2 + 1024 + (TMA ? 128 : 0)
                          : size_t(1 + 2 * kFwdStages) * kTile * D * 2;
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
-  return launch_sliced(kernel, p, p.B * p.Hq, smem, s);
+  return launch_sliced(kernel, p, p.B * p.Hq, smem, s, maps);
 }
 
 template <int D, bool ALIBI> cudaError_t launch_fwd(const Params& p, cudaStream_t s) {
-  if constexpr (D == 64)
-    if (use_wgmma(D)) return launch_fwd_t<D, ALIBI, true>(p, s);
-  return launch_fwd_t<D, ALIBI, false>(p, s);
+  KvMaps maps{};
+  if constexpr (D == 64) {
+    if (use_tma(D) && kv_maps(p, &maps)) return launch_fwd_t<D, ALIBI, true, true>(p, maps, s);
+    if (use_wgmma(D)) return launch_fwd_t<D, ALIBI, true, false>(p, maps, s);
+  }
+  return launch_fwd_t<D, ALIBI, false, false>(p, maps, s);
 }
 
-template <int D, bool ALIBI, bool WG>
-cudaError_t launch_bwd_t(const Params& p, float* di, cudaStream_t s) {
+template <int D, bool ALIBI, bool WG, bool TMA>
+cudaError_t launch_bwd_t(const Params& p, float* di, const KvMaps& maps, cudaStream_t s) {
   const int64_t rows = int64_t(p.B) * p.Hq * p.T;
   const int64_t threads = rows * (D / 8);
   swa_bwd_di_kernel<D><<<(threads + 255) / 256, 256, 0, s>>>(p.o, p.dout, di, rows);
@@ -685,24 +883,33 @@ cudaError_t launch_bwd_t(const Params& p, float* di, cudaStream_t s) {
   pp.di = di;
   const size_t slack = WG ? 1024 : 0;  // to align the tiles
   {
-    auto kernel = swa_bwd_dq_kernel<D, ALIBI, WG>;
-    const size_t smem = size_t(6) * kTile * D * 2 + slack;
+    auto kernel = swa_bwd_dq_kernel<D, ALIBI, WG, TMA>;
+    // Q, dO and 2 K/V stages; TMA: 3 K/V stages and their barriers.
+    const size_t smem = size_t(6) * kTile * D * 2 + slack + (TMA ? 128 : 0);
     if ((e = prepare(kernel, smem)) != cudaSuccess) return e;
-    if ((e = launch_sliced(kernel, pp, p.B * p.Hq, smem, s)) != cudaSuccess) return e;
+    if ((e = launch_sliced(kernel, pp, p.B * p.Hq, smem, s, maps)) != cudaSuccess) return e;
   }
   {
-    auto kernel = swa_bwd_dkv_kernel<D, ALIBI, WG>;
-    const size_t smem = size_t(6) * kTile * D * 2 + 4 * kTile * 4 + slack;
+    QoMaps qo{};
+    const bool tma = TMA && qo_maps(pp, &qo);
+    auto kernel =
+        tma ? swa_bwd_dkv_kernel<D, ALIBI, WG, TMA> : swa_bwd_dkv_kernel<D, ALIBI, WG, false>;
+    // K, V and 2 stages of Q / dO / lse / Di; TMA: no K / V tiles, 3 stages and barriers.
+    const size_t smem = tma ? size_t(3) * (2 * kTile * D * 2 + 2 * kTile * 4) + slack + 128
+                            : size_t(6) * kTile * D * 2 + 4 * kTile * 4 + slack;
     if ((e = prepare(kernel, smem)) != cudaSuccess) return e;
-    if ((e = launch_sliced(kernel, pp, p.B * p.Hkv, smem, s)) != cudaSuccess) return e;
+    if ((e = launch_sliced(kernel, pp, p.B * p.Hkv, smem, s, qo)) != cudaSuccess) return e;
   }
   return cudaSuccess;
 }
 
 template <int D, bool ALIBI> cudaError_t launch_bwd(const Params& p, float* di, cudaStream_t s) {
-  if constexpr (D == 64)
-    if (use_wgmma(D)) return launch_bwd_t<D, ALIBI, true>(p, di, s);
-  return launch_bwd_t<D, ALIBI, false>(p, di, s);
+  KvMaps maps{};
+  if constexpr (D == 64) {
+    if (use_tma(D) && kv_maps(p, &maps)) return launch_bwd_t<D, ALIBI, true, true>(p, di, maps, s);
+    if (use_wgmma(D)) return launch_bwd_t<D, ALIBI, true, false>(p, di, maps, s);
+  }
+  return launch_bwd_t<D, ALIBI, false, false>(p, di, maps, s);
 }
 
 Params make_params(const void* q, const void* k, const void* v, const float* slopes,
