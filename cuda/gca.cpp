@@ -11,6 +11,10 @@ int lcm_gca_max_kctx_bwd();
 int lcm_gca_fwd_launch(const void* q, const void* k, const void* v, const float* w, void* o,
                        float* lse, const int64_t* strides, int B, int Hq, int Hkv, int Q, int K,
                        int KCTX, int D, float scale, int one, cudaStream_t s);
+int lcm_gca_fwd_gather_launch(const void* q, const void* mem_k, const void* mem_v,
+                              const int64_t* gather, const float* w, void* o, float* lse,
+                              const int64_t* strides, int B, int Hq, int Hkv, int Q, int K,
+                              int KCTX, int64_t M, int D, float scale, int one, cudaStream_t s);
 int lcm_gca_bwd_launch(const void* q, const void* k, const void* v, const float* w,
                        const void* dout, const float* lse, void* dq, void* dk, void* dv,
                        float* dw_partial, float* scratch, const int64_t* strides, int B, int Hq,
@@ -118,6 +122,99 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_raw(const Pr
   return {dq, dk, dv, dwp.sum(1)};
 }
 
+// --- GCA reading a chunk memory: k/v (M, K_CTX, Hkv, D), query chunk b reading the rows
+// idx[b] (B, K) int64. The forward gathers inside the kernel where it can (Hopper, TMA,
+// head dim 64, K_CTX 64); the backward (and the forward elsewhere) gathers with
+// index_select and adds the chunks' gradients back into the memory's rows.
+
+// The chunks idx names, as the plain kernels take them: (B, Hkv, K, K_CTX, D), a view of
+// the gathered copy.
+at::Tensor gather_chunks(const at::Tensor& mem, const at::Tensor& idx) {
+  return mem.index_select(0, idx.reshape({-1}))
+      .view({idx.size(0), idx.size(1), mem.size(1), mem.size(2), mem.size(3)})
+      .permute({0, 3, 1, 2, 4});
+}
+
+Shape check_gather_inputs(const at::Tensor& q, const at::Tensor& mem_k, const at::Tensor& mem_v,
+                          const at::Tensor& idx, const at::Tensor& w) {
+  TORCH_CHECK(q.is_cuda() && mem_k.is_cuda() && mem_v.is_cuda() && w.is_cuda(),
+              "gca_gathered: tensors must be on a CUDA device");
+  TORCH_CHECK(q.dim() == 4 && mem_k.dim() == 4 && mem_v.sizes() == mem_k.sizes(),
+              "gca_gathered: q ", q.sizes(), " must be (B, Hq, Q, D), memory k ", mem_k.sizes(),
+              " and v ", mem_v.sizes(), " (M, K_CTX, Hkv, D)");
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && mem_k.scalar_type() == at::kBFloat16 &&
+                  mem_v.scalar_type() == at::kBFloat16,
+              "gca_gathered: the kernel takes bfloat16 q and memory (got ", q.scalar_type(), ")");
+  TORCH_CHECK(idx.dim() == 2 && idx.scalar_type() == at::kLong && idx.size(0) == q.size(0) &&
+                  idx.device() == q.device(),
+              "gca_gathered: indices ", idx.sizes(), " must be int64 (B, K) on q's device, B = ",
+              q.size(0));
+  Shape s{int(q.size(0)), int(q.size(1)), int(mem_k.size(2)), int(q.size(2)),
+          int(idx.size(1)), int(mem_k.size(1)), int(q.size(3))};
+  TORCH_CHECK(mem_k.size(3) == s.D && s.Hkv > 0 && s.Hq % s.Hkv == 0 && w.dim() == 2 &&
+                  w.size(0) == s.B && w.size(1) == s.K,
+              "gca_gathered: q ", q.sizes(), ", memory ", mem_k.sizes(), ", indices ",
+              idx.sizes(), " and weights ", w.sizes(), " disagree");
+  TORCH_CHECK(s.D == 64 || s.D == 128, "gca_gathered: head dim ", s.D, " unsupported (64 or 128)");
+  TORCH_CHECK(s.K >= 1 && s.KCTX >= 1 && s.Q >= 1 && s.B >= 1 && mem_k.size(0) >= 1,
+              "gca_gathered: empty input");
+  return s;
+}
+
+// (o, lse) as forward_raw's, for the chunks idx names.
+std::tuple<at::Tensor, at::Tensor> gather_forward_raw(const at::Tensor& q_in,
+                                                      const at::Tensor& mem_k_in,
+                                                      const at::Tensor& mem_v_in,
+                                                      const at::Tensor& idx_in,
+                                                      const at::Tensor& w_in, double scale,
+                                                      bool one) {
+  const Shape s = check_gather_inputs(q_in, mem_k_in, mem_v_in, idx_in, w_in);
+  auto q = rows_ready(q_in), mk = rows_ready(mem_k_in), mv = rows_ready(mem_v_in);
+  auto idx = idx_in.contiguous();
+  auto w = w_in.to(at::kFloat).contiguous();
+  TORCH_CHECK(scale > 0, "gca: the kernel takes a positive scale (got ", scale, ")");
+  c10::cuda::CUDAGuard guard(q.device());
+  auto o = at::empty({s.B, s.Hq, s.Q, s.D}, q.options());
+  auto lse = at::empty({s.B, s.Hq, s.K, s.Q}, q.options().dtype(at::kFloat));
+  const int64_t st[9] = {q.stride(0),  q.stride(1),  q.stride(2),  mk.stride(0), mk.stride(1),
+                         mk.stride(2), mv.stride(0), mv.stride(1), mv.stride(2)};
+  const int status = lcm_gca_fwd_gather_launch(
+      q.data_ptr(), mk.data_ptr(), mv.data_ptr(), idx.data_ptr<int64_t>(), w.data_ptr<float>(),
+      o.data_ptr(), lse.data_ptr<float>(), st, s.B, s.Hq, s.Hkv, s.Q, s.K, s.KCTX, mk.size(0),
+      s.D, float(scale), one ? 1 : 0, at::cuda::getCurrentCUDAStream());
+  if (status == cudaErrorNotSupported)
+    return forward_raw(prepare(q, gather_chunks(mk, idx), gather_chunks(mv, idx), w), scale, one);
+  LCM_CHECK_LAUNCH(status, "gca_gathered forward launch");
+  return {o, lse};
+}
+
+struct GcaGatherFunction : public torch::autograd::Function<GcaGatherFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                            const at::Tensor& mem_k, const at::Tensor& mem_v,
+                            const at::Tensor& idx, const at::Tensor& w, double scale, bool one) {
+    auto [o, lse] = gather_forward_raw(q, mem_k, mem_v, idx, w, scale, one);
+    ctx->save_for_backward({q, mem_k, mem_v, idx, w, lse});
+    ctx->saved_data["scale"] = scale;
+    return o;
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &mem_k = saved[1], &mem_v = saved[2], &idx = saved[3];
+    Prepared in = prepare(saved[0], gather_chunks(mem_k, idx), gather_chunks(mem_v, idx), saved[4]);
+    auto [dq, dk, dv, dw] =
+        backward_raw(in, saved[5], grads[0], ctx->saved_data["scale"].toDouble());
+    // (B, Hkv, K, K_CTX, D) -> the memory's rows, summed where chunks repeat.
+    auto scatter = [&](const at::Tensor& mem, const at::Tensor& d) {
+      auto rows = d.permute({0, 2, 3, 1, 4}).reshape({-1, mem.size(1), mem.size(2), mem.size(3)});
+      return at::zeros_like(mem).index_add_(0, idx.reshape({-1}), rows.to(mem.scalar_type()));
+    };
+    return {dq, scatter(mem_k, dk), scatter(mem_v, dv), at::Tensor(), dw, at::Tensor(),
+            at::Tensor()};
+  }
+};
+
 struct GcaFunction : public torch::autograd::Function<GcaFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& k, const at::Tensor& v, const at::Tensor& w,
@@ -149,6 +246,30 @@ int lcm_gca(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v, const
     // The cast sits outside the Function so that autograd carries dw back to w's dtype.
     auto wf = w->to(at::kFloat);
     *o = new at::Tensor(GcaFunction::apply(*q, *k, *v, wf, scale, one != 0));
+  });
+}
+
+// o = GCA(q, the chunks idx (B, K) names in the memory mem_k / mem_v (M, K_CTX, Hkv, D),
+// weights), differentiable in q, mem_k, mem_v and weights.
+int lcm_gca_gathered(const at::Tensor* q, const at::Tensor* mem_k, const at::Tensor* mem_v,
+                     const at::Tensor* idx, const at::Tensor* w, double scale, int one,
+                     at::Tensor** o) {
+  return lcm::guarded("gca_gathered", [&] {
+    auto wf = w->to(at::kFloat);
+    *o = new at::Tensor(
+        GcaGatherFunction::apply(*q, *mem_k, *mem_v, *idx, wf, scale, one != 0));
+  });
+}
+
+// Its forward alone (o, lse), for the benchmark.
+int lcm_gca_gathered_forward_raw(const at::Tensor* q, const at::Tensor* mem_k,
+                                 const at::Tensor* mem_v, const at::Tensor* idx,
+                                 const at::Tensor* w, double scale, int one, at::Tensor** o,
+                                 at::Tensor** lse) {
+  return lcm::guarded("gca_gathered_forward_raw", [&] {
+    auto [oo, ll] = gather_forward_raw(*q, *mem_k, *mem_v, *idx, *w, scale, one != 0);
+    *o = new at::Tensor(oo);
+    *lse = new at::Tensor(ll);
   });
 }
 

@@ -47,6 +47,9 @@ struct FwdParams {
   const float* w;          // (B, K) contiguous
   __nv_bfloat16* o;        // (B, Hq, Q, D) contiguous
   float* lse;              // (B, Hq, K, Q) contiguous
+  // Non-null: k and v are a chunk memory (M, KCTX, Hkv, D) (the maps say how) and query
+  // chunk b reads its rows gather[b * K + c], (B, K) contiguous (the TMA kernel only).
+  const int64_t* gather;
   int64_t sqb, sqh, sqq, skb, skh, skc, skk, svb, svh, svc, svk;
   int B, Hq, Hkv, G, Q, K, KCTX;
   float scale_log2;
@@ -106,9 +109,13 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
   __nv_bfloat16* sK = WG ? sQ : sQ + kRows * D;  // S buffers of kFwdTile x D
   __nv_bfloat16* sV = sK + S * kFwdTile * D;  // S buffers
   uint64_t* full = reinterpret_cast<uint64_t*>(sV + S * kFwdTile * D);  // TMA
+  int* sIdx = reinterpret_cast<int*>(full + S);  // TMA, gathered: the K memory rows read
 
-  const int bh = blockIdx.x;  // b * Hkv + hkv
-  const int b = bh / p.Hkv, hkv = bh % p.Hkv;
+  // Gathered from a chunk memory, the CTAs of one kv head run together (the head's memory,
+  // read by neighbouring query chunks, then stays in L2); otherwise b-major.
+  const bool gathered = TMA && p.gather != nullptr;
+  const int b = gathered ? blockIdx.x % p.B : blockIdx.x / p.Hkv;
+  const int hkv = gathered ? blockIdx.x / p.B : blockIdx.x % p.Hkv;
   const int row0 = blockIdx.y * kRows;  // first row of this pass within the G*Q rows
   const int nrows_total = p.G * p.Q;
   const int rows = min(kRows, nrows_total - row0);
@@ -129,8 +136,13 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
     const int c = item / ntiles, j = item % ntiles, buf = item % S;
     if constexpr (TMA) {
       mbar_expect_tx(&full[buf], 2 * kFwdTile * D * 2);
-      tma_load_5d(sK + buf * kFwdTile * D, &maps.k, &full[buf], 0, 0, c, hkv, b);
-      tma_load_5d(sV + buf * kFwdTile * D, &maps.v, &full[buf], 0, 0, c, hkv, b);
+      if (gathered) {  // box (d, one head, the chunk's 64 keys, one memory row)
+        tma_load_4d(sK + buf * kFwdTile * D, &maps.k, &full[buf], 0, hkv, 0, sIdx[c]);
+        tma_load_4d(sV + buf * kFwdTile * D, &maps.v, &full[buf], 0, hkv, 0, sIdx[c]);
+      } else {
+        tma_load_5d(sK + buf * kFwdTile * D, &maps.k, &full[buf], 0, 0, c, hkv, b);
+        tma_load_5d(sV + buf * kFwdTile * D, &maps.v, &full[buf], 0, 0, c, hkv, b);
+      }
     } else {
       const int key0 = j * kFwdTile, nk = min(kFwdTile, p.KCTX - key0);
       load_tile<kFwdTile, D, kThreads>(sK + buf * kFwdTile * D, nk,
@@ -140,17 +152,18 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
     }
   };
   if constexpr (TMA) {
+    if (gathered && int(threadIdx.x) < p.K) sIdx[threadIdx.x] = int(p.gather[b * p.K + threadIdx.x]);
     if (threadIdx.x == 0) {
 #pragma unroll
-      for (int i = 0; i < S; ++i) {
-        mbar_init(&full[i], 1);
-      }
+      for (int i = 0; i < S; ++i) mbar_init(&full[i], 1);
       mbar_fence_init();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
 #pragma unroll
       for (int i = 0; i < S - 1; ++i)
         if (i < items) load_kv(i);
     }
-    __syncthreads();
   } else {
     // Prologue: S-1 tiles in flight (one commit group each, empty past the end).
 #pragma unroll
@@ -236,12 +249,9 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
           for (int e = 0; e < 4; ++e)
             if (n * 8 + 2 * t + (e & 1) >= nvalid) s[n][e] = -INFINITY;
       }
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int n = 0; n < kFwdTile / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
-      float alpha[2], rs[2] = {0.f, 0.f}, neg[2];
+      float mx[2];
+      frag_row_max<kFwdTile / 8>(s, mx);
+      float alpha[2], rs[2], neg[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
@@ -254,10 +264,8 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
 #pragma unroll
       for (int n = 0; n < kFwdTile / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[n][e] = exp2f(fmaf(s[n][e], p.scale_log2, neg[e >> 1]));
-          rs[e >> 1] += s[n][e];
-        }
+        for (int e = 0; e < 4; ++e) s[n][e] = exp2f(fmaf(s[n][e], p.scale_log2, neg[e >> 1]));
+      frag_row_sum<kFwdTile / 8>(s, rs);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 1);
@@ -670,6 +678,11 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
 // Launchers.
 
 template <int D> size_t fwd_smem() { return size_t(kRows + 2 * fwd_stages<D>() * kFwdTile) * D * 2; }
+// WG: no Q tile, 1 KB of slack to align the rings; TMA: and the stages' barriers and the
+// gathered rows (K <= 32).
+template <int D> size_t fwd_smem_wg(bool tma) {
+  return fwd_smem<D>() - size_t(kRows) * D * 2 + 1024 + (tma ? 256 : 0);
+}
 template <int D, int KT> size_t bwd_smem() {
   return size_t(2 * kRows * D + 4 * KT * D + 2 * kRows * KT) * 2 + kWarps * 4;
 }
@@ -713,14 +726,36 @@ cudaError_t launch_fwd_t(const FwdParams& p, cudaStream_t s) {
   auto kernel = tma  ? gca_fwd_kernel<D, ONE, SINGLE, kWg, kWg>
                 : wg ? gca_fwd_kernel<D, ONE, SINGLE, kWg, false>
                      : gca_fwd_kernel<D, ONE, SINGLE, false, false>;
-  // WG: no Q tile, 1 KB of slack to align the rings; TMA: and the stages' barriers.
-  const size_t smem =
-      wg ? fwd_smem<D>() - size_t(kRows) * D * 2 + 1024 + (tma ? 128 : 0) : fwd_smem<D>();
+  const size_t smem = wg ? fwd_smem_wg<D>(tma) : fwd_smem<D>();
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
   const int npass = (p.G * p.Q + kRows - 1) / kRows;
   dim3 grid(p.B * p.Hkv, npass);
   kernel<<<grid, kThreads, smem, s>>>(p, maps);
+  return cudaGetLastError();
+}
+
+// The gathered forward (p.gather set): k/v a chunk memory (M, KCTX, Hkv, D), strides in
+// elements sk/sv = (row, key, head); descriptors of (d, head, key, row) boxes of one
+// head's 64 keys. cudaErrorNotSupported where only the host can gather (no TMA, another
+// shape): the bridge then gathers and calls the plain forward.
+template <bool ONE>
+cudaError_t launch_fwd_gather(const FwdParams& p, int64_t M, const int64_t* sk,
+                              const int64_t* sv, cudaStream_t s) {
+  KvMaps maps{};
+  const int64_t dims[4] = {64, p.Hkv, p.KCTX, M};
+  const int64_t stk[3] = {sk[2], sk[1], sk[0]}, stv[3] = {sv[2], sv[1], sv[0]};
+  const int box[4] = {64, 1, kFwdTile, 1};
+  if (p.KCTX != kFwdTile || p.K > 32 || !use_wgmma(64, true) || !use_tma() ||
+      !encode_box_map(&maps.k, p.k, 4, dims, stk, box) ||
+      !encode_box_map(&maps.v, p.v, 4, dims, stv, box))
+    return cudaErrorNotSupported;
+  auto kernel = gca_fwd_kernel<64, ONE, true, true, true>;
+  const size_t smem = fwd_smem_wg<64>(true);
+  cudaError_t e = prepare(kernel, smem);
+  if (e != cudaSuccess) return e;
+  const int npass = (p.G * p.Q + kRows - 1) / kRows;
+  kernel<<<dim3(p.B * p.Hkv, npass), kThreads, smem, s>>>(p, maps);
   return cudaGetLastError();
 }
 
@@ -777,7 +812,7 @@ int lcm_gca_fwd_launch(const void* q, const void* k, const void* v, const float*
                        float* lse, const int64_t* strides, int B, int Hq, int Hkv, int Q, int K,
                        int KCTX, int D, float scale, int one, cudaStream_t s) {
   using namespace lcm::gca;
-  FwdParams p;
+  FwdParams p{};
   p.q = static_cast<const __nv_bfloat16*>(q);
   p.k = static_cast<const __nv_bfloat16*>(k);
   p.v = static_cast<const __nv_bfloat16*>(v);
@@ -792,6 +827,30 @@ int lcm_gca_fwd_launch(const void* q, const void* k, const void* v, const float*
   if (D == 64) return one ? launch_fwd<64, true>(p, s) : launch_fwd<64, false>(p, s);
   if (D == 128) return one ? launch_fwd<128, true>(p, s) : launch_fwd<128, false>(p, s);
   return cudaErrorInvalidValue;
+}
+
+// The forward reading a chunk memory through `gather` (B, K) int64 (rows of mem_k/mem_v,
+// (M, KCTX, Hkv, D)); strides: q (b, h, q), mem_k (row, key, head), mem_v (row, key, head).
+// Head dim 64, K_CTX 64 on Hopper with TMA, else cudaErrorNotSupported.
+int lcm_gca_fwd_gather_launch(const void* q, const void* mem_k, const void* mem_v,
+                              const int64_t* gather, const float* w, void* o, float* lse,
+                              const int64_t* strides, int B, int Hq, int Hkv, int Q, int K,
+                              int KCTX, int64_t M, int D, float scale, int one, cudaStream_t s) {
+  using namespace lcm::gca;
+  if (D != 64) return cudaErrorNotSupported;
+  FwdParams p{};
+  p.q = static_cast<const __nv_bfloat16*>(q);
+  p.k = static_cast<const __nv_bfloat16*>(mem_k);
+  p.v = static_cast<const __nv_bfloat16*>(mem_v);
+  p.w = w;
+  p.o = static_cast<__nv_bfloat16*>(o);
+  p.lse = lse;
+  p.gather = gather;
+  p.sqb = strides[0], p.sqh = strides[1], p.sqq = strides[2];
+  p.B = B, p.Hq = Hq, p.Hkv = Hkv, p.G = Hq / Hkv, p.Q = Q, p.K = K, p.KCTX = KCTX;
+  p.scale_log2 = scale * 1.4426950408889634f;
+  return one ? launch_fwd_gather<true>(p, M, strides + 3, strides + 6, s)
+             : launch_fwd_gather<false>(p, M, strides + 3, strides + 6, s);
 }
 
 int lcm_gca_bwd_launch(const void* q, const void* k, const void* v, const float* w,

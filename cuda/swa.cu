@@ -38,8 +38,6 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTile = 64;  // query rows and keys per tile
 constexpr float kLog2e = 1.4426950408889634f;
-// The forward's running max moves only by more than this (log2 units): see its lazy rescale.
-constexpr float kLazyMax = 8.f;
 
 struct Params {
   const __nv_bfloat16* q;  // (B, Hq, T, D), strides sqb, sqh, sqt; d contiguous
@@ -341,32 +339,17 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
     }
     float mx[2];
     frag_row_max<kTile / 8>(s, mx);
-    float mn[2], neg[2], rs[2];
+    float alpha[2], neg[2], rs[2];
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
       mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
       mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-      mn[hh] = fmaxf(m[hh], ALIBI ? mx[hh] : mx[hh] * p.scale_log2);
+      const float mn = fmaxf(m[hh], ALIBI ? mx[hh] : mx[hh] * p.scale_log2);
+      const float ms = mn == -INFINITY ? 0.f : mn;  // a row with nothing visible yet
+      alpha[hh] = exp2f(m[hh] - ms);
+      m[hh] = mn;
+      neg[hh] = -ms;
     }
-    // Lazy rescaling (FlashAttention-4's): the running max moves, and acc and l are
-    // rescaled, only when some row of the warp gained more than kLazyMax (log2 units); the
-    // probabilities then stay below 2^kLazyMax, harmless in fp32 (acc, l) and in bf16 (P),
-    // and the tiles of a band whose max settled skip the 32 FMULs.
-    if (__any_sync(0xffffffffu, mn[0] > m[0] + kLazyMax || mn[1] > m[1] + kLazyMax)) {
-      float alpha[2];
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        alpha[hh] = exp2f(m[hh] - (mn[hh] == -INFINITY ? 0.f : mn[hh]));
-        m[hh] = mn[hh];
-        l[hh] *= alpha[hh];
-      }
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
-    }
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) neg[hh] = m[hh] == -INFINITY ? 0.f : -m[hh];  // nothing visible yet
 #pragma unroll
     for (int n = 0; n < kTile / 8; ++n)
 #pragma unroll
@@ -376,7 +359,11 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
       }
     frag_row_sum<kTile / 8>(s, rs);
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) l[hh] += rs[hh];
+    for (int hh = 0; hh < 2; ++hh) l[hh] = l[hh] * alpha[hh] + rs[hh];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
     if constexpr (WG) {
       // Waited before the next iteration's barrier, after which this stage is reloaded.
       wg_pv64_wait(acc, s, tV);

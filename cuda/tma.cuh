@@ -131,22 +131,23 @@ inline EncodeTiledFn encode_tiled_fn() {
   return fn;
 }
 
-// A bf16 tensor of `rank` dimensions (innermost first: 64 contiguous columns, then rows,
-// then any others; `dims` and the element `strides` of dimensions 1..rank-1) read in boxes
-// of `box_rows` rows, 128-byte swizzled. Returns false when the driver has no TMA or the
-// layout is not one it takes (a stride not a multiple of 16 bytes, an unaligned base): the
-// caller then keeps its cp.async kernel.
-inline bool encode_rows_map(CUtensorMap* map, const void* base, int rank, const int64_t* dims,
-                            const int64_t* strides, int box_rows) {
+// A bf16 tensor of `rank` dimensions (innermost first, dims[0] = 64 contiguous columns;
+// `dims` and the element `strides` of dimensions 1..rank-1) read in boxes of `box`
+// elements per dimension (box[0] = 64), 128-byte swizzled: a box's rows of 64 columns
+// land as one swizzled tile. Returns false when the driver has no TMA or the layout is not
+// one it takes (a stride not a multiple of 16 bytes, an unaligned base): the caller then
+// keeps its cp.async kernel (or gathers on the host).
+inline bool encode_box_map(CUtensorMap* map, const void* base, int rank, const int64_t* dims,
+                           const int64_t* strides, const int* box) {
   const EncodeTiledFn encode = encode_tiled_fn();
-  if (encode == nullptr || rank < 2 || rank > 5 || dims[0] != 64 ||
+  if (encode == nullptr || rank < 2 || rank > 5 || dims[0] != 64 || box[0] != 64 ||
       reinterpret_cast<uintptr_t>(base) % 16 != 0)
     return false;
   cuuint64_t gdim[5], gstride[4];
-  cuuint32_t box[5], elem[5];
+  cuuint32_t boxd[5], elem[5];
   for (int i = 0; i < rank; ++i) {
     gdim[i] = cuuint64_t(dims[i]);
-    box[i] = i == 0 ? 64 : i == 1 ? cuuint32_t(box_rows) : 1;
+    boxd[i] = cuuint32_t(box[i]);
     elem[i] = 1;
   }
   for (int i = 1; i < rank; ++i) {
@@ -156,9 +157,17 @@ inline bool encode_rows_map(CUtensorMap* map, const void* base, int rank, const 
     gstride[i - 1] = s;
   }
   return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, cuuint32_t(rank), const_cast<void*>(base),
-                gdim, gstride, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                gdim, gstride, boxd, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// The common case: boxes of `box_rows` rows of dimension 1 (one tile of a (.., rows, 64)
+// tensor).
+inline bool encode_rows_map(CUtensorMap* map, const void* base, int rank, const int64_t* dims,
+                            const int64_t* strides, int box_rows) {
+  const int box[5] = {64, box_rows, 1, 1, 1};
+  return encode_box_map(map, base, rank, dims, strides, box);
 }
 
 // A 2-D fp32 tensor (`rows` vectors of `len` contiguous floats) read in boxes of `box`

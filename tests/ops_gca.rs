@@ -91,3 +91,27 @@ fn zero_slot_gives_the_off_by_one_softmax() {
     let b = gca_reference(&q, &k, &v, &w, 0.5, true);
     assert_close(&a, &b, "zeroed slot vs off-by-one");
 }
+
+/// The memory-reading form's reference is the plain reference on the gathered chunks, and
+/// `gca_gathered` dispatches to it on the CPU (bit for bit).
+#[test]
+fn gathered_reference_is_the_reference_on_gathered_chunks() {
+    use lcm::ops::gca::{gather_chunks, gca_gathered, gca_gathered_reference};
+    tch::manual_seed(10);
+    let opts = (Kind::Float, Device::Cpu);
+    let (b, m, hq, hkv, nq, nk, kctx, d) = (5, 7, 4, 2, 3, 3, 4, 8);
+    let q = Tensor::randn([b, hq, nq, d], opts);
+    let mk = Tensor::randn([m, kctx, hkv, d], opts);
+    let mv = Tensor::randn([m, kctx, hkv, d], opts);
+    let idx = Tensor::randint(m, [b, nk], (Kind::Int64, Device::Cpu));
+    let w = Tensor::rand([b, nk], opts);
+    let (k, v) = (gather_chunks(&mk, &idx), gather_chunks(&mv, &idx));
+    assert_eq!(k.size(), [b, hkv, nk, kctx, d]);
+    // Row r of the memory, head h, is chunk slot c of query chunk i when idx[i, c] = r.
+    let (i, c, h) = (3, 1, 1);
+    let r = idx.int64_value(&[i, c]);
+    assert!(k.get(i).get(h).get(c).equal(&mk.get(r).select(1, h)));
+    let want = lcm::ops::gca_reference(&q, &k, &v, &w, 0.3, true);
+    assert!(gca_gathered_reference(&q, &mk, &mv, &idx, &w, 0.3, true).equal(&want));
+    assert!(gca_gathered(&q, &mk, &mv, &idx, &w, 0.3, true).equal(&want));
+}

@@ -220,3 +220,75 @@ fn bridge_reports_errors() {
         .to_string();
     assert!(err.contains("gca") && err.contains("CUDA device"), "{err}");
 }
+
+/// The memory-reading form (`gca_gathered`, memory `(M, K_CTX, Hkv, D)` and int64 indices
+/// `(B, K)`, repeats included so that the memory's gradient sums chunks): its forward is
+/// bit-identical to the kernel on the gathered chunks (the TMA gather on Hopper at head dim
+/// 64 and K_CTX 64; the host gather elsewhere), and every gradient (q, memory k and v,
+/// weights) matches the reference within the tolerances above.
+#[cfg(lcm_cuda)]
+#[test]
+fn gathered_memory_matches_gathered_chunks() {
+    use lcm::ops::gca::{gather_chunks, gca_cuda, gca_gathered_cuda, gca_gathered_reference};
+    let Some(dev) = cuda_or_skip("gathered_memory_matches_gathered_chunks") else {
+        return;
+    };
+    tch::manual_seed(9);
+    // (B query chunks, M memory rows, Hq, Hkv, Q, K, K_CTX, D, softmax_one)
+    for &(b, m, hq, hkv, nq, nk, kctx, d, one) in &[
+        (24i64, 40i64, 4i64, 4i64, 64i64, 8i64, 64i64, 64i64, false), // the TMA gather
+        (7, 9, 4, 2, 64, 3, 64, 64, true),                            // GQA, K = 3
+        (5, 6, 2, 2, 16, 5, 16, 64, false),                           // K_CTX 16: the host gather
+        (3, 4, 2, 1, 8, 2, 64, 128, false), // head dim 128: the host gather
+    ] {
+        let tag = format!("B={b} M={m} Hq={hq} Hkv={hkv} Q={nq} K={nk} K_CTX={kctx} D={d}");
+        let opts = (Kind::BFloat16, dev);
+        let q = Tensor::randn([b, hq, nq, d], opts);
+        let mk = Tensor::randn([m, kctx, hkv, d], opts);
+        let mv = Tensor::randn([m, kctx, hkv, d], opts);
+        let idx = Tensor::randint(m, [b, nk], (Kind::Int64, dev));
+        let w = Tensor::rand([b, nk], (Kind::Float, dev)).softmax(-1, Kind::Float);
+        let dout = Tensor::randn([b, hq, nq, d], opts);
+        let scale = 1.0 / (d as f64).sqrt();
+
+        poison_cuda_allocator(dev);
+        let got = forward_and_grads(
+            |l| gca_gathered_cuda(&l[0], &l[1], &l[2], &idx, &l[3], scale, one).unwrap(),
+            &[&q, &mk, &mv, &w],
+            &dout,
+        );
+        let plain = tch::no_grad(|| {
+            gca_cuda(
+                &q,
+                &gather_chunks(&mk, &idx),
+                &gather_chunks(&mv, &idx),
+                &w,
+                scale,
+                one,
+            )
+            .unwrap()
+        });
+        assert!(
+            got[0].equal(&plain),
+            "{tag}: forward differs from the gathered chunks'"
+        );
+        let f32s: Vec<Tensor> = [&q, &mk, &mv]
+            .iter()
+            .map(|t| t.to_kind(Kind::Float))
+            .collect();
+        let want = forward_and_grads(
+            |l| gca_gathered_reference(&l[0], &l[1], &l[2], &idx, &l[3], scale, one),
+            &[&f32s[0], &f32s[1], &f32s[2], &w],
+            &dout,
+        );
+        for (i, name) in ["o", "dq", "dmem_k", "dmem_v", "dweights"]
+            .iter()
+            .enumerate()
+        {
+            let what = format!("{tag} {name}");
+            assert_rel_norm(&what, &got[i], &want[i], 1e-2);
+            assert_close_scaled(&what, &got[i], &want[i]);
+        }
+        eprintln!("ok: {tag}");
+    }
+}

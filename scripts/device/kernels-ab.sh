@@ -20,7 +20,7 @@ for envs in ${TEST_ENVS:--}; do
   done
 done
 only=""
-for b in ${BENCHES:-swa-w512 swa-w512-d128 enc-s64 gca-d64 gca-d128 hsa-64k}; do only="$only --only $b"; done
+for b in ${BENCHES:-swa-w512 swa-w512-d128 enc-s64 gca-d64 gca-d64-gather gca-d128 hsa-64k}; do only="$only --only $b"; done
 for round in 1 2; do
   for which in OLD BIN; do
     echo "== $which, round $round"

@@ -75,6 +75,11 @@ pub fn entries() -> Vec<Entry> {
             run: |b| gca(b, &GcaShape::new(4096, 12, 12, 64, 64, 8, 64)),
         },
         Entry {
+            name: "gca-d64-gather",
+            about: "GCA reading a chunk memory by index (gca_gathered), issue 6 shape: 16 rows of 257 chunks (B=4096 query chunks), Hq=Hkv=12, Q=64, D=64, K=8 of the chunks each may see, K_CTX=64",
+            run: |b| gca_gathered(b, &GcaShape::new(4096, 12, 12, 64, 64, 8, 64), 16),
+        },
+        Entry {
             name: "gca-d128",
             about: "GCA, head dim 128: B=2048, Hq=Hkv=12, Q=64, D=128, K=8, K_CTX=64",
             run: |b| gca(b, &GcaShape::new(2048, 12, 12, 64, 128, 8, 64)),
@@ -447,6 +452,97 @@ fn gca(bench: &KernelsBench, s: &GcaShape) -> Result<Vec<Row>> {
         ));
     }
     Ok(out)
+}
+
+/// GCA over a chunk memory: `rows` sequences of `s.b / rows + 1` chunks, memory `(M, K_CTX,
+/// Hkv, D)`; query chunk j of a row reads K chunks drawn at random (with repeats) from
+/// that row's chunks 0..=j, the ones its landmark may choose. Forward only (the backward is
+/// the plain one on a host gather). Bytes: the memory read once, q, o, lse, w, indices.
+fn gca_gathered(bench: &KernelsBench, s: &GcaShape, rows: i64) -> Result<Vec<Row>> {
+    let dev = bench.device;
+    let opts = (Kind::BFloat16, dev);
+    let c = s.b / rows + 1;
+    let m = rows * c;
+    let q = Tensor::randn([s.b, s.hq, s.q, s.d], opts);
+    let mem_k = Tensor::randn([m, s.kctx, s.hkv, s.d], opts);
+    let mem_v = Tensor::randn([m, s.kctx, s.hkv, s.d], opts);
+    let j = Tensor::arange(c - 1, (Kind::Int64, dev))
+        .repeat([rows])
+        .view([s.b, 1]);
+    let first = (Tensor::arange(rows, (Kind::Int64, dev)) * c)
+        .repeat_interleave_self_int(c - 1, 0, None)
+        .view([s.b, 1]);
+    let pick = (Tensor::rand([s.b, s.k], (Kind::Float, dev)) * (&j + 1).to_kind(Kind::Float))
+        .floor()
+        .to_kind(Kind::Int64)
+        .minimum(&j);
+    let idx = pick + first;
+    let w = Tensor::rand([s.b, s.k], (Kind::Float, dev)).softmax(-1, Kind::Float);
+    let scale = 1.0 / (s.d as f64).sqrt();
+    let bytes = (2 * m * s.kctx * s.hkv * s.d * 2
+        + 2 * s.b * s.hq * s.q * s.d * 2
+        + s.b * s.hq * s.k * s.q * 4
+        + s.b * s.k * 12) as f64;
+    let ms = gca_gathered_kernel_time(bench, &q, &mem_k, &mem_v, &idx, &w, scale)?;
+    let mut ref_ms = None;
+    if !bench.no_reference {
+        ref_ms = Some(tch::no_grad(|| {
+            median_ms_events(dev, 1, (bench.runs / 5).max(3), || {
+                let _ =
+                    crate::ops::gca_gathered_reference(&q, &mem_k, &mem_v, &idx, &w, scale, false);
+            })
+        }));
+    }
+    Ok(vec![Row {
+        kernel: "gca-gather".into(),
+        shape: format!("{} M{m}", s.label()),
+        pass: "fwd".into(),
+        ms,
+        flops: s.fwd_flops(),
+        bytes,
+        ref_ms,
+        sdpa_ms: None,
+        peak_tflops: bench.peak_tflops,
+        peak_gbps: bench.peak_gbps,
+    }])
+}
+
+#[cfg(lcm_cuda)]
+fn gca_gathered_kernel_time(
+    bench: &KernelsBench,
+    q: &Tensor,
+    mem_k: &Tensor,
+    mem_v: &Tensor,
+    idx: &Tensor,
+    w: &Tensor,
+    scale: f64,
+) -> Result<Option<f64>> {
+    use crate::ops::gca::gca_gathered_cuda_forward_raw;
+    if !bench.device.is_cuda() {
+        return Ok(None);
+    }
+    let _ = gca_gathered_cuda_forward_raw(q, mem_k, mem_v, idx, w, scale, false)?;
+    Ok(Some(median_ms_events(
+        bench.device,
+        bench.warmup,
+        bench.runs,
+        || {
+            let _ = gca_gathered_cuda_forward_raw(q, mem_k, mem_v, idx, w, scale, false).unwrap();
+        },
+    )))
+}
+
+#[cfg(not(lcm_cuda))]
+fn gca_gathered_kernel_time(
+    _bench: &KernelsBench,
+    _q: &Tensor,
+    _mem_k: &Tensor,
+    _mem_v: &Tensor,
+    _idx: &Tensor,
+    _w: &Tensor,
+    _scale: f64,
+) -> Result<Option<f64>> {
+    Ok(None)
 }
 
 #[cfg(lcm_cuda)]

@@ -89,6 +89,27 @@ extern "C" {
         o: *mut *mut C_tensor,
         lse: *mut *mut C_tensor,
     ) -> c_int;
+    pub fn lcm_gca_gathered(
+        q: *const C_tensor,
+        mem_k: *const C_tensor,
+        mem_v: *const C_tensor,
+        idx: *const C_tensor,
+        w: *const C_tensor,
+        scale: f64,
+        softmax_one: c_int,
+        o: *mut *mut C_tensor,
+    ) -> c_int;
+    pub fn lcm_gca_gathered_forward_raw(
+        q: *const C_tensor,
+        mem_k: *const C_tensor,
+        mem_v: *const C_tensor,
+        idx: *const C_tensor,
+        w: *const C_tensor,
+        scale: f64,
+        softmax_one: c_int,
+        o: *mut *mut C_tensor,
+        lse: *mut *mut C_tensor,
+    ) -> c_int;
     pub fn lcm_gca_backward_raw(
         q: *const C_tensor,
         k: *const C_tensor,

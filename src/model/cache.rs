@@ -138,6 +138,21 @@ impl ChunkStore {
     /// slots must be clamped by the caller) as `(k, v)` of shape `(N, ..., rows, Hkv, hd)`
     /// on the compute device.
     pub fn gather(&self, indices: &Tensor) -> (Tensor, Tensor) {
+        let (k, v, rows) = self.memory_rows(indices);
+        let pick = |t: &Tensor| {
+            let mut out = indices.size();
+            out.extend_from_slice(&t.size()[1..]);
+            t.index_select(0, &rows.reshape([-1]))
+                .reshape(out.as_slice())
+        };
+        (pick(&k), pick(&v))
+    }
+
+    /// The memory on the compute device as rows `(M, rows, Hkv, hd)` (k and v), and for
+    /// each entry of `indices` (as [`ChunkStore::gather`] takes them) its row: what
+    /// [`crate::ops::gca_gathered`] reads without a gathered copy. An offloaded store sends
+    /// only the distinct chunks named ([`ChunkStore::compact`]).
+    pub fn memory_rows(&self, indices: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (k, v, local) = match self.placement {
             Placement::Device => (
                 self.k.shallow_clone(),
@@ -149,18 +164,13 @@ impl ChunkStore {
         let n = indices.size()[0];
         let u = k.size()[1];
         let base = (Tensor::arange(n, (Kind::Int64, self.device)) * u).view([n, 1]);
-        let rows = (local.reshape([n, -1]) + base).reshape([-1]);
-        let pick = |t: &Tensor| {
-            let tail = &t.size()[2..];
-            let mut flat = vec![n * u];
-            flat.extend_from_slice(tail);
-            let mut out = indices.size();
-            out.extend_from_slice(tail);
-            t.reshape(flat.as_slice())
-                .index_select(0, &rows)
-                .reshape(out.as_slice())
+        let rows = (local.reshape([n, -1]) + base).reshape(indices.size().as_slice());
+        let flat = |t: &Tensor| {
+            let mut shape = vec![n * u];
+            shape.extend_from_slice(&t.size()[2..]);
+            t.reshape(shape.as_slice())
         };
-        (pick(&k), pick(&v))
+        (flat(&k), flat(&v), rows)
     }
 
     /// The distinct chunks `indices` names, gathered into `(k, v)` of shape

@@ -29,13 +29,23 @@ use super::layers::{embedding, linear, AttnMask, AttnSpec, Block, LmHead, RmsNor
 use super::LanguageModel;
 use crate::ops::{self, Retrieval};
 
-/// The memory read by one group's GCA layers: gathered chunks and their weights.
+/// The memory read by one group's GCA layers: the chunks each query chunk reads, and their
+/// weights.
 struct GroupMemory {
-    /// `(N*(C-1), Hkv, K, K_CTX, hd)`: for chunk c >= 1, the chunks landmark c-1 chose.
-    k: Tensor,
-    v: Tensor,
-    /// `(N*(C-1), K)`.
+    chunks: Chunks,
+    /// `(B, K)`, B the query chunks (`N*(C-1)` in training: chunk c >= 1 reads the chunks
+    /// landmark c-1 chose).
     weights: Tensor,
+}
+
+enum Chunks {
+    /// Gathered, `(B, Hkv, K, K_CTX, hd)`: in training one copy serves every layer of the
+    /// group and its gradient goes back to the memory in one index_add (reading in place,
+    /// each layer's backward would gather and add back on its own).
+    Gathered { k: Tensor, v: Tensor },
+    /// Rows `(B, K)` of a chunk memory `(M, K_CTX, Hkv, hd)` that GCA reads in place
+    /// (inference: no gathered copy, chunks that neighbouring queries share come from L2).
+    InMemory { k: Tensor, v: Tensor, rows: Tensor },
 }
 
 /// An upper layer: sliding-window self-attention, GCA, and the MLP fed by `r + gca`.
@@ -80,14 +90,13 @@ impl UpperLayer {
             .narrow(1, skip, reading)
             .reshape([n * reading, span, hq, hd])
             .transpose(1, 2);
-        let o = ops::gca(
-            &q,
-            &mem.k,
-            &mem.v,
-            &mem.weights,
-            1.0 / (hd as f64).sqrt(),
-            false,
-        );
+        let scale = 1.0 / (hd as f64).sqrt();
+        let o = match &mem.chunks {
+            Chunks::Gathered { k, v } => ops::gca(&q, k, v, &mem.weights, scale, false),
+            Chunks::InMemory { k, v, rows } => {
+                ops::gca_gathered(&q, k, v, rows, &mem.weights, scale, false)
+            }
+        };
         let o = o.transpose(1, 2).reshape([n, reading * span, hq * hd]);
         let o = self.o_proj.forward(&o);
         if skip == 0 {
@@ -284,8 +293,10 @@ impl Drt {
                 .permute([0, 3, 1, 2, 4])
         };
         GroupMemory {
-            k: pick(mem_k),
-            v: pick(mem_v),
+            chunks: Chunks::Gathered {
+                k: pick(mem_k),
+                v: pick(mem_v),
+            },
             weights: r.weights.narrow(1, 0, c - 1).reshape([n * (c - 1), nk]),
         }
     }
@@ -341,15 +352,13 @@ impl Drt {
     fn gather_served(&self, store: &ChunkStore, served: &Retrieval) -> GroupMemory {
         let s = served.indices.size(); // (N, c, K)
         let (n, c, nk) = (s[0], s[1], s[2]);
-        let (k, v) = store.gather(&served.gather_indices()); // (N, c, K, rows, Hkv, hd)
-        let ks = k.size();
-        let arrange = |m: Tensor| {
-            m.reshape([n * c, nk, ks[3], ks[4], ks[5]])
-                .permute([0, 3, 1, 2, 4])
-        };
+        let (k, v, rows) = store.memory_rows(&served.gather_indices());
         GroupMemory {
-            k: arrange(k),
-            v: arrange(v),
+            chunks: Chunks::InMemory {
+                k,
+                v,
+                rows: rows.reshape([n * c, nk]),
+            },
             weights: served.weights.reshape([n * c, nk]),
         }
     }

@@ -13,6 +13,11 @@
 //! instead and passes `false`. Tests: `tests/ops_gca.rs` (reference), `tests/ops_gca_cuda.rs`
 //! (kernel). Kernel: `cuda/gca.cu` (bf16, head dim 64/128, any K, K_CTX up to 128 with
 //! gradients), through the autograd Function of `cuda/gca.cpp`.
+//!
+//! [`gca_gathered`] is the same attention over chunks named by index in a chunk memory
+//! `(M, K_CTX, Hkv, D)` (the DRT's layout): on Hopper the forward kernel reads the chunks
+//! from the memory itself (TMA), so no gathered copy is made and chunks that neighbouring
+//! queries share come from L2.
 
 use tch::{Kind, Tensor};
 
@@ -176,6 +181,139 @@ pub fn gca_cuda_backward_raw(
             )
         })
     }
+}
+
+/// The chunks `idx` `(B, K)` names in a memory `(M, K_CTX, Hkv, D)`, as [`gca`] takes
+/// them: `(B, Hkv, K, K_CTX, D)`.
+pub fn gather_chunks(mem: &Tensor, idx: &Tensor) -> Tensor {
+    let (m, i) = (mem.size(), idx.size());
+    mem.index_select(0, &idx.reshape([-1]))
+        .view([i[0], i[1], m[1], m[2], m[3]])
+        .permute([0, 3, 1, 2, 4])
+}
+
+/// [`gca`] over the chunks `idx` (int64 `(B, K)`, rows of the memory) of the memory
+/// `mem_k`/`mem_v` `(M, K_CTX, Hkv, D)`: the reference (gather, then [`gca_reference`]).
+pub fn gca_gathered_reference(
+    q: &Tensor,
+    mem_k: &Tensor,
+    mem_v: &Tensor,
+    idx: &Tensor,
+    weights: &Tensor,
+    scale: f64,
+    softmax_one: bool,
+) -> Tensor {
+    let (k, v) = (gather_chunks(mem_k, idx), gather_chunks(mem_v, idx));
+    gca_reference(q, &k, &v, weights, scale, softmax_one)
+}
+
+/// Whether the kernel takes these inputs: those [`kernel_supports`] takes once gathered,
+/// int64 indices on q's device.
+pub fn gathered_kernel_supports(
+    q: &Tensor,
+    mem_k: &Tensor,
+    mem_v: &Tensor,
+    idx: &Tensor,
+    weights: &Tensor,
+) -> bool {
+    let (qs, m, i) = (q.size(), mem_k.size(), idx.size());
+    qs.len() == 4
+        && m.len() == 4
+        && i.len() == 2
+        && mem_v.size() == m
+        && q.device().is_cuda()
+        && idx.device() == q.device()
+        && idx.kind() == Kind::Int64
+        && [q.kind(), mem_k.kind(), mem_v.kind()] == [Kind::BFloat16; 3]
+        && matches!(qs[3], 64 | 128)
+        && m[3] == qs[3]
+        && m[0] >= 1
+        && m[2] > 0
+        && qs[1] % m[2] == 0
+        && i[0] == qs[0]
+        && i[1] >= 1
+        && (1..=KERNEL_MAX_KCTX).contains(&m[1])
+        && qs[2] >= 1
+        && weights.size() == [qs[0], i[1]]
+        && weights.device() == q.device()
+}
+
+/// The kernel of [`gca_gathered`] with autograd (the gradients of the memory are the
+/// chunks' gradients added into their rows).
+#[cfg(lcm_cuda)]
+pub fn gca_gathered_cuda(
+    q: &Tensor,
+    mem_k: &Tensor,
+    mem_v: &Tensor,
+    idx: &Tensor,
+    weights: &Tensor,
+    scale: f64,
+    softmax_one: bool,
+) -> Result<Tensor> {
+    let [o] = unsafe {
+        crate::cuda::ffi::call(|out| {
+            crate::cuda::ffi::lcm_gca_gathered(
+                q.as_ptr(),
+                mem_k.as_ptr(),
+                mem_v.as_ptr(),
+                idx.as_ptr(),
+                weights.as_ptr(),
+                scale,
+                softmax_one as i32,
+                &mut out[0],
+            )
+        })?
+    };
+    Ok(o)
+}
+
+/// Its forward kernel without autograd: `(o, lse)` as [`gca_cuda_forward_raw`]'s.
+#[cfg(lcm_cuda)]
+pub fn gca_gathered_cuda_forward_raw(
+    q: &Tensor,
+    mem_k: &Tensor,
+    mem_v: &Tensor,
+    idx: &Tensor,
+    weights: &Tensor,
+    scale: f64,
+    softmax_one: bool,
+) -> Result<(Tensor, Tensor)> {
+    let [o, lse] = unsafe {
+        crate::cuda::ffi::call(|out| {
+            let [a, b] = out;
+            crate::cuda::ffi::lcm_gca_gathered_forward_raw(
+                q.as_ptr(),
+                mem_k.as_ptr(),
+                mem_v.as_ptr(),
+                idx.as_ptr(),
+                weights.as_ptr(),
+                scale,
+                softmax_one as i32,
+                a,
+                b,
+            )
+        })?
+    };
+    Ok((o, lse))
+}
+
+/// GCA over chunks of a memory by whichever implementation suits the input: the kernel
+/// where [`gca`] would take the gathered chunks (and int64 indices), else the reference.
+pub fn gca_gathered(
+    q: &Tensor,
+    mem_k: &Tensor,
+    mem_v: &Tensor,
+    idx: &Tensor,
+    weights: &Tensor,
+    scale: f64,
+    softmax_one: bool,
+) -> Tensor {
+    #[cfg(lcm_cuda)]
+    if super::use_kernels(q.device()) && gathered_kernel_supports(q, mem_k, mem_v, idx, weights) {
+        return gca_gathered_cuda(q, mem_k, mem_v, idx, weights, scale, softmax_one)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    gca_gathered_reference(q, mem_k, mem_v, idx, weights, scale, softmax_one)
 }
 
 /// GCA by whichever implementation suits the input (see [`crate::ops`]): the kernel for

@@ -12,7 +12,7 @@ pub mod rmsnorm;
 pub mod swa;
 pub mod xent;
 
-pub use gca::{gca, gca_reference};
+pub use gca::{gca, gca_gathered, gca_gathered_reference, gca_reference};
 pub use hsa::{hsa, hsa_reference};
 pub use retrieval::{
     chunk_retrieval, chunk_retrieval_blocked, chunk_retrieval_reference, token_retrieval,
