@@ -1,7 +1,9 @@
 // Grouped Cross Attention (GCA): forward (training and inference) and backward, bf16 in,
 // fp32 accumulation, tensor cores (mma.sync m16n8k16 bf16 with ldmatrix; at head dim 64
 // with one key tile per chunk on sm_90a, warpgroup MMAs: wgmma.cuh, LCM_GCA_WGMMA=0 to turn
-// them off), cp.async loads into swizzled shared tiles.
+// them off), cp.async loads into swizzled shared tiles (on the wgmma path with K_CTX 64,
+// TMA loads: tma.cuh, LCM_GCA_TMA=0 to turn them off). The TMA forward also reads chunks
+// straight from a chunk memory by index (FwdParams::gather; ops::gca_gathered).
 //
 //   o[b,h,i]   = sum_c w[b,c] * o_c[b,h,i],   o_c = softmax_j(scale * q_i . k_{c,j}) v_{c,j}
 //   lse[b,h,c,i] = log2 of the per-chunk softmax denominator of the scaled logits in base 2

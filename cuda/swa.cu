@@ -1,8 +1,9 @@
 // Causal sliding-window attention (optionally with ALiBi) and bidirectional attention:
 // forward and backward, bf16 in, fp32 accumulation, tensor cores, FlashAttention-2 style:
 // at head dim 64 on sm_90a every product is a warpgroup MMA (wgmma.cuh; the CTA's 4 warps
-// are one warpgroup), otherwise mma.sync m16n8k16 with ldmatrix; cp.async loads into
-// swizzled shared tiles either way. LCM_SWA_WGMMA=0 selects mma.sync on Hopper too.
+// are one warpgroup) and the tiles come by TMA (tma.cuh; LCM_SWA_TMA=0 for cp.async),
+// otherwise mma.sync m16n8k16 with ldmatrix and cp.async loads, into swizzled shared tiles
+// either way. LCM_SWA_WGMMA=0 selects mma.sync on Hopper too.
 //
 //   causal:    query t sees keys t - window ..= t; score = scale * q.k - m_h * (t - s)
 //   otherwise: query t sees every key (bidirectional, no ALiBi)
