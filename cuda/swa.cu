@@ -187,6 +187,95 @@ __device__ __forceinline__ void load_afrag(uint32_t (*af)[4], const __nv_bfloat1
 // ---------------------------------------------------------------------------------------
 // Forward.
 
+// One key tile of the forward's online softmax for a warp's 16 rows, in three steps.
+//
+// Base-2 scores: without ALiBi the raw scores stay (scaled inside the exponent of
+// softmax_update, as scale > 0); with ALiBi s2 = scale_log2 * qk + slope2 * (col - row) less
+// its row part, slope2 * (col - q0): one value per column (16 FFMAs a tile, not 32), one
+// FFMA per score. Dropping -slope2 * (row - q0), constant along a row, shifts the row's
+// scores and its running max alike; the lse adds it back (softmax_finish). (q0, the query
+// tile's first row, not 0, keeps the biased scores small beside fp32's ulp.)
+template <int NF>
+__device__ __forceinline__ void alibi_scores(const Params& p, float (*s)[4], float slope2, int q0,
+                                             int k0) {
+  const int t = threadIdx.x & 3;
+  const float tb = slope2 * float(k0 + 2 * t - q0);
+  float bias[NF][2];
+#pragma unroll
+  for (int n = 0; n < NF; ++n)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) bias[n][j] = fmaf(slope2, float(n * 8 + j), tb);
+#pragma unroll
+  for (int n = 0; n < NF; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[n][e] = fmaf(s[n][e], p.scale_log2, bias[n][e & 1]);
+}
+
+// -inf for the keys outside each row half's [vlo, vhi].
+template <int NF>
+__device__ __forceinline__ void mask_scores(float (*s)[4], int k0, const int* vlo, const int* vhi) {
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int n = 0; n < NF; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int col = k0 + n * 8 + 2 * t + (e & 1);
+      if (col < vlo[e >> 1] || col > vhi[e >> 1]) s[n][e] = -INFINITY;
+    }
+}
+
+// The scores s become probabilities (fp32, in place); the running max m and sum l (per
+// row half) and the accumulator acc move with them.
+template <int D, bool ALIBI>
+__device__ __forceinline__ void softmax_update(const Params& p, float (*s)[4], float (*acc)[4],
+                                               float* m, float* l) {
+  constexpr int NF = kTile / 8;
+  float mx[2];
+  frag_row_max<NF>(s, mx);
+  float alpha[2], neg[2], rs[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+    mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+    const float mn = fmaxf(m[hh], ALIBI ? mx[hh] : mx[hh] * p.scale_log2);
+    const float ms = mn == -INFINITY ? 0.f : mn;  // a row with nothing visible yet
+    alpha[hh] = exp2f(m[hh] - ms);
+    m[hh] = mn;
+    neg[hh] = -ms;
+  }
+#pragma unroll
+  for (int n = 0; n < NF; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      s[n][e] = ALIBI ? exp2f(s[n][e] + neg[e >> 1])
+                      : exp2f(fmaf(s[n][e], p.scale_log2, neg[e >> 1]));
+  frag_row_sum<NF>(s, rs);
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) l[hh] = l[hh] * alpha[hh] + rs[hh];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
+}
+
+// After the last tile: l summed over the row's 4 threads, lse[row] written (rows < T), and
+// inv = 1 / l for the output.
+template <bool ALIBI>
+__device__ __forceinline__ void softmax_finish(const Params& p, float* m, float* l, float* inv,
+                                               const int* row, float slope2, int q0, int bh) {
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 1);
+    l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 2);
+    inv[hh] = 1.f / l[hh];
+    // ALiBi: the row part of the bias, left out of the scores (alibi_scores).
+    const float row_bias = ALIBI ? -slope2 * float(row[hh] - q0) : 0.f;
+    if (t == 0 && row[hh] < p.T)
+      p.lse[int64_t(bh) * p.T + row[hh]] = m[hh] + log2f(l[hh]) + row_bias;
+  }
+}
+
 constexpr int kFwdStages = 3;
 template <int D> __host__ __device__ constexpr int fwd_min_blocks() { return D == 64 ? 4 : 2; }
 
@@ -197,7 +286,11 @@ template <int D> __host__ __device__ constexpr int fwd_min_blocks() { return D =
 // docs/benchmarks.md): FlashAttention-3's overlap of one tile's P V with the next tile's
 // softmax (at 4 CTAs per SM: spills and one tile of prefetch instead of two; at 3 CTAs per
 // SM without either: fewer warpgroups cost more than the overlap gains), and two
-// warpgroups sharing a CTA's K/V stream (each then waits on the other at every tile).
+// warpgroups sharing a CTA's K/V stream (each then waits on the other at every tile). In
+// session 8 (TMA loads) two more: per-stage "empty" barriers in place of the CTA barrier
+// (5% slower), and one warpgroup running two query tiles' chains side by side (215
+// registers, 2 CTAs per SM: 4.2 cycles per instruction instead of 6.7, but 8 warps per SM
+// leave the issue slots 44% busy; 201-212 against 271-277 TFLOP/s).
 template <int D, bool ALIBI, bool WG, bool TMA>
 __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
     swa_fwd_kernel(const Params p, const __grid_constant__ KvMaps maps) {
@@ -213,7 +306,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
 
   const int q0 = blockIdx.x * kTile;
   const int bh = blockIdx.y + p.bh0, b = bh / p.Hq, h = bh % p.Hq, hkv = h / p.G;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
   const int wr = warp * 16;
   const int rows = min(kTile, p.T - q0);
 
@@ -311,60 +404,9 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
       mma_abt<D>(s, qf, tK);
     }
 
-    // Base-2 scores: without ALiBi the raw scores (scaled inside the exponent below, as
-    // scale > 0), with ALiBi the full s2 = scale_log2 * qk + slope2 * (s - t).
-    if (ALIBI) {
-      // The bias slope2 * (col - row) less its row part, slope2 * (col - q0): one value per
-      // column (16 FFMAs a tile, not 32), one FFMA per score. Dropping -slope2 * (row - q0),
-      // constant along a row, shifts the row's scores and its running max alike; the lse
-      // below adds it back. (q0, not 0, keeps the biased scores small beside fp32's ulp.)
-      const float tb = slope2 * float(k0 + 2 * t - q0);
-      float bias[kTile / 8][2];
-#pragma unroll
-      for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) bias[n][j] = fmaf(slope2, float(n * 8 + j), tb);
-#pragma unroll
-      for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[n][e] = fmaf(s[n][e], p.scale_log2, bias[n][e & 1]);
-    }
-    if (needs_mask(p, q0, k0)) {
-#pragma unroll
-      for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = k0 + n * 8 + 2 * t + (e & 1);
-          if (col < vlo[e >> 1] || col > vhi[e >> 1]) s[n][e] = -INFINITY;
-        }
-    }
-    float mx[2];
-    frag_row_max<kTile / 8>(s, mx);
-    float alpha[2], neg[2], rs[2];
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
-      mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-      const float mn = fmaxf(m[hh], ALIBI ? mx[hh] : mx[hh] * p.scale_log2);
-      const float ms = mn == -INFINITY ? 0.f : mn;  // a row with nothing visible yet
-      alpha[hh] = exp2f(m[hh] - ms);
-      m[hh] = mn;
-      neg[hh] = -ms;
-    }
-#pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[n][e] = ALIBI ? exp2f(s[n][e] + neg[e >> 1])
-                        : exp2f(fmaf(s[n][e], p.scale_log2, neg[e >> 1]));
-      }
-    frag_row_sum<kTile / 8>(s, rs);
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) l[hh] = l[hh] * alpha[hh] + rs[hh];
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
+    if (ALIBI) alibi_scores<kTile / 8>(p, s, slope2, q0, k0);
+    if (needs_mask(p, q0, k0)) mask_scores<kTile / 8>(s, k0, vlo, vhi);
+    softmax_update<D, ALIBI>(p, s, acc, m, l);
     if constexpr (WG) {
       // Waited before the next iteration's barrier, after which this stage is reloaded.
       wg_pv64_wait(acc, s, tV);
@@ -373,16 +415,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
     }
   }
   float inv[2];
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 1);
-    l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 2);
-    inv[hh] = 1.f / l[hh];
-    // ALiBi: the row part of the bias, left out of the scores above.
-    const float row_bias = ALIBI ? -slope2 * float(row[hh] - q0) : 0.f;
-    if (t == 0 && row[hh] < p.T)
-      p.lse[int64_t(bh) * p.T + row[hh]] = m[hh] + log2f(l[hh]) + row_bias;
-  }
+  softmax_finish<ALIBI>(p, m, l, inv, row, slope2, q0, bh);
   // The warp's rows of sQ are read by no one else: stage the output there (WG: in the
   // first K buffer, once every warp is past its last product).
   if (WG) __syncthreads();
@@ -854,7 +887,8 @@ cudaError_t launch_fwd_t(const Params& p, const KvMaps& maps, cudaStream_t s) {
 template <int D, bool ALIBI> cudaError_t launch_fwd(const Params& p, cudaStream_t s) {
   KvMaps maps{};
   if constexpr (D == 64) {
-    if (use_tma(D) && kv_maps(p, &maps)) return launch_fwd_t<D, ALIBI, true, true>(p, maps, s);
+    if (use_tma(D) && kv_maps(p, &maps))
+      return launch_fwd_t<D, ALIBI, true, true>(p, maps, s);
     if (use_wgmma(D)) return launch_fwd_t<D, ALIBI, true, false>(p, maps, s);
   }
   return launch_fwd_t<D, ALIBI, false, false>(p, maps, s);
