@@ -155,17 +155,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
   };
   if constexpr (TMA) {
     if (gathered && int(threadIdx.x) < p.K) sIdx[threadIdx.x] = int(p.gather[b * p.K + threadIdx.x]);
-    if (threadIdx.x == 0) {
-#pragma unroll
-      for (int i = 0; i < S; ++i) mbar_init(&full[i], 1);
-      mbar_fence_init();
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-#pragma unroll
-      for (int i = 0; i < S - 1; ++i)
-        if (i < items) load_kv(i);
-    }
+    tma_ring_start<S>(full, items, load_kv);  // (its barrier also publishes sIdx)
   } else {
     // Prologue: S-1 tiles in flight (one commit group each, empty past the end).
 #pragma unroll
@@ -196,9 +186,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
     // made through the generic one, are ordered before them by the proxy fence.
     const int c = item / ntiles, j = item % ntiles, buf = item % S;
     if constexpr (TMA) {
-      __syncthreads();  // as in the SWA forward
-      if (threadIdx.x == 0 && item + S - 1 < items) load_kv(item + S - 1);
-      mbar_wait(&full[buf], (item / S) & 1);
+      tma_ring_advance<S>(full, item, items, load_kv);
     } else {
       cp_async_wait<S - 2>();
       if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");

@@ -336,17 +336,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
     }
   };
   if constexpr (TMA) {
-    if (threadIdx.x == 0) {
-#pragma unroll
-      for (int i = 0; i < S; ++i) {
-        mbar_init(&full[i], 1);
-      }
-      mbar_fence_init();
-#pragma unroll
-      for (int i = 0; i < S - 1; ++i)
-        if (i < items) load_kv(i);
-    }
-    __syncthreads();
+    tma_ring_start<S>(full, items, load_kv);
   } else {
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) {
@@ -374,12 +364,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
   for (int item = 0; item < items; ++item) {
     const int k0 = (lo + item) * kTile, buf = item % S;
     if constexpr (TMA) {
-      // Every warp is past its products on the stage reloaded here (that of item - 1).
-      // (Measured: a per-stage "empty" barrier in place of this one, the refill issued
-      // once this item's S was done, ran 5% slower; docs/benchmarks.md, session 8.)
-      __syncthreads();
-      if (threadIdx.x == 0 && item + S - 1 < items) load_kv(item + S - 1);
-      mbar_wait(&full[buf], (item / S) & 1);
+      tma_ring_advance<S>(full, item, items, load_kv);
     } else {
       cp_async_wait<S - 2>();
       // The tensor cores read shared memory through the async proxy: the copies made
@@ -502,17 +487,7 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>())
     }
   };
   if constexpr (TMA) {
-    if (threadIdx.x == 0) {
-#pragma unroll
-      for (int i = 0; i < S; ++i) {
-        mbar_init(&full[i], 1);
-      }
-      mbar_fence_init();
-#pragma unroll
-      for (int i = 0; i < S - 1; ++i)
-        if (i < items) load_kv(i);
-    }
-    __syncthreads();
+    tma_ring_start<S>(full, items, load_kv);
   } else {
     load_kv(0);
     cp_async_commit();
@@ -550,9 +525,7 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>())
   for (int item = 0; item < items; ++item) {
     const int k0 = (lo + item) * kTile, buf = item % S;
     if constexpr (TMA) {
-      __syncthreads();  // as in the forward
-      if (threadIdx.x == 0 && item + S - 1 < items) load_kv(item + S - 1);
-      mbar_wait(&full[buf], (item / S) & 1);
+      tma_ring_advance<S>(full, item, items, load_kv);
     } else {
       if (item + 1 < items) load_kv(item + 1);
       cp_async_commit();
@@ -689,17 +662,7 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>())
     }
   };
   if constexpr (TMA) {
-    if (threadIdx.x == 0) {
-#pragma unroll
-      for (int i = 0; i < S; ++i) {
-        mbar_init(&full[i], 1);
-      }
-      mbar_fence_init();
-#pragma unroll
-      for (int i = 0; i < S - 1; ++i)
-        if (i < items) load_q(i);
-    }
-    __syncthreads();
+    tma_ring_start<S>(full, items, load_q);
   } else {
     load_q(0);
     cp_async_commit();
@@ -729,9 +692,7 @@ __global__ void __launch_bounds__(kThreads, dkv_min_blocks<D>())
   for (int item = 0; item < items; ++item) {
     const int buf = item % S;
     if constexpr (TMA) {
-      __syncthreads();  // as in the forward
-      if (threadIdx.x == 0 && item + S - 1 < items) load_q(item + S - 1);
-      mbar_wait(&full[buf], (item / S) & 1);
+      tma_ring_advance<S>(full, item, items, load_q);
     } else {
       if (item + 1 < items) load_q(item + 1);
       cp_async_commit();

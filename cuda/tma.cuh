@@ -110,6 +110,36 @@ __device__ __forceinline__ void tma_load_5d(void* dst, const CUtensorMap* map, u
 #endif
 }
 
+// A ring of S stages that thread 0 fills by TMA, item i into stage i % S (`fill(i)` issues
+// item i's loads and their expect_tx on full[i % S]), consumed in order by the whole CTA.
+// Start: the barriers initialised (the CTA synchronises) and the first S - 1 items asked
+// for.
+template <int S, typename Fill>
+__device__ __forceinline__ void tma_ring_start(uint64_t* full, int items, Fill fill) {
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int i = 0; i < S; ++i) mbar_init(&full[i], 1);
+    mbar_fence_init();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int i = 0; i < S - 1; ++i)
+      if (i < items) fill(i);
+  }
+}
+
+// The top of item's iteration: every thread is done with the stage item - 1 used (a CTA
+// barrier; per-stage "empty" barriers with the refill after the next product ran 5% slower
+// in the SWA forward, docs/benchmarks.md session 8), thread 0 refills it with item + S - 1,
+// and all wait until item's stage has landed.
+template <int S, typename Fill>
+__device__ __forceinline__ void tma_ring_advance(uint64_t* full, int item, int items, Fill fill) {
+  __syncthreads();
+  if (threadIdx.x == 0 && item + S - 1 < items) fill(item + S - 1);
+  mbar_wait(&full[item % S], (item / S) & 1);
+}
+
 // --- host side -----------------------------------------------------------------------
 
 // cuTensorMapEncodeTiled, looked up through the runtime so that nothing links libcuda;
