@@ -187,6 +187,29 @@ __device__ __forceinline__ void load_afrag(uint32_t (*af)[4], const __nv_bfloat1
 // ---------------------------------------------------------------------------------------
 // Forward.
 
+// The K and V tiles of keys k0.. (kv head hkv of batch b) into stage buf of an S-stage
+// ring: by TMA (thread 0 alone; full[buf] completes when they land) or by every thread's
+// cp.async (zero-filled past T).
+template <int D, int S, bool TMA>
+__device__ __forceinline__ void load_kv_tile(const Params& p, const KvMaps& maps,
+                                             __nv_bfloat16* sK, __nv_bfloat16* sV,
+                                             uint64_t* full, int k0, int buf, int hkv, int b) {
+  if constexpr (TMA) {
+    mbar_expect_tx(&full[buf], 2 * kTile * D * 2);
+    tma_load_4d(sK + buf * kTile * D, &maps.k, &full[buf], 0, k0, hkv, b);
+    tma_load_4d(sV + buf * kTile * D, &maps.v, &full[buf], 0, k0, hkv, b);
+  } else {
+    const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
+    const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
+    const int nk = min(kTile, p.T - k0);
+    load_tile<kTile, D, kThreads>(sK + buf * kTile * D, nk,
+                                  [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
+    load_tile<kTile, D, kThreads>(sV + buf * kTile * D, nk,
+                                  [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
+  }
+}
+
+
 // One key tile of the forward's online softmax for a warp's 16 rows, in three steps.
 //
 // Base-2 scores: without ALiBi the raw scores stay (scaled inside the exponent of
@@ -318,22 +341,8 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
   int lo, hi;
   key_band(p, q0, &lo, &hi);
   const int items = hi - lo + 1;
-  const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
-  const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
-  // TMA: called by thread 0 only.
-  auto load_kv = [&](int item) {
-    const int k0 = (lo + item) * kTile, buf = item % S;
-    if constexpr (TMA) {
-      mbar_expect_tx(&full[buf], 2 * kTile * D * 2);
-      tma_load_4d(sK + buf * kTile * D, &maps.k, &full[buf], 0, k0, hkv, b);
-      tma_load_4d(sV + buf * kTile * D, &maps.v, &full[buf], 0, k0, hkv, b);
-    } else {
-      const int nk = min(kTile, p.T - k0);
-      load_tile<kTile, D, kThreads>(sK + buf * kTile * D, nk,
-                          [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
-      load_tile<kTile, D, kThreads>(sV + buf * kTile * D, nk,
-                          [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
-    }
+  auto load_kv = [&](int item) {  // TMA: thread 0 only
+    load_kv_tile<D, S, TMA>(p, maps, sK, sV, full, (lo + item) * kTile, item % S, hkv, b);
   };
   if constexpr (TMA) {
     tma_ring_start<S>(full, items, load_kv);
@@ -470,21 +479,8 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>())
   int lo, hi;
   key_band(p, q0, &lo, &hi);
   const int items = hi - lo + 1;
-  const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
-  const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
   auto load_kv = [&](int item) {  // TMA: thread 0 only
-    const int k0 = (lo + item) * kTile, buf = item % S;
-    if constexpr (TMA) {
-      mbar_expect_tx(&full[buf], 2 * kTile * D * 2);
-      tma_load_4d(sK + buf * kTile * D, &maps.k, &full[buf], 0, k0, hkv, b);
-      tma_load_4d(sV + buf * kTile * D, &maps.v, &full[buf], 0, k0, hkv, b);
-    } else {
-      const int nk = min(kTile, p.T - k0);
-      load_tile<kTile, D, kThreads>(sK + buf * kTile * D, nk,
-                          [&](int r) { return kbase + int64_t(k0 + r) * p.skt; });
-      load_tile<kTile, D, kThreads>(sV + buf * kTile * D, nk,
-                          [&](int r) { return vbase + int64_t(k0 + r) * p.svt; });
-    }
+    load_kv_tile<D, S, TMA>(p, maps, sK, sV, full, (lo + item) * kTile, item % S, hkv, b);
   };
   if constexpr (TMA) {
     tma_ring_start<S>(full, items, load_kv);
