@@ -299,6 +299,8 @@ pub fn gca_gathered_cuda_forward_raw(
 
 /// GCA over chunks of a memory by whichever implementation suits the input: the kernel
 /// where [`gca`] would take the gathered chunks (and int64 indices), else the reference.
+/// Indices must lie in `0..M`: the reference fails on others, while the kernel's in-place
+/// read (unchecked, so that the forward needs no device sync) sees zeros past the end.
 pub fn gca_gathered(
     q: &Tensor,
     mem_k: &Tensor,
