@@ -313,7 +313,12 @@ template <int D> __host__ __device__ constexpr int fwd_min_blocks() { return D =
 // session 8 (TMA loads) two more: per-stage "empty" barriers in place of the CTA barrier
 // (5% slower), and one warpgroup running two query tiles' chains side by side (215
 // registers, 2 CTAs per SM: 4.2 cycles per instruction instead of 6.7, but 8 warps per SM
-// leave the issue slots 44% busy; 201-212 against 271-277 TFLOP/s).
+// leave the issue slots 44% busy; 201-212 against 271-277 TFLOP/s). In session 9 three
+// more, each slower: FlashAttention-3's warp specialisation (a TMA producer warpgroup and 2
+// or 3 consumer warpgroups of 64 rows sharing the K/V stream, setmaxnreg; 187-219), its
+// overlap inside this kernel's warpgroup (K and V in rings of their own; 4% slower) and
+// the rows' sums on the tensor cores (m64n8 products against ones; 4% slower). The GCA
+// forward keeps that overlap (gca.cu), where it gains.
 template <int D, bool ALIBI, bool WG, bool TMA>
 __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
     swa_fwd_kernel(const Params p, const __grid_constant__ KvMaps maps) {

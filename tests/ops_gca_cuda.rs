@@ -40,6 +40,9 @@ const CASES: &[Case] = &[
     (2, 2, 1, 64, 32, 64, 64, true, false, false),
     // Odd Q, K_CTX = 65, head dim 128.
     (2, 3, 3, 17, 3, 65, 128, false, true, false),
+    // 5 (b, kv head) units (no multiple of the warp-specialised forward's 2 or 3 per CTA),
+    // G = 2 with Q = 20 (one partial pass), K = 7 (more chunks than its ring's 4 stages).
+    (5, 2, 1, 20, 7, 64, 64, true, true, false),
     // G = 4, Q = 40: 160 rows in three passes, the last partial; K_CTX = 128.
     (1, 8, 2, 40, 5, 128, 64, true, true, true),
 ];

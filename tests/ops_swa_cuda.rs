@@ -42,6 +42,8 @@ const CASES: &[Case] = &[
     // Window 0 (each query sees itself) and a window not a multiple of 64.
     (1, 2, 1, 130, 64, Some(0), false, false),
     (2, 3, 3, 517, 64, Some(100), true, false),
+    // A window of 1000 keys: 17 key tiles per query tile, several laps of the K/V ring.
+    (1, 4, 4, 1300, 64, Some(1000), true, false),
     // T of 1 and of 63.
     (3, 2, 2, 1, 64, Some(512), true, false),
     (1, 2, 2, 63, 128, Some(512), false, true),
@@ -49,6 +51,7 @@ const CASES: &[Case] = &[
     (48, 4, 4, 64, 64, None, false, false),
     (16, 4, 2, 64, 128, None, false, true),
     (2, 4, 4, 300, 64, None, false, false),
+    (1, 2, 2, 700, 64, None, false, true),
     (3, 2, 1, 17, 64, None, false, false),
 ];
 
