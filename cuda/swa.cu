@@ -64,6 +64,7 @@ struct Params {
 // kernels that load through TMA; unused (zeros) by the others.
 struct KvMaps {
   CUtensorMap k, v;
+  CUtensorMap q;  // (b, head, t, d), 64-row boxes: the forward with Q in shared memory (QS)
 };
 // The dk/dv kernel's streams: q and dO tiles (b, head, t, d) and the lse and Di vectors
 // ((b, head), t; fp32, 64 per box).
@@ -299,8 +300,11 @@ __device__ __forceinline__ void softmax_finish(const Params& p, float* m, float*
   }
 }
 
-constexpr int kFwdStages = 3;
-template <int D> __host__ __device__ constexpr int fwd_min_blocks() { return D == 64 ? 4 : 2; }
+// QS (Q in shared memory): 2 stages, so that 5 CTAs fit an SM.
+template <bool QS> __host__ __device__ constexpr int fwd_stages() { return QS ? 2 : 3; }
+template <int D, bool QS> __host__ __device__ constexpr int fwd_min_blocks() {
+  return QS ? 5 : D == 64 ? 4 : 2;
+}
 
 // WG: the products on wgmma (D 64, sm_90a; wgmma.cuh) instead of mma.sync; the CTA's
 // 4 warps are then one warpgroup, Q goes straight to registers (no Q tile: 48 KB of
@@ -319,17 +323,23 @@ template <int D> __host__ __device__ constexpr int fwd_min_blocks() { return D =
 // overlap inside this kernel's warpgroup (K and V in rings of their own; 4% slower) and
 // the rows' sums on the tensor cores (m64n8 products against ones; 4% slower). The GCA
 // forward keeps that overlap (gca.cu), where it gains.
-template <int D, bool ALIBI, bool WG, bool TMA>
-__global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
+//
+// QS (with TMA): Q comes by TMA into a shared tile and S = Q K^T reads both operands from
+// shared memory, which frees the 16 registers of Q's fragments: 5 CTAs per SM (2 K/V
+// stages) instead of 4.
+template <int D, bool ALIBI, bool WG, bool TMA, bool QS = false>
+__global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
     swa_fwd_kernel(const Params p, const __grid_constant__ KvMaps maps) {
   static_assert(!WG || D == 64, "the wgmma products are written for head dim 64");
   static_assert(!TMA || WG, "the TMA loads feed the wgmma kernel");
-  constexpr int S = kFwdStages;
+  static_assert(!QS || TMA, "Q comes by TMA");
+  constexpr int S = fwd_stages<QS>();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
-  __nv_bfloat16* sK = WG ? sQ : sQ + kTile * D;
+  __nv_bfloat16* sK = WG && !QS ? sQ : sQ + kTile * D;
   __nv_bfloat16* sV = sK + S * kTile * D;
-  // TMA: stage i's K and V tiles have landed when full[i] completes a phase.
+  // TMA: stage i's K and V tiles have landed when full[i] completes a phase (QS: Q when
+  // full[S] does).
   uint64_t* full = reinterpret_cast<uint64_t*>(sV + S * kTile * D);
 
   const int q0 = blockIdx.x * kTile;
@@ -350,7 +360,12 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
     load_kv_tile<D, S, TMA>(p, maps, sK, sV, full, (lo + item) * kTile, item % S, hkv, b);
   };
   if constexpr (TMA) {
-    tma_ring_start<S>(full, items, load_kv);
+    if (QS && threadIdx.x == 0) mbar_init(&full[S], 1);
+    tma_ring_start<S>(full, items, load_kv);  // (its barrier publishes full[S] too)
+    if (QS && threadIdx.x == 0) {
+      mbar_expect_tx(&full[S], kTile * D * 2);
+      tma_load_4d(sQ, &maps.q, &full[S], 0, q0, h, b);
+    }
   } else {
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) {
@@ -360,7 +375,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
   }
 
   const float slope2 = ALIBI ? p.slopes[h] * kLog2e : 0.f;
-  uint32_t qf[D / 16][4];
+  uint32_t qf[QS ? 1 : D / 16][4];
   float acc[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n)
@@ -371,9 +386,10 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
   int vlo[2], vhi[2];  // the keys each row half sees
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) visible_keys(p, row[hh], &vlo[hh], &vhi[hh]);
-  if constexpr (WG)
+  if constexpr (WG && !QS)
     load_afrag_global<D>(qf, row[0] < p.T ? qbase + int64_t(row[0]) * p.sqt : nullptr,
                          row[1] < p.T ? qbase + int64_t(row[1]) * p.sqt : nullptr);
+  if constexpr (QS) mbar_wait(&full[S], 0);
 
   for (int item = 0; item < items; ++item) {
     const int k0 = (lo + item) * kTile, buf = item % S;
@@ -393,7 +409,9 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D>())
     const __nv_bfloat16* tV = sV + buf * kTile * D;
 
     float s[kTile / 8][4];
-    if constexpr (WG) {
+    if constexpr (QS) {
+      wg_qk64_ss_wait(s, sQ, tK);
+    } else if constexpr (WG) {
       wg_qk64_wait(s, qf, tK);
     } else {
 #pragma unroll
@@ -822,6 +840,22 @@ bool kv_maps(const Params& p, KvMaps* m) {
          encode_rows_map(&m->v, p.v, 4, dims, sv, kTile);
 }
 
+// The forward's q descriptor (QS), false when TMA does not take the layout.
+bool q_map(const Params& p, KvMaps* m) {
+  const int64_t dims[4] = {64, p.T, p.Hq, p.B};
+  const int64_t sq[3] = {p.sqt, p.sqh, p.sqb};
+  return encode_rows_map(&m->q, p.q, 4, dims, sq, kTile);
+}
+
+// Whether the TMA forward keeps Q in shared memory (QS; LCM_SWA_QSMEM=0: in registers).
+bool use_qsmem() {
+  static const bool on = [] {
+    const char* v = getenv("LCM_SWA_QSMEM");
+    return v == nullptr || v[0] != '0';
+  }();
+  return on;
+}
+
 // The dk/dv kernel's descriptors (p.di set), false when TMA does not take the layouts (the
 // lse and Di rows need T a multiple of 4).
 bool qo_maps(const Params& p, QoMaps* m) {
@@ -835,12 +869,13 @@ bool qo_maps(const Params& p, QoMaps* m) {
          encode_vec_map(&m->di, p.di, rows, p.T, kTile);
 }
 
-template <int D, bool ALIBI, bool WG, bool TMA>
+template <int D, bool ALIBI, bool WG, bool TMA, bool QS = false>
 cudaError_t launch_fwd_t(const Params& p, const KvMaps& maps, cudaStream_t s) {
-  auto kernel = swa_fwd_kernel<D, ALIBI, WG, TMA>;
-  // WG: 1 KB of slack to align the tiles; TMA: and the stages' barriers.
-  const size_t smem = WG ? size_t(2 * kFwdStages) * kTile * D * 2 + 1024 + (TMA ? 128 : 0)
-                         : size_t(1 + 2 * kFwdStages) * kTile * D * 2;
+  auto kernel = swa_fwd_kernel<D, ALIBI, WG, TMA, QS>;
+  constexpr int S = fwd_stages<QS>();
+  // WG: no Q tile (QS: one), 1 KB of slack to align the tiles; TMA: the barriers.
+  const size_t smem = WG ? size_t(2 * S + (QS ? 1 : 0)) * kTile * D * 2 + 1024 + (TMA ? 128 : 0)
+                         : size_t(1 + 2 * S) * kTile * D * 2;
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
   return launch_sliced(kernel, p, p.B * p.Hq, smem, s, maps);
@@ -849,8 +884,10 @@ cudaError_t launch_fwd_t(const Params& p, const KvMaps& maps, cudaStream_t s) {
 template <int D, bool ALIBI> cudaError_t launch_fwd(const Params& p, cudaStream_t s) {
   KvMaps maps{};
   if constexpr (D == 64) {
-    if (use_tma(D) && kv_maps(p, &maps))
+    if (use_tma(D) && kv_maps(p, &maps)) {
+      if (use_qsmem() && q_map(p, &maps)) return launch_fwd_t<D, ALIBI, true, true, true>(p, maps, s);
       return launch_fwd_t<D, ALIBI, true, true>(p, maps, s);
+    }
     if (use_wgmma(D)) return launch_fwd_t<D, ALIBI, true, false>(p, maps, s);
   }
   return launch_fwd_t<D, ALIBI, false, false>(p, maps, s);

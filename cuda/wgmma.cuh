@@ -95,6 +95,29 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (*c)[4], const uint32_t* a
 #endif
 }
 
+// The same with A from shared memory too (descriptor, 64 x 16, K-major).
+__device__ __forceinline__ void wgmma_m64n64k16_ss(float (*c)[4], uint64_t adesc, uint64_t bdesc,
+                                                   int accumulate) {
+#if LCM_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(c[0][0]), "+f"(c[0][1]), "+f"(c[0][2]), "+f"(c[0][3]), "+f"(c[1][0]),
+        "+f"(c[1][1]), "+f"(c[1][2]), "+f"(c[1][3]), "+f"(c[2][0]), "+f"(c[2][1]),
+        "+f"(c[2][2]), "+f"(c[2][3]), "+f"(c[3][0]), "+f"(c[3][1]), "+f"(c[3][2]),
+        "+f"(c[3][3]), "+f"(c[4][0]), "+f"(c[4][1]), "+f"(c[4][2]), "+f"(c[4][3]),
+        "+f"(c[5][0]), "+f"(c[5][1]), "+f"(c[5][2]), "+f"(c[5][3]), "+f"(c[6][0]),
+        "+f"(c[6][1]), "+f"(c[6][2]), "+f"(c[6][3]), "+f"(c[7][0]), "+f"(c[7][1]),
+        "+f"(c[7][2]), "+f"(c[7][3])
+      : "l"(adesc), "l"(bdesc), "r"(accumulate));
+#else
+  __trap();
+#endif
+}
+
 // S = Q K^T for the warpgroup's 64 rows and the 64 rows of tile tK (D = 64; qf: the
 // rows' A fragments, 4 k-steps; the backwards pass dO, K or V as A). Issues and commits;
 // the caller waits.
@@ -138,6 +161,18 @@ __device__ __forceinline__ void wg_pv64(float (*acc)[4], const uint32_t (*a)[4],
 __device__ __forceinline__ void wg_qk64_wait(float (*s)[4], const uint32_t (*a)[4],
                                              const __nv_bfloat16* tB) {
   wg_qk64(s, a, tB);
+  wgmma_wait<0>();
+  wgmma_fence_regs(s);
+}
+// S = A B^T with A a 64 x 64 tile in shared memory too (the SWA forward's Q, QS), waited.
+__device__ __forceinline__ void wg_qk64_ss_wait(float (*s)[4], const __nv_bfloat16* tA,
+                                                const __nv_bfloat16* tB) {
+  const uint64_t a0 = wgmma_desc(tA), b0 = wgmma_desc(tB);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)  // 16 d = 32 bytes further along each row of both
+    wgmma_m64n64k16_ss(s, a0 + (kk * 32 >> 4), b0 + (kk * 32 >> 4), kk > 0);
+  wgmma_commit();
   wgmma_wait<0>();
   wgmma_fence_regs(s);
 }
