@@ -3,8 +3,8 @@
 // with one key tile per chunk on sm_90a, warpgroup MMAs: wgmma.cuh, LCM_GCA_WGMMA=0 to turn
 // them off), cp.async loads into swizzled shared tiles (on the wgmma path with K_CTX 64,
 // TMA loads: tma.cuh, LCM_GCA_TMA=0 to turn them off). The TMA forward also reads chunks
-// straight from a chunk memory by index (FwdParams::gather; ops::gca_gathered), and
-// overlaps its products with the softmax (gca_fwd_overlap_kernel; LCM_GCA_OVERLAP=0 not).
+// straight from a chunk memory by index (FwdParams::gather; ops::gca_gathered), and keeps
+// Q in shared memory where each pass is one head's (QS; LCM_GCA_QSMEM=0 not).
 //
 //   o[b,h,i]   = sum_c w[b,c] * o_c[b,h,i],   o_c = softmax_j(scale * q_i . k_{c,j}) v_{c,j}
 //   lse[b,h,c,i] = log2 of the per-chunk softmax denominator of the scaled logits in base 2
@@ -79,6 +79,7 @@ struct BwdParams {
 // 64 keys), for the kernels that load through TMA; unused (zeros) by the others.
 struct KvMaps {
   CUtensorMap k, v;
+  CUtensorMap q;  // (b, head, query, d), 64-row boxes: the forward's QS form
 };
 
 // ---------------------------------------------------------------------------------------
@@ -88,8 +89,9 @@ struct KvMaps {
 template <int D> __host__ __device__ constexpr int fwd_stages() { return 3; }
 // 4 CTAs (16 warps) per SM at D = 64 with one key tile per chunk: 56 KB of shared memory
 // each, registers capped at 128 (no spills; the multi-tile variant would spill).
-template <int D, bool SINGLE> __host__ __device__ constexpr int fwd_min_blocks() {
-  return D == 64 && SINGLE ? 4 : 1;
+// QS: 5, with 2 stages (see below).
+template <int D, bool SINGLE, bool QS = false> __host__ __device__ constexpr int fwd_min_blocks() {
+  return QS ? 5 : D == 64 && SINGLE ? 4 : 1;
 }
 
 // SINGLE: K_CTX <= 64, one key tile per chunk, so the chunk's softmax is complete before
@@ -101,18 +103,26 @@ template <int D, bool SINGLE> __host__ __device__ constexpr int fwd_min_blocks()
 // first K buffer.
 // TMA (WG with K_CTX = 64): the chunks come by TMA, with the SWA forward's pipeline
 // (swa.cu: a transaction barrier per stage).
-template <int D, bool ONE, bool SINGLE, bool WG, bool TMA>
-__global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
+// QS (TMA; the pass's rows one head's: G = 1 or Q % 64 == 0): Q comes by TMA into a
+// shared tile and S = Q K^T reads both operands from shared memory; without Q's 16
+// registers of fragments and with 2 stages, 5 CTAs fit an SM (as SWA's forward). Measured
+// (docs/benchmarks.md, session 9): +10% reading the memory in place, +2-4% on the plain
+// form (bound by its bytes); it also beat FlashAttention-3's overlap of chunk c's S with
+// chunk c - 1's P V (at 4 CTAs per SM, K and V in rings of their own) by 3-4%.
+template <int D, bool ONE, bool SINGLE, bool WG, bool TMA, bool QS = false>
+__global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE, QS>())
     gca_fwd_kernel(const FwdParams p, const __grid_constant__ KvMaps maps) {
   static_assert(!WG || (D == 64 && SINGLE), "the wgmma products are for D 64, one key tile");
   static_assert(!TMA || WG, "the TMA loads feed the wgmma kernel");
-  constexpr int S = fwd_stages<D>();
+  static_assert(!QS || TMA, "Q comes by TMA");
+  constexpr int S = QS ? 2 : fwd_stages<D>();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
-  __nv_bfloat16* sK = WG ? sQ : sQ + kRows * D;  // S buffers of kFwdTile x D
+  __nv_bfloat16* sK = WG && !QS ? sQ : sQ + kRows * D;  // S buffers of kFwdTile x D
   __nv_bfloat16* sV = sK + S * kFwdTile * D;  // S buffers
-  uint64_t* full = reinterpret_cast<uint64_t*>(sV + S * kFwdTile * D);  // TMA
-  int* sIdx = reinterpret_cast<int*>(full + S);  // TMA, gathered: the K memory rows read
+  // TMA: stage i's tiles have landed when full[i] completes a phase (QS: Q when full[S]).
+  uint64_t* full = reinterpret_cast<uint64_t*>(sV + S * kFwdTile * D);
+  int* sIdx = reinterpret_cast<int*>(full + S + 1);  // TMA, gathered: the K memory rows read
 
   // Gathered from a chunk memory, the CTAs of one kv head run together (the head's memory,
   // read by neighbouring query chunks, then stays in L2); otherwise b-major.
@@ -156,7 +166,12 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
   };
   if constexpr (TMA) {
     if (gathered && int(threadIdx.x) < p.K) sIdx[threadIdx.x] = int(p.gather[b * p.K + threadIdx.x]);
-    tma_ring_start<S>(full, items, load_kv);  // (its barrier also publishes sIdx)
+    if (QS && threadIdx.x == 0) mbar_init(&full[S], 1);
+    tma_ring_start<S>(full, items, load_kv);  // (its barrier also publishes sIdx, full[S])
+    if (QS && threadIdx.x == 0) {
+      mbar_expect_tx(&full[S], kRows * D * 2);
+      tma_load_4d(sQ, &maps.q, &full[S], 0, row0 % p.Q, hkv * p.G + row0 / p.Q, b);
+    }
   } else {
     // Prologue: S-1 tiles in flight (one commit group each, empty past the end).
 #pragma unroll
@@ -175,10 +190,11 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[n][e] = ok[n][e] = 0.f;
   float m[2], l[2];
-  uint32_t qf[WG ? D / 16 : 1][4];  // WG: the warp's Q fragments
-  if constexpr (WG)
+  uint32_t qf[WG && !QS ? D / 16 : 1][4];  // WG: the warp's Q fragments
+  if constexpr (WG && !QS)
     load_afrag_global<D>(qf, wr + g < rows ? q_row(wr + g) : nullptr,
                          wr + g + 8 < rows ? q_row(wr + g + 8) : nullptr);
+  if constexpr (QS) mbar_wait(&full[S], 0);
 
   for (int item = 0; item < items; ++item) {
     // Q and this item's tile are complete once at most S-2 newer groups are pending; the
@@ -209,7 +225,10 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
       // S = Q K^T for the warp's 16 rows and 64 keys.
       float s[kFwdTile / 8][4];
       if constexpr (WG) {
-        wg_qk64_wait(s, qf, tK);
+        if constexpr (QS)
+          wg_qk64_ss_wait(s, sQ, tK);
+        else
+          wg_qk64_wait(s, qf, tK);
       } else {
 #pragma unroll
       for (int n = 0; n < kFwdTile / 8; ++n)
@@ -322,145 +341,6 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE>())
     // The warp's rows of sQ (WG: of the first K buffer) are no longer read: stage the
     // output there.
     store_rows<D>(acc, one, (WG ? sK : sQ) + wr * D, rows - wr, [&](int r) {
-      const int rr = row0 + wr + r, head = hkv * p.G + rr / p.Q, qi = rr % p.Q;
-      return p.o + ((int64_t(b) * p.Hq + head) * p.Q + qi) * D;
-    });
-  }
-}
-
-// The TMA forward with FlashAttention-3's overlap inside the warpgroup (the default on
-// Hopper; LCM_GCA_OVERLAP=0 for gca_fwd_kernel's TMA form): chunk c's S = Q K^T and chunk
-// c - 1's acc += P V are issued together and chunk c's softmax runs while the latter is in
-// flight, so only S's latency stays on each chunk's path. K and V have rings of their own:
-// at the top of chunk c (after the CTA barrier) K(c - 1) is done (its S was waited in
-// chunk c - 1), so K(c + 2) takes its stage; V(c - 2) is done (its P V was waited in chunk
-// c - 1), so V(c + 1) takes its stage. Plain or gathered, as gca_fwd_kernel. Measured
-// (docs/benchmarks.md, session 9): +7% on the gathered forward, +2-4% on the plain one
-// (bound by its bytes). The same overlap in the SWA forward ran 4% slower: there each tile
-// also rescales the accumulator and the 4 CTAs per SM already hide the products.
-template <bool ONE>
-__global__ void __launch_bounds__(kThreads, 4)
-    gca_fwd_overlap_kernel(const FwdParams p, const __grid_constant__ KvMaps maps) {
-  constexpr int D = 64, S = fwd_stages<64>(), kTileElems = kFwdTile * D;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(align1024(smem_raw));
-  __nv_bfloat16* sV = sK + S * kTileElems;
-  uint64_t* fullK = reinterpret_cast<uint64_t*>(sV + S * kTileElems);
-  uint64_t* fullV = fullK + S;
-  int* sIdx = reinterpret_cast<int*>(fullV + S);  // gathered: the memory rows read
-
-  const bool gathered = p.gather != nullptr;
-  const int b = gathered ? blockIdx.x % p.B : blockIdx.x / p.Hkv;
-  const int hkv = gathered ? blockIdx.x / p.B : blockIdx.x % p.Hkv;
-  const int row0 = blockIdx.y * kRows;  // first row of this pass within the G*Q rows
-  const int rows = min(kRows, p.G * p.Q - row0);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int wr = warp * 16;
-  auto load = [&](const CUtensorMap* map, __nv_bfloat16* ring, uint64_t* full, int item) {
-    const int buf = item % S;
-    mbar_expect_tx(&full[buf], kTileElems * 2);
-    if (gathered)  // box (d, one head, the chunk's 64 keys, one memory row)
-      tma_load_4d(ring + buf * kTileElems, map, &full[buf], 0, hkv, 0, sIdx[item]);
-    else
-      tma_load_5d(ring + buf * kTileElems, map, &full[buf], 0, 0, item, hkv, b);
-  };
-  if (threadIdx.x == 0) {
-#pragma unroll
-    for (int i = 0; i < S; ++i) {
-      mbar_init(&fullK[i], 1);
-      mbar_init(&fullV[i], 1);
-    }
-    mbar_fence_init();
-  }
-  if (gathered && int(threadIdx.x) < p.K) sIdx[threadIdx.x] = int(p.gather[b * p.K + threadIdx.x]);
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < min(S, p.K); ++i) load(&maps.k, sK, fullK, i);
-    for (int i = 0; i < min(S - 1, p.K); ++i) load(&maps.v, sV, fullV, i);
-  }
-
-  auto q_row = [&](int r) {
-    const int rr = row0 + r, head = hkv * p.G + rr / p.Q, qi = rr % p.Q;
-    return p.q + b * p.sqb + head * p.sqh + qi * p.sqq;
-  };
-  uint32_t qf[D / 16][4];
-  load_afrag_global<D>(qf, wr + g < rows ? q_row(wr + g) : nullptr,
-                       wr + g + 8 < rows ? q_row(wr + g + 8) : nullptr);
-  float acc[D / 8][4];
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
-  float s[kFwdTile / 8][4];
-  uint32_t pa[4][4];  // the previous chunk's weighted probabilities, bf16
-
-  // Chunk item's scores (landed in s) become its probabilities times w / l (its whole
-  // softmax: one key tile); its lse is written.
-  auto probs = [&](int item) {
-    float mx[2], rs[2], neg[2], f[2];
-    frag_row_max<kFwdTile / 8>(s, mx);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-      // softmax_one: the virtual zero logit takes part in the max and adds exp2(-max).
-      mx[h] = ONE ? fmaxf(0.f, mx[h] * p.scale_log2) : mx[h] * p.scale_log2;
-      neg[h] = -mx[h];
-    }
-#pragma unroll
-    for (int n = 0; n < kFwdTile / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = exp2f(fmaf(s[n][e], p.scale_log2, neg[e >> 1]));
-    frag_row_sum<kFwdTile / 8>(s, rs);
-    const float wc = p.w[b * p.K + item];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 1);
-      rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 2);
-      const float l = ONE ? rs[h] + exp2f(neg[h]) : rs[h];
-      f[h] = wc / l;
-      const int r = wr + g + 8 * h;
-      if (t == 0 && r < rows) {
-        const int rr = row0 + r, head = hkv * p.G + rr / p.Q, qi = rr % p.Q;
-        p.lse[((int64_t(b) * p.Hq + head) * p.K + item) * p.Q + qi] = mx[h] + log2f(l);
-      }
-    }
-#pragma unroll
-    for (int n = 0; n < kFwdTile / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] *= f[e >> 1];
-  };
-  auto wait = [&](uint64_t* full, int item) { mbar_wait(&full[item % S], (item / S) & 1); };
-
-  wait(fullK, 0);
-  wg_qk64_wait(s, qf, sK);
-  probs(0);
-  pack_p64(pa, s);
-  for (int item = 1; item < p.K; ++item) {
-    __syncthreads();  // K(item - 1) and V(item - 2) are done with (see swa.cu)
-    if (threadIdx.x == 0) {
-      if (item + 2 < p.K) load(&maps.k, sK, fullK, item + 2);
-      if (item + 1 < p.K) load(&maps.v, sV, fullV, item + 1);
-    }
-    wait(fullK, item);
-    wg_qk64(s, qf, sK + (item % S) * kTileElems);
-    wait(fullV, item - 1);
-    wgmma_fence_regs(acc);
-    wg_pv64(acc, pa, sV + ((item - 1) % S) * kTileElems);
-    wgmma_wait<1>();  // S has landed; P V may still run
-    wgmma_fence_regs(s);
-    probs(item);
-    wgmma_wait<0>();
-    wgmma_fence_regs(acc);
-    pack_p64(pa, s);
-  }
-  wait(fullV, p.K - 1);
-  wg_pv64_wait(acc, pa, sV + ((p.K - 1) % S) * kTileElems);
-
-  __syncthreads();  // every warp past its last product: the first K buffer stages the output
-  if (wr < rows) {
-    const float one[2] = {1.f, 1.f};
-    store_rows<D>(acc, one, sK + wr * D, rows - wr, [&](int r) {
       const int rr = row0 + wr + r, head = hkv * p.G + rr / p.Q, qi = rr % p.Q;
       return p.o + ((int64_t(b) * p.Hq + head) * p.Q + qi) * D;
     });
@@ -847,21 +727,20 @@ bool kv_maps(const FwdParams& p, KvMaps* m) {
          encode_rows_map(&m->v, p.v, 5, dims, sv, kFwdTile);
 }
 
-// Whether the TMA forward overlaps its products with the softmax (LCM_GCA_OVERLAP=0: not).
-bool use_overlap() {
+// The TMA forward with Q in shared memory (QS; maps.k/v set), where LCM_GCA_QSMEM is not
+// "0" and each pass is one head's (Q % 64 == 0); cudaErrorNotSupported otherwise.
+template <bool ONE> cudaError_t launch_fwd_qs(const FwdParams& p, KvMaps maps, cudaStream_t s) {
   static const bool on = [] {
-    const char* v = getenv("LCM_GCA_OVERLAP");
+    const char* v = getenv("LCM_GCA_QSMEM");
     return v == nullptr || v[0] != '0';
   }();
-  return on;
-}
-
-// The overlapped forward (maps set, K_CTX 64, K <= 32 when gathered).
-template <bool ONE> cudaError_t launch_fwd_overlap(const FwdParams& p, const KvMaps& maps,
-                                                   cudaStream_t s) {
-  auto kernel = gca_fwd_overlap_kernel<ONE>;
-  // The K and V rings, 1 KB of slack to align them, their barriers and the gathered rows.
-  const size_t smem = size_t(2 * fwd_stages<64>()) * kFwdTile * 64 * 2 + 1024 + 256;
+  const int64_t qd[4] = {64, p.Q, p.Hq, p.B};
+  const int64_t sq[3] = {p.sqq, p.sqh, p.sqb};
+  if (!on || p.Q % kRows != 0 || !encode_rows_map(&maps.q, p.q, 4, qd, sq, kRows))
+    return cudaErrorNotSupported;
+  auto kernel = gca_fwd_kernel<64, ONE, true, true, true, true>;
+  // Q, 2 stages of K and V, 1 KB of slack to align them, the barriers and gathered rows.
+  const size_t smem = size_t(kRows + 4 * kFwdTile) * 64 * 2 + 1024 + 256;
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
   const int npass = (p.G * p.Q + kRows - 1) / kRows;
@@ -875,7 +754,10 @@ cudaError_t launch_fwd_t(const FwdParams& p, cudaStream_t s) {
   const bool wg = use_wgmma(D, SINGLE);
   KvMaps maps{};
   const bool tma = kWg && wg && use_tma() && kv_maps(p, &maps);
-  if (tma && use_overlap()) return launch_fwd_overlap<ONE>(p, maps, s);
+  if (tma) {
+    const cudaError_t e = launch_fwd_qs<ONE>(p, maps, s);
+    if (e != cudaErrorNotSupported) return e;
+  }
   auto kernel = tma  ? gca_fwd_kernel<D, ONE, SINGLE, kWg, kWg>
                 : wg ? gca_fwd_kernel<D, ONE, SINGLE, kWg, false>
                      : gca_fwd_kernel<D, ONE, SINGLE, false, false>;
@@ -903,7 +785,10 @@ cudaError_t launch_fwd_gather(const FwdParams& p, int64_t M, const int64_t* sk,
       !encode_box_map(&maps.k, p.k, 4, dims, stk, box) ||
       !encode_box_map(&maps.v, p.v, 4, dims, stv, box))
     return cudaErrorNotSupported;
-  if (use_overlap()) return launch_fwd_overlap<ONE>(p, maps, s);
+  {
+    const cudaError_t e = launch_fwd_qs<ONE>(p, maps, s);
+    if (e != cudaErrorNotSupported) return e;
+  }
   auto kernel = gca_fwd_kernel<64, ONE, true, true, true>;
   const size_t smem = fwd_smem_wg<64>(true);
   cudaError_t e = prepare(kernel, smem);

@@ -1,7 +1,8 @@
 // Causal sliding-window attention (optionally with ALiBi) and bidirectional attention:
 // forward and backward, bf16 in, fp32 accumulation, tensor cores, FlashAttention-2 style:
 // at head dim 64 on sm_90a every product is a warpgroup MMA (wgmma.cuh; the CTA's 4 warps
-// are one warpgroup) and the tiles come by TMA (tma.cuh; LCM_SWA_TMA=0 for cp.async),
+// are one warpgroup) and the tiles come by TMA (tma.cuh; LCM_SWA_TMA=0 for cp.async; the
+// forward's Q tile too, LCM_SWA_QSMEM=0 for Q in registers),
 // otherwise mma.sync m16n8k16 with ldmatrix and cp.async loads, into swizzled shared tiles
 // either way. LCM_SWA_WGMMA=0 selects mma.sync on Hopper too.
 //
@@ -321,12 +322,13 @@ template <int D, bool QS> __host__ __device__ constexpr int fwd_min_blocks() {
 // more, each slower: FlashAttention-3's warp specialisation (a TMA producer warpgroup and 2
 // or 3 consumer warpgroups of 64 rows sharing the K/V stream, setmaxnreg; 187-219), its
 // overlap inside this kernel's warpgroup (K and V in rings of their own; 4% slower) and
-// the rows' sums on the tensor cores (m64n8 products against ones; 4% slower). The GCA
-// forward keeps that overlap (gca.cu), where it gains.
+// the rows' sums on the tensor cores (m64n8 products against ones; 4% slower). What did
+// gain is a fifth warpgroup per SM:
 //
-// QS (with TMA): Q comes by TMA into a shared tile and S = Q K^T reads both operands from
-// shared memory, which frees the 16 registers of Q's fragments: 5 CTAs per SM (2 K/V
-// stages) instead of 4.
+// QS (with TMA; the default, LCM_SWA_QSMEM=0 for Q in registers): Q comes by TMA into a
+// shared tile and S = Q K^T reads both operands from shared memory, which frees the 16
+// registers of Q's fragments (92 registers): 5 CTAs per SM (2 K/V stages) instead of 4;
+// +2-8% (docs/benchmarks.md, session 9).
 template <int D, bool ALIBI, bool WG, bool TMA, bool QS = false>
 __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
     swa_fwd_kernel(const Params p, const __grid_constant__ KvMaps maps) {

@@ -164,15 +164,20 @@ __device__ __forceinline__ void wg_qk64_wait(float (*s)[4], const uint32_t (*a)[
   wgmma_wait<0>();
   wgmma_fence_regs(s);
 }
-// S = A B^T with A a 64 x 64 tile in shared memory too (the SWA forward's Q, QS), waited.
-__device__ __forceinline__ void wg_qk64_ss_wait(float (*s)[4], const __nv_bfloat16* tA,
-                                                const __nv_bfloat16* tB) {
+// S = A B^T with A a 64 x 64 tile in shared memory too (the forwards' Q tile): issued and
+// committed, or waited.
+__device__ __forceinline__ void wg_qk64_ss(float (*s)[4], const __nv_bfloat16* tA,
+                                           const __nv_bfloat16* tB) {
   const uint64_t a0 = wgmma_desc(tA), b0 = wgmma_desc(tB);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)  // 16 d = 32 bytes further along each row of both
     wgmma_m64n64k16_ss(s, a0 + (kk * 32 >> 4), b0 + (kk * 32 >> 4), kk > 0);
   wgmma_commit();
+}
+__device__ __forceinline__ void wg_qk64_ss_wait(float (*s)[4], const __nv_bfloat16* tA,
+                                                const __nv_bfloat16* tB) {
+  wg_qk64_ss(s, tA, tB);
   wgmma_wait<0>();
   wgmma_fence_regs(s);
 }
