@@ -5,7 +5,7 @@
 # machine state. Each entry of CONFIGS is one environment, its variables joined by commas.
 #
 #   BIN=./lcm TESTS="./ops_swa_cuda ./ops_gca_cuda" \
-#     CONFIGS="LCM_SWA_WARPGROUPS=2 LCM_SWA_WARPGROUPS=1 LCM_SWA_WGMMA=0,LCM_GCA_WGMMA=0" \
+#     CONFIGS="LCM_SWA_QSMEM=1,LCM_GCA_QSMEM=1 LCM_SWA_QSMEM=0,LCM_GCA_QSMEM=0 LCM_SWA_WGMMA=0,LCM_GCA_WGMMA=0" \
 #     scripts/device/kernel-variants.sh
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -25,6 +25,6 @@ for round in 1 2; do
     echo "== $c, round $round"
     # shellcheck disable=SC2086
     x env ${c//,/ } "$BIN" bench kernels $only --runs "${RUNS:-30}" --warmup 3 --no-reference |
-      grep -E '^(swa|gca|hsa) ' | cut -c1-100
+      grep -E '^(swa|gca|hsa)' | cut -c1-100
   done
 done
