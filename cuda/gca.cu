@@ -197,19 +197,13 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE, QS>())
   if constexpr (QS) mbar_wait(&full[S], 0);
 
   for (int item = 0; item < items; ++item) {
-    // Q and this item's tile are complete once at most S-2 newer groups are pending; the
-    // barrier also ends every warp's reads of the buffer that the next load overwrites
-    // (the one item - 1 used). The tensor cores read through the async proxy: the copies,
-    // made through the generic one, are ordered before them by the proxy fence.
+    // Q (cp.async: the first commit group) and this item's tile have landed; the stage item
+    // - 1 used is refilled (tma_ring_advance, cp_async_ring_advance).
     const int c = item / ntiles, j = item % ntiles, buf = item % S;
     if constexpr (TMA) {
       tma_ring_advance<S>(full, item, items, load_kv);
     } else {
-      cp_async_wait<S - 2>();
-      if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      __syncthreads();
-      if (item + S - 1 < items) load_kv(item + S - 1);
-      cp_async_commit();
+      cp_async_ring_advance<S, WG>(item, items, load_kv);
     }
     const __nv_bfloat16* tK = sK + buf * kFwdTile * D;
     const __nv_bfloat16* tV = sV + buf * kFwdTile * D;
@@ -730,10 +724,7 @@ bool kv_maps(const FwdParams& p, KvMaps* m) {
 // The TMA forward with Q in shared memory (QS; maps.k/v set), where LCM_GCA_QSMEM is not
 // "0" and each pass is one head's (Q % 64 == 0); cudaErrorNotSupported otherwise.
 template <bool ONE> cudaError_t launch_fwd_qs(const FwdParams& p, KvMaps maps, cudaStream_t s) {
-  static const bool on = [] {
-    const char* v = getenv("LCM_GCA_QSMEM");
-    return v == nullptr || v[0] != '0';
-  }();
+  static const bool on = env_switch_on("LCM_GCA_QSMEM");
   const int64_t qd[4] = {64, p.Q, p.Hq, p.B};
   const int64_t sq[3] = {p.sqq, p.sqh, p.sqb};
   if (!on || p.Q % kRows != 0 || !encode_rows_map(&maps.q, p.q, 4, qd, sq, kRows))

@@ -106,6 +106,20 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, int rows, F src) {
   }
 }
 
+// The top of item's iteration in an S-stage ring of cp.async commit groups (one per item,
+// S - 1 in flight ahead), consumed in order by the whole CTA: item's copies complete, then
+// a CTA barrier (every thread is done with the stage item - 1 used), then `fill(item + S - 1)`
+// refills it and commits. ASYNC_PROXY: the tiles are read by wgmma (the async proxy), so
+// the copies, made through the generic one, are fenced before them.
+template <int S, bool ASYNC_PROXY, typename Fill>
+__device__ __forceinline__ void cp_async_ring_advance(int item, int items, Fill fill) {
+  cp_async_wait<S - 2>();
+  if (ASYNC_PROXY) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncthreads();
+  if (item + S - 1 < items) fill(item + S - 1);
+  cp_async_commit();
+}
+
 // Stores a warp's 16 x D fp32 C-fragments (rows g scaled by mul[0], rows g + 8 by mul[1])
 // as bf16 rows through the warp's 16-row slice of a swizzled shared tile, then with 16-byte
 // coalesced global stores. Rows >= valid are not written. dst(r) gives the global row for

@@ -398,13 +398,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
     if constexpr (TMA) {
       tma_ring_advance<S>(full, item, items, load_kv);
     } else {
-      cp_async_wait<S - 2>();
-      // The tensor cores read shared memory through the async proxy: the copies made
-      // through the generic one must be ordered before them.
-      if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      __syncthreads();
-      if (item + S - 1 < items) load_kv(item + S - 1);
-      cp_async_commit();
+      cp_async_ring_advance<S, WG>(item, items, load_kv);
     }
     if (!WG && item == 0) load_afrag<D>(qf, sQ, wr);
     const __nv_bfloat16* tK = sK + buf * kTile * D;
@@ -551,7 +545,7 @@ __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>())
       if (item + 1 < items) load_kv(item + 1);
       cp_async_commit();
       cp_async_wait<1>();
-      // The tensor cores read through the async proxy (see the forward).
+      // The tensor cores read through the async proxy (see cp_async_ring_advance).
       if (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       __syncthreads();
       if (kRegA && item == 0) {
@@ -851,10 +845,7 @@ bool q_map(const Params& p, KvMaps* m) {
 
 // Whether the TMA forward keeps Q in shared memory (QS; LCM_SWA_QSMEM=0: in registers).
 bool use_qsmem() {
-  static const bool on = [] {
-    const char* v = getenv("LCM_SWA_QSMEM");
-    return v == nullptr || v[0] != '0';
-  }();
+  static const bool on = env_switch_on("LCM_SWA_QSMEM");
   return on;
 }
 

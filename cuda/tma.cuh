@@ -220,9 +220,7 @@ inline bool encode_vec_map(CUtensorMap* map, const float* base, int64_t rows, in
 // Whether the TMA kernels may be picked: wgmma_enabled(wgmma_env) and the environment
 // variable `env` not "0" (to measure the cp.async kernels they replace).
 inline bool tma_enabled(const char* wgmma_env, const char* env) {
-  const char* v = getenv(env);
-  if (v != nullptr && v[0] == '0') return false;
-  return wgmma_enabled(wgmma_env) && encode_tiled_fn() != nullptr;
+  return env_switch_on(env) && wgmma_enabled(wgmma_env) && encode_tiled_fn() != nullptr;
 }
 
 }  // namespace lcm

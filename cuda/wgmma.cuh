@@ -223,11 +223,16 @@ __device__ __forceinline__ void load_afrag_global(uint32_t (*af)[4], const __nv_
   }
 }
 
+// A kernel variant's switch: on unless the environment variable `env` is "0".
+inline bool env_switch_on(const char* env) {
+  const char* v = getenv(env);
+  return v == nullptr || v[0] != '0';
+}
+
 // Whether launchers may pick the wgmma kernels: a Hopper (sm_90) device, unless the
 // environment variable `env` is "0" (to measure or debug against the mma.sync kernels).
 inline bool wgmma_enabled(const char* env) {
-  const char* v = getenv(env);
-  if (v != nullptr && v[0] == '0') return false;
+  if (!env_switch_on(env)) return false;
   int dev = 0, major = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
