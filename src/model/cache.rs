@@ -134,22 +134,9 @@ impl ChunkStore {
         self.landmarks.narrow(1, 0, self.len)
     }
 
-    /// The chunks `indices` names (int64, any shape `(N, ...)`, entries in `0..len`; empty
-    /// slots must be clamped by the caller) as `(k, v)` of shape `(N, ..., rows, Hkv, hd)`
-    /// on the compute device.
-    pub fn gather(&self, indices: &Tensor) -> (Tensor, Tensor) {
-        let (k, v, rows) = self.memory_rows(indices);
-        let pick = |t: &Tensor| {
-            let mut out = indices.size();
-            out.extend_from_slice(&t.size()[1..]);
-            t.index_select(0, &rows.reshape([-1]))
-                .reshape(out.as_slice())
-        };
-        (pick(&k), pick(&v))
-    }
-
-    /// The memory on the compute device as rows `(M, rows, Hkv, hd)` (k and v), and for
-    /// each entry of `indices` (as [`ChunkStore::gather`] takes them) its row: what
+    /// For the chunks `indices` names (int64, any shape `(N, ...)`, entries in `0..len`;
+    /// empty slots must be clamped by the caller): the memory on the compute device as rows
+    /// `(M, rows, Hkv, hd)` (k and v), and each entry's row, shaped as `indices`: what
     /// [`crate::ops::gca_gathered`] reads without a gathered copy. An offloaded store sends
     /// only the distinct chunks named ([`ChunkStore::compact`]).
     pub fn memory_rows(&self, indices: &Tensor) -> (Tensor, Tensor, Tensor) {
