@@ -85,6 +85,11 @@ struct KvMaps {
 // ---------------------------------------------------------------------------------------
 // Forward.
 
+// The TMA forward's shared memory past its K/V ring: the stages' barriers (at most 4),
+// then the gathered rows and the weights of at most kTmaMaxK chunks (sIdx, sW).
+constexpr int kTmaMaxK = 32;
+constexpr int kTmaTail = 4 * 8 + 2 * kTmaMaxK * 4;
+
 // Key tiles in flight in the forward's cp.async ring (smem: Q + STAGES * (K + V) tiles).
 template <int D> __host__ __device__ constexpr int fwd_stages() { return 3; }
 // 4 CTAs (16 warps) per SM at D = 64 with one key tile per chunk: 56 KB of shared memory
@@ -123,6 +128,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE, QS>())
   // TMA: stage i's tiles have landed when full[i] completes a phase (QS: Q when full[S]).
   uint64_t* full = reinterpret_cast<uint64_t*>(sV + S * kFwdTile * D);
   int* sIdx = reinterpret_cast<int*>(full + S + 1);  // TMA, gathered: the K memory rows read
+  float* sW = reinterpret_cast<float*>(sIdx + kTmaMaxK);  // TMA: w[b, :]
 
   // Gathered from a chunk memory, the CTAs of one kv head run together (the head's memory,
   // read by neighbouring query chunks, then stays in L2); otherwise b-major.
@@ -141,7 +147,8 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE, QS>())
   if (!WG) load_tile<kRows, D, kThreads>(sQ, rows, q_row);
   cp_async_commit();
 
-  const int ntiles = (p.KCTX + kFwdTile - 1) / kFwdTile;
+  // (SINGLE: a constant, so that item / ntiles costs nothing; it was a division a tile.)
+  const int ntiles = SINGLE ? 1 : (p.KCTX + kFwdTile - 1) / kFwdTile;
   const int items = p.K * ntiles;
   const __nv_bfloat16* kbase = p.k + b * p.skb + hkv * p.skh;
   const __nv_bfloat16* vbase = p.v + b * p.svb + hkv * p.svh;
@@ -166,6 +173,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE, QS>())
   };
   if constexpr (TMA) {
     if (gathered && int(threadIdx.x) < p.K) sIdx[threadIdx.x] = int(p.gather[b * p.K + threadIdx.x]);
+    if (int(threadIdx.x) < p.K) sW[threadIdx.x] = p.w[b * p.K + threadIdx.x];
     if (QS && threadIdx.x == 0) mbar_init(&full[S], 1);
     tma_ring_start<S>(full, items, load_kv);  // (its barrier also publishes sIdx, full[S])
     if (QS && threadIdx.x == 0) {
@@ -190,6 +198,16 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE, QS>())
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[n][e] = ok[n][e] = 0.f;
   float m[2], l[2];
+  // Where this thread writes each row half's lse (chunk c at + c * Q): lane t = 0 of rows
+  // that exist, else null. Found once: the (head, query) of a row takes two integer
+  // divisions, which at every chunk were a fifth of the loop's instructions.
+  float* lse_row[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = wr + g + 8 * h, rr = row0 + r, head = hkv * p.G + rr / p.Q, qi = rr % p.Q;
+    lse_row[h] = t == 0 && r < rows ? p.lse + (int64_t(b) * p.Hq + head) * p.K * p.Q + qi
+                                    : nullptr;
+  }
   uint32_t qf[WG && !QS ? D / 16 : 1][4];  // WG: the warp's Q fragments
   if constexpr (WG && !QS)
     load_afrag_global<D>(qf, wr + g < rows ? q_row(wr + g) : nullptr,
@@ -276,8 +294,9 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE, QS>())
         rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 2);
         l[h] = l[h] * alpha[h] + rs[h];
       }
+      const float wc = TMA ? sW[c] : p.w[b * p.K + c];
       if constexpr (SINGLE) {
-        const float f[2] = {p.w[b * p.K + c] / l[0], p.w[b * p.K + c] / l[1]};
+        const float f[2] = {wc / l[0], wc / l[1]};
 #pragma unroll
         for (int n = 0; n < kFwdTile / 8; ++n)
 #pragma unroll
@@ -309,15 +328,9 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, SINGLE, QS>())
         }
       }
       if (j == ntiles - 1) {
-        const float wc = p.w[b * p.K + c];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int r = wr + g + 8 * h;
-          if (t == 0 && r < rows) {
-            const int rr = row0 + r, head = hkv * p.G + rr / p.Q, qi = rr % p.Q;
-            p.lse[((int64_t(b) * p.Hq + head) * p.K + c) * p.Q + qi] = m[h] + log2f(l[h]);
-          }
-        }
+        for (int h = 0; h < 2; ++h)
+          if (lse_row[h]) lse_row[h][c * p.Q] = m[h] + log2f(l[h]);
         const float f0 = wc / l[0], f1 = wc / l[1];
 #pragma unroll
         for (int n = 0; n < (SINGLE ? 0 : D / 8); ++n) {
@@ -682,10 +695,9 @@ __global__ void __launch_bounds__(kThreads, bwd_min_blocks<D, KT>())
 // Launchers.
 
 template <int D> size_t fwd_smem() { return size_t(kRows + 2 * fwd_stages<D>() * kFwdTile) * D * 2; }
-// WG: no Q tile, 1 KB of slack to align the rings; TMA: and the stages' barriers and the
-// gathered rows (K <= 32).
+// WG: no Q tile, 1 KB of slack to align the rings; TMA: and kTmaTail.
 template <int D> size_t fwd_smem_wg(bool tma) {
-  return fwd_smem<D>() - size_t(kRows) * D * 2 + 1024 + (tma ? 256 : 0);
+  return fwd_smem<D>() - size_t(kRows) * D * 2 + 1024 + (tma ? kTmaTail : 0);
 }
 template <int D, int KT> size_t bwd_smem() {
   return size_t(2 * kRows * D + 4 * KT * D + 2 * kRows * KT) * 2 + kWarps * 4;
@@ -714,7 +726,7 @@ bool use_tma() {
 // The k and v descriptors (one box = one chunk of K_CTX = 64 keys), false when TMA does not
 // take the layout.
 bool kv_maps(const FwdParams& p, KvMaps* m) {
-  if (p.KCTX != kFwdTile) return false;
+  if (p.KCTX != kFwdTile || p.K > kTmaMaxK) return false;
   const int64_t dims[5] = {64, p.KCTX, p.K, p.Hkv, p.B};
   const int64_t sk[4] = {p.skk, p.skc, p.skh, p.skb}, sv[4] = {p.svk, p.svc, p.svh, p.svb};
   return encode_rows_map(&m->k, p.k, 5, dims, sk, kFwdTile) &&
@@ -730,8 +742,8 @@ template <bool ONE> cudaError_t launch_fwd_qs(const FwdParams& p, KvMaps maps, c
   if (!on || p.Q % kRows != 0 || !encode_rows_map(&maps.q, p.q, 4, qd, sq, kRows))
     return cudaErrorNotSupported;
   auto kernel = gca_fwd_kernel<64, ONE, true, true, true, true>;
-  // Q, 2 stages of K and V, 1 KB of slack to align them, the barriers and gathered rows.
-  const size_t smem = size_t(kRows + 4 * kFwdTile) * 64 * 2 + 1024 + 256;
+  // Q, 2 stages of K and V, 1 KB of slack to align them, kTmaTail.
+  const size_t smem = size_t(kRows + 4 * kFwdTile) * 64 * 2 + 1024 + kTmaTail;
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
   const int npass = (p.G * p.Q + kRows - 1) / kRows;
@@ -772,7 +784,7 @@ cudaError_t launch_fwd_gather(const FwdParams& p, int64_t M, const int64_t* sk,
   const int64_t dims[4] = {64, p.Hkv, p.KCTX, M};
   const int64_t stk[3] = {sk[2], sk[1], sk[0]}, stv[3] = {sv[2], sv[1], sv[0]};
   const int box[4] = {64, 1, kFwdTile, 1};
-  if (p.KCTX != kFwdTile || p.K > 32 || !use_wgmma(64, true) || !use_tma() ||
+  if (p.KCTX != kFwdTile || p.K > kTmaMaxK || !use_wgmma(64, true) || !use_tma() ||
       !encode_box_map(&maps.k, p.k, 4, dims, stk, box) ||
       !encode_box_map(&maps.v, p.v, 4, dims, stv, box))
     return cudaErrorNotSupported;

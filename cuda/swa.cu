@@ -59,6 +59,10 @@ struct Params {
   int bh0;  // first (b, head) pair of this launch (grids are sliced at 65535 in y)
   bool causal;
   float scale, scale_log2;
+  // The forward's lazy rescaling (softmax_update): how far (base 2) a row's max may pass the
+  // running max before the accumulator is rescaled, and the key tiles' order.
+  float rescale_slack;
+  bool newest_first;
 };
 
 // The TMA descriptors of k and v (4-D: b, kv head, t, d; boxes of one 64-row tile), for the
@@ -250,37 +254,57 @@ __device__ __forceinline__ void mask_scores(float (*s)[4], int k0, const int* vl
 }
 
 // The scores s become probabilities (fp32, in place); the running max m and sum l (per
-// row half) and the accumulator acc move with them.
-template <int D, bool ALIBI>
+// row half) and the accumulator acc move with them. SCALED: the scores are base 2 with
+// their bias (alibi_scores); otherwise they are raw (q.k, plus under ALiBi by MMA the
+// column's part of the bias over scale_log2), scaled here, and `off` (the tile's part of
+// the bias, base 2; 0 without ALiBi) is added.
+//
+// Lazy rescaling (as FlashAttention-4): the running max moves only when a row's max passes
+// it by more than p.rescale_slack (8: probabilities up to 2^8, far inside fp32 and bf16;
+// the output and lse are exact either way, as both use the same max), and a warp
+// rescales only when one of its rows did. With the key tiles visited newest first
+// (p.newest_first) the first tile's max, ALiBi's largest, is rarely passed: most tiles
+// skip the accumulator's 32 multiplies and the two ex2 of alpha.
+template <int D, bool SCALED>
 __device__ __forceinline__ void softmax_update(const Params& p, float (*s)[4], float (*acc)[4],
-                                               float* m, float* l) {
+                                               float* m, float* l, float off) {
   constexpr int NF = kTile / 8;
   float mx[2];
   frag_row_max<NF>(s, mx);
-  float alpha[2], neg[2], rs[2];
+  bool grow = false;
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
     mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
     mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-    const float mn = fmaxf(m[hh], ALIBI ? mx[hh] : mx[hh] * p.scale_log2);
-    const float ms = mn == -INFINITY ? 0.f : mn;  // a row with nothing visible yet
-    alpha[hh] = exp2f(m[hh] - ms);
-    m[hh] = mn;
-    neg[hh] = -ms;
+    if (!SCALED) mx[hh] = fmaf(mx[hh], p.scale_log2, off);
+    grow = grow || mx[hh] > m[hh] + p.rescale_slack;
   }
+  if (__any_sync(0xffffffffu, grow)) {
+    float alpha[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const float mn = fmaxf(m[hh], mx[hh]);
+      alpha[hh] = exp2f(m[hh] - (mn == -INFINITY ? 0.f : mn));  // (nothing visible yet)
+      m[hh] = mn;
+      l[hh] *= alpha[hh];
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
+  }
+  float neg[2], rs[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) neg[hh] = (m[hh] == -INFINITY ? 0.f : -m[hh]) + off;
 #pragma unroll
   for (int n = 0; n < NF; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
-      s[n][e] = ALIBI ? exp2f(s[n][e] + neg[e >> 1])
-                      : exp2f(fmaf(s[n][e], p.scale_log2, neg[e >> 1]));
+      s[n][e] = SCALED ? exp2f(s[n][e] + neg[e >> 1])
+                       : exp2f(fmaf(s[n][e], p.scale_log2, neg[e >> 1]));
   frag_row_sum<NF>(s, rs);
 #pragma unroll
-  for (int hh = 0; hh < 2; ++hh) l[hh] = l[hh] * alpha[hh] + rs[hh];
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
+  for (int hh = 0; hh < 2; ++hh) l[hh] += rs[hh];
 }
 
 // After the last tile: l summed over the row's 4 threads, lse[row] written (rows < T), and
@@ -300,6 +324,9 @@ __device__ __forceinline__ void softmax_finish(const Params& p, float* m, float*
       p.lse[int64_t(bh) * p.T + row[hh]] = m[hh] + log2f(l[hh]) + row_bias;
   }
 }
+
+// BM's column ramp: 64 rows of 16 bytes and one 8-row group of zeros past them.
+constexpr int kRampBytes = (kTile + 8) * 16;
 
 // QS (Q in shared memory): 2 stages, so that 5 CTAs fit an SM.
 template <bool QS> __host__ __device__ constexpr int fwd_stages() { return QS ? 2 : 3; }
@@ -329,12 +356,21 @@ template <int D, bool QS> __host__ __device__ constexpr int fwd_min_blocks() {
 // shared tile and S = Q K^T reads both operands from shared memory, which frees the 16
 // registers of Q's fragments (92 registers): 5 CTAs per SM (2 K/V stages) instead of 4;
 // +2-8% (docs/benchmarks.md, session 9).
-template <int D, bool ALIBI, bool WG, bool TMA, bool QS = false>
+//
+// BM (ALiBi by MMA; QS with ALiBi, LCM_SWA_ALIBI_MMA=0 not): the column's part of the
+// bias, slope2 * col / scale_log2, is a fifth k-step of S = Q K^T: A (registers) holds that
+// ratio split into two bf16 (hi + lo, 16 bits of it) in columns 0 and 1 of every row, B
+// (a constant 64 x 16 tile, sJ) the column index 0..63 (exact in bf16) in the same two
+// columns. The scores then take the unbiased path (one FFMA each before the ex2) and the
+// tile's part, slope2 * (k0 - q0), moves into the two row offsets: 48 FFMA/FADD a tile
+// fewer, for 1/8 more tensor work in S.
+template <int D, bool ALIBI, bool WG, bool TMA, bool QS = false, bool BM = false>
 __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
     swa_fwd_kernel(const Params p, const __grid_constant__ KvMaps maps) {
   static_assert(!WG || D == 64, "the wgmma products are written for head dim 64");
   static_assert(!TMA || WG, "the TMA loads feed the wgmma kernel");
   static_assert(!QS || TMA, "Q comes by TMA");
+  static_assert(!BM || (QS && ALIBI), "the bias by MMA is a step of the QS product");
   constexpr int S = fwd_stages<QS>();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(WG ? align1024(smem_raw) : smem_raw);
@@ -343,6 +379,8 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
   // TMA: stage i's K and V tiles have landed when full[i] completes a phase (QS: Q when
   // full[S] does).
   uint64_t* full = reinterpret_cast<uint64_t*>(sV + S * kTile * D);
+  // BM: the column ramp (kRampBytes, 128 bytes past the barriers).
+  unsigned char* sJ = reinterpret_cast<unsigned char*>(full) + 128;
 
   const int q0 = blockIdx.x * kTile;
   const int bh = blockIdx.y + p.bh0, b = bh / p.Hq, h = bh % p.Hq, hkv = h / p.G;
@@ -358,9 +396,19 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
   int lo, hi;
   key_band(p, q0, &lo, &hi);
   const int items = hi - lo + 1;
+  auto key_tile = [&](int item) { return p.newest_first ? hi - item : lo + item; };
   auto load_kv = [&](int item) {  // TMA: thread 0 only
-    load_kv_tile<D, S, TMA>(p, maps, sK, sV, full, (lo + item) * kTile, item % S, hkv, b);
+    load_kv_tile<D, S, TMA>(p, maps, sK, sV, full, key_tile(item) * kTile, item % S, hkv, b);
   };
+  if constexpr (BM) {
+    // Row j (16 bytes): j, j, then zeros; past the 64 rows, zeros (read by the ramp's
+    // second core-matrix column against A's zero columns, see ramp_desc below).
+    for (int i = threadIdx.x; i < kRampBytes / 16; i += kThreads) {
+      const uint32_t jj = i < kTile ? pack_bf16(float(i), float(i)) : 0u;
+      *reinterpret_cast<uint4*>(sJ + 16 * i) = make_uint4(jj, 0u, 0u, 0u);
+    }
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // read by wgmma
+  }
   if constexpr (TMA) {
     if (QS && threadIdx.x == 0) mbar_init(&full[S], 1);
     tma_ring_start<S>(full, items, load_kv);  // (its barrier publishes full[S] too)
@@ -377,6 +425,17 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
   }
 
   const float slope2 = ALIBI ? p.slopes[h] * kLog2e : 0.f;
+  // BM: the A fragment of the ramp's k-step (k = 0, 1 are lane t = 0's pair; rows g and
+  // g + 8 alike) and the ramp's descriptor: core matrices 128 bytes apart both ways, so the
+  // k-columns 8..15 read the next 8 rows, against zeros in A.
+  uint32_t ramp_a[4] = {0u, 0u, 0u, 0u};
+  uint64_t ramp_desc = 0;
+  if constexpr (BM) {
+    const float r = slope2 / p.scale_log2;
+    const float r_hi = __bfloat162float(__float2bfloat16_rn(r));
+    if ((lane & 3) == 0) ramp_a[0] = ramp_a[1] = pack_bf16(r_hi, r - r_hi);
+    ramp_desc = wgmma_desc_plain(sJ, 128, 128);
+  }
   uint32_t qf[QS ? 1 : D / 16][4];
   float acc[D / 8][4];
 #pragma unroll
@@ -394,7 +453,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
   if constexpr (QS) mbar_wait(&full[S], 0);
 
   for (int item = 0; item < items; ++item) {
-    const int k0 = (lo + item) * kTile, buf = item % S;
+    const int k0 = key_tile(item) * kTile, buf = item % S;
     if constexpr (TMA) {
       tma_ring_advance<S>(full, item, items, load_kv);
     } else {
@@ -405,7 +464,9 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
     const __nv_bfloat16* tV = sV + buf * kTile * D;
 
     float s[kTile / 8][4];
-    if constexpr (QS) {
+    if constexpr (BM) {
+      wg_qk64_ss_plus_wait(s, sQ, tK, ramp_a, ramp_desc);
+    } else if constexpr (QS) {
       wg_qk64_ss_wait(s, sQ, tK);
     } else if constexpr (WG) {
       wg_qk64_wait(s, qf, tK);
@@ -417,9 +478,9 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
       mma_abt<D>(s, qf, tK);
     }
 
-    if (ALIBI) alibi_scores<kTile / 8>(p, s, slope2, q0, k0);
+    if (ALIBI && !BM) alibi_scores<kTile / 8>(p, s, slope2, q0, k0);
     if (needs_mask(p, q0, k0)) mask_scores<kTile / 8>(s, k0, vlo, vhi);
-    softmax_update<D, ALIBI>(p, s, acc, m, l);
+    softmax_update<D, ALIBI && !BM>(p, s, acc, m, l, BM ? slope2 * float(k0 - q0) : 0.f);
     if constexpr (WG) {
       // Waited before the next iteration's barrier, after which this stage is reloaded.
       wg_pv64_wait(acc, s, tV);
@@ -849,6 +910,20 @@ bool use_qsmem() {
   return on;
 }
 
+// Whether the QS forward adds ALiBi's column term by MMA (BM; LCM_SWA_ALIBI_MMA=0 not).
+bool use_alibi_mma() {
+  static const bool on = env_switch_on("LCM_SWA_ALIBI_MMA");
+  return on;
+}
+
+// Lazy rescaling with the key tiles newest first (softmax_update; LCM_SWA_LAZY=0: rescale
+// at every new max, oldest tile first, as before).
+void set_rescaling(Params* p) {
+  static const bool on = env_switch_on("LCM_SWA_LAZY");
+  p->rescale_slack = on ? 8.f : 0.f;
+  p->newest_first = on;
+}
+
 // The dk/dv kernel's descriptors (p.di set), false when TMA does not take the layouts (the
 // lse and Di rows need T a multiple of 4).
 bool qo_maps(const Params& p, QoMaps* m) {
@@ -862,23 +937,30 @@ bool qo_maps(const Params& p, QoMaps* m) {
          encode_vec_map(&m->di, p.di, rows, p.T, kTile);
 }
 
-template <int D, bool ALIBI, bool WG, bool TMA, bool QS = false>
+template <int D, bool ALIBI, bool WG, bool TMA, bool QS = false, bool BM = false>
 cudaError_t launch_fwd_t(const Params& p, const KvMaps& maps, cudaStream_t s) {
-  auto kernel = swa_fwd_kernel<D, ALIBI, WG, TMA, QS>;
+  auto kernel = swa_fwd_kernel<D, ALIBI, WG, TMA, QS, BM>;
   constexpr int S = fwd_stages<QS>();
-  // WG: no Q tile (QS: one), 1 KB of slack to align the tiles; TMA: the barriers.
-  const size_t smem = WG ? size_t(2 * S + (QS ? 1 : 0)) * kTile * D * 2 + 1024 + (TMA ? 128 : 0)
+  // WG: no Q tile (QS: one), 1 KB of slack to align the tiles; TMA: the barriers (BM: and
+  // the ramp).
+  const size_t smem = WG ? size_t(2 * S + (QS ? 1 : 0)) * kTile * D * 2 + 1024 +
+                               (TMA ? 128 : 0) + (BM ? kRampBytes : 0)
                          : size_t(1 + 2 * S) * kTile * D * 2;
   cudaError_t e = prepare(kernel, smem);
   if (e != cudaSuccess) return e;
   return launch_sliced(kernel, p, p.B * p.Hq, smem, s, maps);
 }
 
-template <int D, bool ALIBI> cudaError_t launch_fwd(const Params& p, cudaStream_t s) {
+template <int D, bool ALIBI> cudaError_t launch_fwd(Params p, cudaStream_t s) {
+  set_rescaling(&p);
   KvMaps maps{};
   if constexpr (D == 64) {
     if (use_tma(D) && kv_maps(p, &maps)) {
-      if (use_qsmem() && q_map(p, &maps)) return launch_fwd_t<D, ALIBI, true, true, true>(p, maps, s);
+      if (use_qsmem() && q_map(p, &maps)) {
+        if (ALIBI && use_alibi_mma())
+          return launch_fwd_t<D, ALIBI, true, true, true, ALIBI>(p, maps, s);
+        return launch_fwd_t<D, ALIBI, true, true, true>(p, maps, s);
+      }
       return launch_fwd_t<D, ALIBI, true, true>(p, maps, s);
     }
     if (use_wgmma(D)) return launch_fwd_t<D, ALIBI, true, false>(p, maps, s);

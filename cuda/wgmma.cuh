@@ -45,6 +45,14 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* tile) {
   return addr | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
 }
 
+// The same for a tile without swizzle: K-major core matrices of 8 rows x 16 bytes (128
+// contiguous bytes each), `lbo` bytes apart along K and `sbo` bytes apart along the rows.
+__device__ __forceinline__ uint64_t wgmma_desc_plain(const void* tile, uint32_t lbo,
+                                                     uint32_t sbo) {
+  const uint64_t addr = (smem_u32(tile) & 0x3FFFF) >> 4;
+  return addr | (uint64_t(lbo >> 4) << 16) | (uint64_t(sbo >> 4) << 32);
+}
+
 __device__ __forceinline__ void wgmma_fence() {
 #if LCM_WGMMA
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -177,6 +185,22 @@ __device__ __forceinline__ void wg_qk64_ss(float (*s)[4], const __nv_bfloat16* t
 __device__ __forceinline__ void wg_qk64_ss_wait(float (*s)[4], const __nv_bfloat16* tA,
                                                 const __nv_bfloat16* tB) {
   wg_qk64_ss(s, tA, tB);
+  wgmma_wait<0>();
+  wgmma_fence_regs(s);
+}
+// The same plus one more k-step, A from registers (`ax`, one k-step's fragments) and B
+// from descriptor `bx`: a rank-16 term added to S by the tensor cores (the SWA forward's
+// ALiBi bias, a column ramp).
+__device__ __forceinline__ void wg_qk64_ss_plus_wait(float (*s)[4], const __nv_bfloat16* tA,
+                                                     const __nv_bfloat16* tB, const uint32_t* ax,
+                                                     uint64_t bx) {
+  const uint64_t a0 = wgmma_desc(tA), b0 = wgmma_desc(tB);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+    wgmma_m64n64k16_ss(s, a0 + (kk * 32 >> 4), b0 + (kk * 32 >> 4), kk > 0);
+  wgmma_m64n64k16<0>(s, ax, bx, 1);
+  wgmma_commit();
   wgmma_wait<0>();
   wgmma_fence_regs(s);
 }

@@ -96,65 +96,94 @@ fn reference(c: &Case, q: &Tensor, k: &Tensor, v: &Tensor, slopes: Option<&Tenso
 #[cfg(lcm_cuda)]
 #[test]
 fn cuda_kernel_matches_reference_forward_and_gradients() {
-    use lcm::ops::swa::{kernel_supports, swa_cuda};
     let Some(dev) = cuda_or_skip("cuda_kernel_matches_reference_forward_and_gradients") else {
         return;
     };
     tch::manual_seed(16);
     for c in CASES {
-        let tag = tag(c);
-        let x = inputs(c, dev);
-        let slopes = c.6.then(|| alibi_slopes(c.1, dev));
-        let scale = 1.0 / (c.4 as f64).sqrt();
-        assert!(
-            kernel_supports(&x.q, &x.k, &x.v, slopes.as_ref(), scale),
-            "{tag}: not supported"
-        );
-        let f32s: Vec<Tensor> = [&x.q, &x.k, &x.v]
-            .iter()
-            .map(|t| t.to_kind(Kind::Float))
-            .collect();
-        let want = forward_and_grads(
-            |l| reference(c, &l[0], &l[1], &l[2], slopes.as_ref()),
-            &[&f32s[0], &f32s[1], &f32s[2]],
-            &x.dout,
-        );
-        poison_cuda_allocator(dev);
-        let got = forward_and_grads(
-            |l| swa_cuda(&l[0], &l[1], &l[2], c.5, slopes.as_ref(), scale).unwrap(),
-            &[&x.q, &x.k, &x.v],
-            &x.dout,
-        );
-        assert_eq!(got[0].kind(), Kind::BFloat16, "{tag}: output dtype");
-        let mut errs = Vec::new();
-        for (i, name) in ["o", "dq", "dk", "dv"].iter().enumerate() {
-            let what = format!("{tag} {name}");
-            let (a, b) = (
-                got[i].to_kind(Kind::Double).to_device(Device::Cpu),
-                want[i].to_kind(Kind::Double).to_device(Device::Cpu),
-            );
-            let rel = (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-30);
-            let maxd = (&a - &b).abs().max().double_value(&[]);
-            errs.push(format!("{name} rel {rel:.2e} max {maxd:.2e}"));
-            // With window 0 (each query sees only itself) dq and dk are exactly zero in
-            // the reference, so only the elementwise bound (1e-3 absolute there) applies.
-            if b.abs().max().double_value(&[]) > 0.0 {
-                assert_rel_norm(&what, &got[i], &want[i], 1e-2);
-            }
-            assert_close_scaled(&what, &got[i], &want[i]);
-        }
-        // Run to run, forward and backward are bit-identical (no atomics).
-        poison_cuda_allocator(dev);
-        let again = forward_and_grads(
-            |l| swa_cuda(&l[0], &l[1], &l[2], c.5, slopes.as_ref(), scale).unwrap(),
-            &[&x.q, &x.k, &x.v],
-            &x.dout,
-        );
-        for (i, name) in ["o", "dq", "dk", "dv"].iter().enumerate() {
-            assert!(again[i].equal(&got[i]), "{tag}: {name} not deterministic");
-        }
-        eprintln!("ok: {tag}: {}", errs.join(", "));
+        check_against_reference(c, &inputs(c, dev), dev);
     }
+}
+
+/// The forward's lazy rescaling (cuda/swa.cu, softmax_update): key tiles are visited newest
+/// first and the running max moves only when a row's max passes it by more than 8 (base 2).
+/// Here every 150th key is 6 times longer, so that a row meets its largest scores in an
+/// older tile (well past the slack: the accumulator must be rescaled mid-row), with and
+/// without ALiBi.
+#[cfg(lcm_cuda)]
+#[test]
+fn cuda_kernel_rescales_when_an_older_key_dominates() {
+    let Some(dev) = cuda_or_skip("cuda_kernel_rescales_when_an_older_key_dominates") else {
+        return;
+    };
+    tch::manual_seed(17);
+    for c in [
+        (1, 4, 4, 1100, 64, Some(512), false, false),
+        (1, 12, 12, 1100, 64, Some(512), true, false),
+    ] {
+        let mut x = inputs(&c, dev);
+        let t = c.3;
+        let spikes = Tensor::arange(t, (Kind::Int64, dev)).remainder(150).eq(7);
+        let gain = spikes.to_kind(Kind::BFloat16) * 5.0 + 1.0;
+        x.k = &x.k * gain.view([1, 1, t, 1]);
+        check_against_reference(&c, &x, dev);
+    }
+}
+
+#[cfg(lcm_cuda)]
+fn check_against_reference(c: &Case, x: &Inputs, dev: Device) {
+    use lcm::ops::swa::{kernel_supports, swa_cuda};
+    let tag = tag(c);
+    let slopes = c.6.then(|| alibi_slopes(c.1, dev));
+    let scale = 1.0 / (c.4 as f64).sqrt();
+    assert!(
+        kernel_supports(&x.q, &x.k, &x.v, slopes.as_ref(), scale),
+        "{tag}: not supported"
+    );
+    let f32s: Vec<Tensor> = [&x.q, &x.k, &x.v]
+        .iter()
+        .map(|t| t.to_kind(Kind::Float))
+        .collect();
+    let want = forward_and_grads(
+        |l| reference(c, &l[0], &l[1], &l[2], slopes.as_ref()),
+        &[&f32s[0], &f32s[1], &f32s[2]],
+        &x.dout,
+    );
+    poison_cuda_allocator(dev);
+    let got = forward_and_grads(
+        |l| swa_cuda(&l[0], &l[1], &l[2], c.5, slopes.as_ref(), scale).unwrap(),
+        &[&x.q, &x.k, &x.v],
+        &x.dout,
+    );
+    assert_eq!(got[0].kind(), Kind::BFloat16, "{tag}: output dtype");
+    let mut errs = Vec::new();
+    for (i, name) in ["o", "dq", "dk", "dv"].iter().enumerate() {
+        let what = format!("{tag} {name}");
+        let (a, b) = (
+            got[i].to_kind(Kind::Double).to_device(Device::Cpu),
+            want[i].to_kind(Kind::Double).to_device(Device::Cpu),
+        );
+        let rel = (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-30);
+        let maxd = (&a - &b).abs().max().double_value(&[]);
+        errs.push(format!("{name} rel {rel:.2e} max {maxd:.2e}"));
+        // With window 0 (each query sees only itself) dq and dk are exactly zero in
+        // the reference, so only the elementwise bound (1e-3 absolute there) applies.
+        if b.abs().max().double_value(&[]) > 0.0 {
+            assert_rel_norm(&what, &got[i], &want[i], 1e-2);
+        }
+        assert_close_scaled(&what, &got[i], &want[i]);
+    }
+    // Run to run, forward and backward are bit-identical (no atomics).
+    poison_cuda_allocator(dev);
+    let again = forward_and_grads(
+        |l| swa_cuda(&l[0], &l[1], &l[2], c.5, slopes.as_ref(), scale).unwrap(),
+        &[&x.q, &x.k, &x.v],
+        &x.dout,
+    );
+    for (i, name) in ["o", "dq", "dk", "dv"].iter().enumerate() {
+        assert!(again[i].equal(&got[i]), "{tag}: {name} not deterministic");
+    }
+    eprintln!("ok: {tag}: {}", errs.join(", "));
 }
 
 /// Through the dispatchers on supported CUDA inputs the kernel runs (same bits), and

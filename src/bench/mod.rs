@@ -40,6 +40,15 @@ pub fn sync(device: Device) {
 /// Median milliseconds of one call of `f`, each of `runs` calls bracketed by CUDA events on
 /// the current stream (after `warmup` untimed calls). Without the kernels' bridge (or on
 /// the CPU) each call is timed by the host clock after a device synchronisation.
+///
+/// As in Triton's `do_bench`, each timed call follows the zeroing of a buffer larger than
+/// L2, queued before the first event: every call starts from a cold L2, and the GPU is
+/// still busy zeroing while the host prepares and launches `f`, so the events bracket the
+/// GPU's work rather than the host's. (With an idle GPU, the first event fires at once and
+/// the host's allocations, tensor-map encodings and launches before the kernel, ~10 µs,
+/// count as kernel time: a tenth of a 90 µs kernel.) `LCM_BENCH_FLUSH=N` zeroes N times
+/// (0: no flush, timing as before session 10; docs/benchmarks.md compares them);
+/// `LCM_BENCH_HOST=1` prints the host's time in each call (what the flush must cover).
 pub fn median_ms_events(device: Device, warmup: usize, runs: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..warmup {
         f();
@@ -49,11 +58,24 @@ pub fn median_ms_events(device: Device, warmup: usize, runs: usize, mut f: impl 
     #[cfg(lcm_cuda)]
     if device.is_cuda() {
         use crate::cuda::ffi;
+        // More than the H200's 50 MB of L2, as `do_bench`'s 256 MB.
+        const L2_FLUSH_BYTES: i64 = 256 << 20;
+        let passes: usize = std::env::var("LCM_BENCH_FLUSH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let mut flush = tch::Tensor::empty([L2_FLUSH_BYTES / 4], (tch::Kind::Int, device));
+        let mut host_us = Vec::with_capacity(runs);
         let (a, b) = unsafe { (ffi::lcm_cuda_event_new(), ffi::lcm_cuda_event_new()) };
         if !a.is_null() && !b.is_null() {
             for _ in 0..runs {
+                for _ in 0..passes {
+                    let _ = flush.zero_();
+                }
                 unsafe { ffi::lcm_cuda_event_record(a) };
+                let t = Instant::now();
                 f();
+                host_us.push(t.elapsed().as_secs_f64() * 1e6);
                 unsafe { ffi::lcm_cuda_event_record(b) };
                 let ms = unsafe { ffi::lcm_cuda_event_elapsed_ms(a, b) };
                 if ms >= 0.0 {
@@ -64,6 +86,14 @@ pub fn median_ms_events(device: Device, warmup: usize, runs: usize, mut f: impl 
         unsafe {
             ffi::lcm_cuda_event_free(a);
             ffi::lcm_cuda_event_free(b);
+        }
+        if std::env::var_os("LCM_BENCH_HOST").is_some() && !host_us.is_empty() {
+            host_us.sort_by(f64::total_cmp);
+            eprintln!(
+                "[bench] host time of a call: median {:.1} us, max {:.1} us",
+                host_us[host_us.len() / 2],
+                host_us[host_us.len() - 1]
+            );
         }
     }
     if samples.is_empty() {
