@@ -75,6 +75,18 @@ int lcm_cuda_reset_peak(int device) {
   }
 }
 
+// Returns the caching allocator's unused blocks to the driver (after a device
+// synchronisation), so that what runs next is placed as in a fresh process; 0 on success.
+int lcm_cuda_empty_cache() {
+  try {
+    if (cudaDeviceSynchronize() != cudaSuccess) return -1;
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
 // Free and total bytes of device `device` (cudaMemGetInfo), 0 on success. Memory the caching
 // allocator holds but does not use counts as used here, as the driver sees it.
 int lcm_cuda_mem_info(int device, int64_t* free_bytes, int64_t* total_bytes) {

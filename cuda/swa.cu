@@ -18,8 +18,10 @@
 // tiles of its band (at most ceil(window / 64) + 1 of them), and only tiles that cross
 // the band's edges (or T) evaluate the mask.
 //
-// Forward: one CTA per (query tile, b, query head); Q in registers, K/V tiles in a
-// 3-stage cp.async ring, online softmax.
+// Forward: one CTA per (query tile, b, query head); K/V tiles in a ring (TMA or cp.async),
+// online softmax over the key tiles newest first, rescaling the accumulator only when a
+// row's max passes the running one by more than a factor 2^8 (softmax_update); on Hopper
+// with ALiBi the bias's column term is a fifth k-step of S = Q K^T (BM, swa_fwd_kernel).
 // Backward (deterministic, no atomics): Di = rowsum(dO * o) (a small kernel), then
 //   dq kernel:    one CTA per (query tile, b, query head), key tiles of the band:
 //                 P = exp2(s2 - lse), dP = dO V^T, dS = P (dP - Di), dQ += dS K;
@@ -325,8 +327,30 @@ __device__ __forceinline__ void softmax_finish(const Params& p, float* m, float*
   }
 }
 
-// BM's column ramp: 64 rows of 16 bytes and one 8-row group of zeros past them.
+// ALiBi by MMA (BM, the forward's comment below): the column ramp, 64 rows of 16 bytes
+// (row j: j, j, then zeros) and one 8-row group of zeros past them, in shared memory at
+// `ramp` (16-byte aligned), written by every thread (a CTA barrier must follow).
 constexpr int kRampBytes = (kTile + 8) * 16;
+__device__ __forceinline__ void ramp_init(unsigned char* ramp) {
+  for (int i = threadIdx.x; i < kRampBytes / 16; i += kThreads) {
+    const uint32_t jj = i < kTile ? pack_bf16(float(i), float(i)) : 0u;
+    *reinterpret_cast<uint4*>(ramp + 16 * i) = make_uint4(jj, 0u, 0u, 0u);
+  }
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // read by wgmma
+}
+// The ramp's descriptor: core matrices 128 bytes apart both ways, so that the k-columns
+// 8..15 read the next 8 rows, against zeros in A.
+__device__ __forceinline__ uint64_t ramp_desc(const unsigned char* ramp) {
+  return wgmma_desc_plain(ramp, 128, 128);
+}
+// The ramp step's A fragment: `ratio` split into two bf16 (hi + lo, 16 bits of it) at k = 0
+// and 1 of every row (lane t = 0's pair, rows g and g + 8 alike), zeros elsewhere; the
+// product adds ratio * (column in the tile) to every score.
+__device__ __forceinline__ void ramp_afrag(uint32_t* a, float ratio) {
+  const float hi = __bfloat162float(__float2bfloat16_rn(ratio));
+  a[0] = a[1] = (threadIdx.x & 3) == 0 ? pack_bf16(hi, ratio - hi) : 0u;
+  a[2] = a[3] = 0u;
+}
 
 // QS (Q in shared memory): 2 stages, so that 5 CTAs fit an SM.
 template <bool QS> __host__ __device__ constexpr int fwd_stages() { return QS ? 2 : 3; }
@@ -400,15 +424,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
   auto load_kv = [&](int item) {  // TMA: thread 0 only
     load_kv_tile<D, S, TMA>(p, maps, sK, sV, full, key_tile(item) * kTile, item % S, hkv, b);
   };
-  if constexpr (BM) {
-    // Row j (16 bytes): j, j, then zeros; past the 64 rows, zeros (read by the ramp's
-    // second core-matrix column against A's zero columns, see ramp_desc below).
-    for (int i = threadIdx.x; i < kRampBytes / 16; i += kThreads) {
-      const uint32_t jj = i < kTile ? pack_bf16(float(i), float(i)) : 0u;
-      *reinterpret_cast<uint4*>(sJ + 16 * i) = make_uint4(jj, 0u, 0u, 0u);
-    }
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // read by wgmma
-  }
+  if constexpr (BM) ramp_init(sJ);  // (published by tma_ring_start's barrier)
   if constexpr (TMA) {
     if (QS && threadIdx.x == 0) mbar_init(&full[S], 1);
     tma_ring_start<S>(full, items, load_kv);  // (its barrier publishes full[S] too)
@@ -425,17 +441,8 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
   }
 
   const float slope2 = ALIBI ? p.slopes[h] * kLog2e : 0.f;
-  // BM: the A fragment of the ramp's k-step (k = 0, 1 are lane t = 0's pair; rows g and
-  // g + 8 alike) and the ramp's descriptor: core matrices 128 bytes apart both ways, so the
-  // k-columns 8..15 read the next 8 rows, against zeros in A.
-  uint32_t ramp_a[4] = {0u, 0u, 0u, 0u};
-  uint64_t ramp_desc = 0;
-  if constexpr (BM) {
-    const float r = slope2 / p.scale_log2;
-    const float r_hi = __bfloat162float(__float2bfloat16_rn(r));
-    if ((lane & 3) == 0) ramp_a[0] = ramp_a[1] = pack_bf16(r_hi, r - r_hi);
-    ramp_desc = wgmma_desc_plain(sJ, 128, 128);
-  }
+  uint32_t ramp_a[4];  // BM: the ramp step's A fragment, slope2 / scale_log2 per column
+  if constexpr (BM) ramp_afrag(ramp_a, slope2 / p.scale_log2);
   uint32_t qf[QS ? 1 : D / 16][4];
   float acc[D / 8][4];
 #pragma unroll
@@ -465,7 +472,7 @@ __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
 
     float s[kTile / 8][4];
     if constexpr (BM) {
-      wg_qk64_ss_plus_wait(s, sQ, tK, ramp_a, ramp_desc);
+      wg_qk64_ss_plus_wait(s, sQ, tK, ramp_a, ramp_desc(sJ));
     } else if constexpr (QS) {
       wg_qk64_ss_wait(s, sQ, tK);
     } else if constexpr (WG) {
@@ -531,6 +538,9 @@ template <int D> __host__ __device__ constexpr int dq_min_blocks() { return D ==
 // start at the first 1024-byte boundary (1 KB of slack).
 // TMA: Q and dO go straight to registers, K/V tiles come by TMA into a 3-stage ring
 // (the forward's pipeline); the output is staged through the first K buffer.
+// (ALiBi by MMA as in the forward measured slower here: dq +2%, dk/dv +8% in time, ncu,
+// docs/benchmarks.md session 10; the extra k-step adds to products that keep the tensor
+// pipe busier than the forward's.)
 template <int D, bool ALIBI, bool WG, bool TMA>
 __global__ void __launch_bounds__(kThreads, dq_min_blocks<D>())
     swa_bwd_dq_kernel(const Params p, const __grid_constant__ KvMaps maps) {

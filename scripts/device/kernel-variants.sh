@@ -18,13 +18,14 @@ for c in $configs; do
     x env ${c//,/ } "$t" --test-threads=1 | grep -E '^test |result|panicked|exceeds|not deterministic'
   done
 done
-only=""
-for b in ${BENCHES:-swa-w512 enc-s64 gca-d64}; do only="$only --only $b"; done
+# Each bench in a process of its own (see kernels-ab.sh).
 for round in 1 2; do
   for c in $configs; do
     echo "== $c, round $round"
-    # shellcheck disable=SC2086
-    x env ${c//,/ } "$BIN" bench kernels $only --runs "${RUNS:-30}" --warmup 3 --no-reference |
-      grep -E '^(swa|gca|hsa)' | cut -c1-100
+    for b in ${BENCHES:-swa-w512 enc-s64 gca-d64}; do
+      # shellcheck disable=SC2086
+      x env ${c//,/ } "$BIN" bench kernels --only "$b" --runs "${RUNS:-30}" --warmup 3 --no-reference |
+        grep -E '^(swa|gca|hsa)' | cut -c1-100
+    done
   done
 done

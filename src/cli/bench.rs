@@ -16,10 +16,19 @@ pub enum Command {
         after_help = "Example:\n  lcm bench xent --device cuda --rows 16384 --vocab 50304 --dtype bf16"
     )]
     Xent(XentArgs),
-    /// Attention kernels (GCA; later SWA, HSA, retrieval) at their issue shapes: time,
-    /// TFLOP/s, GB/s, fractions of the matrix rate, copy bandwidth and roofline, and the
-    /// ratio against the pure-tch reference and libtorch SDPA dense attention.
-    #[command(after_help = "Example:\n  lcm bench kernels --only gca-d64 --runs 50")]
+    /// Attention kernels (GCA, SWA, HSA, retrieval) at their issue shapes: time, TFLOP/s,
+    /// GB/s, fractions of the matrix rate, copy bandwidth and roofline, and the ratio
+    /// against the pure-tch reference and libtorch SDPA dense attention.
+    ///
+    /// Each time is the median of CUDA-event timings of single calls, each after a 256 MB
+    /// L2 flush as in Triton's do_bench (LCM_BENCH_FLUSH=0: no flush; LCM_BENCH_HOST=1:
+    /// print the host's time per call). To compare builds, time each entry in a process of
+    /// its own: after the GCA entries, the SWA rows of the same process come out 6-13%
+    /// slower (docs/benchmarks.md, session 10).
+    #[command(after_help = "Examples:
+  lcm bench kernels --list
+  lcm bench kernels --only swa-w512 --runs 50 --no-reference
+  lcm bench kernels --only gca-d64-gather --runs 50 --no-reference --json gca.jsonl")]
     Kernels(KernelsArgs),
     /// The tokenizer alone on all cores (in-memory texts, no I/O): `tokenizers`' own
     /// encode_fast, then lcm's encoder (its exact ASCII fast path), which is the ceiling
@@ -230,6 +239,9 @@ pub fn run(cmd: Command) -> Result<()> {
                 .iter()
                 .filter(|e| a.only.is_empty() || a.only.iter().any(|n| n == e.name))
             {
+                if bench.device.is_cuda() {
+                    lcm::cuda::empty_cache();
+                }
                 for r in (e.run)(&bench)? {
                     println!("{r}");
                     lines.push(serde_json::to_string(&r)?);

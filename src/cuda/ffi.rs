@@ -12,6 +12,7 @@ extern "C" {
     pub fn lcm_cuda_runtime_version() -> c_int;
     pub fn lcm_cuda_peak_allocated(device: c_int) -> i64;
     pub fn lcm_cuda_reset_peak(device: c_int) -> c_int;
+    pub fn lcm_cuda_empty_cache() -> c_int;
     pub fn lcm_pin_memory(t: *const C_tensor, out: *mut *mut C_tensor) -> c_int;
     pub fn lcm_pinned_empty(
         like: *const C_tensor,

@@ -85,6 +85,16 @@ pub fn reset_peak(index: usize) {
     let _ = index;
 }
 
+/// Returns the caching allocator's unused device memory to the driver (no-op without
+/// kernels): `lcm bench kernels` calls it between entries, so that an entry's tensors are
+/// placed as in a process of its own whatever ran before.
+pub fn empty_cache() {
+    #[cfg(lcm_cuda)]
+    unsafe {
+        ffi::lcm_cuda_empty_cache();
+    }
+}
+
 /// A page-locked (pinned) copy of host tensor `t`, for asynchronous copies to a GPU.
 pub fn pin_memory(t: &tch::Tensor) -> tch::Tensor {
     #[cfg(lcm_cuda)]
