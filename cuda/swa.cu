@@ -242,17 +242,34 @@ __device__ __forceinline__ void alibi_scores(const Params& p, float (*s)[4], flo
     for (int e = 0; e < 4; ++e) s[n][e] = fmaf(s[n][e], p.scale_log2, bias[n][e & 1]);
 }
 
-// -inf for the keys outside each row half's [vlo, vhi].
-template <int NF>
-__device__ __forceinline__ void mask_scores(float (*s)[4], int k0, const int* vlo, const int* vhi) {
-  const int t = threadIdx.x & 3;
+// -inf for the keys outside each row half's [vlo, vhi]. The bounds are taken relative to
+// this thread's first column, so that each score costs a compare against a constant and
+// a select, and a bound that cuts no row of the warp is left out (a warp vote): the
+// causal band's newest tile tests only the upper bound, its oldest only the lower one.
+template <int NF, bool LO, bool HI>
+__device__ __forceinline__ void mask_scores_rel(float (*s)[4], const int* lo, const int* hi) {
 #pragma unroll
   for (int n = 0; n < NF; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int col = k0 + n * 8 + 2 * t + (e & 1);
-      if (col < vlo[e >> 1] || col > vhi[e >> 1]) s[n][e] = -INFINITY;
+      const int c = n * 8 + (e & 1);
+      if ((LO && c < lo[e >> 1]) || (HI && c > hi[e >> 1])) s[n][e] = -INFINITY;
     }
+}
+template <int NF>
+__device__ __forceinline__ void mask_scores(float (*s)[4], int k0, const int* vlo, const int* vhi) {
+  const int c0 = k0 + 2 * (threadIdx.x & 3);
+  const int lo[2] = {vlo[0] - c0, vlo[1] - c0}, hi[2] = {vhi[0] - c0, vhi[1] - c0};
+  constexpr int kLast = 8 * (NF - 1) + 1;  // this thread's last column, relative
+  const bool cut_lo = __any_sync(0xffffffffu, lo[0] > 0 || lo[1] > 0);
+  const bool cut_hi = __any_sync(0xffffffffu, hi[0] < kLast || hi[1] < kLast);
+  if (cut_lo && cut_hi) {
+    mask_scores_rel<NF, true, true>(s, lo, hi);
+  } else if (cut_lo) {
+    mask_scores_rel<NF, true, false>(s, lo, hi);
+  } else if (cut_hi) {
+    mask_scores_rel<NF, false, true>(s, lo, hi);
+  }
 }
 
 // The scores s become probabilities (fp32, in place); the running max m and sum l (per
