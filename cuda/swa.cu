@@ -405,8 +405,8 @@ template <int D, bool QS> __host__ __device__ constexpr int fwd_min_blocks() {
 // columns. The scores then take the unbiased path (one FFMA each before the ex2) and the
 // tile's part, slope2 * (k0 - q0), moves into the two row offsets: 48 FFMA/FADD a tile
 // fewer, for a quarter more tensor work in S (an eighth of the tile's). With the lazy
-// rescaling (softmax_update), 231 instructions a tile instead of 358 and +6% (docs/benchmarks.md,
-// session 10; either change alone gained under 1%).
+// rescaling (softmax_update): 231 instructions a tile instead of 358, and +6%
+// (docs/benchmarks.md, session 10; either change alone gained under 1%).
 template <int D, bool ALIBI, bool WG, bool TMA, bool QS = false, bool BM = false>
 __global__ void __launch_bounds__(kThreads, fwd_min_blocks<D, QS>())
     swa_fwd_kernel(const Params p, const __grid_constant__ KvMaps maps) {
