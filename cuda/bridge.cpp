@@ -76,7 +76,7 @@ int lcm_cuda_reset_peak(int device) {
 }
 
 // Returns the caching allocator's unused blocks to the driver (after a device
-// synchronisation), so that what runs next is placed as in a fresh process; 0 on success.
+// synchronisation); 0 on success.
 int lcm_cuda_empty_cache() {
   try {
     if (cudaDeviceSynchronize() != cudaSuccess) return -1;

@@ -86,8 +86,9 @@ pub fn reset_peak(index: usize) {
 }
 
 /// Returns the caching allocator's unused device memory to the driver (no-op without
-/// kernels): `lcm bench kernels` calls it between entries, so that an entry's tensors are
-/// placed as in a process of its own whatever ran before.
+/// kernels): `lcm bench kernels` calls it between entries, so that the next entry starts
+/// with the memory an earlier one cached (the GCA entries' ~10 GB) free. It does not make
+/// an entry's timings those of a process of its own (docs/benchmarks.md, session 10).
 pub fn empty_cache() {
     #[cfg(lcm_cuda)]
     unsafe {
