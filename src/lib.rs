@@ -12,6 +12,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod info;
+pub mod lock;
 pub mod model;
 pub mod ops;
 pub mod train;
