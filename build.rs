@@ -65,6 +65,7 @@ fn main() {
     let lcm_cuda = env::var("LCM_CUDA").unwrap_or_default();
     let want_cuda = lcm_cuda == "1";
     let have_nvcc = nvcc.is_file() && cuda_root.join("include").join("nv").join("target").exists();
+    build_dist(&torch, &cuda_root, have_nvcc && lcm_cuda != "0");
     if !have_nvcc || lcm_cuda == "0" {
         if want_cuda {
             panic!(
@@ -145,6 +146,57 @@ fn main() {
     }
     println!("cargo:rustc-cfg=lcm_cuda");
     println!("cargo:rustc-env=LCM_CUDA_KERNELS={}", kernels.join(","));
+}
+
+/// The data-parallel bridge (`cpp/dist.cpp`: c10d's TCPStore, process groups and DDP's
+/// Reducer; `cpp/dist_nccl.cpp`: the NCCL backend, with the CUDA toolkit's headers).
+/// c10d's Gloo header includes Gloo's own headers, which the wheel does not ship:
+/// scripts/setup.sh puts them at `LCM_GLOO_INCLUDE` (.cargo/config.toml). Without them the
+/// Gloo backend (CPU) is left out and says so when asked for; `LCM_DIST=1` makes that an
+/// error here.
+fn build_dist(torch: &TorchInfo, cuda_root: &Path, nccl: bool) {
+    println!("cargo:rerun-if-env-changed=LCM_GLOO_INCLUDE");
+    println!("cargo:rerun-if-env-changed=LCM_DIST");
+    println!("cargo:rerun-if-changed=cpp");
+    let gloo = env::var_os("LCM_GLOO_INCLUDE").map(PathBuf::from);
+    let gloo = gloo.filter(|g| g.join("gloo").join("context.h").is_file());
+    let mut cpp = cc::Build::new();
+    cpp.cpp(true)
+        .std("c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .flag("-O2")
+        .flag("-w")
+        .file("cpp/dist.cpp");
+    for inc in &torch.includes {
+        cpp.include(inc);
+    }
+    match gloo {
+        Some(dir) => {
+            cpp.define("LCM_DIST_GLOO", None).include(dir);
+        }
+        None if env::var("LCM_DIST").as_deref() == Ok("1") => {
+            panic!("LCM_DIST=1 but no Gloo headers at LCM_GLOO_INCLUDE; run scripts/setup.sh")
+        }
+        None => println!(
+            "cargo:warning=no Gloo headers: building without the Gloo backend (CPU data parallelism)"
+        ),
+    }
+    if nccl {
+        cpp.define("LCM_DIST_NCCL", None)
+            .include(cuda_root.join("include"))
+            .include(torch.site.join("nvidia").join("nccl").join("include"))
+            .file("cpp/dist_nccl.cpp");
+    }
+    cpp.compile("lcm_dist");
+    println!("cargo:rustc-link-search=native={}", torch.lib.display());
+    println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+    for lib in ["torch_cuda", "torch_cpu", "c10"] {
+        println!("cargo:rustc-link-arg=-l{lib}");
+    }
+    if nccl {
+        println!("cargo:rustc-link-arg=-lc10_cuda");
+    }
 }
 
 /// Every `.cu` (kernels) and `.cpp` (autograd bridge) directly under `cuda/`, sorted.

@@ -52,6 +52,35 @@ if [ "$(readlink "$venv/libtorch" 2>/dev/null)" != "$torch_dir" ]; then
   ln -sfn "$torch_dir" "$venv/libtorch"
 fi
 
+# Gloo's headers: libtorch's c10d headers (data-parallel training, cpp/dist.cpp) include
+# them, and the wheel does not ship them. Debian's libgloo-dev has them; only the headers
+# are used (the code is libtorch's own), unpacked into the venv, nothing installed.
+gloo_inc=$venv/gloo/include
+if [ -f "$gloo_inc/gloo/context.h" ]; then
+  say "gloo headers present ($gloo_inc)"
+elif ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
+  say "warning: no apt-get/dpkg-deb to fetch Gloo's headers: lcm builds without data-parallel training"
+else
+  say "fetching Gloo's headers (Debian libgloo-dev) into $gloo_inc"
+  gtmp=$(mktemp -d)
+  if ! (cd "$gtmp" && apt-get download libgloo-dev >/dev/null 2>&1); then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq >/dev/null
+      (cd "$gtmp" && apt-get download libgloo-dev >/dev/null)
+    fi
+  fi
+  deb=$(ls "$gtmp"/libgloo-dev_*.deb 2>/dev/null | head -1)
+  if [ -n "$deb" ]; then
+    dpkg-deb -x "$deb" "$gtmp/root"
+    mkdir -p "$gloo_inc"
+    rm -rf "$gloo_inc/gloo"
+    cp -r "$gtmp/root/usr/include/gloo" "$gloo_inc/gloo"
+  else
+    say "warning: could not download libgloo-dev: lcm builds without data-parallel training"
+  fi
+  rm -rf "$gtmp"
+fi
+
 mkdir -p "$assets"
 tok=$assets/20B_tokenizer.json
 if [ -f "$tok" ] && echo "$tok_sha  $tok" | sha256sum -c --status; then

@@ -31,6 +31,10 @@ pub enum Error {
     /// A tokenizer file that cannot be loaded or used.
     #[error("tokenizer {}: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
+    /// A collective, the rendezvous or the process group failed on this rank (the message
+    /// names the operation; a peer that died shows as a closed connection or a timeout).
+    #[error("rank {rank}: {msg}")]
+    Dist { rank: u64, msg: String },
     /// A token corpus (`.bin`/`.idx`, raw `.data`) that is corrupt, incomplete or not one.
     #[error("corpus {}: {msg}", path.display())]
     Corpus { path: PathBuf, msg: String },

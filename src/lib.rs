@@ -9,12 +9,14 @@
 pub mod bench;
 pub mod cuda;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod info;
 pub mod lock;
 pub mod model;
 pub mod ops;
+pub mod signals;
 pub mod train;
 pub mod util;
 

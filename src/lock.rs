@@ -49,7 +49,7 @@ impl OutputLock {
             }
             Err(TryLockError::Error(e)) => return Err(Error::io(path, e)),
         }
-        let record = || -> std::io::Result<()> {
+        let mut record = || -> std::io::Result<()> {
             file.set_len(0)?;
             file.seek(SeekFrom::Start(0))?;
             writeln!(file, "{}", std::process::id())
@@ -75,7 +75,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("run/.lock");
         let first = OutputLock::acquire(&p, "run folder run").unwrap();
-        let err = OutputLock::acquire(&p, "run folder run").unwrap_err().to_string();
+        let err = OutputLock::acquire(&p, "run folder run")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("in use by process"), "{err}");
         assert!(err.contains(&std::process::id().to_string()), "{err}");
         drop(first);

@@ -36,24 +36,41 @@ enum Command {
     Eval(cli::eval::Command),
     /// Weights of a checkpoint as bf16 safetensors shards, to publish or carry a model.
     Export(cli::export::Args),
+    /// Start the data-parallel workers of one node: `lcm launch --nproc-per-node 8 -- pretrain ...`.
+    Launch(cli::launch::Args),
     /// Draw the loss curve of a training run's metrics.jsonl as a PNG.
     Plot(cli::plot::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
+    // A worker of a data-parallel launch names its rank in errors, and ends through `_exit`:
+    // exit handlers must not tear down a process group that peers still talk to.
+    let rank = std::env::var("WORLD_SIZE")
+        .ok()
+        .and(std::env::var("RANK").ok());
     let result = match cli.command {
-        Command::Info(args) => cli::info::run(args),
-        Command::Bench(cmd) => cli::bench::run(cmd),
-        Command::Preprocess(cmd) => cli::preprocess::run(cmd),
-        Command::Corpus(cmd) => cli::corpus::run(cmd),
+        Command::Info(args) => cli::info::run(args).map(|()| 0),
+        Command::Bench(cmd) => cli::bench::run(cmd).map(|()| 0),
+        Command::Preprocess(cmd) => cli::preprocess::run(cmd).map(|()| 0),
+        Command::Corpus(cmd) => cli::corpus::run(cmd).map(|()| 0),
         Command::Pretrain(args) => cli::pretrain::run(args),
-        Command::Plot(args) => cli::plot::run(args),
-        Command::Eval(cmd) => cli::eval::run(cmd),
-        Command::Export(args) => cli::export::run(args),
+        Command::Plot(args) => cli::plot::run(args).map(|()| 0),
+        Command::Eval(cmd) => cli::eval::run(cmd).map(|()| 0),
+        Command::Export(args) => cli::export::run(args).map(|()| 0),
+        Command::Launch(args) => cli::launch::run(args),
     };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    let code = result.unwrap_or_else(|e| {
+        match &rank {
+            Some(r) => eprintln!("error (rank {r}): {e:#}"),
+            None => eprintln!("error: {e:#}"),
+        }
+        1
+    });
+    if rank.is_some() {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        signal_hook::low_level::exit(code);
     }
+    std::process::exit(code);
 }

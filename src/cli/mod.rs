@@ -5,6 +5,7 @@ pub mod corpus;
 pub mod eval;
 pub mod export;
 pub mod info;
+pub mod launch;
 pub mod plot;
 pub mod preprocess;
 pub mod pretrain;

@@ -26,8 +26,15 @@ pub struct State {
     /// Raw tokens trained on.
     pub tokens: u64,
     pub seed: u64,
+    /// Ranks of the run that wrote it (data parallelism); 1 for checkpoints that predate it.
+    #[serde(default = "one")]
+    pub world: u64,
     pub lcm_version: String,
     pub config: TrainConfig,
+}
+
+fn one() -> u64 {
+    1
 }
 
 fn step_dir(dir: &Path, step: u64) -> PathBuf {

@@ -48,6 +48,29 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Data parallelism, for runs launched on several processes (`lcm launch`, torchrun).
+    #[serde(default)]
+    pub dist: DistConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistConfig {
+    /// Seconds the rendezvous and any collective may wait for a peer before every rank
+    /// fails (a rank that died or hangs).
+    pub timeout_s: f64,
+    /// Gradient bucket size in MiB (DDP's default 25): each bucket's all-reduce starts as
+    /// soon as its gradients are ready, overlapping the rest of the backward.
+    pub bucket_mib: f64,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig {
+            timeout_s: 600.0,
+            bucket_mib: 25.0,
+        }
+    }
 }
 
 /// One stage of [`TrainConfig::curriculum`].
@@ -277,6 +300,16 @@ impl TrainConfig {
         pos(self.grad_accum > 0, "grad_accum", "must be positive")?;
         pos(self.seq_len > 1, "seq_len", "must be at least 2")?;
         pos(self.optim.lr > 0.0, "optim.lr", "must be positive")?;
+        pos(
+            self.dist.timeout_s > 0.0,
+            "dist.timeout_s",
+            "must be positive",
+        )?;
+        pos(
+            self.dist.bucket_mib > 0.0,
+            "dist.bucket_mib",
+            "must be positive",
+        )?;
         pos(
             (0.0..=self.optim.lr).contains(&self.optim.min_lr),
             "optim.min_lr",

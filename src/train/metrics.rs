@@ -1,5 +1,6 @@
 //! The metrics file: one JSON object per line, appended as training goes (a resumed run
-//! continues the same file).
+//! continues the same file, cut back to its checkpoint's step: see `run_dir`), and the
+//! window of steps each line sums up.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -53,5 +54,44 @@ impl MetricsFile {
             .write_all(line.as_bytes())
             .and_then(|_| self.file.flush())
             .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// The steps since the last metrics line: their tokens and time (for tokens/s) and the
+/// fraction of target positions the loss scored (the head's share of a step's FLOPs, see
+/// `model::flops::trained_per_token`).
+pub struct LogWindow {
+    start: std::time::Instant,
+    tokens: u64,
+    scored: (f64, f64),
+}
+
+impl Default for LogWindow {
+    fn default() -> Self {
+        LogWindow {
+            start: std::time::Instant::now(),
+            tokens: 0,
+            scored: (0.0, 0.0),
+        }
+    }
+}
+
+impl LogWindow {
+    /// Adds a step of `tokens` (all ranks) with `scored` of its target positions scored.
+    pub fn add(&mut self, tokens: u64, scored: (f64, f64)) {
+        self.tokens += tokens;
+        self.scored.0 += scored.0;
+        self.scored.1 += scored.1;
+    }
+
+    /// Tokens per second and the scored fraction since the window began; starts a new one.
+    pub fn take(&mut self) -> (f64, f64) {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        let out = (
+            self.tokens as f64 / secs,
+            self.scored.0 / self.scored.1.max(1.0),
+        );
+        *self = LogWindow::default();
+        out
     }
 }

@@ -3,10 +3,12 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data_parallel;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
 pub mod probe;
+pub mod run_dir;
 pub mod sampler;
 pub mod schedule;
 pub mod synthetic;

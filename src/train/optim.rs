@@ -124,6 +124,18 @@ impl AdamW {
         self.work = self.names.iter().map(|n| vars[n].shallow_clone()).collect();
     }
 
+    /// The model's variables the optimizer updates (the working copy), in `names` order:
+    /// the leaves whose `.grad` a step reads.
+    pub fn params(&self) -> &[Tensor] {
+        &self.work
+    }
+
+    /// Every master weight in one flat fp32 buffer (views of it are `master`): what a
+    /// data-parallel run broadcasts from rank 0 so every rank starts from the same weights.
+    pub fn master_flat(&self) -> &Tensor {
+        &self.flat.master
+    }
+
     /// Copies the master into the working copy (after an update or loading a checkpoint).
     pub fn sync_working(&mut self) {
         tch::no_grad(|| {

@@ -1,23 +1,26 @@
-//! The training loop. Built for data parallelism from the start: rank and world size pick
-//! disjoint samples, rank 0 alone writes checkpoints and metrics, and
-//! [`all_reduce_gradients`] is the one place where gradients would be summed across ranks.
+//! The training loop, one process or many: on several ranks (a [`Group`] in
+//! [`TrainOptions::group`]) each rank reads its own disjoint samples, gradients are averaged
+//! by DDP's Reducer, every logged number is global, and rank 0 alone writes checkpoints and
+//! metrics (`data_parallel`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{nn::VarStore, Kind, Tensor};
 
+use crate::dist::Group;
 use crate::error::{Error, Result};
 use crate::model::{self, LanguageModel};
 use crate::ops::cross_entropy;
 use crate::train::checkpoint::{self, State};
 use crate::train::config::{Precision, TrainConfig};
-use crate::train::metrics::{Metrics, MetricsFile};
+use crate::train::data_parallel::{DataParallel, StepStats};
+use crate::train::metrics::{LogWindow, Metrics, MetricsFile};
 use crate::train::optim::AdamW;
+use crate::train::run_dir::{RunDir, Start, METRICS};
 use crate::train::sampler::{sample_range, Batch, Sampler, IGNORE};
 use crate::train::schedule::learning_rate;
 
@@ -28,30 +31,32 @@ pub struct TrainOptions {
     /// A checkpoint (e.g. one `lcm export` wrote) whose weights start a new run at step 0,
     /// with fresh optimizer moments: fine-tuning, or continuing a published model.
     pub init: Option<PathBuf>,
-    pub rank: u64,
-    /// World size; 0 is taken as 1.
-    pub world: u64,
+    /// Let a run that starts at step 0 replace the checkpoints and metrics of an earlier
+    /// run in `checkpoint.dir` (refused otherwise).
+    pub force: bool,
+    /// The process group of a data-parallel run (None: one process).
+    pub group: Option<Arc<Group>>,
+    /// The device to train on, instead of the config's (a data-parallel worker's
+    /// `cuda:LOCAL_RANK`).
+    pub device: Option<tch::Device>,
     /// Show a progress bar (when stderr is a terminal; plain lines otherwise).
     pub progress: bool,
     /// Stop after this step as if interrupted (saving a checkpoint): for tests and for
     /// splitting a long run into sessions.
     pub stop_after: Option<u64>,
-    /// Set (by a Ctrl-C handler) to save a checkpoint and stop after the current step.
+    /// Set (by a signal handler) to save a checkpoint and stop after the current step.
     pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug)]
 pub struct TrainSummary {
+    /// The step the run ended at.
     pub step: u64,
+    /// Steps this call trained (0: the run was already at `steps`).
+    pub steps_run: u64,
     pub last_loss: f64,
     pub checkpoint: Option<PathBuf>,
     pub interrupted: bool,
-}
-
-/// Sums gradients over ranks. A single process has nothing to sum; a multi-GPU run adds
-/// its collective here (the sampler and checkpointing already honour rank and world).
-fn all_reduce_gradients(_opt: &AdamW, world: u64) {
-    debug_assert!(world <= 1, "multi-rank gradient reduction is not wired yet");
 }
 
 /// Mean cross-entropy over targets that are not IGNORE (fp32, whatever the logits' dtype).
@@ -177,18 +182,108 @@ fn answer_accuracy(logits: &Tensor, targets: &Tensor, answer: &Tensor) -> Option
     Some((hit.sum(Kind::Int64).int64_value(&[]) as f64, total as f64))
 }
 
-/// A seed for the model's own randomness (Gumbel noise) at (step, micro-batch), so that
-/// a resumed run draws the same noise as an uninterrupted one.
+/// A seed for the model's own randomness (Gumbel noise) at (step, micro-batch, rank), so
+/// that a resumed run draws the same noise as an uninterrupted one, and `k` ranks draw what
+/// one rank accumulating `k` micro-batches would (the index is `micro * world + rank`).
 fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
     let mut g = crate::util::SplitMix64::for_item(seed ^ 0x5eed, step * 1_000_003 + micro);
     (g.next_u64() >> 1) as i64
 }
 
+/// Where a run starts: its step and data position.
+struct Position {
+    step: u64,
+    samples: u64,
+    tokens: u64,
+}
+
+/// Loads `--resume` (weights, moments, position) or `--init` (weights) into `opt`.
+fn load_start(
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+    world: u64,
+    opt: &mut AdamW,
+) -> Result<Position> {
+    if let Some(path) = &opts.resume {
+        let ckpt = checkpoint::resolve(path)?;
+        let state = checkpoint::load(&ckpt, opt, true)?;
+        let rows = |w: u64, c: &TrainConfig| w * c.batch_size as u64 * c.grad_accum;
+        let (was, now) = (rows(state.world, &state.config), rows(world, cfg));
+        if opt_rank(opts) == 0 {
+            eprintln!(
+                "resumed from {} at step {} (sample {})",
+                ckpt.display(),
+                state.step,
+                state.samples
+            );
+            if state.world != world || was != now {
+                eprintln!(
+                    "the run now has {world} rank(s) x {} rows x {} micro-batches = {now} rows a \
+                     step (the checkpoint's: {} x {} x {} = {was}); sample indices are global, so \
+                     the data stream continues at sample {}{}",
+                    cfg.batch_size,
+                    cfg.grad_accum,
+                    state.world,
+                    state.config.batch_size,
+                    state.config.grad_accum,
+                    state.samples,
+                    if was == now {
+                        ""
+                    } else {
+                        " (the global batch changed: each step now takes a different number of samples)"
+                    }
+                );
+            }
+        }
+        return Ok(Position {
+            step: state.step,
+            samples: state.samples,
+            tokens: state.tokens,
+        });
+    }
+    if let Some(path) = &opts.init {
+        let ckpt = checkpoint::resolve(path)?;
+        let state = checkpoint::load(&ckpt, opt, false)?;
+        if opt_rank(opts) == 0 {
+            eprintln!(
+                "weights from {} (its step {}); starting at step 0",
+                ckpt.display(),
+                state.step
+            );
+        }
+    }
+    Ok(Position {
+        step: 0,
+        samples: 0,
+        tokens: 0,
+    })
+}
+
+fn opt_rank(opts: &TrainOptions) -> u64 {
+    opts.group.as_ref().map_or(0, |g| g.rank())
+}
+
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // The run re-seeds the generator every micro-batch: no one else may draw meanwhile.
     let _generator = crate::util::lock_torch_generator();
-    let world = opts.world.max(1);
-    let device = cfg.device()?;
+    let (rank, world) = opts
+        .group
+        .as_ref()
+        .map_or((0, 1), |g| (g.rank(), g.world()));
+    let device = match opts.device {
+        Some(d) => d,
+        None => cfg.device()?,
+    };
+    // Rank 0 owns the run folder: locked, checked, swept before anything is trained.
+    let run_dir = match (rank, &opts.resume) {
+        (0, Some(p)) => Some(RunDir::open(
+            &cfg.checkpoint.dir,
+            Start::Resume(&checkpoint::resolve(p)?),
+            opts.force,
+        )?),
+        (0, None) => Some(RunDir::open(&cfg.checkpoint.dir, Start::Fresh, opts.force)?),
+        _ => None,
+    };
     tch::manual_seed(cfg.seed as i64);
     let mut vs = VarStore::new(device);
     let mut model = model::build(&vs.root(), &cfg.model)?;
@@ -203,57 +298,65 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     if cfg.precision == Precision::Bf16 {
         opt.split_bf16(&mut vs);
     }
-
-    let mut samples = 0u64;
-    let mut tokens = 0u64;
-    if let Some(path) = &opts.resume {
-        let ckpt = checkpoint::resolve(path)?;
-        let state = checkpoint::load(&ckpt, &mut opt, true)?;
-        samples = state.samples;
-        tokens = state.tokens;
-        eprintln!("resumed from {} at step {}", ckpt.display(), state.step);
-    } else if let Some(path) = &opts.init {
-        let ckpt = checkpoint::resolve(path)?;
-        let state = checkpoint::load(&ckpt, &mut opt, false)?;
+    let pos = load_start(cfg, opts, world, &mut opt)?;
+    if let (Some(dir), Some(_)) = (&run_dir, &opts.resume) {
+        dir.truncate_metrics(pos.step)?;
+    }
+    let start = pos.step;
+    if start >= cfg.steps {
+        if rank == 0 {
+            eprintln!(
+                "already at step {start} of {}: nothing to train (raise it with --set steps=N)",
+                cfg.steps
+            );
+        }
+        return Ok(TrainSummary {
+            step: start,
+            steps_run: 0,
+            last_loss: f64::NAN,
+            checkpoint: None,
+            interrupted: false,
+        });
+    }
+    let bucket_bytes = (cfg.dist.bucket_mib * (1 << 20) as f64) as i64;
+    let dp = match &opts.group {
+        Some(g) => Some(DataParallel::new(g.clone(), &mut opt, bucket_bytes)?),
+        None => None,
+    };
+    if let (Some(dp), 0) = (&dp, rank) {
+        let buckets = dp.bucket_bytes()?;
         eprintln!(
-            "weights from {} (its step {}); starting at step 0",
-            ckpt.display(),
-            state.step
+            "data parallel: {world} ranks ({}), gradients in {} bucket(s) of up to {:.1} MiB",
+            dp.group.backend().name(),
+            buckets.len(),
+            buckets.iter().copied().max().unwrap_or(0) as f64 / (1 << 20) as f64
         );
     }
-    let start = opt.step;
 
     let sampler = Sampler::for_training(cfg)?;
-    let eval_sampler = if cfg.log.eval_every > 0 {
-        Some(Sampler::for_eval(cfg)?)
-    } else {
-        None
+    let eval_sampler = match (cfg.log.eval_every, rank) {
+        (1.., 0) => Some(Sampler::for_eval(cfg)?),
+        _ => None,
     };
-    let writer = opts.rank == 0;
-    let mut metrics = if writer {
-        Some(MetricsFile::open(
-            &cfg.checkpoint.dir.join("metrics.jsonl"),
-        )?)
-    } else {
-        None
+    let mut metrics = match &run_dir {
+        Some(d) => Some(MetricsFile::open(&d.path().join(METRICS))?),
+        None => None,
     };
     let peak = cfg
         .log
         .peak_tflops
-        .or(if device.is_cuda() { Some(799.0) } else { None });
+        .or(if device.is_cuda() { Some(799.0) } else { None })
+        .map(|p| p * world as f64);
     let rows_per_step = cfg.batch_size as u64 * cfg.grad_accum * world;
 
-    let bar = progress_bar(opts.progress, start, cfg.steps);
+    let bar = progress_bar(opts.progress && rank == 0, start, cfg.steps);
     let mut last_ckpt = None;
     let mut last_loss = f64::NAN;
     let mut interrupted = false;
-    let mut window_start = Instant::now();
-    let mut window_tokens = 0u64;
-    // This rank's (scored, all) target positions since the last log line: the head's share
-    // of the step's FLOPs (see flops::trained_per_token).
-    let mut window_scored = (0i64, 0i64);
+    let mut window = LogWindow::default();
+    let (mut samples, mut tokens) = (pos.samples, pos.tokens);
     let save = |opt: &AdamW, step: u64, samples: u64, tokens: u64| -> Result<Option<PathBuf>> {
-        if !writer {
+        if run_dir.is_none() {
             return Ok(None);
         }
         let state = State {
@@ -261,6 +364,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             samples,
             tokens,
             seed: cfg.seed,
+            world,
             lcm_version: env!("CARGO_PKG_VERSION").into(),
             config: cfg.clone(),
         };
@@ -271,63 +375,86 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         model.set_step(step);
         let seq_len = cfg.seq_len_at(step);
         let tokens_per_step = rows_per_step * seq_len as u64;
-        let mut loss_sum = 0.0;
-        let mut answers = (0.0, 0.0);
+        // This rank's micro-batches: samples `first + (global index of (step, micro, rank))`.
+        let mut stats = StepStats::default();
         for micro in 0..cfg.grad_accum {
-            tch::manual_seed(step_seed(cfg.seed, step, micro));
-            let range = sample_range(
-                step,
+            tch::manual_seed(step_seed(cfg.seed, step, micro * world + rank));
+            let local = sample_range(
+                step - start,
                 micro,
                 cfg.grad_accum,
-                opts.rank,
+                rank,
                 world,
                 cfg.batch_size as u64,
             );
+            let range = pos.samples + local.start..pos.samples + local.end;
             let min_gap = cfg.stage_at(step).and_then(|s| s.min_gap);
             let batch = sampler.batch_at(range, seq_len as usize, min_gap, device);
             let answer_weight = cfg.data.synthetic.as_ref().and_then(|s| s.answer_weight);
             let (loss, hits) = batch_loss(model.as_ref(), &batch, answer_weight);
-            window_scored.0 += batch.targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]);
-            window_scored.1 += batch.targets.numel() as i64;
+            stats.scored.0 += batch.targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]) as f64;
+            stats.scored.1 += batch.targets.numel() as f64;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
-                let mut what = format!("loss is {value}");
-                if let Some(t) = target_outside_vocabulary(&batch.targets, cfg.model.vocab_size) {
-                    what += &format!(
-                        " (target token {t} is outside model.vocab_size {})",
-                        cfg.model.vocab_size
-                    );
+                let what = nonfinite_loss(value, &batch, cfg);
+                match &dp {
+                    // The other ranks are inside this step's collectives: finish it with
+                    // them, and stop together once the step's numbers are shared.
+                    Some(_) => {
+                        eprintln!("rank {rank}: {what} at step {}", step + 1);
+                        stats.nonfinite_ranks.push(rank);
+                    }
+                    None => return Err(diverged(what, step, &last_ckpt)),
                 }
-                return Err(diverged(what, step, &last_ckpt));
             }
-            (loss / cfg.grad_accum as f64).backward();
-            loss_sum += value;
+            if let (Some(dp), true) = (&dp, micro + 1 == cfg.grad_accum) {
+                dp.arm(&loss)?;
+            }
+            (loss / cfg.grad_accum as f64)
+                .f_backward()
+                .map_err(|e| backward_error(e, &dp))?;
+            stats.loss_sum += value;
+            stats.micro_batches += 1.0;
             if let Some((h, t)) = hits {
-                answers.0 += h;
-                answers.1 += t;
+                stats.answers.0 += h;
+                stats.answers.1 += t;
             }
         }
-        all_reduce_gradients(&opt, world);
+        stats.stop = opts
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst));
+        let stats = match &dp {
+            Some(dp) => dp.reduce(&stats, device)?,
+            None => stats,
+        };
+        if !stats.nonfinite_ranks.is_empty() {
+            let ranks: Vec<String> = stats
+                .nonfinite_ranks
+                .iter()
+                .map(|r| r.to_string())
+                .collect();
+            return Err(diverged(
+                format!("the loss is not finite on rank(s) {}", ranks.join(", ")),
+                step,
+                &last_ckpt,
+            ));
+        }
         let lr = learning_rate(&cfg.optim, step, cfg.steps);
         let grad_norm = opt
             .step(&cfg.optim, lr)
             .map_err(|norm| diverged(format!("gradient norm is {norm}"), step, &last_ckpt))?;
         opt.zero_grad();
-        samples += cfg.grad_accum * world * cfg.batch_size as u64;
+        samples += rows_per_step;
         tokens += tokens_per_step;
-        window_tokens += tokens_per_step;
-        last_loss = loss_sum / cfg.grad_accum as f64;
+        window.add(tokens_per_step, stats.scored);
+        last_loss = stats.loss_sum / stats.micro_batches.max(1.0);
         let done = step + 1;
 
         let eval_due =
-            eval_sampler.is_some() && (done % cfg.log.eval_every.max(1) == 0 || done == cfg.steps);
-        if done % cfg.log.every.max(1) == 0 || done == cfg.steps || eval_due {
-            let secs = window_start.elapsed().as_secs_f64();
-            let tps = window_tokens as f64 / secs.max(1e-9);
-            window_start = Instant::now();
-            window_tokens = 0;
-            let scored = window_scored.0 as f64 / window_scored.1.max(1) as f64;
-            window_scored = (0, 0);
+            cfg.log.eval_every > 0 && (done % cfg.log.eval_every == 0 || done == cfg.steps);
+        if rank == 0 && (done % cfg.log.every.max(1) == 0 || done == cfg.steps || eval_due) {
+            let (tps, scored) = window.take();
             let flops = crate::model::flops::trained_per_token(
                 &cfg.model,
                 model.flops_per_token(seq_len),
@@ -349,7 +476,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                     tch::Device::Cuda(i) => crate::cuda::peak_allocated(i),
                     _ => None,
                 },
-                answer_acc: (answers.1 > 0.0).then(|| answers.0 / answers.1),
+                answer_acc: (stats.answers.1 > 0.0).then(|| stats.answers.0 / stats.answers.1),
                 eval_loss,
             };
             let line = format_metrics(&m);
@@ -366,14 +493,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
 
         let stop = opts.stop_after.is_some_and(|s| done >= s);
-        interrupted = opts
-            .interrupt
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::SeqCst));
+        interrupted = stats.stop;
         let periodic = cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0;
         if periodic || stop || interrupted || done == cfg.steps {
             if !opt.all_finite() {
                 return Err(diverged("weights are not finite".into(), step, &last_ckpt));
+            }
+            if let Some(dp) = &dp {
+                dp.barrier()?;
             }
             last_ckpt = save(&opt, done, samples, tokens)?;
         }
@@ -386,10 +513,34 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
     Ok(TrainSummary {
         step: opt.step,
+        steps_run: opt.step - start,
         last_loss,
         checkpoint: last_ckpt,
         interrupted,
     })
+}
+
+/// What a non-finite loss says, with its likeliest cause when the batch shows one.
+fn nonfinite_loss(value: f64, batch: &Batch, cfg: &TrainConfig) -> String {
+    let mut what = format!("loss is {value}");
+    if let Some(t) = target_outside_vocabulary(&batch.targets, cfg.model.vocab_size) {
+        what += &format!(
+            " (target token {t} is outside model.vocab_size {})",
+            cfg.model.vocab_size
+        );
+    }
+    what
+}
+
+/// A failed backward: on several ranks most likely a gradient all-reduce whose peer died.
+fn backward_error(e: tch::TchError, dp: &Option<DataParallel>) -> Error {
+    match dp {
+        Some(dp) => Error::Dist {
+            rank: dp.rank(),
+            msg: format!("backward (gradient all-reduce): {e}"),
+        },
+        None => Error::Torch(e),
+    }
 }
 
 /// A target that is neither IGNORE nor a token id below `vocab`, if `targets` has one: the
@@ -402,11 +553,14 @@ fn target_outside_vocabulary(targets: &Tensor, vocab: i64) -> Option<i64> {
     (at.size()[0] > 0).then(|| t.int64_value(&[at.int64_value(&[0, 0])]))
 }
 
-/// The error for a run that diverged; the last good checkpoint is never overwritten.
+/// The error for a run that diverged at loop index `step`, named as the log names it
+/// (1-based: the step that would have completed); the last good checkpoint is never
+/// overwritten.
 fn diverged(what: String, step: u64, last: &Option<PathBuf>) -> Error {
     Error::Invalid(format!(
-        "{what} at step {step}: stopping; the last good checkpoint ({}) is intact. \
+        "{what} at step {}: stopping; the last good checkpoint ({}) is intact. \
          A lower optim.lr or a smaller optim.grad_clip may help.",
+        step + 1,
         last.as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "none saved yet".into())
