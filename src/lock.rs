@@ -20,6 +20,8 @@ pub struct OutputLock {
 impl OutputLock {
     /// Locks `path` (created if missing, its parent folder too), or fails at once, naming
     /// `what` is locked and the pid that holds it.
+    // `File::try_lock` is std's since Rust 1.89, above the crate's rust-version (1.80).
+    #[allow(clippy::incompatible_msrv)]
     pub fn acquire(path: &Path, what: &str) -> Result<OutputLock> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -49,7 +51,7 @@ impl OutputLock {
             }
             Err(TryLockError::Error(e)) => return Err(Error::io(path, e)),
         }
-        let record = || -> std::io::Result<()> {
+        let mut record = || -> std::io::Result<()> {
             file.set_len(0)?;
             file.seek(SeekFrom::Start(0))?;
             writeln!(file, "{}", std::process::id())
@@ -75,7 +77,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("run/.lock");
         let first = OutputLock::acquire(&p, "run folder run").unwrap();
-        let err = OutputLock::acquire(&p, "run folder run").unwrap_err().to_string();
+        let err = OutputLock::acquire(&p, "run folder run")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("in use by process"), "{err}");
         assert!(err.contains(&std::process::id().to_string()), "{err}");
         drop(first);
