@@ -202,10 +202,14 @@ impl Report {
         Ok(merged)
     }
 
+    /// Writes `OUT/results.json` atomically, first removing the temporaries of writes
+    /// that were interrupted (a run stopped while saving).
     pub fn save(&self, out: &std::path::Path) -> Result<()> {
         let json =
             serde_json::to_vec_pretty(self).map_err(|e| Error::Invalid(format!("results: {e}")))?;
-        write_atomic(&out.join("results.json"), &json)
+        let path = out.join("results.json");
+        crate::util::sweep_atomic_temps(&path);
+        write_atomic(&path, &json)
     }
 }
 
