@@ -117,6 +117,16 @@ pub fn write_via_temp<E: std::fmt::Display>(
     result
 }
 
+/// A device as the command line names it: `cpu`, `cuda:0`.
+pub fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        tch::Device::Mps => "mps".into(),
+        tch::Device::Vulkan => "vulkan".into(),
+    }
+}
+
 /// SplitMix64: a tiny generator whose output is fixed by its definition, so sample `i` of
 /// a run is the same tokens in every version of lcm (data order is part of exact resume).
 #[derive(Clone, Debug)]

@@ -67,10 +67,20 @@ fn shards_respect_the_limit_and_load_back_whole() {
         e.model.forward(&tokens, false)
     };
     assert!(logits(&ckpt).equal(&logits(&dir)));
+    // The weights' hash (what `lcm eval merge` compares) does not depend on the sharding;
+    // other weights (bf16 below, another run) have another.
+    let hash = |p: &Path| {
+        Engine::load(p, Device::Cpu)
+            .unwrap()
+            .weights_sha256
+            .unwrap()
+    };
+    assert_eq!(hash(&ckpt), hash(&dir));
 
     // bf16: every weight is the original rounded to bf16.
     let half = out.path().join("half");
     checkpoint::export(&ckpt, &half, Kind::BFloat16, limit, false).unwrap();
+    assert_ne!(hash(&half), hash(&ckpt));
     let (_, h) = checkpoint::read_weights(&half).unwrap();
     for ((n, t), (_, o)) in sorted(h).iter().zip(&a) {
         assert_eq!(t.kind(), Kind::BFloat16, "{n}");
