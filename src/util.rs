@@ -117,6 +117,36 @@ pub fn write_via_temp<E: std::fmt::Display>(
     result
 }
 
+/// A libtorch error in words, for a message that names the file itself. tch shows the
+/// safetensors library's errors as Rust `Debug` text after the file's path
+/// (`IoError(Os { code: 28, kind: StorageFull, .. })`); these are worded here without the
+/// path, the OS error as the OS says it.
+pub fn tch_message(e: &tch::TchError) -> String {
+    use safetensors::SafeTensorError as S;
+    let tch::TchError::SafeTensorError { err, .. } = e else {
+        return e.to_string();
+    };
+    let what = match err {
+        S::IoError(io) => io.to_string(),
+        S::JsonError(j) => format!("not a safetensors file (its header is no JSON: {j})"),
+        S::InvalidHeader
+        | S::InvalidHeaderStart
+        | S::InvalidHeaderDeserialization
+        | S::HeaderTooLarge
+        | S::HeaderTooSmall
+        | S::InvalidHeaderLength => "not a safetensors file (a bad header)".into(),
+        S::TensorNotFound(name) => format!("no tensor `{name}`"),
+        S::InvalidOffset(name) => {
+            format!("tensor `{name}` lies outside the file (a truncated or corrupt file)")
+        }
+        S::TensorInvalidInfo
+        | S::InvalidTensorView(..)
+        | S::MetadataIncompleteBuffer
+        | S::ValidationOverflow => "a truncated or corrupt safetensors file".into(),
+    };
+    what
+}
+
 /// A device as the command line names it: `cpu`, `cuda:0`.
 pub fn device_name(device: tch::Device) -> String {
     match device {
@@ -179,4 +209,29 @@ pub fn lock_torch_generator() -> std::sync::MutexGuard<'static, ()> {
     TORCH_GENERATOR
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors write that fails reads as the OS's words, not Rust's `Debug` text.
+    #[test]
+    fn tch_errors_read_as_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("no-such-folder/x.safetensors");
+        let t = tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu));
+        let e = tch::Tensor::write_safetensors(&[("t", &t)], &p).unwrap_err();
+        let debug_text = e.to_string();
+        assert!(
+            debug_text.contains("IoError(Os"),
+            "tch's own text: {debug_text}"
+        );
+        let words = tch_message(&e);
+        assert!(words.contains("No such file or directory"), "{words}");
+        assert!(
+            !words.contains("Os {") && !words.contains("IoError"),
+            "{words}"
+        );
+    }
 }

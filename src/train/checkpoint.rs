@@ -301,7 +301,9 @@ pub fn export(
         for (shard, name) in shards.iter().zip(&names) {
             let p = tmp.join(name);
             let refs: Vec<(&str, &Tensor)> = shard.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            Tensor::write_safetensors(&refs, &p).map_err(tch_err(&p))?;
+            Tensor::write_safetensors(&refs, &p).map_err(|e| {
+                Error::Invalid(format!("{}: {}", p.display(), crate::util::tch_message(&e)))
+            })?;
         }
         let p = tmp.join("state.json");
         let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::Invalid(e.to_string()))?;
