@@ -15,11 +15,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = atomic_tmp(dir, &name.to_string_lossy(), std::process::id());
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -30,6 +26,135 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// Whether process `pid` is running on this machine (Linux: `/proc/PID` exists). A
+/// temporary file named by the pid of a process that is gone is a stale one.
+pub fn pid_alive(pid: u32) -> bool {
+    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes the entries of `dir` named `{prefix}{pid}{suffix}` whose process is no longer
+/// running: the temporaries that a killed writer left behind. Those of a live process
+/// (another lcm writing beside this one, or this process) are left alone. Best effort: a
+/// folder that cannot be read or an entry that cannot be removed is skipped.
+pub fn sweep_stale(dir: &Path, prefix: &str, suffix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_suffix(suffix))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid_alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        let _ = if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+    }
+}
+
+/// The temporary name [`write_atomic`] writes `path` under for process `pid`.
+fn atomic_tmp(dir: &Path, name: &str, pid: u32) -> std::path::PathBuf {
+    dir.join(format!(".{name}.tmp-{pid}"))
+}
+
+/// Removes what interrupted [`write_atomic`]s of `path` left behind (their processes are
+/// gone): call it before writing `path` again.
+pub fn sweep_atomic_temps(path: &Path) {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+        sweep_stale(dir, &format!(".{name}.tmp-"), "");
+    }
+}
+
+/// Writes a file through `write(tmp)` into a temporary name beside `out`, then renames it
+/// to `out`; on any failure the temporary is removed, so nothing half-written stays.
+/// `ext` is the temporary's extension (a PNG encoder picks its format by it).
+pub fn write_via_temp<E: std::fmt::Display>(
+    out: &Path,
+    ext: &str,
+    write: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> Result<()> {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", out.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let prefix = format!(".{name}.tmp-");
+    let suffix = format!(".{ext}");
+    sweep_stale(dir, &prefix, &suffix);
+    if out.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: is a folder; name a file to write",
+            out.display()
+        )));
+    }
+    let tmp = dir.join(format!("{prefix}{}{suffix}", std::process::id()));
+    let result = write(&tmp)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", out.display())))
+        .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A libtorch error in words, for a message that names the file itself. tch shows the
+/// safetensors library's errors as Rust `Debug` text after the file's path
+/// (`IoError(Os { code: 28, kind: StorageFull, .. })`); these are worded here without the
+/// path, the OS error as the OS says it.
+pub fn tch_message(e: &tch::TchError) -> String {
+    use safetensors::SafeTensorError as S;
+    let tch::TchError::SafeTensorError { err, .. } = e else {
+        return e.to_string();
+    };
+    let what = match err {
+        S::IoError(io) => io.to_string(),
+        S::JsonError(j) => format!("not a safetensors file (its header is no JSON: {j})"),
+        S::InvalidHeader
+        | S::InvalidHeaderStart
+        | S::InvalidHeaderDeserialization
+        | S::HeaderTooLarge
+        | S::HeaderTooSmall
+        | S::InvalidHeaderLength => "not a safetensors file (a bad header)".into(),
+        S::TensorNotFound(name) => format!("no tensor `{name}`"),
+        S::InvalidOffset(name) => {
+            format!("tensor `{name}` lies outside the file (a truncated or corrupt file)")
+        }
+        S::TensorInvalidInfo
+        | S::InvalidTensorView(..)
+        | S::MetadataIncompleteBuffer
+        | S::ValidationOverflow => "a truncated or corrupt safetensors file".into(),
+    };
+    what
+}
+
+/// A device as the command line names it: `cpu`, `cuda:0`.
+pub fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        tch::Device::Mps => "mps".into(),
+        tch::Device::Vulkan => "vulkan".into(),
+    }
 }
 
 /// SplitMix64: a tiny generator whose output is fixed by its definition, so sample `i` of
@@ -84,4 +209,29 @@ pub fn lock_torch_generator() -> std::sync::MutexGuard<'static, ()> {
     TORCH_GENERATOR
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors write that fails reads as the OS's words, not Rust's `Debug` text.
+    #[test]
+    fn tch_errors_read_as_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("no-such-folder/x.safetensors");
+        let t = tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu));
+        let e = tch::Tensor::write_safetensors(&[("t", &t)], &p).unwrap_err();
+        let debug_text = e.to_string();
+        assert!(
+            debug_text.contains("IoError(Os"),
+            "tch's own text: {debug_text}"
+        );
+        let words = tch_message(&e);
+        assert!(words.contains("No such file or directory"), "{words}");
+        assert!(
+            !words.contains("Os {") && !words.contains("IoError"),
+            "{words}"
+        );
+    }
 }

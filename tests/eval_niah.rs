@@ -250,6 +250,49 @@ fn the_planner_names_the_flag_that_fits() {
     assert!(err.contains("--segment 16380"), "{err}");
 }
 
+/// The planner keeps a safety margin of the free memory: 22.1 GiB needed of 22.3 free is
+/// refused, saying so; what fits in 90% of it is admitted.
+#[test]
+fn the_planner_keeps_a_safety_margin() {
+    let gib = (1u64 << 30) as f64;
+    // device_bytes = 1.25 x the parts + 1 GiB.
+    let needing = |total_gib: f64| plan::Estimate {
+        weights: (total_gib - 1.0) / 1.25 * gib,
+        memory: 0.0,
+        landmarks: 0.0,
+        caches: 0.0,
+        activations: 0.0,
+        placement: Placement::Device,
+    };
+    let est = needing(22.1);
+    assert!((est.device_bytes() / gib - 22.1).abs() < 1e-9);
+    let avail = Available {
+        device: Some(22.3 * gib),
+        host: Some(500.0 * gib),
+    };
+    let err = plan::check(&est, &avail, false, None, None).unwrap_err();
+    assert!(
+        err.contains("22.1 GiB on the GPU") && err.contains("22.3 GiB free"),
+        "{err}"
+    );
+    assert!(
+        err.contains("safety margin") && err.contains("90%"),
+        "{err}"
+    );
+    assert!(plan::check(&needing(20.0), &avail, false, None, None).is_ok());
+    // The same on the CPU, against the host's available memory.
+    let host = Available {
+        device: None,
+        host: Some(22.3 * gib),
+    };
+    let err = plan::check(&est, &host, true, None, None).unwrap_err();
+    assert!(
+        err.contains("host memory") && err.contains("safety margin"),
+        "{err}"
+    );
+    assert!(plan::check(&needing(20.0), &host, true, None, None).is_ok());
+}
+
 #[test]
 fn s_niah_phrases_come_from_the_neox_tokenizer() {
     let path = lcm::info::default_tokenizer_path();
@@ -358,4 +401,113 @@ fn merged_grids_keep_each_runs_cells() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("shallow") && err.contains("depths"), "{err}");
+}
+
+/// Results of different weights never merge, even at the same step number: each records
+/// a hash of the model's weights. Without hashes (older results) the checkpoint folder and
+/// step must match. Messages show values, not Rust's `Some(..)`.
+#[test]
+fn merge_refuses_results_of_other_weights_at_the_same_step() {
+    tch::manual_seed(5);
+    let mut a = Engine::random(&tiny_drt(), Device::Cpu).unwrap();
+    let mut b = Engine::random(&tiny_drt(), Device::Cpu).unwrap();
+    a.checkpoint = Some(("runs/a/step-00000400".into(), 400));
+    b.checkpoint = Some(("runs/b/step-00000400".into(), 400));
+    a.weights_sha256 = Some("a".repeat(64));
+    b.weights_sha256 = Some("b".repeat(64));
+    let spec = spec(NiahTask::Passkey);
+    let hay = Haystack::Random { lo: 30, hi: 60 };
+    let dir = tempfile::tempdir().unwrap();
+    let run = |engine: &Engine, name: &str, length: i64| {
+        let out = dir.path().join(name);
+        let opts = GridOptions {
+            lengths: vec![length],
+            depths: vec![0.5],
+            samples: 1,
+            batch: 1,
+            seed: 4,
+            prefill: PrefillOptions {
+                segment: 16,
+                placement: Placement::Device,
+            },
+            out: out.clone(),
+            progress: false,
+        };
+        grid::run(engine, &spec, &hay, &opts).unwrap();
+        let p = out.join("results.json");
+        (p.clone(), grid::Report::load(&p).unwrap())
+    };
+    let err = grid::Report::merge(vec![run(&a, "a", 48), run(&b, "b", 96)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("other model weights") && err.contains("bbbbbbbbbbbb"),
+        "{err}"
+    );
+    assert!(!err.contains("Some("), "{err}");
+    // The same weights from another folder (an export of that checkpoint) merge.
+    let mut a2 = Engine::random(&tiny_drt(), Device::Cpu).unwrap();
+    a2.checkpoint = Some(("models/a".into(), 400));
+    a2.weights_sha256 = a.weights_sha256.clone();
+    let merged = grid::Report::merge(vec![run(&a, "a", 48), run(&a2, "a2", 96)]).unwrap();
+    assert_eq!(merged.lengths, [48, 96]);
+    // Results without a hash: the step and the checkpoint folder decide.
+    let (pa, mut ra) = run(&a, "a", 48);
+    let (pb, mut rb) = run(&b, "b", 96);
+    ra.weights_sha256 = None;
+    rb.weights_sha256 = None;
+    rb.step = Some(500);
+    let err = grid::Report::merge(vec![(pa.clone(), ra), (pb.clone(), rb)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("checkpoint step 500") && err.contains("has 400"),
+        "{err}"
+    );
+    assert!(!err.contains("Some("), "{err}");
+}
+
+/// The grid sweeps what a killed run left of its results.json writes, and a heatmap that
+/// cannot be written leaves no temporary behind.
+#[test]
+fn eval_leaves_no_temporaries() {
+    tch::manual_seed(6);
+    let engine = Engine::random(&tiny_drt(), Device::Cpu).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // No process has pid 999999999 (above Linux's pid_max).
+    let stale = out.path().join(".results.json.tmp-999999999");
+    std::fs::write(&stale, b"{").unwrap();
+    let opts = GridOptions {
+        lengths: vec![48],
+        depths: vec![0.5],
+        samples: 1,
+        batch: 1,
+        seed: 1,
+        prefill: PrefillOptions {
+            segment: 16,
+            placement: Placement::Device,
+        },
+        out: out.path().to_path_buf(),
+        progress: false,
+    };
+    let report = grid::run(
+        &engine,
+        &spec(NiahTask::Passkey),
+        &Haystack::Random { lo: 30, hi: 60 },
+        &opts,
+    )
+    .unwrap();
+    assert!(!stale.exists());
+    let folder = out.path().join("heatmap.png");
+    std::fs::create_dir(&folder).unwrap();
+    let err = lcm::eval::heatmap::draw(&report, &folder)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("heatmap.png"), "{err}");
+    let mut names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["heatmap.png", "results.json"]);
 }

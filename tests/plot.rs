@@ -49,3 +49,31 @@ fn bad_metrics_name_the_file_and_line() {
     let err = read_metrics(&m).err().unwrap().to_string();
     assert!(err.contains("no loss values"), "{err}");
 }
+
+/// A plot that cannot be written (its path is a folder) fails naming it and leaves no
+/// temporary file; the temporaries a killed `lcm plot` left are swept by the next one.
+#[test]
+fn a_failed_plot_leaves_no_temporary_and_stale_ones_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("metrics.jsonl");
+    std::fs::write(&m, "{\"step\":1,\"loss\":2.0}\n{\"step\":2,\"loss\":1.0}\n").unwrap();
+    let c = read_metrics(&m).unwrap();
+    let folder = dir.path().join("out.png");
+    std::fs::create_dir(&folder).unwrap();
+    let err = plot_loss(&c, "test", &folder).err().unwrap().to_string();
+    assert!(err.contains(folder.to_str().unwrap()), "{err}");
+    let names = |d: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(dir.path()), ["metrics.jsonl", "out.png"]);
+    // No process has pid 999999999 (above Linux's pid_max): a stale temporary.
+    let stale = dir.path().join(".loss.png.tmp-999999999.png");
+    std::fs::write(&stale, b"half a png").unwrap();
+    plot_loss(&c, "test", &dir.path().join("loss.png")).unwrap();
+    assert_eq!(names(dir.path()), ["loss.png", "metrics.jsonl", "out.png"]);
+}

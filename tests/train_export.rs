@@ -1,7 +1,11 @@
 //! `lcm export`: a checkpoint's weights as shards under a size limit (large tensors split
 //! by rows), loaded back whole by `checkpoint::load`, the inference engine and `--init`.
 
+mod data_util;
+
 use std::path::Path;
+
+use data_util::lcm;
 
 use lcm::eval::Engine;
 use lcm::train::{checkpoint, train, TrainConfig, TrainOptions};
@@ -40,7 +44,7 @@ fn shards_respect_the_limit_and_load_back_whole() {
     let dir = out.path().join("model");
     // The embedding (300 x 32 fp32 = 37.5 KiB) is larger than a 16 KiB shard: split by rows.
     let limit = 16 << 10;
-    let files = checkpoint::export(&ckpt, &dir, Kind::Float, limit).unwrap();
+    let files = checkpoint::export(&ckpt, &dir, Kind::Float, limit, false).unwrap();
     assert!(files.len() > 2, "{} shards", files.len());
     for f in &files {
         // A shard is its tensors plus a small JSON header.
@@ -63,10 +67,20 @@ fn shards_respect_the_limit_and_load_back_whole() {
         e.model.forward(&tokens, false)
     };
     assert!(logits(&ckpt).equal(&logits(&dir)));
+    // The weights' hash (what `lcm eval merge` compares) does not depend on the sharding;
+    // other weights (bf16 below, another run) have another.
+    let hash = |p: &Path| {
+        Engine::load(p, Device::Cpu)
+            .unwrap()
+            .weights_sha256
+            .unwrap()
+    };
+    assert_eq!(hash(&ckpt), hash(&dir));
 
     // bf16: every weight is the original rounded to bf16.
     let half = out.path().join("half");
-    checkpoint::export(&ckpt, &half, Kind::BFloat16, limit).unwrap();
+    checkpoint::export(&ckpt, &half, Kind::BFloat16, limit, false).unwrap();
+    assert_ne!(hash(&half), hash(&ckpt));
     let (_, h) = checkpoint::read_weights(&half).unwrap();
     for ((n, t), (_, o)) in sorted(h).iter().zip(&a) {
         assert_eq!(t.kind(), Kind::BFloat16, "{n}");
@@ -88,7 +102,7 @@ fn init_starts_a_new_run_from_exported_weights() {
         .unwrap();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("model");
-    checkpoint::export(&ckpt, &dir, Kind::Float, 1 << 20).unwrap();
+    checkpoint::export(&ckpt, &dir, Kind::Float, 1 << 20, false).unwrap();
 
     // A fresh run stopped before its first step keeps the weights it started from.
     let next = tempfile::tempdir().unwrap();
@@ -133,4 +147,163 @@ fn init_starts_a_new_run_from_exported_weights() {
         dist(&warm, &base),
         dist(&fresh, &base)
     );
+}
+
+/// The files under `dir` (relative paths, sorted), to show that a refused export touched
+/// nothing.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(base).unwrap().display().to_string());
+            if p.is_dir() {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = vec![];
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// `lcm export` never deletes or hides what `--out` names: the source run (or a folder
+/// holding it, or a folder inside it), a file, a training checkpoint or any folder that is
+/// not an export are refused before any work, naming the path and the flag; an existing
+/// export is replaced only with --force and keeps its other files; `--shard-mib 0` is refused.
+#[test]
+fn export_refuses_every_out_that_would_lose_something() {
+    let h = tempfile::tempdir().unwrap();
+    let run = h.path().join("run");
+    let ckpt = train(&tiny(&run, 2, 3, 3e-3), &TrainOptions::default())
+        .unwrap()
+        .checkpoint
+        .unwrap();
+    std::fs::write(h.path().join("notes.txt"), "hi\n").unwrap();
+    let before = tree(h.path());
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let export = |src: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec!["export".to_string(), s(src), "--out".into(), s(out)];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        lcm(&args)
+    };
+
+    // The folder holding the run, the run itself, its checkpoint, a folder inside the run:
+    // refused with or without --force, nothing touched.
+    for (src, out) in [
+        (&run, h.path().to_path_buf()),
+        (&run, run.clone()),
+        (&ckpt, ckpt.clone()),
+        (&ckpt, run.clone()),
+        (&run, run.join("model")),
+        (&ckpt, ckpt.join("model")),
+    ] {
+        for force in [&[][..], &["--force"]] {
+            let (ok, _, err) = export(src, &out, force);
+            assert!(!ok, "{} -> {}", src.display(), out.display());
+            assert!(
+                err.contains("--out") && err.contains("source") && err.contains(&s(&out)),
+                "{err}"
+            );
+            assert_eq!(tree(h.path()), before, "{err}");
+        }
+    }
+    // The same through another spelling of the path.
+    let dotted = run.join("..").join("run");
+    let (ok, _, err) = export(&run, &dotted, &["--force"]);
+    assert!(!ok && err.contains("source"), "{err}");
+
+    // A file: refused, kept as it was, nothing written beside it.
+    let file = h.path().join("notes.txt");
+    for force in [&[][..], &["--force"]] {
+        let (ok, _, err) = export(&run, &file, force);
+        assert!(
+            !ok && err.contains("not a folder") && err.contains(&s(&file)),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "hi\n");
+        assert_eq!(tree(h.path()), before);
+    }
+
+    // A folder that is no export, and another run's checkpoint: refused even with --force.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("data.csv"), "1,2\n").unwrap();
+    let (ok, _, err) = export(&run, other.path(), &["--force"]);
+    assert!(
+        !ok && err.contains("not an lcm export") && err.contains("data.csv"),
+        "{err}"
+    );
+    assert_eq!(tree(other.path()), ["data.csv"]);
+    let other_run = tempfile::tempdir().unwrap();
+    let other_ckpt = train(
+        &tiny(other_run.path(), 1, 5, 3e-3),
+        &TrainOptions::default(),
+    )
+    .unwrap()
+    .checkpoint
+    .unwrap();
+    let kept = tree(other_run.path());
+    for out in [other_ckpt.as_path(), other_run.path()] {
+        let (ok, _, err) = export(&run, out, &["--force"]);
+        assert!(!ok && err.contains("training"), "{err}");
+        assert_eq!(tree(other_run.path()), kept);
+    }
+
+    // --shard-mib 0 is refused before any work.
+    let out = h.path().join("model");
+    let (ok, _, err) = export(&run, &out, &["--shard-mib", "0"]);
+    assert!(!ok && err.contains("--shard-mib"), "{err}");
+    assert!(!out.exists());
+    let e = checkpoint::export(&ckpt, &out, Kind::Float, 0, false).unwrap_err();
+    assert!(e.to_string().contains("shard"), "{e}");
+    assert!(!out.exists());
+
+    // A new folder: written. Again: refused without --force, naming it.
+    let (ok, stdout, err) = export(&run, &out, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("model-00001-of-00001.safetensors"),
+        "{stdout}"
+    );
+    let (ok, _, err) = export(&run, &out, &[]);
+    assert!(
+        !ok && err.contains("--force") && err.contains(&s(&out)),
+        "{err}"
+    );
+
+    // An export of many shards with a model card beside it, replaced by one of one shard:
+    // the card stays, the old shards go, the weights load back whole.
+    checkpoint::export(&ckpt, &out, Kind::Float, 16 << 10, true).unwrap();
+    std::fs::write(out.join("README.md"), "card\n").unwrap();
+    assert!(checkpoint::weight_files(&out).unwrap().len() > 2);
+    let (ok, _, err) = export(&run, &out, &["--force", "--dtype", "f32"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        tree(&out),
+        [
+            "README.md",
+            "model-00001-of-00001.safetensors",
+            "state.json"
+        ]
+    );
+    let (_, a) = checkpoint::read_weights(&ckpt).unwrap();
+    let (_, b) = checkpoint::read_weights(&out).unwrap();
+    let (a, b) = (sorted(a), sorted(b));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (_, tb)) in a.iter().zip(&b) {
+        assert!(ta.equal(tb), "{na} differs after export");
+    }
+    // No temporaries left beside or inside it.
+    assert!(
+        !tree(h.path()).iter().any(|p| p.contains("tmp")),
+        "{:?}",
+        tree(h.path())
+    );
+    // An empty folder is replaced with --force.
+    let empty = h.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (ok, _, err) = export(&run, &empty, &["--force"]);
+    assert!(ok, "{err}");
+    assert!(empty.join("state.json").is_file());
 }

@@ -51,11 +51,13 @@ pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Stats(a) => {
             let s = corpus_stats(&a.prefix)?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+            let text = if a.json {
+                serde_json::to_string_pretty(&s)?
             } else {
-                println!("{s}");
-            }
+                s.to_string()
+            };
+            // A closed pipe (`| head`) ends the output, not the process with a panic.
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
             Ok(())
         }
         Command::Cat(a) => {

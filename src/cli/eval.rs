@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use lcm::data::stats::check_vocab;
 use lcm::data::IndexedCorpus;
 use lcm::eval::grid::{self, GridOptions};
 use lcm::eval::lengths::{format_length, parse_depths, parse_lengths};
@@ -77,12 +78,12 @@ pub struct NiahArgs {
     /// Depths of the needle in the haystack, comma-separated, each in [0, 1].
     #[arg(long, default_value = "0,0.25,0.5,0.75,1")]
     depths: String,
-    /// Samples per (length, depth) cell.
+    /// Samples per (length, depth) cell, at least 1.
     #[arg(long, default_value_t = 10)]
     samples: usize,
     #[arg(long, value_enum, default_value_t = NiahTask::Passkey)]
     task: NiahTask,
-    /// Facts for mq-niah, hops for multihop and vt.
+    /// Facts for mq-niah, hops for multihop and vt (at least 1).
     #[arg(long, default_value_t = 2)]
     keys: usize,
     /// A token corpus prefix, or `random` (ids from the training config's data.random)
@@ -109,7 +110,7 @@ pub struct PplArgs {
     /// Token corpus prefix (.bin/.idx).
     #[arg(long)]
     corpus: PathBuf,
-    /// Windows per length.
+    /// Windows per length, at least 1.
     #[arg(long, default_value_t = 4)]
     samples: usize,
     /// Write the table as JSON here too.
@@ -238,6 +239,7 @@ fn haystack_for(args: &NiahArgs, engine: &Engine) -> Result<Haystack> {
     let corpus = |p: PathBuf| -> Result<Haystack> {
         let corpus =
             IndexedCorpus::open(&p).with_context(|| format!("haystack {}", p.display()))?;
+        check_vocab(&p, &corpus, engine.config().vocab_size).context("--haystack")?;
         Ok(Haystack::Corpus { prefix: p, corpus })
     };
     match args.haystack.as_deref() {
@@ -257,6 +259,12 @@ fn niah(args: NiahArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch 0: at least one sample at a time");
     }
+    if args.samples == 0 {
+        bail!("--samples 0: a cell's accuracy needs at least one sample");
+    }
+    if args.keys == 0 {
+        bail!("--keys 0: mq-niah needs at least one fact, multihop and vt at least one hop");
+    }
     let (engine, lengths, prefill) = load(&args.common, args.batch as i64)?;
     let depths = parse_depths(&args.depths)?;
     let trained = engine
@@ -273,10 +281,10 @@ fn niah(args: NiahArgs) -> Result<()> {
     let haystack = haystack_for(&args, &engine)?;
     let (ckpt, step) = engine.checkpoint.clone().expect("loaded from a checkpoint");
     eprintln!(
-        "{} on {} (step {step}), {:?}{}, haystack: {}, {} sample(s) per cell",
+        "{} on {} (step {step}), {}{}, haystack: {}, {} sample(s) per cell",
         spec.task.name(),
         ckpt.display(),
-        engine.device,
+        lcm::util::device_name(engine.device),
         if prefill.placement == Placement::Host {
             ", chunk memory offloaded to the host"
         } else {
@@ -327,9 +335,13 @@ fn niah(args: NiahArgs) -> Result<()> {
 }
 
 fn ppl_cmd(args: PplArgs) -> Result<()> {
+    if args.samples == 0 {
+        bail!("--samples 0: a loss needs at least one window per length");
+    }
     let (engine, lengths, prefill) = load(&args.common, 1)?;
     let corpus = IndexedCorpus::open(&args.corpus)
         .with_context(|| format!("corpus {}", args.corpus.display()))?;
+    check_vocab(&args.corpus, &corpus, engine.config().vocab_size).context("--corpus")?;
     let total: u64 = lengths
         .iter()
         .map(|&l| (engine.usable_length(l) as u64) * args.samples as u64)

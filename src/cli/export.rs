@@ -1,36 +1,50 @@
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use lcm::train::checkpoint;
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   lcm export runs/drt-niah --out models/drt-niah
   lcm export runs/drt-niah/step-00003000 --out /tmp/m --dtype f32 --shard-mib 64
+  lcm export runs/drt-niah --out models/drt-niah --force     # replace that export
 
 The folder holds model-0000i-of-0000N.safetensors and state.json (the training config):
-`lcm eval niah --checkpoint models/drt-niah` loads it, `lcm pretrain --init` starts from it.")]
+`lcm eval niah --checkpoint models/drt-niah` loads it, `lcm pretrain --init` starts from it.
+--out must not exist; with --force it may be an earlier export (its shards and state.json
+are replaced, other files such as a model card stay) or an empty folder. It is never the
+source checkpoint or run folder, inside one or around one, a file, or another folder.")]
 pub struct Args {
     /// A checkpoint (step-* folder) or a run folder (its newest checkpoint).
     checkpoint: PathBuf,
-    /// The folder to write (replaced whole if it exists).
+    /// The folder to write; it must not exist (see --force).
     #[arg(long)]
     out: PathBuf,
+    /// Replace the export in an existing --out folder (an export folder or an empty one).
+    #[arg(long)]
+    force: bool,
     /// Weight dtype: bf16 (half the size; what inference on a GPU uses) or f32.
     #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
     dtype: String,
-    /// Largest shard in MiB (the device tool and git hosts limit file sizes).
+    /// Largest shard in MiB, at least 1 (the device tool and git hosts limit file sizes).
     #[arg(long, default_value_t = 15)]
     shard_mib: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // 1 TiB: far above any shard a file host takes, and no overflow in bytes.
+    if !(1..=1 << 20).contains(&args.shard_mib) {
+        bail!(
+            "--shard-mib {}: a shard holds between 1 MiB and 1 TiB (1048576)",
+            args.shard_mib
+        );
+    }
     let ckpt = checkpoint::resolve(&args.checkpoint)?;
     let kind = match args.dtype.as_str() {
         "bf16" => tch::Kind::BFloat16,
         _ => tch::Kind::Float,
     };
-    let files = checkpoint::export(&ckpt, &args.out, kind, args.shard_mib << 20)?;
+    let files = checkpoint::export(&ckpt, &args.out, kind, args.shard_mib << 20, args.force)?;
     for f in &files {
         let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
         println!(

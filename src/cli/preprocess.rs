@@ -115,8 +115,19 @@ fn pile(a: PileArgs) -> Result<()> {
         tok_path.display()
     );
     let mut reporter = Reporter::new(a.progress_secs);
-    let summary = preprocess::run(&opts, &tok, &mut |p| reporter.update(p))
-        .with_context(|| format!("preprocessing into {}", a.output.display()))?;
+    let summary = preprocess::run(&opts, &tok, &mut |p| reporter.update(p)).with_context(|| {
+        let state = lcm::data::indexed::with_suffix(&a.output, ".resume.tmp");
+        let kept = if state.exists() {
+            format!(
+                " (the shards finished so far are kept, {}: fix the input and rerun with \
+                 --resume to go on from there; a run without --resume starts over)",
+                state.display()
+            )
+        } else {
+            String::new()
+        };
+        format!("preprocessing into {}{kept}", a.output.display())
+    })?;
     if reporter.updates == 0 {
         println!(
             "{}: already complete (--resume), nothing to do: {} documents, {} tokens",

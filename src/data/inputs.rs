@@ -37,13 +37,27 @@ impl InputKind {
             None
         }
     }
+
+    /// The kind of a file that a directory or a pattern turns up: as [`InputKind::of`],
+    /// but a plain `.json` only when named on its own. A folder of shards also holds
+    /// `.json` files that are no documents: the `PREFIX.json` sidecar lcm writes beside
+    /// a corpus, metadata, configs.
+    pub fn of_found(path: &Path) -> Option<Self> {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        if name.ends_with(".json") {
+            return None;
+        }
+        Self::of(path)
+    }
 }
 
 const KINDS: &str = ".jsonl, .jsonl.zst or .parquet";
 
 /// Expands the `--input` arguments, in order: a file is taken as it is, a directory
 /// contributes its input files (recursively, sorted by path), and a pattern with `*`, `?`
-/// or `[` its matches (sorted). Each argument must contribute at least one file.
+/// or `[` its matches (sorted); a directory or pattern takes `.jsonl`, `.jsonl.zst` and
+/// `.parquet` files, not plain `.json` ([`InputKind::of_found`]). Each argument must
+/// contribute at least one file.
 pub fn expand_inputs(args: &[String]) -> Result<Vec<PathBuf>> {
     let mut out = vec![];
     for arg in args {
@@ -77,7 +91,7 @@ pub fn expand_inputs(args: &[String]) -> Result<Vec<PathBuf>> {
                 let p = p.map_err(|e| Error::io(e.path().to_path_buf(), e.into()))?;
                 if p.is_dir() {
                     walk(&p, &mut found)?;
-                } else if InputKind::of(&p).is_some() {
+                } else if InputKind::of_found(&p).is_some() {
                     found.push(p);
                 }
             }
@@ -107,7 +121,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let p = e.map_err(|e| Error::io(dir, e))?.path();
         if p.is_dir() {
             walk(&p, out)?;
-        } else if InputKind::of(&p).is_some() {
+        } else if InputKind::of_found(&p).is_some() {
             out.push(p);
         }
     }

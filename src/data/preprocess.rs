@@ -12,7 +12,11 @@
 //! `PREFIX.resume.tmp` records how far they go. `--resume` cuts the temporary files back
 //! to the last checkpoint and goes on from the next shard. Output is written under
 //! temporary names and renamed at the end (`.bin` before `.idx`), so no interrupted run
-//! leaves files that look complete.
+//! leaves files that look complete. A failure removes the temporary files unless a finished
+//! shard makes them resumable (then `PREFIX.resume.tmp` exists and `--resume` goes on).
+//!
+//! One run at a time writes a prefix: a lock on `.NAME.lock` beside it (see
+//! [`crate::lock::OutputLock`]) refuses a second one, naming the process that holds it.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -167,6 +171,11 @@ pub struct Summary {
     pub bad_line_examples: Vec<String>,
     pub inputs: Vec<InputSummary>,
     pub fingerprint: Fingerprint,
+    /// The largest token id in the corpus (None when it has no tokens, or for a corpus
+    /// written before lcm recorded it): checked against a model's vocabulary before
+    /// training or evaluating on the corpus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_id: Option<u32>,
 }
 
 pub const MAX_EXAMPLES: usize = 20;
@@ -198,6 +207,33 @@ struct State {
     inputs: Vec<InputSummary>,
     bad_line_examples: Vec<String>,
     sets: BTreeMap<String, Counts>,
+    /// The largest id written up to the checkpoint.
+    #[serde(default)]
+    max_token_id: Option<u32>,
+    /// Whether `max_token_id` was recorded (a state written before it was is scanned).
+    #[serde(default)]
+    max_tracked: bool,
+}
+
+/// The lock file of the corpus at `prefix`: `.NAME.lock` in its folder.
+pub fn lock_path(prefix: &Path) -> PathBuf {
+    let name = prefix.file_name().unwrap_or_default().to_string_lossy();
+    prefix.with_file_name(format!(".{name}.lock"))
+}
+
+/// The temporary files a run writes at `prefix` (and an interrupted one leaves for
+/// `--resume`).
+pub fn temporaries(prefix: &Path) -> Vec<PathBuf> {
+    [
+        ".bin.tmp",
+        ".sizes.tmp",
+        ".idx.tmp",
+        ".data.tmp",
+        ".resume.tmp",
+    ]
+    .iter()
+    .map(|s| with_suffix(prefix, s))
+    .collect()
 }
 
 /// Runs the pipeline; returns what `PREFIX.json` records.
@@ -220,9 +256,19 @@ pub fn run(
         }
     };
     let prefix = &opts.output;
+    if prefix.file_name().is_none() {
+        return Err(Error::Invalid(format!(
+            "--output {}: not a prefix (name the files' stem, e.g. data/tokens/train)",
+            prefix.display()
+        )));
+    }
     if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
+    let _lock = crate::lock::OutputLock::acquire(
+        &lock_path(prefix),
+        &format!("corpus prefix {}", prefix.display()),
+    )?;
     let fingerprint = Fingerprint {
         format: opts.format,
         dtype,
@@ -306,16 +352,79 @@ pub fn run(
         None
     };
 
-    let mut sink = match (&state, opts.format) {
-        (Some(st), Format::Indexed) => {
-            Sink::Indexed(IndexedWriter::resume(prefix, dtype, st.checkpoint)?)
-        }
-        (None, Format::Indexed) => Sink::Indexed(IndexedWriter::create(prefix, dtype)?),
-        (st, Format::Raw) => Sink::Raw(RawWriter::open(prefix, st.as_ref().map(|s| s.checkpoint))?),
-    };
     if state.is_none() {
-        let _ = std::fs::remove_file(&state_path);
+        // A fresh start: whatever an earlier run left (its resume state too) goes.
+        for p in temporaries(prefix) {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&p, e)),
+                _ => {}
+            }
+        }
     }
+    // What interrupted atomic writes of the state and the summary left.
+    crate::util::sweep_atomic_temps(&state_path);
+    crate::util::sweep_atomic_temps(&json_path);
+    let sink = match (&state, opts.format) {
+        (Some(st), Format::Indexed) => {
+            IndexedWriter::resume(prefix, dtype, st.checkpoint).map(Sink::Indexed)
+        }
+        (None, Format::Indexed) => IndexedWriter::create(prefix, dtype).map(Sink::Indexed),
+        (st, Format::Raw) => {
+            RawWriter::open(prefix, st.as_ref().map(|s| s.checkpoint)).map(Sink::Raw)
+        }
+    };
+    let result = sink.and_then(|sink| {
+        write_corpus(
+            opts,
+            tok,
+            progress,
+            Run {
+                dtype,
+                fingerprint,
+                state,
+                sink,
+                json_path,
+                finals,
+                state_path: state_path.clone(),
+            },
+        )
+    });
+    if result.is_err() && !state_path.exists() {
+        // Nothing resumable: no temporary stays behind.
+        for p in temporaries(prefix) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    result
+}
+
+/// What [`run`] settled before writing.
+struct Run {
+    dtype: TokenDtype,
+    fingerprint: Fingerprint,
+    state: Option<State>,
+    sink: Sink,
+    json_path: PathBuf,
+    finals: Vec<PathBuf>,
+    state_path: PathBuf,
+}
+
+/// The writing part of [`run`]: shards to the sink, checkpoints, the summary.
+fn write_corpus(
+    opts: &Options,
+    tok: &Tokenizer,
+    progress: &mut dyn FnMut(&Progress),
+    run: Run,
+) -> Result<Summary> {
+    let Run {
+        dtype,
+        fingerprint,
+        state,
+        mut sink,
+        json_path,
+        finals,
+        state_path,
+    } = run;
 
     let start_shard = state.as_ref().map_or(0, |s| s.shards_done);
     let mut inputs: Vec<InputSummary> = state.as_ref().map_or(vec![], |s| s.inputs.clone());
@@ -327,6 +436,17 @@ pub fn run(
     let mut checkpoint = state
         .as_ref()
         .map_or(Checkpoint::default(), |s| s.checkpoint);
+    let mut max_id = match &state {
+        None => None,
+        Some(st) if st.max_tracked => st.max_token_id,
+        Some(st) => {
+            let tmp = match opts.format {
+                Format::Indexed => with_suffix(&opts.output, ".bin.tmp"),
+                Format::Raw => with_suffix(&opts.output, ".data.tmp"),
+            };
+            crate::data::indexed::max_id_in_file(&tmp, st.checkpoint.bin_bytes, dtype)?
+        }
+    };
 
     let file_bytes_total: u64 = fingerprint.inputs.iter().map(|i| i.1).sum();
     let done_bytes: u64 = fingerprint.inputs[..start_shard].iter().map(|i| i.1).sum();
@@ -476,6 +596,7 @@ pub fn run(
                     skipped: Skipped::default(),
                 });
                 sink.append(&out.tokens, &out.sizes)?;
+                max_id = max_id.max(out.max_id);
                 sum.counts.add(&out.counts);
                 sum.skipped.add(&out.skipped);
                 sum.skipped.empty_files += d.empty_file as u64;
@@ -500,6 +621,8 @@ pub fn run(
                         inputs: inputs.clone(),
                         bad_line_examples: examples.clone(),
                         sets: sets.clone(),
+                        max_token_id: max_id,
+                        max_tracked: true,
                     };
                     crate::util::write_atomic(
                         &state_path,
@@ -547,6 +670,7 @@ pub fn run(
         bad_line_examples: examples,
         inputs,
         fingerprint,
+        max_token_id: max_id,
     };
     sink.finish()?;
     crate::util::write_atomic(
@@ -585,6 +709,8 @@ struct BatchOut {
     sets: BTreeMap<String, Counts>,
     bad: Vec<(u64, String)>,
     input_bytes: u64,
+    /// The largest id written (None for a batch without tokens).
+    max_id: Option<u32>,
 }
 
 /// Parses and tokenises one batch. A bad record fails the batch unless `skip`.
@@ -624,6 +750,7 @@ fn encode_batch(
             return bad(out, line, msg);
         }
         ids.push(tok.eod());
+        out.max_id = out.max_id.max(ids.iter().copied().max());
         let size = i32::try_from(ids.len()).map_err(|_| {
             Error::input(
                 path,

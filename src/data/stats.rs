@@ -31,6 +31,35 @@ pub fn read_summary(prefix: &Path) -> Option<Summary> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// The largest token id of the indexed corpus at `prefix` (None when it has no tokens):
+/// the one its `PREFIX.json` records when that describes this corpus (the same number of
+/// tokens), else found by a scan of the mapped ids (a corpus written before lcm recorded
+/// it, or by another tool).
+pub fn max_token_id(prefix: &Path, corpus: &IndexedCorpus) -> Option<u32> {
+    read_summary(&normalize_prefix(prefix))
+        .filter(|s| s.format == Format::Indexed && s.counts.tokens == corpus.num_tokens())
+        .and_then(|s| s.max_token_id)
+        .or_else(|| corpus.tokens().max())
+}
+
+/// Fails unless every token id of the indexed corpus at `prefix` is below `vocab_size`, the
+/// ids a model can embed: checked when a corpus is opened for training or evaluation, before
+/// any work, instead of a crash in the embedding.
+pub fn check_vocab(prefix: &Path, corpus: &IndexedCorpus, vocab_size: i64) -> Result<()> {
+    match max_token_id(prefix, corpus) {
+        Some(max) if i64::from(max) >= vocab_size => Err(Error::corpus(
+            prefix,
+            format!(
+                "token id {max} is its largest, outside the model's vocabulary \
+                 (model.vocab_size {vocab_size}: ids 0 to {}); the corpus was made with another \
+                 tokenizer than the model's, or the model is too small for it",
+                vocab_size - 1
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Corpus {
     /// Opens `PREFIX.bin/.idx`, or else `PREFIX.data` (documents split at `eod`).
     pub fn open(prefix: &Path, eod: u32) -> Result<Self> {
@@ -107,6 +136,8 @@ pub struct CorpusStats {
     /// Documents whose last token is the EOD id.
     pub docs_ending_with_eod: u64,
     pub eod_id: u32,
+    /// The largest token id (None without tokens): a model needs a vocabulary above it.
+    pub max_token_id: Option<u32>,
     /// The summary written beside the corpus by `lcm preprocess`, if any.
     pub summary: Option<Summary>,
 }
@@ -149,6 +180,7 @@ pub fn corpus_stats(prefix: &Path) -> Result<CorpusStats> {
         max_doc_tokens: sorted.last().copied().unwrap_or(0),
         docs_ending_with_eod: ending,
         eod_id: eod,
+        max_token_id: c.tokens().max(),
         summary,
         prefix,
     })
@@ -172,11 +204,18 @@ impl std::fmt::Display for CorpusStats {
             self.docs_ending_with_eod,
             self.documents
         )?;
-        write!(
+        writeln!(
             f,
             "doc tokens min {} / median {} / mean {:.1} / max {}",
             self.min_doc_tokens, self.median_doc_tokens, self.mean_doc_tokens, self.max_doc_tokens
         )?;
+        match self.max_token_id {
+            Some(m) => write!(
+                f,
+                "largest id {m} (a model needs model.vocab_size above it)"
+            )?,
+            None => write!(f, "largest id none (no tokens)")?,
+        }
         if let Some(s) = &self.summary {
             writeln!(f)?;
             writeln!(

@@ -50,7 +50,7 @@ impl Tokenizer {
         })?;
         let eod = inner.token_to_id(eod_token).ok_or_else(|| {
             err(format!(
-                "no token {eod_token:?} (the end-of-document token)"
+                "no token `{eod_token}` (the end-of-document token)"
             ))
         })?;
         let vocab_size = inner.get_vocab_size(true);

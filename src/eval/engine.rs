@@ -23,6 +23,9 @@ pub struct Engine {
     pub train: Option<TrainConfig>,
     /// The checkpoint folder and its step.
     pub checkpoint: Option<(PathBuf, u64)>,
+    /// SHA-256 of the checkpoint's weights as stored (see [`weights_sha256`]): what tells
+    /// two checkpoints apart whatever their folder or step.
+    pub weights_sha256: Option<String>,
     pub params: i64,
 }
 
@@ -61,6 +64,33 @@ fn compute_kind(device: Device) -> Kind {
     }
 }
 
+/// SHA-256 over the tensors of a checkpoint in name order (each tensor's name, dtype, shape
+/// and bytes): the same for the same weights however they are sharded, different for any
+/// other weights (another run, another step, the same step of a retrained run, bf16 against
+/// fp32).
+pub fn weights_sha256(weights: &[(String, Tensor)]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut order: Vec<&(String, Tensor)> = weights.iter().collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Sha256::new();
+    let mut buf = Vec::new();
+    for (name, t) in order {
+        let t = t.to_device(Device::Cpu).contiguous();
+        let kind = t.kind();
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(format!("{kind:?}").as_bytes());
+        for d in t.size() {
+            h.update(d.to_le_bytes());
+        }
+        let numel = t.numel();
+        buf.resize(numel * kind.elt_size_in_bytes(), 0);
+        t.f_copy_data_u8(&mut buf, numel)?;
+        h.update(&buf);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
 impl Engine {
     /// Loads the checkpoint `path` names (a `step-*` folder or a run folder's newest).
     pub fn load(path: &Path, device: Device) -> Result<Self> {
@@ -73,6 +103,7 @@ impl Engine {
         names.sort();
         let mut dst: Vec<Tensor> = names.iter().map(|n| vars.remove(n).unwrap()).collect();
         checkpoint::copy_named(&file, &weights, "", &names, &mut dst)?;
+        engine.weights_sha256 = Some(weights_sha256(&weights)?);
         engine._vs.set_kind(engine.kind);
         engine.model.set_step(state.step);
         engine.train = Some(state.config);
@@ -99,6 +130,7 @@ impl Engine {
             kind: compute_kind(device),
             train: None,
             checkpoint: None,
+            weights_sha256: None,
             params,
         })
     }

@@ -65,6 +65,10 @@ pub struct Report {
     pub task: String,
     pub checkpoint: Option<String>,
     pub step: Option<u64>,
+    /// SHA-256 of the model's weights (results of other weights never merge); absent in
+    /// results written before lcm recorded it, and for random weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
     pub haystack: String,
     pub device: String,
     pub offload: bool,
@@ -156,8 +160,9 @@ impl Report {
     }
 
     /// One report from the grids of several runs over different lengths (e.g. 16M alone, on
-    /// a machine that had the time for it later): the same task, model step, haystack and
-    /// depths, or an error naming the file that differs. Lengths come out in increasing order.
+    /// a machine that had the time for it later): the same task, model weights (their hash;
+    /// for results without one, the same checkpoint folder and step), haystack and depths,
+    /// or an error naming the file that differs. Lengths come out in increasing order.
     /// A length's samples are seeded by its place in `--len`, so a length run alone draws
     /// other samples (from the same distribution) than it does second in a list.
     pub fn merge(reports: Vec<(PathBuf, Report)>) -> Result<Report> {
@@ -165,25 +170,68 @@ impl Report {
         let (first_path, mut merged) = it
             .next()
             .ok_or_else(|| Error::Invalid("no results to merge".into()))?;
+        let none = || "none".to_string();
+        let step = |r: &Report| r.step.map_or_else(none, |s| s.to_string());
+        let ckpt = |r: &Report| r.checkpoint.clone().unwrap_or_else(none);
         for (path, r) in it {
-            let differs = |what: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+            let differs = |what: &str, a: String, b: String| {
                 Error::Invalid(format!(
-                    "{}: {what} {b:?}, but {} has {a:?}",
+                    "{}: {what} {b}, but {} has {a}; results of different runs do not merge",
                     path.display(),
                     first_path.display()
                 ))
             };
             if r.task != merged.task {
-                return Err(differs("task", &merged.task, &r.task));
+                return Err(differs("task", merged.task.clone(), r.task.clone()));
             }
-            if r.step != merged.step {
-                return Err(differs("checkpoint step", &merged.step, &r.step));
+            match (&merged.weights_sha256, &r.weights_sha256) {
+                (Some(a), Some(b)) if a != b => {
+                    let short = |h: &str| h.chars().take(12).collect::<String>();
+                    return Err(Error::Invalid(format!(
+                        "{}: other model weights than {} (checkpoint {} at step {}, weights \
+                         SHA-256 {}..., against checkpoint {} at step {}, {}...); results of \
+                         different models do not merge",
+                        path.display(),
+                        first_path.display(),
+                        ckpt(&r),
+                        step(&r),
+                        short(b),
+                        ckpt(&merged),
+                        step(&merged),
+                        short(a)
+                    )));
+                }
+                (Some(_), Some(_)) => {}
+                // Results written before lcm recorded the weights' hash: the same checkpoint
+                // folder and step is the best evidence of the same weights.
+                _ => {
+                    if r.step != merged.step {
+                        return Err(differs("checkpoint step", step(&merged), step(&r)));
+                    }
+                    if r.checkpoint != merged.checkpoint {
+                        return Err(differs(
+                            "checkpoint (and one of the two records no hash of its weights)",
+                            ckpt(&merged),
+                            ckpt(&r),
+                        ));
+                    }
+                }
             }
             if r.haystack != merged.haystack {
-                return Err(differs("haystack", &merged.haystack, &r.haystack));
+                return Err(differs(
+                    "haystack",
+                    merged.haystack.clone(),
+                    r.haystack.clone(),
+                ));
             }
             if r.depths != merged.depths {
-                return Err(differs("depths", &merged.depths, &r.depths));
+                let list = |d: &[f64]| {
+                    d.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                return Err(differs("depths", list(&merged.depths), list(&r.depths)));
             }
             if let Some(l) = r.lengths.iter().find(|l| merged.lengths.contains(l)) {
                 return Err(Error::Invalid(format!(
@@ -202,10 +250,14 @@ impl Report {
         Ok(merged)
     }
 
+    /// Writes `OUT/results.json` atomically, first removing the temporaries of writes
+    /// that were interrupted (a run stopped while saving).
     pub fn save(&self, out: &std::path::Path) -> Result<()> {
         let json =
             serde_json::to_vec_pretty(self).map_err(|e| Error::Invalid(format!("results: {e}")))?;
-        write_atomic(&out.join("results.json"), &json)
+        let path = out.join("results.json");
+        crate::util::sweep_atomic_temps(&path);
+        write_atomic(&path, &json)
     }
 }
 
@@ -216,6 +268,16 @@ pub fn run(
     haystack: &Haystack,
     opts: &GridOptions,
 ) -> Result<Report> {
+    if opts.samples == 0 || opts.batch == 0 || opts.lengths.is_empty() || opts.depths.is_empty() {
+        return Err(Error::Invalid(format!(
+            "an empty grid: {} samples per cell (--samples), {} at a time (--batch), {} \
+             lengths, {} depths; each needs at least one",
+            opts.samples,
+            opts.batch,
+            opts.lengths.len(),
+            opts.depths.len()
+        )));
+    }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let mut report = Report {
         task: spec.task.name().to_string(),
@@ -224,6 +286,7 @@ pub fn run(
             .as_ref()
             .map(|(p, _)| p.display().to_string()),
         step: engine.checkpoint.as_ref().map(|(_, s)| *s),
+        weights_sha256: engine.weights_sha256.clone(),
         haystack: haystack.describe(),
         device: format!("{:?}", engine.device),
         offload: opts.prefill.placement == crate::model::Placement::Host,
@@ -280,6 +343,15 @@ pub fn run(
                     .iter()
                     .flat_map(|(_, x)| x.tokens.iter().map(|&t| t as i64))
                     .collect();
+                let vocab = engine.config().vocab_size;
+                if let Some(&bad) = ids.iter().find(|&&t| t >= vocab) {
+                    return Err(Error::Invalid(format!(
+                        "sample token id {bad} is outside the model's vocabulary \
+                         (model.vocab_size {vocab}); the haystack ({}) or the task's ids do not \
+                         fit this model",
+                        haystack.describe()
+                    )));
+                }
                 let rows = built.len() as i64;
                 let tokens = Tensor::from_slice(&ids).view([rows, used]);
                 // Targets: logits at p predict token p+1. Each row keeps its answer span.

@@ -8,7 +8,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::grid::Report;
 use super::lengths::format_length;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 fn colour(acc: f64) -> RGBColor {
     let a = acc.clamp(0.0, 1.0);
@@ -22,11 +22,10 @@ fn colour(acc: f64) -> RGBColor {
 /// Draws `report` into `out` (PNG), through a temporary file renamed when complete.
 pub fn draw(report: &Report, out: &Path) -> Result<()> {
     let text = crate::train::plot::register_font().is_ok();
-    let tmp = out.with_extension("tmp.png");
     let (nl, nd) = (report.lengths.len(), report.depths.len());
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let draw = |tmp: &Path| -> std::result::Result<(), Box<dyn std::error::Error>> {
         let (w, h) = (360.max(140 + 90 * nl as u32), 110 + 50 * nd as u32);
-        let root = BitMapBackend::new(&tmp, (w, h)).into_drawing_area();
+        let root = BitMapBackend::new(tmp, (w, h)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut builder = ChartBuilder::on(&root);
         builder.margin(12);
@@ -105,6 +104,5 @@ pub fn draw(report: &Report, out: &Path) -> Result<()> {
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| Error::Invalid(format!("{}: {e}", out.display())))?;
-    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+    crate::util::write_via_temp(out, "png", draw)
 }

@@ -6,11 +6,17 @@
 //! largest intermediates spelled out (blocked sliding-window scores, GCA/HSA per-chunk
 //! scores and gathered chunks, retrieval score blocks), then a 25% margin and 1 GiB for
 //! the allocator and libraries. `lcm bench prefill` prints it beside the measured peak.
+//! A prefill is admitted only when that estimate fits in [`USABLE`] of the memory free now:
+//! the rest is a safety margin for what the estimate misses and for what other processes
+//! take meanwhile.
 
 use crate::model::{Arch, ModelConfig, Placement};
 use crate::ops::retrieval::RETRIEVAL_BLOCK;
 
 const GIB: f64 = (1u64 << 30) as f64;
+
+/// The share of the free device (or available host) memory a prefill may plan on.
+pub const USABLE: f64 = 0.9;
 
 /// Bytes by purpose, for one sample of `tokens` tokens fed in segments of `segment`.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +65,7 @@ impl Estimate {
     pub fn describe(&self) -> String {
         format!(
             "weights {:.2} GiB, chunk memory {:.2} GiB ({}), landmarks {:.2} GiB, caches {:.2} GiB, \
-             one segment's activations {:.2} GiB",
+             one segment's activations {:.2} GiB, plus 25% and 1 GiB for the allocator",
             self.weights / GIB,
             self.memory / GIB,
             match self.placement {
@@ -220,41 +226,42 @@ pub fn check(
     offloaded: Option<&Estimate>,
     smaller_segment: Option<(i64, &Estimate)>,
 ) -> Result<(), String> {
-    let fits = |e: &Estimate| {
-        let dev_ok = on_cpu || avail.device.map_or(true, |f| e.device_bytes() <= f);
-        let host_need = if on_cpu {
+    let dev_ok = |e: &Estimate| {
+        on_cpu
+            || avail
+                .device
+                .map_or(true, |f| e.device_bytes() <= f * USABLE)
+    };
+    let host_need = |e: &Estimate| {
+        if on_cpu {
             e.device_bytes() + e.host_bytes()
         } else {
             e.host_bytes()
-        };
-        let host_ok = avail.host.map_or(true, |h| host_need <= h);
-        dev_ok && host_ok
+        }
     };
+    let fits = |e: &Estimate| dev_ok(e) && avail.host.map_or(true, |h| host_need(e) <= h * USABLE);
     if fits(est) {
         return Ok(());
     }
-    let mut msg = if on_cpu {
-        format!(
-            "this needs about {:.1} GiB of host memory, {:.1} GiB are available ({})",
-            (est.device_bytes() + est.host_bytes()) / GIB,
-            avail.host.unwrap_or(0.0) / GIB,
-            est.describe()
-        )
-    } else if avail.device.is_some_and(|f| est.device_bytes() > f) {
-        format!(
-            "this needs about {:.1} GiB on the GPU, {:.1} GiB are free ({})",
-            est.device_bytes() / GIB,
-            avail.device.unwrap_or(0.0) / GIB,
-            est.describe()
-        )
+    let margin = format!(
+        "a prefill plans on at most {:.0}% of it, keeping the rest as a safety margin",
+        100.0 * USABLE
+    );
+    let (need, have, place) = if !dev_ok(est) {
+        let free = avail.device.unwrap_or(0.0);
+        let place = format!("on the GPU, with {:.1} GiB free", free / GIB);
+        (est.device_bytes(), free, place)
     } else {
-        format!(
-            "this needs about {:.1} GiB of host memory, {:.1} GiB are available ({})",
-            est.host_bytes() / GIB,
-            avail.host.unwrap_or(0.0) / GIB,
-            est.describe()
-        )
+        let free = avail.host.unwrap_or(0.0);
+        let place = format!("of host memory, with {:.1} GiB available", free / GIB);
+        (host_need(est), free, place)
     };
+    let mut msg = format!(
+        "this needs about {:.1} GiB {place} ({margin}: {:.1} GiB); the estimate: {}",
+        need / GIB,
+        have * USABLE / GIB,
+        est.describe()
+    );
     if let Some(o) = offloaded.filter(|o| fits(o)) {
         msg += &format!(
             "; with --offload cpu it needs about {:.1} GiB on the GPU and {:.1} GiB of host memory",

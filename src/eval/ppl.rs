@@ -39,7 +39,13 @@ pub fn run(
     prefill: &PrefillOptions,
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<Vec<PplRow>> {
+    if samples == 0 {
+        return Err(Error::Invalid(
+            "0 samples: a loss needs at least one window per length (--samples)".into(),
+        ));
+    }
     let toks = corpus.tokens();
+    let vocab = engine.config().vocab_size;
     let mut rows = Vec::new();
     for (li, &length) in lengths.iter().enumerate() {
         let used = engine.usable_length(length);
@@ -59,6 +65,12 @@ pub fn run(
                 .iter()
                 .map(|t| t as i64)
                 .collect();
+            if let Some(&bad) = ids.iter().find(|&&t| t >= vocab) {
+                return Err(Error::Invalid(format!(
+                    "{corpus_name}: token id {bad} is outside the model's vocabulary \
+                     (model.vocab_size {vocab})"
+                )));
+            }
             let window = Tensor::from_slice(&ids);
             let inputs = window.narrow(0, 0, used).view([1, used]);
             let targets = window.narrow(0, 1, used).to_device(engine.device);

@@ -85,9 +85,8 @@ pub fn plot_loss(c: &Curves, title: &str, out: &Path) -> Result<()> {
             false
         }
     };
-    let tmp = out.with_extension("tmp.png");
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let root = BitMapBackend::new(&tmp, (900, 540)).into_drawing_area();
+    let draw = |tmp: &Path| -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(tmp, (900, 540)).into_drawing_area();
         root.fill(&WHITE)?;
         let all = c.train.iter().chain(&c.eval);
         let (x0, x1) = all
@@ -135,6 +134,5 @@ pub fn plot_loss(c: &Curves, title: &str, out: &Path) -> Result<()> {
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| Error::Invalid(format!("{}: {e}", out.display())))?;
-    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+    crate::util::write_via_temp(out, "png", draw)
 }

@@ -53,7 +53,7 @@ impl Sampler {
                     .train
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| open_corpus(&c.prefix, cfg.seq_len, &format!("data.train[{i}]")))
+                    .map(|(i, c)| open_corpus(&c.prefix, cfg, &format!("data.train[{i}]")))
                     .collect::<Result<Vec<_>>>()?;
                 let total: f64 = cfg.data.train.iter().map(|c| c.weight).sum();
                 let cumulative = cfg
@@ -85,7 +85,7 @@ impl Sampler {
         let mut s = Self::for_training(cfg)?;
         if let Some(prefix) = &cfg.data.eval {
             s.haystack = Haystack::Corpora {
-                corpora: vec![open_corpus(prefix, cfg.seq_len, "data.eval")?],
+                corpora: vec![open_corpus(prefix, cfg, "data.eval")?],
                 cumulative: vec![1.0],
             };
         }
@@ -196,9 +196,17 @@ impl Sampler {
     }
 }
 
-/// The corpus at `prefix`, which config `key` names, if it holds one window of the run.
-fn open_corpus(prefix: &Path, seq_len: i64, key: &str) -> Result<IndexedCorpus> {
+/// The corpus at `prefix`, which config `key` names, if it holds one window of the run and
+/// only ids the model embeds (below `model.vocab_size`: checked here, before any step).
+fn open_corpus(prefix: &Path, cfg: &TrainConfig, key: &str) -> Result<IndexedCorpus> {
+    let seq_len = cfg.seq_len;
     let c = IndexedCorpus::open(prefix)?;
+    crate::data::stats::check_vocab(prefix, &c, cfg.model.vocab_size).map_err(|e| {
+        Error::Config {
+            key: key.into(),
+            message: e.to_string(),
+        }
+    })?;
     if c.num_tokens() < seq_len as u64 + 1 {
         return Err(Error::Config {
             key: key.into(),
