@@ -20,8 +20,6 @@ pub struct OutputLock {
 impl OutputLock {
     /// Locks `path` (created if missing, its parent folder too), or fails at once, naming
     /// `what` is locked and the pid that holds it.
-    // `File::try_lock` is std's since Rust 1.89, above the crate's rust-version (1.80).
-    #[allow(clippy::incompatible_msrv)]
     pub fn acquire(path: &Path, what: &str) -> Result<OutputLock> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;

@@ -150,6 +150,7 @@ fn grid_matches_full_forward(engine: &Engine, batch: usize) {
         },
         out: out.path().to_path_buf(),
         progress: false,
+        part: Default::default(),
     };
     let report = grid::run(engine, &spec, &hay, &opts).unwrap();
     assert_eq!(report.samples.len(), 12);
@@ -358,6 +359,7 @@ fn merged_grids_keep_each_runs_cells() {
             },
             out: out.clone(),
             progress: false,
+            part: Default::default(),
         };
         let report = grid::run(&engine, &spec, &hay, &opts).unwrap();
         // What `lcm eval merge` reads back.
@@ -432,6 +434,7 @@ fn merge_refuses_results_of_other_weights_at_the_same_step() {
             },
             out: out.clone(),
             progress: false,
+            part: Default::default(),
         };
         grid::run(engine, &spec, &hay, &opts).unwrap();
         let p = out.join("results.json");
@@ -489,6 +492,7 @@ fn eval_leaves_no_temporaries() {
         },
         out: out.path().to_path_buf(),
         progress: false,
+        part: Default::default(),
     };
     let report = grid::run(
         &engine,

@@ -2,6 +2,7 @@
 //! iterations bracketed by device synchronisation, so they hold for memory-bound kernels
 //! long enough that the launch cost is small (the sizes used are hundreds of MB).
 
+pub mod allreduce;
 pub mod kernels;
 pub mod prefill;
 pub mod rmsnorm;

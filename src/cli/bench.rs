@@ -44,6 +44,34 @@ pub enum Command {
   lcm bench prefill --model configs/models/drt-128m.json --len 1M --offload cpu
   lcm bench prefill --model configs/models/drt-tiny.json --len 4K --device cpu")]
     Prefill(PrefillArgs),
+    /// All-reduce bandwidth of the data-parallel process group at gradient-bucket sizes
+    /// (NCCL on CUDA, Gloo on CPU): algorithm and bus bandwidth as nccl-tests reports them.
+    /// Run it under the launch a training run uses; alone it is one rank.
+    #[command(after_help = "Examples:
+  lcm bench allreduce --device cuda                       # one GPU: the collective's fixed cost
+  lcm launch --nproc-per-node 8 -- bench allreduce --device cuda
+  lcm launch --nproc-per-node 2 -- bench allreduce --device cpu --sizes 1M,25M")]
+    Allreduce(AllreduceArgs),
+}
+
+#[derive(clap::Args)]
+pub struct AllreduceArgs {
+    /// cuda or cpu.
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Buffer sizes in bytes with K/M suffixes (x1024, x1024^2), comma-separated.
+    #[arg(long, default_value = "1M,4M,25M,100M,256M")]
+    sizes: String,
+    /// f32 or bf16 (gradients are all-reduced in the model's dtype).
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Also write the rows as JSON lines here (rank 0).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -188,6 +216,7 @@ pub fn parse_kind(s: &str) -> Result<Kind> {
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Prefill(a) => prefill(a),
+        Command::Allreduce(a) => allreduce(a),
         Command::Tokenizer(a) => {
             use anyhow::Context;
             let paths = lcm::data::inputs::expand_inputs(&a.input).context("--input")?;
@@ -304,6 +333,66 @@ pub fn run(cmd: Command) -> Result<()> {
 fn write_json_lines(path: Option<&std::path::Path>, lines: &[String]) -> Result<()> {
     if let Some(path) = path {
         lcm::util::write_atomic(path, (lines.join("\n") + "\n").as_bytes())?;
+    }
+    Ok(())
+}
+
+fn allreduce(a: AllreduceArgs) -> Result<()> {
+    use lcm::dist::{Backend, Group, Launch};
+    let device = match (parse_device(&a.device)?, Launch::from_env()?) {
+        (Device::Cuda(_), Some(l)) => Device::Cuda(l.local_rank as usize),
+        (d, _) => d,
+    };
+    let kind = match a.dtype.as_str() {
+        "f32" => Kind::Float,
+        "bf16" => Kind::BFloat16,
+        other => bail!("--dtype {other}: expected f32 or bf16"),
+    };
+    let sizes: Vec<i64> = lcm::eval::lengths::parse_lengths(&a.sizes)?;
+    // Alone, a group of one on a free local port; under a launch, the launch's group.
+    let launch = match Launch::from_env()? {
+        Some(l) => l,
+        None => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            Launch {
+                rank: 0,
+                world: 1,
+                local_rank: 0,
+                local_world: 1,
+                master_addr: "127.0.0.1".into(),
+                master_port: port,
+            }
+        }
+    };
+    let timeout = std::time::Duration::from_secs(600);
+    let group = Group::join(&launch, Backend::for_device(device), device, timeout)?;
+    let rows = lcm::bench::allreduce::run(&group, device, &sizes, kind, a.warmup, a.iters)?;
+    if group.rank() != 0 {
+        return Ok(());
+    }
+    println!(
+        "{:>10} {:>6} {:>6} {:>8} {:>11} {:>10} {:>10}",
+        "bytes", "dtype", "ranks", "backend", "time_us", "algbw_GB/s", "busbw_GB/s"
+    );
+    let mut lines = String::new();
+    for r in &rows {
+        println!(
+            "{:>10} {:>6} {:>6} {:>8} {:>11.1} {:>10.1} {:>10.1}",
+            r.bytes,
+            r.dtype,
+            r.ranks,
+            r.backend,
+            r.seconds * 1e6,
+            r.algorithm_gbps,
+            r.bus_gbps
+        );
+        lines += &serde_json::to_string(r)?;
+        lines.push('\n');
+    }
+    if let Some(p) = &a.json {
+        lcm::util::write_atomic(p, lines.as_bytes())?;
     }
     Ok(())
 }

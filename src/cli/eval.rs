@@ -1,10 +1,12 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lcm::data::stats::check_vocab;
 use lcm::data::IndexedCorpus;
-use lcm::eval::grid::{self, GridOptions};
+use lcm::dist::{Backend, Group, Launch};
+use lcm::eval::grid::{self, GridOptions, Part};
 use lcm::eval::lengths::{format_length, parse_depths, parse_lengths};
 use lcm::eval::niah::{Haystack, NiahTask, TaskSpec};
 use lcm::eval::{plan, ppl, Engine, PrefillOptions};
@@ -206,8 +208,48 @@ pub fn check_memory(
     })
 }
 
-fn load(common: &Common, batch: i64) -> Result<(Engine, Vec<i64>, PrefillOptions)> {
+/// The data-parallel launch an evaluation runs in (`lcm launch`, torchrun): its group, which
+/// carries the ranks' results to rank 0, and this rank's share of the samples. A worker on
+/// a GPU machine evaluates on `cuda:LOCAL_RANK`.
+struct Shared {
+    group: Option<Group>,
+    part: Part,
+    device: Device,
+}
+
+/// How long rank 0 waits for the other ranks' results: their whole share of the grid.
+const EVAL_GATHER_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+fn shared(common: &Common) -> Result<Shared> {
     let device = parse_device(common.device.as_deref())?;
+    let Some(launch) = Launch::from_env()? else {
+        return Ok(Shared {
+            group: None,
+            part: Part::default(),
+            device,
+        });
+    };
+    let device = match device {
+        Device::Cuda(_) => Device::Cuda(launch.local_rank as usize),
+        d => d,
+    };
+    // Only the rendezvous store carries results: Gloo's group is the cheaper one to form.
+    let backend = match lcm::dist::backends() {
+        (true, _) => Backend::Gloo,
+        _ => Backend::for_device(device),
+    };
+    let group = Group::join(&launch, backend, device, EVAL_GATHER_TIMEOUT)?;
+    Ok(Shared {
+        part: Part {
+            rank: launch.rank,
+            world: launch.world,
+        },
+        group: Some(group),
+        device,
+    })
+}
+
+fn load(common: &Common, batch: i64, device: Device) -> Result<(Engine, Vec<i64>, PrefillOptions)> {
     let placement = parse_offload(common.offload.as_deref())?;
     let lengths = parse_lengths(&common.lengths)?;
     let engine = Engine::load(&common.checkpoint, device)
@@ -265,7 +307,8 @@ fn niah(args: NiahArgs) -> Result<()> {
     if args.keys == 0 {
         bail!("--keys 0: mq-niah needs at least one fact, multihop and vt at least one hop");
     }
-    let (engine, lengths, prefill) = load(&args.common, args.batch as i64)?;
+    let shared = shared(&args.common)?;
+    let (engine, lengths, prefill) = load(&args.common, args.batch as i64, shared.device)?;
     let depths = parse_depths(&args.depths)?;
     let trained = engine
         .train
@@ -301,9 +344,22 @@ fn niah(args: NiahArgs) -> Result<()> {
         seed: args.common.seed,
         prefill,
         out: args.out.clone(),
-        progress: !args.common.quiet,
+        progress: !args.common.quiet && shared.part.rank == 0,
+        part: shared.part,
     };
-    let report = grid::run(&engine, &spec, &haystack, &opts)?;
+    let mut report = grid::run(&engine, &spec, &haystack, &opts)?;
+    if let Some(group) = &shared.group {
+        let Some(parts) = group.gather_to_root("niah", report.samples.clone())? else {
+            return Ok(());
+        };
+        report.samples.clear();
+        report.absorb(parts.into_iter().flatten().collect());
+        report.save(&args.out)?;
+        eprintln!(
+            "{} ranks: the grid's samples merged on rank 0",
+            group.world()
+        );
+    }
     print!("{}", report.table());
     let tps: Vec<String> = report
         .lengths
@@ -338,7 +394,8 @@ fn ppl_cmd(args: PplArgs) -> Result<()> {
     if args.samples == 0 {
         bail!("--samples 0: a loss needs at least one window per length");
     }
-    let (engine, lengths, prefill) = load(&args.common, 1)?;
+    let shared = shared(&args.common)?;
+    let (engine, lengths, prefill) = load(&args.common, 1, shared.device)?;
     let corpus = IndexedCorpus::open(&args.corpus)
         .with_context(|| format!("corpus {}", args.corpus.display()))?;
     check_vocab(&args.corpus, &corpus, engine.config().vocab_size).context("--corpus")?;
@@ -346,7 +403,7 @@ fn ppl_cmd(args: PplArgs) -> Result<()> {
         .iter()
         .map(|&l| (engine.usable_length(l) as u64) * args.samples as u64)
         .sum();
-    let bar = (!args.common.quiet).then(|| {
+    let bar = (!args.common.quiet && shared.part.rank == 0).then(|| {
         let b = ProgressBar::new(total);
         b.set_style(
             ProgressStyle::with_template(
@@ -366,7 +423,20 @@ fn ppl_cmd(args: PplArgs) -> Result<()> {
         args.common.seed,
         &prefill,
         bar.as_ref(),
+        shared.part,
     )?;
+    let rows = match &shared.group {
+        None => rows,
+        Some(group) => match group.gather_to_root("ppl", rows)? {
+            None => return Ok(()),
+            Some(parts) => (0..lengths.len())
+                .filter_map(|i| {
+                    let same: Vec<ppl::PplRow> = parts.iter().map(|p| p[i].clone()).collect();
+                    ppl::PplRow::combine(&same)
+                })
+                .collect(),
+        },
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }

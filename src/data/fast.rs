@@ -71,13 +71,13 @@ impl FastPath {
                 .and_then(Value::as_bool)
                 .unwrap_or(true);
         let model = j.get("model")?;
-        let model_ok = ty(model).as_deref() == Some("BPE")
-            && model.get("dropout").map_or(true, Value::is_null);
+        let model_ok =
+            ty(model).as_deref() == Some("BPE") && model.get("dropout").is_none_or(Value::is_null);
         let post_ok = match j.get("post_processor") {
             None | Some(Value::Null) => true,
             Some(p) => ty(p).as_deref() == Some("ByteLevel"),
         };
-        let plain = |k: &str| j.get(k).map_or(true, Value::is_null);
+        let plain = |k: &str| j.get(k).is_none_or(Value::is_null);
         if !(normalizer_ok
             && pre_ok
             && model_ok

@@ -434,7 +434,7 @@ fn view(dtype: TokenDtype, bytes: &[u8]) -> Tokens<'_> {
 pub fn max_id_in_file(path: &Path, len: u64, dtype: TokenDtype) -> Result<Option<u32>> {
     let m = Mapped::open(path)?;
     let bytes = m.bytes();
-    if (bytes.len() as u64) < len || len % dtype.size() as u64 != 0 {
+    if (bytes.len() as u64) < len || !len.is_multiple_of(dtype.size() as u64) {
         return Err(Error::corpus(
             path,
             format!("{} bytes, the checkpoint needs {len}", bytes.len()),

@@ -222,16 +222,16 @@ fn chunk_safe(j: &serde_json::Value) -> bool {
             .unwrap_or(true);
     let model = j.get("model").unwrap_or(&Value::Null);
     let model_ok =
-        ty(model).as_deref() == Some("BPE") && model.get("dropout").map_or(true, Value::is_null);
+        ty(model).as_deref() == Some("BPE") && model.get("dropout").is_none_or(Value::is_null);
     let post_ok = match j.get("post_processor") {
         None | Some(Value::Null) => true,
         Some(p) => ty(p).as_deref() == Some("ByteLevel"),
     };
-    let plain = |k: &str| j.get(k).map_or(true, Value::is_null);
+    let plain = |k: &str| j.get(k).is_none_or(Value::is_null);
     let added_ok = j
         .get("added_tokens")
         .and_then(Value::as_array)
-        .map_or(true, |toks| {
+        .is_none_or(|toks| {
             toks.iter().all(|t| {
                 let content = t.get("content").and_then(Value::as_str).unwrap_or("");
                 let ws = content.chars().filter(|c| c.is_whitespace()).count();

@@ -196,6 +196,30 @@ impl Group {
     }
 }
 
+impl Group {
+    /// Every rank's `value` at rank 0, in rank order (None on the other ranks), through the
+    /// rendezvous store under `key`: for small results such as evaluation scores, not for
+    /// tensors. Rank 0 waits for each rank up to the group's timeout.
+    pub fn gather_to_root<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        value: T,
+    ) -> Result<Option<Vec<T>>> {
+        let bad = |e: serde_json::Error| Error::Invalid(format!("gathering {key}: {e}"));
+        if self.rank != 0 {
+            let bytes = serde_json::to_vec(&value).map_err(bad)?;
+            self.store_set(&format!("{key}/{}", self.rank), &bytes)?;
+            return Ok(None);
+        }
+        let mut all = vec![value];
+        for r in 1..self.world {
+            let bytes = self.store_get(&format!("{key}/{r}"))?;
+            all.push(serde_json::from_slice(&bytes).map_err(bad)?);
+        }
+        Ok(Some(all))
+    }
+}
+
 impl Drop for Group {
     fn drop(&mut self) {
         unsafe { ffi::lcm_dist_free(self.ptr) }

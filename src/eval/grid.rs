@@ -24,6 +24,29 @@ pub struct GridOptions {
     pub prefill: PrefillOptions,
     pub out: PathBuf,
     pub progress: bool,
+    /// The share of the grid this process runs (one rank of a data-parallel launch).
+    pub part: Part,
+}
+
+/// Rank `rank` of `world` runs every `world`-th prefill (a cell's batch of samples) of the
+/// grid, starting at its own index: the samples are the same as in one process, since each
+/// sample's seed depends only on its place in the grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub rank: u64,
+    pub world: u64,
+}
+
+impl Default for Part {
+    fn default() -> Self {
+        Part { rank: 0, world: 1 }
+    }
+}
+
+impl Part {
+    pub fn owns(&self, item: usize) -> bool {
+        item as u64 % self.world.max(1) == self.rank
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +130,21 @@ impl Report {
             }
         }
         self.cells = cells;
+    }
+
+    /// Adds the samples other ranks ran, in the order one process runs them (length, depth,
+    /// sample), and summarises again.
+    pub fn absorb(&mut self, samples: Vec<SampleResult>) {
+        self.samples.extend(samples);
+        let place = |s: &SampleResult| {
+            let li = self.lengths.iter().position(|&l| l == s.length);
+            let di = self.depths.iter().position(|&d| d == s.depth);
+            (li, di, s.sample)
+        };
+        let mut keyed: Vec<_> = self.samples.drain(..).map(|s| (place(&s), s)).collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        self.samples = keyed.into_iter().map(|(_, s)| s).collect();
+        self.summarise();
     }
 
     /// Accuracy of every sample at `length` (and the single-token score).
@@ -297,10 +335,26 @@ pub fn run(
         cells: vec![],
         samples: vec![],
     };
-    let total: u64 = opts
-        .lengths
+    // The prefills of the grid in order, (length index, depth index, its samples): the
+    // part's share of them is this process's work.
+    let mut items = vec![];
+    for li in 0..opts.lengths.len() {
+        for di in 0..opts.depths.len() {
+            let cell: Vec<usize> = (0..opts.samples).collect();
+            for group in cell.chunks(opts.batch.max(1)) {
+                items.push((li, di, group.to_vec()));
+            }
+        }
+    }
+    let mine: Vec<(usize, usize, Vec<usize>)> = items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| opts.part.owns(*i))
+        .map(|(_, item)| item)
+        .collect();
+    let total: u64 = mine
         .iter()
-        .map(|&l| engine.usable_length(l) as u64 * (opts.depths.len() * opts.samples) as u64)
+        .map(|(li, _, group)| engine.usable_length(opts.lengths[*li]) as u64 * group.len() as u64)
         .sum();
     let bar = opts.progress.then(|| {
         let b = ProgressBar::new(total);
@@ -313,94 +367,93 @@ pub fn run(
         );
         b
     });
-    for (li, &length) in opts.lengths.iter().enumerate() {
+    for (li, di, group) in &mine {
+        let (li, di) = (*li, *di);
+        let (length, depth) = (opts.lengths[li], opts.depths[di]);
         let used = engine.usable_length(length);
-        for (di, &depth) in opts.depths.iter().enumerate() {
-            let cell: Vec<usize> = (0..opts.samples).collect();
-            for group in cell.chunks(opts.batch.max(1)) {
-                let built: Vec<(u64, Sample)> = group
-                    .iter()
-                    .map(|&s| {
-                        let seed = sample_seed(opts.seed, li, di, s);
-                        let mut rng = SplitMix64::new(seed);
-                        build_sample(spec, used as usize, depth, haystack, &mut rng)
-                            .map(|sample| (seed, sample))
-                    })
-                    .collect::<Result<_>>()?;
-                if let Some(b) = &bar {
-                    let (a, z) = (group[0], group[group.len() - 1]);
-                    let which = if a == z {
-                        format!("#{a}")
-                    } else {
-                        format!("#{a}-{z}")
-                    };
-                    b.set_message(format!(
-                        "{} depth {depth:.2} {which}",
-                        format_length(length)
-                    ));
-                }
-                let ids: Vec<i64> = built
-                    .iter()
-                    .flat_map(|(_, x)| x.tokens.iter().map(|&t| t as i64))
-                    .collect();
-                let vocab = engine.config().vocab_size;
-                if let Some(&bad) = ids.iter().find(|&&t| t >= vocab) {
-                    return Err(Error::Invalid(format!(
-                        "sample token id {bad} is outside the model's vocabulary \
+        let built: Vec<(u64, Sample)> = group
+            .iter()
+            .map(|&s| {
+                let seed = sample_seed(opts.seed, li, di, s);
+                let mut rng = SplitMix64::new(seed);
+                build_sample(spec, used as usize, depth, haystack, &mut rng)
+                    .map(|sample| (seed, sample))
+            })
+            .collect::<Result<_>>()?;
+        if let Some(b) = &bar {
+            let (a, z) = (group[0], group[group.len() - 1]);
+            let which = if a == z {
+                format!("#{a}")
+            } else {
+                format!("#{a}-{z}")
+            };
+            b.set_message(format!(
+                "{} depth {depth:.2} {which}",
+                format_length(length)
+            ));
+        }
+        let ids: Vec<i64> = built
+            .iter()
+            .flat_map(|(_, x)| x.tokens.iter().map(|&t| t as i64))
+            .collect();
+        let vocab = engine.config().vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&t| t >= vocab) {
+            return Err(Error::Invalid(format!(
+                "sample token id {bad} is outside the model's vocabulary \
                          (model.vocab_size {vocab}); the haystack ({}) or the task's ids do not \
                          fit this model",
-                        haystack.describe()
-                    )));
+                haystack.describe()
+            )));
+        }
+        let rows = built.len() as i64;
+        let tokens = Tensor::from_slice(&ids).view([rows, used]);
+        // Targets: logits at p predict token p+1. Each row keeps its answer span.
+        let spans: Vec<(i64, i64)> = built
+            .iter()
+            .map(|(_, x)| (x.answer_start as i64 - 1, x.answer.len() as i64))
+            .collect();
+        let mut picked: Vec<Vec<Tensor>> = built.iter().map(|_| Vec::new()).collect();
+        let stats = engine.prefill(&tokens, &opts.prefill, bar.as_ref(), |start, h| {
+            let len = h.size()[1];
+            for (row, &(first, n_ans)) in spans.iter().enumerate() {
+                let lo = first.max(start);
+                let hi = (first + n_ans).min(start + len);
+                if lo < hi {
+                    picked[row].push(h.get(row as i64).narrow(0, lo - start, hi - lo));
                 }
-                let rows = built.len() as i64;
-                let tokens = Tensor::from_slice(&ids).view([rows, used]);
-                // Targets: logits at p predict token p+1. Each row keeps its answer span.
-                let spans: Vec<(i64, i64)> = built
-                    .iter()
-                    .map(|(_, x)| (x.answer_start as i64 - 1, x.answer.len() as i64))
-                    .collect();
-                let mut picked: Vec<Vec<Tensor>> = built.iter().map(|_| Vec::new()).collect();
-                let stats = engine.prefill(&tokens, &opts.prefill, bar.as_ref(), |start, h| {
-                    let len = h.size()[1];
-                    for (row, &(first, n_ans)) in spans.iter().enumerate() {
-                        let lo = first.max(start);
-                        let hi = (first + n_ans).min(start + len);
-                        if lo < hi {
-                            picked[row].push(h.get(row as i64).narrow(0, lo - start, hi - lo));
-                        }
-                    }
-                    Ok(())
-                })?;
-                for (((&s, (seed, sample)), parts), (_, n_ans)) in
-                    group.iter().zip(built).zip(picked).zip(spans)
-                {
-                    debug_assert_eq!(parts.iter().map(|p| p.size()[0]).sum::<i64>(), n_ans);
-                    let hidden = Tensor::cat(&parts, 0);
-                    let logits = tch::no_grad(|| engine.model.head(&hidden)).to_kind(Kind::Float);
-                    let pred: Vec<i64> = Vec::try_from(logits.argmax(-1, false).view([-1]))
-                        .map_err(|e| Error::Invalid(format!("predictions: {e}")))?;
-                    let sc = score(spec, &sample, pred.iter().map(|&p| p as u32).collect());
-                    report.samples.push(SampleResult {
-                        length,
-                        used_length: used,
-                        depth,
-                        sample: s,
-                        seed,
-                        fact_position: sample.fact_position,
-                        answer: sample.answer.clone(),
-                        prediction: sc.prediction,
-                        hit: sc.hit,
-                        single_token_hit: sc.single_token_hit,
-                        prefill_seconds: stats.seconds / rows as f64,
-                        tokens_per_second: stats.tokens_per_second(),
-                        batch: rows as usize,
-                        peak_device_bytes: stats.peak_device_bytes,
-                        chunk_memory_bytes: stats.memory_bytes / rows,
-                    });
-                }
-                report.summarise();
-                report.save(&opts.out)?;
             }
+            Ok(())
+        })?;
+        for (((&s, (seed, sample)), parts), (_, n_ans)) in
+            group.iter().zip(built).zip(picked).zip(spans)
+        {
+            debug_assert_eq!(parts.iter().map(|p| p.size()[0]).sum::<i64>(), n_ans);
+            let hidden = Tensor::cat(&parts, 0);
+            let logits = tch::no_grad(|| engine.model.head(&hidden)).to_kind(Kind::Float);
+            let pred: Vec<i64> = Vec::try_from(logits.argmax(-1, false).view([-1]))
+                .map_err(|e| Error::Invalid(format!("predictions: {e}")))?;
+            let sc = score(spec, &sample, pred.iter().map(|&p| p as u32).collect());
+            report.samples.push(SampleResult {
+                length,
+                used_length: used,
+                depth,
+                sample: s,
+                seed,
+                fact_position: sample.fact_position,
+                answer: sample.answer.clone(),
+                prediction: sc.prediction,
+                hit: sc.hit,
+                single_token_hit: sc.single_token_hit,
+                prefill_seconds: stats.seconds / rows as f64,
+                tokens_per_second: stats.tokens_per_second(),
+                batch: rows as usize,
+                peak_device_bytes: stats.peak_device_bytes,
+                chunk_memory_bytes: stats.memory_bytes / rows,
+            });
+        }
+        report.summarise();
+        if opts.part.rank == 0 {
+            report.save(&opts.out)?;
         }
     }
     if let Some(b) = bar {

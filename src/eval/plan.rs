@@ -226,12 +226,8 @@ pub fn check(
     offloaded: Option<&Estimate>,
     smaller_segment: Option<(i64, &Estimate)>,
 ) -> Result<(), String> {
-    let dev_ok = |e: &Estimate| {
-        on_cpu
-            || avail
-                .device
-                .map_or(true, |f| e.device_bytes() <= f * USABLE)
-    };
+    let dev_ok =
+        |e: &Estimate| on_cpu || avail.device.is_none_or(|f| e.device_bytes() <= f * USABLE);
     let host_need = |e: &Estimate| {
         if on_cpu {
             e.device_bytes() + e.host_bytes()
@@ -239,7 +235,7 @@ pub fn check(
             e.host_bytes()
         }
     };
-    let fits = |e: &Estimate| dev_ok(e) && avail.host.map_or(true, |h| host_need(e) <= h * USABLE);
+    let fits = |e: &Estimate| dev_ok(e) && avail.host.is_none_or(|h| host_need(e) <= h * USABLE);
     if fits(est) {
         return Ok(());
     }

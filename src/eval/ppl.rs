@@ -4,7 +4,7 @@
 //! window (nats per token, the "log-loss"; the reference prints this figure as
 //! "perplexity"), and the perplexity is its exponential.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::engine::{Engine, PrefillOptions};
@@ -16,7 +16,7 @@ use crate::util::SplitMix64;
 /// Positions whose logits are formed at once: bounds the `(positions, vocab)` logits (fp32 at most).
 const LOGIT_BLOCK: i64 = 2048;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PplRow {
     pub length: i64,
     pub used_length: i64,
@@ -28,6 +28,32 @@ pub struct PplRow {
     pub tokens_per_second: f64,
 }
 
+impl PplRow {
+    /// One row from the rows of the same length that several ranks measured over their
+    /// shares of the samples (token-weighted loss, summed tokens and time).
+    pub fn combine(parts: &[PplRow]) -> Option<PplRow> {
+        let first = parts.first()?;
+        let tokens: i64 = parts.iter().map(|r| r.tokens).sum();
+        let loss_sum: f64 = parts.iter().map(|r| r.log_loss * r.tokens as f64).sum();
+        let secs: f64 = parts
+            .iter()
+            .map(|r| r.tokens as f64 / r.tokens_per_second.max(1e-9))
+            .sum();
+        let log_loss = loss_sum / tokens.max(1) as f64;
+        Some(PplRow {
+            length: first.length,
+            used_length: first.used_length,
+            samples: parts.iter().map(|r| r.samples).sum(),
+            tokens,
+            log_loss,
+            perplexity: log_loss.exp(),
+            tokens_per_second: tokens as f64 / secs.max(1e-9),
+        })
+    }
+}
+
+/// The windows of each length are numbered 0..samples; `part` runs its share of them
+/// (window `s` on rank `s % world`), each at the same seeded position as in one process.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     engine: &Engine,
@@ -38,6 +64,7 @@ pub fn run(
     seed: u64,
     prefill: &PrefillOptions,
     progress: Option<&indicatif::ProgressBar>,
+    part: super::grid::Part,
 ) -> Result<Vec<PplRow>> {
     if samples == 0 {
         return Err(Error::Invalid(
@@ -57,7 +84,8 @@ pub fn run(
             )));
         }
         let (mut sum, mut count, mut secs) = (0.0f64, 0i64, 0.0f64);
-        for s in 0..samples {
+        let mine: Vec<usize> = (0..samples).filter(|&s| part.owns(s)).collect();
+        for &s in &mine {
             let mut rng = SplitMix64::for_item(seed, ((li as u64) << 32) | s as u64);
             let start = rng.below((toks.len() - used as usize) as u64) as usize;
             let ids: Vec<i64> = toks
@@ -95,7 +123,7 @@ pub fn run(
         rows.push(PplRow {
             length,
             used_length: used,
-            samples,
+            samples: mine.len(),
             tokens: count,
             log_loss,
             perplexity: log_loss.exp(),

@@ -86,7 +86,7 @@ fn attend_dense(
 fn alibi_bias(slopes: &Tensor, hkv: i64, dist: &Tensor) -> Tensor {
     let hq = slopes.size()[0];
     let mut shape = vec![hkv, hq / hkv];
-    shape.extend(std::iter::repeat(1).take(dist.dim()));
+    shape.extend(std::iter::repeat_n(1, dist.dim()));
     let m = slopes.to_kind(Kind::Float).reshape(shape.as_slice());
     -(m * dist.to_kind(Kind::Float))
 }
@@ -387,7 +387,7 @@ pub fn kernel_supports(
         && (1..i32::MAX as i64 / 2).contains(&qs[2])
         && qs[0] * qs[1] < i32::MAX as i64
         && scale > 0.0
-        && alibi.map_or(true, |m| {
+        && alibi.is_none_or(|m| {
             m.size() == [qs[1]] && m.device() == q.device() && m.is_floating_point()
         })
 }

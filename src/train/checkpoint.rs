@@ -42,18 +42,37 @@ fn step_dir(dir: &Path, step: u64) -> PathBuf {
 }
 
 fn tch_err(path: &Path) -> impl Fn(tch::TchError) -> Error + '_ {
-    move |e| Error::Invalid(format!("{}: {e}", path.display()))
+    move |e| {
+        Error::Invalid(format!(
+            "{}: {}",
+            path.display(),
+            crate::util::tch_message(&e)
+        ))
+    }
 }
 
-/// Writes a checkpoint of `opt` at `state.step` under `dir`, then prunes to `keep`.
+/// Writes a checkpoint of `opt` at `state.step` under `dir`, then prunes to `keep`. A save
+/// that fails (a full disk) removes its temporary folder and leaves every earlier
+/// checkpoint as it was.
 pub fn save(dir: &Path, opt: &AdamW, state: &State, keep: usize) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let final_dir = step_dir(dir, state.step);
     let tmp = dir.join(format!(".tmp-step-{:08}", state.step));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let saved = write_checkpoint(dir, &tmp, opt, state);
+    if saved.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let final_dir = saved?;
+    prune(dir, keep)?;
+    Ok(final_dir)
+}
+
+/// The files of a checkpoint into `tmp`, then `tmp` renamed to its `step-*` name.
+fn write_checkpoint(dir: &Path, tmp: &Path, opt: &AdamW, state: &State) -> Result<PathBuf> {
+    let final_dir = step_dir(dir, state.step);
+    if tmp.exists() {
+        std::fs::remove_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
+    }
+    std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
 
     let weights: Vec<(&str, &Tensor)> = opt
         .names
@@ -88,8 +107,7 @@ pub fn save(dir: &Path, opt: &AdamW, state: &State, keep: usize) -> Result<PathB
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
     }
-    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
-    prune(dir, keep)?;
+    std::fs::rename(tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
     Ok(final_dir)
 }
 
@@ -146,12 +164,12 @@ pub fn read_state(ckpt: &Path) -> Result<State> {
 /// Loads weights (and, with `with_optimizer`, the moments and step) into `opt`. Every
 /// variable must be present with its shape; extra names are an error too.
 pub fn load(ckpt: &Path, opt: &mut AdamW, with_optimizer: bool) -> Result<State> {
-    let state = read_state(ckpt)?;
-    let (p, weights) = read_weights(ckpt)?;
+    let state = read_state(ckpt).map_err(|e| corrupt(ckpt, e))?;
+    let (p, weights) = read_weights(ckpt).map_err(|e| corrupt(ckpt, e))?;
     copy_named(&p, &weights, "", &opt.names, &mut opt.master)?;
     if with_optimizer {
         let p = ckpt.join("optim.safetensors");
-        let moments = Tensor::read_safetensors(&p).map_err(tch_err(&p))?;
+        let moments = Tensor::read_safetensors(&p).map_err(|e| corrupt(ckpt, tch_err(&p)(e)))?;
         let (m, v): (Vec<_>, Vec<_>) = moments.into_iter().partition(|(n, _)| n.starts_with("m."));
         copy_named(&p, &m, "m.", &opt.names, &mut opt.m)?;
         copy_named(&p, &v, "v.", &opt.names, &mut opt.v)?;
@@ -159,6 +177,38 @@ pub fn load(ckpt: &Path, opt: &mut AdamW, with_optimizer: bool) -> Result<State>
     }
     opt.sync_working();
     Ok(state)
+}
+
+/// Whether every file of checkpoint `ckpt` reads (state, weights and, if present, moments).
+fn intact(ckpt: &Path) -> bool {
+    let optim = ckpt.join("optim.safetensors");
+    read_state(ckpt).is_ok()
+        && read_weights(ckpt).is_ok()
+        && (!optim.exists() || Tensor::read_safetensors(&optim).is_ok())
+}
+
+/// The error for checkpoint `ckpt` whose files do not read, naming the newest intact
+/// checkpoint before it in its run folder, which a resume can start from instead.
+fn corrupt(ckpt: &Path, e: Error) -> Error {
+    let older = ckpt
+        .parent()
+        .and_then(|run| list(run).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .rev()
+        .filter(|c| c.file_name() < ckpt.file_name())
+        .find(|c| intact(c));
+    let hint = match older {
+        Some(c) => format!(
+            "; the newest intact checkpoint before it is {0}: resume from it with --resume {0}",
+            c.display()
+        ),
+        None => "; no intact checkpoint precedes it in its run folder".into(),
+    };
+    Error::Invalid(format!(
+        "checkpoint {} is corrupt or truncated ({e}){hint}",
+        ckpt.display()
+    ))
 }
 
 /// The weight files of a checkpoint: `model.safetensors` as training writes it, or the

@@ -1,0 +1,349 @@
+//! Data-parallel training on CPU: Gloo process groups of 2 ranks started by `lcm launch`
+//! (or by hand with the torchrun variables), on a tiny DRT over random ids with passkey rows.
+//!
+//! Equivalence: k ranks x batch b read exactly the samples (and draw exactly the noise) of
+//! one rank accumulating k micro-batches of b, and their averaged gradients differ only in
+//! the order of an fp32 sum, so losses and weights agree to 1e-6. Against one rank with a
+//! batch of k*b (noise off: one rank draws one noise tensor for the whole batch; plain rows,
+//! every target scored) the loss is a mean of k means instead of one mean over equal-sized
+//! rows, the same number summed in another order: 1e-5.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tch::Tensor;
+
+const LCM: &str = env!("CARGO_BIN_EXE_lcm");
+
+fn config(dir: &Path, run: &str, steps: u64, gumbel: bool) -> Value {
+    json!({
+        "model": {
+            "arch": "drt", "vocab_size": 65, "d_model": 32, "n_heads": 2, "d_ff": 64, "window": 16,
+            "drt": { "chunk_size": 7, "landmark_id": 64, "landmark_slot": "zeroed", "topk": 2,
+                     "encoder_layers": 1, "decoder_layers": [1, 1], "gumbel": gumbel }
+        },
+        "data": {
+            "random": { "lo": 10, "hi": 64 },
+            "synthetic": { "rate": 0.5, "key_len": 2, "key_lo": 2, "key_hi": 10,
+                           "needle": [1, 1], "question": [0, 0], "min_gap": 20,
+                           "end_jitter": 0 }
+        },
+        "optim": { "lr": 3e-3, "warmup_steps": 2 },
+        "steps": steps, "batch_size": 2, "seq_len": 56, "device": "cpu", "seed": 7,
+        "checkpoint": { "dir": dir.join(run), "every": 0, "keep": 5 },
+        "log": { "every": 1 },
+        "dist": { "timeout_s": 30 }
+    })
+}
+
+fn write_config(dir: &Path, name: &str, v: &Value) -> PathBuf {
+    let p = dir.join(format!("{name}.json"));
+    std::fs::write(&p, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+    p
+}
+
+fn lcm(args: &[&str]) -> Output {
+    Command::new(LCM).args(args).output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "lcm failed ({}):\n{err}", out.status);
+    err
+}
+
+/// `lcm launch --nproc-per-node 2 -- pretrain --config CFG ARGS...`
+fn launch2(cfg: &Path, args: &[&str]) -> String {
+    let mut all = vec![
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "0",
+        "--",
+        "pretrain",
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    ok(lcm(&all))
+}
+
+fn pretrain(cfg: &Path, args: &[&str]) -> String {
+    let mut all = vec!["pretrain", "--config", cfg.to_str().unwrap()];
+    all.extend_from_slice(args);
+    ok(lcm(&all))
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn weights(ckpt: &Path) -> Vec<(String, Tensor)> {
+    let mut w = Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+/// The largest difference between the weights of two checkpoints.
+fn weight_gap(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (weights(a), weights(b));
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+fn assert_close(a: &[f64], b: &[f64], tol: f64) {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    for (x, y) in a.iter().zip(b) {
+        assert!(
+            (x - y).abs() <= tol,
+            "losses differ by more than {tol}: {a:?} vs {b:?}"
+        );
+    }
+}
+
+#[test]
+fn two_ranks_equal_one_rank_accumulating_two_micro_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let two = write_config(d, "two", &config(d, "two", 5, true));
+    let err = launch2(&two, &[]);
+    assert!(err.contains("data parallel: 2 ranks (gloo)"), "{err}");
+    let mut one = config(d, "one", 5, true);
+    one["grad_accum"] = json!(2);
+    let one = write_config(d, "one", &one);
+    pretrain(&one, &[]);
+    // fp32: the same numbers summed in another order.
+    assert_close(&losses(&d.join("two")), &losses(&d.join("one")), 1e-6);
+    let gap = weight_gap(&d.join("two/step-00000005"), &d.join("one/step-00000005"));
+    assert!(gap <= 1e-6, "weights differ by {gap}");
+}
+
+#[test]
+fn two_ranks_equal_one_rank_with_twice_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Plain rows (no passkey rows, whose masked targets make rows' scored counts differ).
+    let mut two = config(d, "two", 4, false);
+    two["data"]["synthetic"] = Value::Null;
+    let mut one = two.clone();
+    let two = write_config(d, "two", &two);
+    launch2(&two, &[]);
+    one["checkpoint"]["dir"] = json!(d.join("one"));
+    one["batch_size"] = json!(4);
+    let one = write_config(d, "one", &one);
+    pretrain(&one, &[]);
+    // fp32: a mean of two equal-sized means against one mean.
+    assert_close(&losses(&d.join("two")), &losses(&d.join("one")), 1e-5);
+    let gap = weight_gap(&d.join("two/step-00000004"), &d.join("one/step-00000004"));
+    assert!(gap <= 1e-5, "weights differ by {gap}");
+}
+
+#[test]
+fn resume_on_two_ranks_is_bit_exact_and_on_one_continues_the_same_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let whole = write_config(d, "whole", &config(d, "whole", 6, true));
+    launch2(&whole, &[]);
+
+    let split = write_config(d, "split", &config(d, "split", 6, true));
+    launch2(&split, &["--stop-after", "3"]);
+    launch2(&split, &["--resume", d.join("split").to_str().unwrap()]);
+    let gap = weight_gap(
+        &d.join("whole/step-00000006"),
+        &d.join("split/step-00000006"),
+    );
+    assert_eq!(gap, 0.0, "2 -> 2 ranks resume is not bit-exact");
+    assert_eq!(losses(&d.join("whole")), losses(&d.join("split")));
+
+    // 2 ranks, then one rank with the same global batch (2 micro-batches of 2).
+    let mut v = config(d, "onward", 6, true);
+    let onward = write_config(d, "onward", &v);
+    launch2(&onward, &["--stop-after", "3"]);
+    v["grad_accum"] = json!(2);
+    let onward = write_config(d, "onward", &v);
+    let err = pretrain(&onward, &["--resume", d.join("onward").to_str().unwrap()]);
+    assert!(err.contains("sample indices are global"), "{err}");
+    assert!(err.contains("continues at sample 12"), "{err}");
+    let gap = weight_gap(
+        &d.join("whole/step-00000006"),
+        &d.join("onward/step-00000006"),
+    );
+    assert!(gap <= 1e-6, "2 -> 1 rank resume moved the weights by {gap}");
+    assert_close(&losses(&d.join("whole")), &losses(&d.join("onward")), 1e-6);
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A worker started by hand, as torchrun or Slurm would.
+fn worker(cfg: &Path, rank: u64, world: u64, port: u16) -> Child {
+    Command::new(LCM)
+        .args(["pretrain", "--config", cfg.to_str().unwrap()])
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` at most `limit`; kills it and fails the test past that.
+fn wait_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what}: still running after {limit:?} (a hang)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+    s
+}
+
+fn wait_for_checkpoint(run: &Path, limit: Duration) {
+    let t = Instant::now();
+    while lcm::train::checkpoint::list(run).unwrap().is_empty() {
+        assert!(
+            t.elapsed() < limit,
+            "no checkpoint in {} after {limit:?}",
+            run.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_killed_rank_makes_the_other_fail_within_the_timeout_and_keeps_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut v = config(d, "run", 100_000, true);
+    v["checkpoint"]["every"] = json!(2);
+    v["dist"]["timeout_s"] = json!(20);
+    let cfg = write_config(d, "run", &v);
+    let port = free_port();
+    let mut r0 = worker(&cfg, 0, 2, port);
+    let mut r1 = worker(&cfg, 1, 2, port);
+    wait_for_checkpoint(&d.join("run"), Duration::from_secs(120));
+    r1.kill().unwrap();
+    r1.wait().unwrap();
+    let status = wait_within(&mut r0, Duration::from_secs(60), "rank 0 after rank 1 died");
+    let err = stderr_of(&mut r0);
+    assert!(
+        !status.success(),
+        "rank 0 exited 0 after its peer died:\n{err}"
+    );
+    assert!(err.contains("error (rank 0)"), "{err}");
+    // The newest complete checkpoint still loads.
+    let newest = lcm::train::checkpoint::resolve(&d.join("run")).unwrap();
+    lcm::train::checkpoint::read_state(&newest).unwrap();
+    assert!(!weights(&newest).is_empty());
+}
+
+#[test]
+fn a_rank_that_cannot_reach_the_rendezvous_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut v = config(d, "run", 2, true);
+    v["dist"]["timeout_s"] = json!(3);
+    let cfg = write_config(d, "run", &v);
+    let port = free_port();
+    let mut r1 = worker(&cfg, 1, 2, port);
+    let status = wait_within(&mut r1, Duration::from_secs(60), "a rank with no master");
+    let err = stderr_of(&mut r1);
+    assert!(!status.success());
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("rank 1"), "{err}");
+}
+
+#[test]
+fn launch_stops_every_worker_and_names_the_rank_that_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.json");
+    let out = lcm(&[
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "0",
+        "--",
+        "pretrain",
+        "--config",
+        missing.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("launch: failed: rank"), "{err}");
+    assert!(err.contains("missing.json"), "{err}");
+}
+
+#[test]
+fn ctrl_c_on_the_launcher_stops_every_worker_and_rank_0_saves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut v = config(d, "run", 100_000, true);
+    v["checkpoint"]["every"] = json!(1000);
+    let cfg = write_config(d, "run", &v);
+    let mut launcher = Command::new(LCM)
+        .args([
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "0",
+            "--",
+        ])
+        .args(["pretrain", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Training has started once rank 0 has logged a step.
+    let metrics = d.join("run/metrics.jsonl");
+    let t = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(true, |s| s.lines().count() < 2) {
+        assert!(t.elapsed() < Duration::from_secs(120), "no step logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) };
+    let status = wait_within(
+        &mut launcher,
+        Duration::from_secs(60),
+        "the launcher after Ctrl-C",
+    );
+    let err = stderr_of(&mut launcher);
+    assert_eq!(status.code(), Some(130), "{err}");
+    let ckpt = lcm::train::checkpoint::resolve(&d.join("run")).unwrap();
+    let state = lcm::train::checkpoint::read_state(&ckpt).unwrap();
+    assert!(state.step > 0 && state.step < 1000, "{}", state.step);
+    assert_eq!(state.world, 2);
+}
