@@ -142,7 +142,7 @@ impl Report {
             (li, di, s.sample)
         };
         let mut keyed: Vec<_> = self.samples.drain(..).map(|s| (place(&s), s)).collect();
-        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        keyed.sort_by_key(|a| a.0);
         self.samples = keyed.into_iter().map(|(_, s)| s).collect();
         self.summarise();
     }
