@@ -339,6 +339,10 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
     let last = checkpoint::resolve(dir.path()).unwrap();
     let state = checkpoint::read_state(&last).unwrap();
     assert!(state.step >= 1);
+    // The step named is the one the log would have printed next (1-based), one past the
+    // last good checkpoint's (saved every step).
+    let named = format!("at step {}:", state.step + 1);
+    assert!(err.contains(&named), "{err} (expected `{named}`)");
     let w = weights(&last);
     assert!(!w.is_empty());
     assert!(
