@@ -6,7 +6,6 @@ pub mod config;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
-pub mod probe;
 pub mod sampler;
 pub mod schedule;
 pub mod synthetic;
