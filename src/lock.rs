@@ -49,7 +49,7 @@ impl OutputLock {
             }
             Err(TryLockError::Error(e)) => return Err(Error::io(path, e)),
         }
-        let record = || -> std::io::Result<()> {
+        let mut record = || -> std::io::Result<()> {
             file.set_len(0)?;
             file.seek(SeekFrom::Start(0))?;
             writeln!(file, "{}", std::process::id())
