@@ -17,11 +17,37 @@ int kernel_dtype(const at::Tensor& t) {
   if (t.scalar_type() == at::kBFloat16) return 1;
   TORCH_CHECK(false, "unsupported dtype ", t.scalar_type(), " (the kernels take float32 or bfloat16)");
 }
+
+at::Tensor rows_ready(const at::Tensor& t) {
+  bool ok = t.stride(-1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int64_t i = 0; ok && i + 1 < t.dim(); ++i) ok = t.stride(i) % 8 == 0 || t.size(i) == 1;
+  return ok ? t : t.contiguous();
+}
+
+void check_path(const char* op, int path, int paths, bool needs_hopper, const at::Tensor& t) {
+  TORCH_CHECK(path >= 0 && path < paths, op, ": kernel path ", path, " unknown (0..", paths - 1,
+              ")");
+  if (needs_hopper && t.is_cuda()) {
+    const int major = at::cuda::getDeviceProperties(t.device().index())->major;
+    TORCH_CHECK(major == 9, op, ": kernel path ", path, " needs a Hopper GPU (sm_90), not sm_",
+                major, "x");
+  }
+}
 }  // namespace lcm
 
 extern "C" {
 
 const char* lcm_last_error() { return lcm::last_error.c_str(); }
+
+// Compute capability of device `index` as 10 * major + minor, or -1 when it cannot be read.
+int lcm_cuda_capability(int index) {
+  try {
+    const cudaDeviceProp* p = at::cuda::getDeviceProperties(index);
+    return 10 * p->major + p->minor;
+  } catch (...) {
+    return -1;
+  }
+}
 
 // CUDA runtime version as 1000*major + 10*minor, or -1 when the runtime cannot be queried.
 int lcm_cuda_runtime_version() {

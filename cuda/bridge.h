@@ -29,6 +29,15 @@ template <typename F> int guarded(const char* op, F&& body) {
 
 // dtype codes understood by the kernels (cuda/common.cuh).
 int kernel_dtype(const at::Tensor& t);
+
+// The attention kernels read rows of D contiguous bf16 with 16-byte copies: the last
+// dimension must be dense, every other stride a multiple of 8 elements and the base
+// 16-byte aligned. Other layouts are copied to contiguous ones.
+at::Tensor rows_ready(const at::Tensor& t);
+
+// Checks that `path` is one of an op's `paths` (attn_path.h) and, where `needs_hopper`,
+// that t's device is a Hopper GPU (sm_90), the only one with the wgmma and TMA kernels.
+void check_path(const char* op, int path, int paths, bool needs_hopper, const at::Tensor& t);
 }  // namespace lcm
 
 // Turns a CUDA launch status into an exception that guarded() reports.

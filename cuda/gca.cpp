@@ -1,8 +1,9 @@
-// Autograd bridge for the GCA kernels in gca.cu.
+// Autograd bridge for the GCA kernels in gca_fwd.cu and gca_bwd.cu.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "attn_path.h"
 #include "bridge.h"
 
 extern "C" {
@@ -10,27 +11,22 @@ int lcm_gca_rows_per_pass();
 int lcm_gca_max_kctx_bwd();
 int lcm_gca_fwd_launch(const void* q, const void* k, const void* v, const float* w, void* o,
                        float* lse, const int64_t* strides, int B, int Hq, int Hkv, int Q, int K,
-                       int KCTX, int D, float scale, int one, cudaStream_t s);
+                       int KCTX, int D, float scale, int one, int path, cudaStream_t s);
 int lcm_gca_fwd_gather_launch(const void* q, const void* mem_k, const void* mem_v,
                               const int64_t* gather, const float* w, void* o, float* lse,
                               const int64_t* strides, int B, int Hq, int Hkv, int Q, int K,
-                              int KCTX, int64_t M, int D, float scale, int one, cudaStream_t s);
+                              int KCTX, int64_t M, int D, float scale, int one, int path,
+                              cudaStream_t s);
 int lcm_gca_bwd_launch(const void* q, const void* k, const void* v, const float* w,
                        const void* dout, const float* lse, void* dq, void* dk, void* dv,
                        float* dw_partial, float* scratch, const int64_t* strides, int B, int Hq,
-                       int Hkv, int Q, int K, int KCTX, int D, float scale, cudaStream_t s);
+                       int Hkv, int Q, int K, int KCTX, int D, float scale, int path,
+                       cudaStream_t s);
 }
 
 namespace {
 
-// The kernels read rows of D contiguous bf16 with 16-byte copies: the last dimension must
-// be dense, every other stride a multiple of 8 elements and the base 16-byte aligned.
-// Other layouts are copied to contiguous ones.
-at::Tensor rows_ready(const at::Tensor& t) {
-  bool ok = t.stride(-1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  for (int64_t i = 0; ok && i + 1 < t.dim(); ++i) ok = t.stride(i) % 8 == 0 || t.size(i) == 1;
-  return ok ? t : t.contiguous();
-}
+using lcm::rows_ready;
 
 struct Shape {
   int B, Hq, Hkv, Q, K, KCTX, D;
@@ -73,8 +69,14 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 }
 
 // (o, lse): o (B, Hq, Q, D) bf16, lse (B, Hq, K, Q) fp32 (log2 of the per-chunk denominator).
-std::tuple<at::Tensor, at::Tensor> forward_raw(const Prepared& in, double scale, bool one) {
+void check_path(int path, const at::Tensor& t) {
+  lcm::check_path("gca", path, lcm::kAttnPaths, path != lcm::kPathMma, t);
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_raw(const Prepared& in, double scale, bool one,
+                                               int path) {
   const Shape s = check_inputs(in.q, in.k, in.v, in.w);
+  check_path(path, in.q);
   TORCH_CHECK(scale > 0, "gca: the kernel takes a positive scale (got ", scale, ")");
   c10::cuda::CUDAGuard guard(in.q.device());
   auto o = at::empty({s.B, s.Hq, s.Q, s.D}, in.q.options());
@@ -84,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor> forward_raw(const Prepared& in, double scale,
   LCM_CHECK_LAUNCH(lcm_gca_fwd_launch(in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(),
                                       in.w.data_ptr<float>(), o.data_ptr(),
                                       lse.data_ptr<float>(), st, s.B, s.Hq, s.Hkv, s.Q, s.K,
-                                      s.KCTX, s.D, float(scale), one ? 1 : 0,
+                                      s.KCTX, s.D, float(scale), one ? 1 : 0, path,
                                       at::cuda::getCurrentCUDAStream()),
                    "gca forward launch");
   return {o, lse};
@@ -94,8 +96,9 @@ std::tuple<at::Tensor, at::Tensor> forward_raw(const Prepared& in, double scale,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_raw(const Prepared& in,
                                                                         const at::Tensor& lse,
                                                                         const at::Tensor& dout_in,
-                                                                        double scale) {
+                                                                        double scale, int path) {
   const Shape s = check_inputs(in.q, in.k, in.v, in.w);
+  check_path(path, in.q);
   TORCH_CHECK(s.KCTX <= lcm_gca_max_kctx_bwd(), "gca backward: K_CTX ", s.KCTX,
               " exceeds the kernel's ", lcm_gca_max_kctx_bwd());
   c10::cuda::CUDAGuard guard(in.q.device());
@@ -116,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_raw(const Pr
                          in.w.data_ptr<float>(), dout.data_ptr(), lse.data_ptr<float>(),
                          dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), dwp.data_ptr<float>(),
                          scratch.defined() ? scratch.data_ptr<float>() : nullptr, st, s.B, s.Hq,
-                         s.Hkv, s.Q, s.K, s.KCTX, s.D, float(scale),
+                         s.Hkv, s.Q, s.K, s.KCTX, s.D, float(scale), path,
                          at::cuda::getCurrentCUDAStream()),
       "gca backward launch");
   return {dq, dk, dv, dwp.sum(1)};
@@ -167,8 +170,9 @@ std::tuple<at::Tensor, at::Tensor> gather_forward_raw(const at::Tensor& q_in,
                                                       const at::Tensor& mem_v_in,
                                                       const at::Tensor& idx_in,
                                                       const at::Tensor& w_in, double scale,
-                                                      bool one) {
+                                                      bool one, int path) {
   const Shape s = check_gather_inputs(q_in, mem_k_in, mem_v_in, idx_in, w_in);
+  check_path(path, q_in);
   auto q = rows_ready(q_in), mk = rows_ready(mem_k_in), mv = rows_ready(mem_v_in);
   auto idx = idx_in.contiguous();
   auto w = w_in.to(at::kFloat).contiguous();
@@ -181,9 +185,10 @@ std::tuple<at::Tensor, at::Tensor> gather_forward_raw(const at::Tensor& q_in,
   const int status = lcm_gca_fwd_gather_launch(
       q.data_ptr(), mk.data_ptr(), mv.data_ptr(), idx.data_ptr<int64_t>(), w.data_ptr<float>(),
       o.data_ptr(), lse.data_ptr<float>(), st, s.B, s.Hq, s.Hkv, s.Q, s.K, s.KCTX, mk.size(0),
-      s.D, float(scale), one ? 1 : 0, at::cuda::getCurrentCUDAStream());
+      s.D, float(scale), one ? 1 : 0, path, at::cuda::getCurrentCUDAStream());
   if (status == cudaErrorNotSupported)
-    return forward_raw(prepare(q, gather_chunks(mk, idx), gather_chunks(mv, idx), w), scale, one);
+    return forward_raw(prepare(q, gather_chunks(mk, idx), gather_chunks(mv, idx), w), scale, one,
+                       path);
   LCM_CHECK_LAUNCH(status, "gca_gathered forward launch");
   return {o, lse};
 }
@@ -191,10 +196,12 @@ std::tuple<at::Tensor, at::Tensor> gather_forward_raw(const at::Tensor& q_in,
 struct GcaGatherFunction : public torch::autograd::Function<GcaGatherFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& mem_k, const at::Tensor& mem_v,
-                            const at::Tensor& idx, const at::Tensor& w, double scale, bool one) {
-    auto [o, lse] = gather_forward_raw(q, mem_k, mem_v, idx, w, scale, one);
+                            const at::Tensor& idx, const at::Tensor& w, double scale, bool one,
+                            int64_t path) {
+    auto [o, lse] = gather_forward_raw(q, mem_k, mem_v, idx, w, scale, one, int(path));
     ctx->save_for_backward({q, mem_k, mem_v, idx, w, lse});
     ctx->saved_data["scale"] = scale;
+    ctx->saved_data["path"] = path;
     return o;
   }
 
@@ -204,25 +211,27 @@ struct GcaGatherFunction : public torch::autograd::Function<GcaGatherFunction> {
     const at::Tensor &mem_k = saved[1], &mem_v = saved[2], &idx = saved[3];
     Prepared in = prepare(saved[0], gather_chunks(mem_k, idx), gather_chunks(mem_v, idx), saved[4]);
     auto [dq, dk, dv, dw] =
-        backward_raw(in, saved[5], grads[0], ctx->saved_data["scale"].toDouble());
+        backward_raw(in, saved[5], grads[0], ctx->saved_data["scale"].toDouble(),
+                     int(ctx->saved_data["path"].toInt()));
     // (B, Hkv, K, K_CTX, D) -> the memory's rows, summed where chunks repeat.
     auto scatter = [&](const at::Tensor& mem, const at::Tensor& d) {
       auto rows = d.permute({0, 2, 3, 1, 4}).reshape({-1, mem.size(1), mem.size(2), mem.size(3)});
       return at::zeros_like(mem).index_add_(0, idx.reshape({-1}), rows.to(mem.scalar_type()));
     };
     return {dq, scatter(mem_k, dk), scatter(mem_v, dv), at::Tensor(), dw, at::Tensor(),
-            at::Tensor()};
+            at::Tensor(), at::Tensor()};
   }
 };
 
 struct GcaFunction : public torch::autograd::Function<GcaFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& k, const at::Tensor& v, const at::Tensor& w,
-                            double scale, bool one) {
+                            double scale, bool one, int64_t path) {
     Prepared in = prepare(q, k, v, w);
-    auto [o, lse] = forward_raw(in, scale, one);
+    auto [o, lse] = forward_raw(in, scale, one, int(path));
     ctx->save_for_backward({in.q, in.k, in.v, in.w, lse});
     ctx->saved_data["scale"] = scale;
+    ctx->saved_data["path"] = path;
     return o;
   }
 
@@ -230,8 +239,9 @@ struct GcaFunction : public torch::autograd::Function<GcaFunction> {
                                                torch::autograd::tensor_list grads) {
     auto saved = ctx->get_saved_variables();
     Prepared in{saved[0], saved[1], saved[2], saved[3]};
-    auto [dq, dk, dv, dw] = backward_raw(in, saved[4], grads[0], ctx->saved_data["scale"].toDouble());
-    return {dq, dk, dv, dw, at::Tensor(), at::Tensor()};
+    auto [dq, dk, dv, dw] = backward_raw(in, saved[4], grads[0], ctx->saved_data["scale"].toDouble(),
+                                         int(ctx->saved_data["path"].toInt()));
+    return {dq, dk, dv, dw, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -239,13 +249,14 @@ struct GcaFunction : public torch::autograd::Function<GcaFunction> {
 
 extern "C" {
 
-// o = GCA(q, k, v, weights), differentiable in q, k, v and weights.
+// o = GCA(q, k, v, weights), differentiable in q, k, v and weights. path: an AttnPath
+// (attn_path.h), for every entry point below.
 int lcm_gca(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v, const at::Tensor* w,
-            double scale, int one, at::Tensor** o) {
+            double scale, int one, int path, at::Tensor** o) {
   return lcm::guarded("gca", [&] {
     // The cast sits outside the Function so that autograd carries dw back to w's dtype.
     auto wf = w->to(at::kFloat);
-    *o = new at::Tensor(GcaFunction::apply(*q, *k, *v, wf, scale, one != 0));
+    *o = new at::Tensor(GcaFunction::apply(*q, *k, *v, wf, scale, one != 0, int64_t(path)));
   });
 }
 
@@ -253,21 +264,21 @@ int lcm_gca(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v, const
 // weights), differentiable in q, mem_k, mem_v and weights.
 int lcm_gca_gathered(const at::Tensor* q, const at::Tensor* mem_k, const at::Tensor* mem_v,
                      const at::Tensor* idx, const at::Tensor* w, double scale, int one,
-                     at::Tensor** o) {
+                     int path, at::Tensor** o) {
   return lcm::guarded("gca_gathered", [&] {
     auto wf = w->to(at::kFloat);
     *o = new at::Tensor(
-        GcaGatherFunction::apply(*q, *mem_k, *mem_v, *idx, wf, scale, one != 0));
+        GcaGatherFunction::apply(*q, *mem_k, *mem_v, *idx, wf, scale, one != 0, int64_t(path)));
   });
 }
 
 // Its forward alone (o, lse), for the benchmark.
 int lcm_gca_gathered_forward_raw(const at::Tensor* q, const at::Tensor* mem_k,
                                  const at::Tensor* mem_v, const at::Tensor* idx,
-                                 const at::Tensor* w, double scale, int one, at::Tensor** o,
-                                 at::Tensor** lse) {
+                                 const at::Tensor* w, double scale, int one, int path,
+                                 at::Tensor** o, at::Tensor** lse) {
   return lcm::guarded("gca_gathered_forward_raw", [&] {
-    auto [oo, ll] = gather_forward_raw(*q, *mem_k, *mem_v, *idx, *w, scale, one != 0);
+    auto [oo, ll] = gather_forward_raw(*q, *mem_k, *mem_v, *idx, *w, scale, one != 0, path);
     *o = new at::Tensor(oo);
     *lse = new at::Tensor(ll);
   });
@@ -275,10 +286,10 @@ int lcm_gca_gathered_forward_raw(const at::Tensor* q, const at::Tensor* mem_k,
 
 // The kernels alone, without autograd: for benchmarks that time exactly the kernels.
 int lcm_gca_forward_raw(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
-                        const at::Tensor* w, double scale, int one, at::Tensor** o,
+                        const at::Tensor* w, double scale, int one, int path, at::Tensor** o,
                         at::Tensor** lse) {
   return lcm::guarded("gca_forward_raw", [&] {
-    auto [oo, ll] = forward_raw(prepare(*q, *k, *v, *w), scale, one != 0);
+    auto [oo, ll] = forward_raw(prepare(*q, *k, *v, *w), scale, one != 0, path);
     *o = new at::Tensor(oo);
     *lse = new at::Tensor(ll);
   });
@@ -286,10 +297,10 @@ int lcm_gca_forward_raw(const at::Tensor* q, const at::Tensor* k, const at::Tens
 
 int lcm_gca_backward_raw(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
                          const at::Tensor* w, const at::Tensor* lse, const at::Tensor* dout,
-                         double scale, at::Tensor** dq, at::Tensor** dk, at::Tensor** dv,
-                         at::Tensor** dw) {
+                         double scale, int path, at::Tensor** dq, at::Tensor** dk,
+                         at::Tensor** dv, at::Tensor** dw) {
   return lcm::guarded("gca_backward_raw", [&] {
-    auto [a, b, c, d] = backward_raw(prepare(*q, *k, *v, *w), *lse, *dout, scale);
+    auto [a, b, c, d] = backward_raw(prepare(*q, *k, *v, *w), *lse, *dout, scale, path);
     *dq = new at::Tensor(a);
     *dk = new at::Tensor(b);
     *dv = new at::Tensor(c);

@@ -1,14 +1,16 @@
-// Autograd bridge for the HSA kernels in hsa.cu.
+// Autograd bridge for the HSA kernels in hsa_fwd.cu and hsa_bwd.cu.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "attn_path.h"
 #include "bridge.h"
 
 extern "C" {
 int lcm_hsa_fwd_launch(const void* q, const void* k, const void* v, const float* w,
                        const int64_t* idx, void* o, float* lse, int N, int L, int Hq, int H,
-                       int K, int S, int C, int D, float scale, int one, cudaStream_t s);
+                       int K, int S, int C, int D, float scale, int one, int path,
+                       cudaStream_t s);
 int lcm_hsa_bwd_launch(const void* q, const void* k, const void* v, const float* w,
                        const int64_t* idx, const void* dout, const float* lse, void* dq,
                        void* dk, void* dv, float* di, const int64_t* perm, const int64_t* offs,
@@ -61,15 +63,16 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 // (o, lse): o (N, L, Hq, D) bf16, lse (N, L, Hq, K) fp32 (natural log).
 std::tuple<at::Tensor, at::Tensor> forward_raw(const Prepared& in, int64_t chunk, double scale,
-                                               bool one) {
+                                               bool one, int path) {
   const Shape s = check_inputs(in.q, in.k, in.v, in.w, in.idx, chunk);
+  lcm::check_path("hsa", path, lcm::kHsaPaths, false, in.q);
   c10::cuda::CUDAGuard guard(in.q.device());
   auto o = at::empty({s.N, s.L, s.Hq, s.D}, in.q.options());
   auto lse = at::empty({s.N, s.L, s.Hq, s.K}, in.q.options().dtype(at::kFloat));
   LCM_CHECK_LAUNCH(lcm_hsa_fwd_launch(in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(),
                                       in.w.data_ptr<float>(), in.idx.data_ptr<int64_t>(),
                                       o.data_ptr(), lse.data_ptr<float>(), s.N, s.L, s.Hq, s.H,
-                                      s.K, s.S, s.C, s.D, float(scale), one ? 1 : 0,
+                                      s.K, s.S, s.C, s.D, float(scale), one ? 1 : 0, path,
                                       at::cuda::getCurrentCUDAStream()),
                    "hsa forward launch");
   return {o, lse};
@@ -135,9 +138,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_raw(
 struct HsaFunction : public torch::autograd::Function<HsaFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& k, const at::Tensor& v, const at::Tensor& w,
-                            const at::Tensor& idx, int64_t chunk, double scale, bool one) {
+                            const at::Tensor& idx, int64_t chunk, double scale, bool one,
+                            int64_t path) {
     Prepared in = prepare(q, k, v, w, idx);
-    auto [o, lse] = forward_raw(in, chunk, scale, one);
+    auto [o, lse] = forward_raw(in, chunk, scale, one, int(path));
     ctx->save_for_backward({in.q, in.k, in.v, in.w, in.idx, lse});
     ctx->saved_data["chunk"] = chunk;
     ctx->saved_data["scale"] = scale;
@@ -152,7 +156,7 @@ struct HsaFunction : public torch::autograd::Function<HsaFunction> {
     auto [dq, dk, dv, dw] =
         backward_raw(in, saved[5], grads[0], ctx->saved_data["chunk"].toInt(),
                      ctx->saved_data["scale"].toDouble(), ctx->saved_data["one"].toBool());
-    return {dq, dk, dv, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dq, dk, dv, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -160,21 +164,23 @@ struct HsaFunction : public torch::autograd::Function<HsaFunction> {
 
 extern "C" {
 
-// o = HSA(q, k, v, weights, indices), differentiable in q, k, v and weights.
+// o = HSA(q, k, v, weights, indices), differentiable in q, k, v and weights. path: the
+// forward's HsaPath (attn_path.h).
 int lcm_hsa(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v, const at::Tensor* w,
-            const at::Tensor* idx, int64_t chunk, double scale, int one, at::Tensor** o) {
+            const at::Tensor* idx, int64_t chunk, double scale, int one, int path,
+            at::Tensor** o) {
   return lcm::guarded("hsa", [&] {
     // The cast sits outside the Function so that autograd carries dw back to w's dtype.
     auto wf = w->to(at::kFloat);
-    *o = new at::Tensor(HsaFunction::apply(*q, *k, *v, wf, *idx, chunk, scale, one != 0));
+    *o = new at::Tensor(HsaFunction::apply(*q, *k, *v, wf, *idx, chunk, scale, one != 0, int64_t(path)));
   });
 }
 
 int lcm_hsa_forward_raw(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
                         const at::Tensor* w, const at::Tensor* idx, int64_t chunk,
-                        double scale, int one, at::Tensor** o, at::Tensor** lse) {
+                        double scale, int one, int path, at::Tensor** o, at::Tensor** lse) {
   return lcm::guarded("hsa_forward_raw", [&] {
-    auto [oo, ll] = forward_raw(prepare(*q, *k, *v, *w, *idx), chunk, scale, one != 0);
+    auto [oo, ll] = forward_raw(prepare(*q, *k, *v, *w, *idx), chunk, scale, one != 0, path);
     *o = new at::Tensor(oo);
     *lse = new at::Tensor(ll);
   });

@@ -1,4 +1,4 @@
-// Tensor-core building blocks shared by the attention kernels (gca.cu, hsa.cu): cp.async
+// Tensor-core building blocks shared by the attention kernels (attn.cuh): cp.async
 // copies, ldmatrix loads, the bf16 m16n8k16 MMA with fp32 accumulation, bf16 packing and
 // the XOR swizzle of shared-memory tiles. Needs sm_80 or later.
 #pragma once
@@ -49,7 +49,7 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 // The max and the sum over this thread's columns of each row half (e >> 1) of a warp's NF
 // C fragments (NF a power of two), as balanced trees: the plain loops compile to chains of
-// 2 * NF dependent FMNMX / FADD, which sat on the SWA forward's critical path (session 8).
+// 2 * NF dependent FMNMX / FADD, on the SWA forward's critical path.
 template <int NF> __device__ __forceinline__ void frag_row_max(const float (*s)[4], float* out) {
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {

@@ -1,30 +1,26 @@
-// Autograd bridge for the sliding-window / bidirectional attention kernels in swa.cu.
+// Autograd bridge for the sliding-window / bidirectional attention kernels in swa_fwd.cu
+// and swa_bwd.cu.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "attn_path.h"
 #include "bridge.h"
 
 extern "C" {
 int lcm_swa_fwd_launch(const void* q, const void* k, const void* v, const float* slopes, void* o,
                        float* lse, const int64_t* strides, int B, int Hq, int Hkv, int T, int D,
-                       int window, int causal, float scale, cudaStream_t s);
+                       int window, int causal, float scale, int path, cudaStream_t s);
 int lcm_swa_bwd_launch(const void* q, const void* k, const void* v, const float* slopes,
                        const void* o, const float* lse, const void* dout, float* di, void* dq,
                        void* dk, void* dv, const int64_t* strides, int B, int Hq, int Hkv, int T,
-                       int D, int window, int causal, float scale, cudaStream_t s);
+                       int D, int window, int causal, float scale, int path,
+                       cudaStream_t s);
 }
 
 namespace {
 
-// The kernels read rows of D contiguous bf16 with 16-byte copies: the last dimension must
-// be dense, every other stride a multiple of 8 elements and the base 16-byte aligned.
-// Other layouts are copied to contiguous ones.
-at::Tensor rows_ready(const at::Tensor& t) {
-  bool ok = t.stride(-1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  for (int64_t i = 0; ok && i + 1 < t.dim(); ++i) ok = t.stride(i) % 8 == 0 || t.size(i) == 1;
-  return ok ? t : t.contiguous();
-}
+using lcm::rows_ready;
 
 struct Shape {
   int B, Hq, Hkv, T, D;
@@ -80,8 +76,9 @@ const float* slopes_ptr(const Prepared& in) {
 
 // (o, lse): o (B, Hq, T, D) bf16, lse (B, Hq, T) fp32 (log2 of the softmax denominator).
 std::tuple<at::Tensor, at::Tensor> forward_raw(const Prepared& in, int64_t window, bool causal,
-                                               double scale) {
+                                               double scale, int path) {
   const Shape s = check_inputs(in.q, in.k, in.v, in.slopes);
+  lcm::check_path("swa", path, lcm::kAttnPaths, path != lcm::kPathMma, in.q);
   TORCH_CHECK(scale > 0, "swa: the kernel takes a positive scale (got ", scale, ")");
   TORCH_CHECK(window >= 0, "swa: window ", window, " < 0");
   c10::cuda::CUDAGuard guard(in.q.device());
@@ -92,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor> forward_raw(const Prepared& in, int64_t windo
   const int w = int(std::min<int64_t>(window, INT32_MAX / 2));
   LCM_CHECK_LAUNCH(lcm_swa_fwd_launch(in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(),
                                       slopes_ptr(in), o.data_ptr(), lse.data_ptr<float>(), st,
-                                      s.B, s.Hq, s.Hkv, s.T, s.D, w, causal ? 1 : 0, float(scale),
+                                      s.B, s.Hq, s.Hkv, s.T, s.D, w, causal ? 1 : 0, float(scale), path,
                                       at::cuda::getCurrentCUDAStream()),
                    "swa forward launch");
   return {o, lse};
@@ -104,8 +101,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_raw(const Prepared& in,
                                                             const at::Tensor& lse,
                                                             const at::Tensor& dout_in,
                                                             int64_t window, bool causal,
-                                                            double scale) {
+                                                            double scale, int path) {
   const Shape s = check_inputs(in.q, in.k, in.v, in.slopes);
+  lcm::check_path("swa", path, lcm::kAttnPaths, path != lcm::kPathMma, in.q);
   c10::cuda::CUDAGuard guard(in.q.device());
   auto dout = dout_in.to(at::kBFloat16).contiguous();
   auto o = o_in.contiguous();
@@ -125,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_raw(const Prepared& in,
                                       slopes_ptr(in), o.data_ptr(), lse.data_ptr<float>(),
                                       dout.data_ptr(), di.data_ptr<float>(), dq.data_ptr(),
                                       dk.data_ptr(), dv.data_ptr(), st, s.B, s.Hq, s.Hkv, s.T, s.D,
-                                      w, causal ? 1 : 0, float(scale),
+                                      w, causal ? 1 : 0, float(scale), path,
                                       at::cuda::getCurrentCUDAStream()),
                    "swa backward launch");
   return {dq, dk, dv};
@@ -134,14 +132,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_raw(const Prepared& in,
 struct SwaFunction : public torch::autograd::Function<SwaFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& k, const at::Tensor& v, const at::Tensor& slopes,
-                            int64_t window, bool causal, double scale) {
+                            int64_t window, bool causal, double scale, int64_t path) {
     Prepared in = prepare(q, k, v, &slopes);
-    auto [o, lse] = forward_raw(in, window, causal, scale);
+    auto [o, lse] = forward_raw(in, window, causal, scale, int(path));
     ctx->save_for_backward({in.q, in.k, in.v, o, lse});
     if (in.slopes.defined()) ctx->saved_data["slopes"] = in.slopes;
     ctx->saved_data["window"] = window;
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["scale"] = scale;
+    ctx->saved_data["path"] = path;
     return o;
   }
 
@@ -154,8 +153,9 @@ struct SwaFunction : public torch::autograd::Function<SwaFunction> {
     auto [dq, dk, dv] = backward_raw(in, saved[3], saved[4], grads[0],
                                      ctx->saved_data["window"].toInt(),
                                      ctx->saved_data["causal"].toBool(),
-                                     ctx->saved_data["scale"].toDouble());
-    return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+                                     ctx->saved_data["scale"].toDouble(),
+                                     int(ctx->saved_data["path"].toInt()));
+    return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -165,23 +165,26 @@ extern "C" {
 
 // o = attention(q, k, v): causal sliding window (keys t - window ..= t) with optional ALiBi
 // slopes (null for none), or bidirectional (causal = 0; window and slopes ignored).
-// Differentiable in q, k, v (the slopes are constants).
+// Differentiable in q, k, v (the slopes are constants). path: an AttnPath (attn_path.h),
+// for every entry point below.
 int lcm_swa(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
-            const at::Tensor* slopes, int64_t window, int causal, double scale, at::Tensor** o) {
+            const at::Tensor* slopes, int64_t window, int causal, double scale, int path,
+            at::Tensor** o) {
   return lcm::guarded("swa", [&] {
     at::Tensor m = slopes != nullptr && causal ? slopes->detach().to(at::kFloat).contiguous()
                                                : at::empty({0}, q->options().dtype(at::kFloat));
-    *o = new at::Tensor(SwaFunction::apply(*q, *k, *v, m, window, causal != 0, scale));
+    *o = new at::Tensor(SwaFunction::apply(*q, *k, *v, m, window, causal != 0, scale, int64_t(path)));
   });
 }
 
 // The kernels alone, without autograd: for benchmarks that time exactly the kernels.
 int lcm_swa_forward_raw(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
                         const at::Tensor* slopes, int64_t window, int causal, double scale,
-                        at::Tensor** o, at::Tensor** lse) {
+                        int path, at::Tensor** o, at::Tensor** lse) {
   return lcm::guarded("swa_forward_raw", [&] {
     auto [oo, ll] =
-        forward_raw(prepare(*q, *k, *v, causal ? slopes : nullptr), window, causal != 0, scale);
+        forward_raw(prepare(*q, *k, *v, causal ? slopes : nullptr), window, causal != 0, scale,
+                    path);
     *o = new at::Tensor(oo);
     *lse = new at::Tensor(ll);
   });
@@ -190,10 +193,10 @@ int lcm_swa_forward_raw(const at::Tensor* q, const at::Tensor* k, const at::Tens
 int lcm_swa_backward_raw(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
                          const at::Tensor* slopes, const at::Tensor* o, const at::Tensor* lse,
                          const at::Tensor* dout, int64_t window, int causal, double scale,
-                         at::Tensor** dq, at::Tensor** dk, at::Tensor** dv) {
+                         int path, at::Tensor** dq, at::Tensor** dk, at::Tensor** dv) {
   return lcm::guarded("swa_backward_raw", [&] {
     auto [a, b, c] = backward_raw(prepare(*q, *k, *v, causal ? slopes : nullptr), *o, *lse,
-                                  *dout, window, causal != 0, scale);
+                                  *dout, window, causal != 0, scale, path);
     *dq = new at::Tensor(a);
     *dk = new at::Tensor(b);
     *dv = new at::Tensor(c);

@@ -2,9 +2,9 @@
 // at head dim 64: one thread asks the TMA unit for a whole 64-row tile, which lands in
 // shared memory already in the 128-byte swizzle the wgmma descriptors expect (wgmma.cuh),
 // and the consumers wait on an mbarrier that completes when the tile's bytes have arrived.
-// Why: in the cp.async forwards every thread computed the addresses and predicates of its
-// 16-byte copies, ~100 of the ~440 instructions of a key tile in the SASS of the SWA forward
-// (docs/benchmarks.md, session 8), on the critical path of a latency-bound loop.
+// Why: in the cp.async forwards every thread computes the addresses and predicates of its
+// 16-byte copies, ~100 of the ~440 instructions of a key tile in the SASS of the SWA
+// forward, on the critical path of a latency-bound loop.
 //
 // Out-of-range rows (past T, past the last chunk) arrive as zeros, as cp.async's zero fill
 // did; the transaction count is always the full box.
@@ -130,9 +130,8 @@ __device__ __forceinline__ void tma_ring_start(uint64_t* full, int items, Fill f
 }
 
 // The top of item's iteration: every thread is done with the stage item - 1 used (a CTA
-// barrier; per-stage "empty" barriers with the refill after the next product ran 5% slower
-// in the SWA forward, docs/benchmarks.md session 8), thread 0 refills it with item + S - 1,
-// and all wait until item's stage has landed.
+// barrier, faster here than per-stage "empty" barriers: docs/kernels/swa.md), thread 0
+// refills it with item + S - 1, and all wait until item's stage has landed.
 template <int S, typename Fill>
 __device__ __forceinline__ void tma_ring_advance(uint64_t* full, int item, int items, Fill fill) {
   __syncthreads();
@@ -215,12 +214,6 @@ inline bool encode_vec_map(CUtensorMap* map, const float* base, int64_t rows, in
                 boxd, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
-// Whether the TMA kernels may be picked: wgmma_enabled(wgmma_env) and the environment
-// variable `env` not "0" (to measure the cp.async kernels they replace).
-inline bool tma_enabled(const char* wgmma_env, const char* env) {
-  return env_switch_on(env) && wgmma_enabled(wgmma_env) && encode_tiled_fn() != nullptr;
 }
 
 }  // namespace lcm

@@ -4,9 +4,8 @@
 //   C (64 x 64) += A (64 x 64, registers) B     (B a 64 x 64 N-major tile: O += P V),
 // each four `wgmma.mma_async m64n64k16` issued by the CTA's one warpgroup (4 warps) in
 // place of 64 mma.sync per warp and their ldmatrix loads: the SASS of the mma.sync
-// forwards spent ~10 instructions per HMMA on addressing (docs/benchmarks.md, session 6).
-// A standalone check of both forms against a CPU product (sweeping the descriptor's
-// strides) is described in docs/benchmarks.md, session 7.
+// forwards spends ~10 instructions per HMMA on addressing. dev/cuda/wgmma_probe.cu checks
+// both forms against a CPU product, sweeping the descriptor's strides.
 //
 // Shared memory: the kernels place their K and V rings at the first 1024-byte boundary of
 // their dynamic shared memory (`align1024`) and keep Q in registers.
@@ -20,12 +19,11 @@
 // V "MN-major" for O (d, the N of that product, contiguous: the transposed-B flag).
 //
 // Only compiled for sm_90a; elsewhere (the compute_80 PTX of the build) the bodies trap,
-// and the launchers never pick these kernels on a device without them.
+// and the bridges refuse a path that needs them on a device without them (attn_path.h).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <cstdint>
-#include <cstdlib>
 
 #include "mma.cuh"
 
@@ -245,23 +243,6 @@ __device__ __forceinline__ void load_afrag_global(uint32_t (*af)[4], const __nv_
     af[kk][2] = ld(lo, kk * 16 + 8 + 2 * t);
     af[kk][3] = ld(hi, kk * 16 + 8 + 2 * t);
   }
-}
-
-// A kernel variant's switch: on unless the environment variable `env` is "0".
-inline bool env_switch_on(const char* env) {
-  const char* v = getenv(env);
-  return v == nullptr || v[0] != '0';
-}
-
-// Whether launchers may pick the wgmma kernels: a Hopper (sm_90) device, unless the
-// environment variable `env` is "0" (to measure or debug against the mma.sync kernels).
-inline bool wgmma_enabled(const char* env) {
-  if (!env_switch_on(env)) return false;
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-    return false;
-  return major == 9;
 }
 
 }  // namespace lcm

@@ -1,4 +1,5 @@
-//! The GCA CUDA kernel (`cuda/gca.cu`) against the reference: forward and every gradient
+//! The GCA CUDA kernels (`cuda/gca_fwd.cu`, `cuda/gca_bwd.cu`) against the reference, on
+//! every kernel path the GPU has (`AttnPath`), in this one process: forward and every gradient
 //! (dq, dk, dv, dweights) on fresh random inputs at many shapes (K not a power of two,
 //! K_CTX not a multiple of the tile, Q of 1, 2 and 64, head dim 64 and 128, GQA, strided
 //! views, softmax-off-by-one, zero weights for masked slots, several passes of query rows
@@ -16,8 +17,10 @@
 mod common;
 
 use common::{
-    assert_close_scaled, assert_rel_norm, cuda_or_skip, forward_and_grads, poison_cuda_allocator,
+    assert_close_scaled, assert_rel_norm, attn_paths, cuda_or_skip, forward_and_grads, per_path,
+    poison_cuda_allocator,
 };
+use lcm::ops::path::AttnPath;
 use lcm::ops::{gca, gca_reference};
 use tch::{Device, Kind, Tensor};
 
@@ -90,10 +93,10 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
         return;
     };
     tch::manual_seed(6);
-    for c in CASES {
+    for (path, c) in per_path(&attn_paths(dev), CASES) {
         let &(b, hq, hkv, nq, nk, kctx, d, one, zero_w, strided) = c;
         let tag = format!(
-            "B={b} Hq={hq} Hkv={hkv} Q={nq} K={nk} K_CTX={kctx} D={d} one={one} zero_w={zero_w} strided={strided}"
+            "{path:?} B={b} Hq={hq} Hkv={hkv} Q={nq} K={nk} K_CTX={kctx} D={d} one={one} zero_w={zero_w} strided={strided}"
         );
         let x = inputs(c, dev);
         assert!(
@@ -112,7 +115,7 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
         );
         poison_cuda_allocator(dev);
         let got = forward_and_grads(
-            |l| gca_cuda(&l[0], &l[1], &l[2], &l[3], scale, one).unwrap(),
+            |l| gca_cuda(&l[0], &l[1], &l[2], &l[3], scale, one, path).unwrap(),
             &[&x.q, &x.k, &x.v, &x.w],
             &x.dout,
         );
@@ -129,7 +132,7 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
         }
         // Run to run, the forward is bit-identical.
         poison_cuda_allocator(dev);
-        let again = tch::no_grad(|| gca_cuda(&x.q, &x.k, &x.v, &x.w, scale, one).unwrap());
+        let again = tch::no_grad(|| gca_cuda(&x.q, &x.k, &x.v, &x.w, scale, one, path).unwrap());
         assert!(again.equal(&got[0]), "{tag}: forward not deterministic");
         eprintln!("ok: {tag}");
     }
@@ -145,7 +148,7 @@ fn cuda_forward_takes_long_chunks() {
         return;
     };
     tch::manual_seed(7);
-    for &(kctx, one) in &[(200i64, false), (257, true)] {
+    for (path, &(kctx, one)) in per_path(&attn_paths(dev), &[(200i64, false), (257, true)]) {
         let c: Case = (2, 4, 2, 64, 3, kctx, 64, one, true, false);
         let x = inputs(&c, dev);
         let want = gca_reference(
@@ -157,8 +160,8 @@ fn cuda_forward_takes_long_chunks() {
             one,
         );
         poison_cuda_allocator(dev);
-        let (got, _) = gca_cuda_forward_raw(&x.q, &x.k, &x.v, &x.w, 0.125, one).unwrap();
-        let what = format!("K_CTX={kctx} one={one} forward");
+        let (got, _) = gca_cuda_forward_raw(&x.q, &x.k, &x.v, &x.w, 0.125, one, path).unwrap();
+        let what = format!("{path:?} K_CTX={kctx} one={one} forward");
         assert_rel_norm(&what, &got, &want, 1e-2);
         assert_close_scaled(&what, &got, &want);
     }
@@ -206,7 +209,8 @@ fn dispatch_on_cuda_uses_the_kernel() {
         return;
     };
     let x = inputs(&(2, 4, 4, 64, 3, 64, 64, false, false, true), dev);
-    let a = lcm::ops::gca::gca_cuda(&x.q, &x.k, &x.v, &x.w, 0.125, false).unwrap();
+    let path = lcm::ops::path::attn_path_on(dev, 64);
+    let a = lcm::ops::gca::gca_cuda(&x.q, &x.k, &x.v, &x.w, 0.125, false, path).unwrap();
     assert!(gca(&x.q, &x.k, &x.v, &x.w, 0.125, false).equal(&a));
 }
 
@@ -218,7 +222,7 @@ fn bridge_reports_errors() {
     let q = Tensor::randn([1, 1, 1, 64], opts);
     let k = Tensor::randn([1, 1, 1, 4, 64], opts);
     let w = Tensor::ones([1, 1], (Kind::Float, Device::Cpu));
-    let err = lcm::ops::gca::gca_cuda(&q, &k, &k, &w, 1.0, false)
+    let err = lcm::ops::gca::gca_cuda(&q, &k, &k, &w, 1.0, false, AttnPath::Mma)
         .unwrap_err()
         .to_string();
     assert!(err.contains("gca") && err.contains("CUDA device"), "{err}");
@@ -238,13 +242,16 @@ fn gathered_memory_matches_gathered_chunks() {
     };
     tch::manual_seed(9);
     // (B query chunks, M memory rows, Hq, Hkv, Q, K, K_CTX, D, softmax_one)
-    for &(b, m, hq, hkv, nq, nk, kctx, d, one) in &[
+    type Gathered = (i64, i64, i64, i64, i64, i64, i64, i64, bool);
+    const GATHERED: &[Gathered] = &[
         (24i64, 40i64, 4i64, 4i64, 64i64, 8i64, 64i64, 64i64, false), // the TMA gather
         (7, 9, 4, 2, 64, 3, 64, 64, true),                            // GQA, K = 3
         (5, 6, 2, 2, 16, 5, 16, 64, false),                           // K_CTX 16: the host gather
         (3, 4, 2, 1, 8, 2, 64, 128, false), // head dim 128: the host gather
-    ] {
-        let tag = format!("B={b} M={m} Hq={hq} Hkv={hkv} Q={nq} K={nk} K_CTX={kctx} D={d}");
+    ];
+    for (path, &(b, m, hq, hkv, nq, nk, kctx, d, one)) in per_path(&attn_paths(dev), GATHERED) {
+        let tag =
+            format!("{path:?} B={b} M={m} Hq={hq} Hkv={hkv} Q={nq} K={nk} K_CTX={kctx} D={d}");
         let opts = (Kind::BFloat16, dev);
         let q = Tensor::randn([b, hq, nq, d], opts);
         let mk = Tensor::randn([m, kctx, hkv, d], opts);
@@ -256,7 +263,7 @@ fn gathered_memory_matches_gathered_chunks() {
 
         poison_cuda_allocator(dev);
         let got = forward_and_grads(
-            |l| gca_gathered_cuda(&l[0], &l[1], &l[2], &idx, &l[3], scale, one).unwrap(),
+            |l| gca_gathered_cuda(&l[0], &l[1], &l[2], &idx, &l[3], scale, one, path).unwrap(),
             &[&q, &mk, &mv, &w],
             &dout,
         );
@@ -268,6 +275,7 @@ fn gathered_memory_matches_gathered_chunks() {
                 &w,
                 scale,
                 one,
+                path,
             )
             .unwrap()
         });

@@ -1,4 +1,4 @@
-//! The HSA CUDA kernel (`cuda/hsa.cu`) against the reference: forward and every gradient
+//! The HSA CUDA kernel (`cuda/hsa_fwd.cu`, `cuda/hsa_bwd.cu`) against the reference: forward and every gradient
 //! (dq, dk, dv, dweights) on fresh random inputs at several shapes (K not a power of two
 //! and K = 32, chunk size 16, 32 and 64, G = 1, 4, 16 (tensor-core forward) and 32
 //! (CUDA-core forward), head dim 64 and 128,
@@ -14,14 +14,17 @@
 //! and rounded once). Tolerances (bf16 kernel vs fp32 reference): relative L2 error
 //! ||got - want|| / ||want|| <= 1e-2 for o, dq, dk, dv and dweights, and elementwise
 //! |got - want| <= 3e-2 * max|want| + 1e-3. NaN never passes (the poison is NaN). Empty
-//! slots must get exactly zero weight gradient.
+//! slots must get exactly zero weight gradient. Both forward paths (`HsaPath`: tensor
+//! cores where the shape allows, CUDA cores) run every case, in this one process.
 
 mod common;
 
 use common::{
-    assert_close_scaled, assert_rel_norm, cuda_or_skip, forward_and_grads, poison_cuda_allocator,
+    assert_close_scaled, assert_rel_norm, cuda_or_skip, forward_and_grads, per_path,
+    poison_cuda_allocator,
 };
 use lcm::bench::kernels::hsa_random_indices;
+use lcm::ops::path::HsaPath;
 use lcm::ops::{hsa, hsa_reference};
 use tch::{Device, Kind, Tensor};
 
@@ -100,9 +103,9 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
         return;
     };
     tch::manual_seed(16);
-    for c in CASES {
+    for (path, c) in per_path(&HsaPath::ALL, CASES) {
         let &(n, hq, h, d, s, nc, nk, one) = c;
-        let tag = format!("N={n} Hq={hq} H={h} D={d} S={s} C={nc} K={nk} one={one}");
+        let tag = format!("{path:?} N={n} Hq={hq} H={h} D={d} S={s} C={nc} K={nk} one={one}");
         let x = inputs(c, dev);
         assert!(
             kernel_supports(&x.q, &x.k, &x.v, &x.w, &x.idx, s),
@@ -120,7 +123,7 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
         );
         poison_cuda_allocator(dev);
         let got = forward_and_grads(
-            |l| hsa_cuda(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one).unwrap(),
+            |l| hsa_cuda(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one, path).unwrap(),
             &[&x.q, &x.k, &x.v, &x.w],
             &x.dout,
         );
@@ -144,12 +147,12 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
         // Run to run, the forward is bit-identical.
         poison_cuda_allocator(dev);
         let again =
-            tch::no_grad(|| hsa_cuda(&x.q, &x.k, &x.v, &x.w, &x.idx, s, scale, one).unwrap());
+            tch::no_grad(|| hsa_cuda(&x.q, &x.k, &x.v, &x.w, &x.idx, s, scale, one, path).unwrap());
         assert!(again.equal(&got[0]), "{tag}: forward not deterministic");
         // And so is the backward (no atomics: dk/dv are summed per chunk in a fixed order).
         poison_cuda_allocator(dev);
         let again = forward_and_grads(
-            |l| hsa_cuda(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one).unwrap(),
+            |l| hsa_cuda(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one, path).unwrap(),
             &[&x.q, &x.k, &x.v, &x.w],
             &x.dout,
         );
@@ -207,7 +210,9 @@ fn dispatch_on_cuda_uses_the_kernel() {
         return;
     };
     let x = inputs(&(1, 4, 1, 64, 64, 3, 3, false), dev);
-    let a = lcm::ops::hsa::hsa_cuda(&x.q, &x.k, &x.v, &x.w, &x.idx, 64, 0.125, false).unwrap();
+    let path = lcm::ops::path::hsa_path(4, 64, 0.125);
+    let a =
+        lcm::ops::hsa::hsa_cuda(&x.q, &x.k, &x.v, &x.w, &x.idx, 64, 0.125, false, path).unwrap();
     assert!(hsa(&x.q, &x.k, &x.v, &x.w, &x.idx, 64, 0.125, false).equal(&a));
 }
 
@@ -220,7 +225,7 @@ fn bridge_reports_errors() {
     let k = Tensor::randn([1, 4, 1, 64], opts);
     let w = Tensor::ones([1, 4, 1, 1], (Kind::Float, Device::Cpu));
     let idx = Tensor::zeros([1, 4, 1, 1], (Kind::Int64, Device::Cpu));
-    let err = lcm::ops::hsa::hsa_cuda(&q, &k, &k, &w, &idx, 4, 1.0, false)
+    let err = lcm::ops::hsa::hsa_cuda(&q, &k, &k, &w, &idx, 4, 1.0, false, HsaPath::Mma)
         .unwrap_err()
         .to_string();
     assert!(err.contains("hsa") && err.contains("CUDA device"), "{err}");

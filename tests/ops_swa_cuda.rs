@@ -1,10 +1,11 @@
-//! The sliding-window / bidirectional attention CUDA kernel (`cuda/swa.cu`) against the
+//! The sliding-window / bidirectional attention CUDA kernel (`cuda/swa_fwd.cu`, `cuda/swa_bwd.cu`) against the
 //! fp32 reference: forward and every gradient (dq, dk, dv) on fresh random inputs at many
 //! shapes (T not a multiple of the 64-row tile, T shorter than the window, windows 512, 64,
 //! 16 and 0, ALiBi on and off, GQA, head dim 64 and 128, B > 1, strided views), the
 //! bidirectional mode (the encoder's chunks, S = 64 and longer), a poisoned allocator so
 //! unwritten outputs fail, run-to-run bit-identical forward and backward, and the dispatch
-//! (this part also runs on the CPU).
+//! (this part also runs on the CPU). Every kernel path the GPU has (`AttnPath`) runs each
+//! case, in this one process.
 //!
 //! The reference runs in fp32 on the same bf16 inputs (upcast), so the difference is the
 //! kernel's bf16 rounding: P and dS rounded to bf16 before their matrix products and the
@@ -16,9 +17,11 @@
 mod common;
 
 use common::{
-    assert_close_scaled, assert_rel_norm, cuda_or_skip, forward_and_grads, poison_cuda_allocator,
+    assert_close_scaled, assert_rel_norm, attn_paths, cuda_or_skip, forward_and_grads, per_path,
+    poison_cuda_allocator,
 };
 use lcm::model::layers::alibi_slopes;
+use lcm::ops::path::AttnPath;
 use lcm::ops::{
     bidirectional_attention, bidirectional_attention_reference, sliding_window_attention,
     sliding_window_attention_reference,
@@ -100,12 +103,12 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
         return;
     };
     tch::manual_seed(16);
-    for c in CASES {
-        check_against_reference(c, &inputs(c, dev), dev);
+    for (path, c) in per_path(&attn_paths(dev), CASES) {
+        check_against_reference(c, &inputs(c, dev), dev, path);
     }
 }
 
-/// The forward's lazy rescaling (cuda/swa.cu, softmax_update): key tiles are visited newest
+/// The forward's lazy rescaling (cuda/swa_fwd.cu, softmax_update): key tiles are visited newest
 /// first and the running max moves only when a row's max passes it by more than 8 (base 2).
 /// Here every 150th key is 6 times longer, so that a row meets its largest scores in an
 /// older tile (well past the slack: the accumulator must be rescaled mid-row), with and
@@ -117,23 +120,24 @@ fn cuda_kernel_rescales_when_an_older_key_dominates() {
         return;
     };
     tch::manual_seed(17);
-    for c in [
+    const SPIKED: &[Case] = &[
         (1, 4, 4, 1100, 64, Some(512), false, false),
         (1, 12, 12, 1100, 64, Some(512), true, false),
-    ] {
+    ];
+    for (path, &c) in per_path(&attn_paths(dev), SPIKED) {
         let mut x = inputs(&c, dev);
         let t = c.3;
         let spikes = Tensor::arange(t, (Kind::Int64, dev)).remainder(150).eq(7);
         let gain = spikes.to_kind(Kind::BFloat16) * 5.0 + 1.0;
         x.k = &x.k * gain.view([1, 1, t, 1]);
-        check_against_reference(&c, &x, dev);
+        check_against_reference(&c, &x, dev, path);
     }
 }
 
 #[cfg(lcm_cuda)]
-fn check_against_reference(c: &Case, x: &Inputs, dev: Device) {
+fn check_against_reference(c: &Case, x: &Inputs, dev: Device, path: AttnPath) {
     use lcm::ops::swa::{kernel_supports, swa_cuda};
-    let tag = tag(c);
+    let tag = format!("{path:?} {}", tag(c));
     let slopes = c.6.then(|| alibi_slopes(c.1, dev));
     let scale = 1.0 / (c.4 as f64).sqrt();
     assert!(
@@ -151,7 +155,7 @@ fn check_against_reference(c: &Case, x: &Inputs, dev: Device) {
     );
     poison_cuda_allocator(dev);
     let got = forward_and_grads(
-        |l| swa_cuda(&l[0], &l[1], &l[2], c.5, slopes.as_ref(), scale).unwrap(),
+        |l| swa_cuda(&l[0], &l[1], &l[2], c.5, slopes.as_ref(), scale, path).unwrap(),
         &[&x.q, &x.k, &x.v],
         &x.dout,
     );
@@ -176,7 +180,7 @@ fn check_against_reference(c: &Case, x: &Inputs, dev: Device) {
     // Run to run, forward and backward are bit-identical (no atomics).
     poison_cuda_allocator(dev);
     let again = forward_and_grads(
-        |l| swa_cuda(&l[0], &l[1], &l[2], c.5, slopes.as_ref(), scale).unwrap(),
+        |l| swa_cuda(&l[0], &l[1], &l[2], c.5, slopes.as_ref(), scale, path).unwrap(),
         &[&x.q, &x.k, &x.v],
         &x.dout,
     );
@@ -195,13 +199,14 @@ fn dispatch_on_cuda_uses_the_kernel() {
     let Some(dev) = cuda_or_skip("dispatch_on_cuda_uses_the_kernel") else {
         return;
     };
+    let path = lcm::ops::path::attn_path_on(dev, 64);
     tch::manual_seed(17);
     let c: Case = (2, 4, 2, 200, 64, Some(64), true, true);
     let x = inputs(&c, dev);
     let slopes = alibi_slopes(4, dev);
-    let a = swa_cuda(&x.q, &x.k, &x.v, Some(64), Some(&slopes), 0.125).unwrap();
+    let a = swa_cuda(&x.q, &x.k, &x.v, Some(64), Some(&slopes), 0.125, path).unwrap();
     assert!(sliding_window_attention(&x.q, &x.k, &x.v, 64, Some(&slopes), 0.125).equal(&a));
-    let a = swa_cuda(&x.q, &x.k, &x.v, None, None, 0.125).unwrap();
+    let a = swa_cuda(&x.q, &x.k, &x.v, None, None, 0.125, path).unwrap();
     assert!(bidirectional_attention(&x.q, &x.k, &x.v, 0.125).equal(&a));
     // 50 queries after 150 cached positions.
     let qs = x.q.narrow(2, 150, 50);
@@ -252,7 +257,7 @@ fn dispatch_falls_back_for_unsupported_inputs() {
 fn bridge_reports_errors() {
     let opts = (Kind::BFloat16, Device::Cpu);
     let q = Tensor::randn([1, 1, 4, 64], opts);
-    let err = lcm::ops::swa::swa_cuda(&q, &q, &q, Some(4), None, 1.0)
+    let err = lcm::ops::swa::swa_cuda(&q, &q, &q, Some(4), None, 1.0, AttnPath::Mma)
         .unwrap_err()
         .to_string();
     assert!(err.contains("swa") && err.contains("CUDA device"), "{err}");

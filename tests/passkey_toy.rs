@@ -4,15 +4,16 @@
 //! the window) and the residual warm-up, without the last stage that adds needles inside
 //! the window; so the rows scored keep the needle past the window too (`min_gap` 24).
 //! Accuracy is teacher-forced exact match of the whole key by the model's full forward
-//! (`lcm::train::probe`). An untrained model scores about 0.
+//! ([`passkey_accuracy`], below). An untrained model scores about 0.
 
 use std::path::Path;
 use std::time::Instant;
 
+use lcm::error::{Error, Result};
 use lcm::train::checkpoint::read_state;
-use lcm::train::probe::{load_checkpoint, passkey_accuracy};
+use lcm::train::sampler::Sampler;
 use lcm::train::{train, TrainConfig, TrainOptions};
-use tch::Device;
+use tch::{nn, Device, Kind};
 
 #[test]
 fn passkey_toy_learns_and_extrapolates() {
@@ -58,4 +59,86 @@ fn passkey_toy_learns_and_extrapolates() {
             s.exact
         );
     }
+}
+
+/// The model of checkpoint `path` (a `step-*` folder or a run folder: its newest) with its
+/// training config, on `device`, at its training step: a model trained with a residual
+/// warm-up is in the faithful layout only once told its step (a fresh model is at step 0).
+fn load_checkpoint(
+    path: &Path,
+    device: Device,
+) -> Result<(
+    nn::VarStore,
+    Box<dyn lcm::model::LanguageModel>,
+    TrainConfig,
+)> {
+    let ckpt = lcm::train::checkpoint::resolve(path)?;
+    let state = lcm::train::checkpoint::read_state(&ckpt)?;
+    let mut vs = nn::VarStore::new(device);
+    let mut m = lcm::model::build(&vs.root(), &state.config.model)?;
+    let file = ckpt.join("model.safetensors");
+    vs.load(&file)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?;
+    m.set_step(state.step);
+    Ok((vs, m, state.config))
+}
+
+/// What [`passkey_accuracy`] measured over its rows.
+#[derive(Debug, Clone, Copy)]
+struct PasskeyScore {
+    /// Rows whose every answer token is the argmax.
+    exact: f64,
+    /// Answer tokens that are the argmax.
+    token: f64,
+}
+
+/// Passkey rows of `len` tokens from `cfg`'s haystack and `data.synthetic` (the needle
+/// uniformly placed at least `min_gap` tokens before the answer), `rows` of them in
+/// batches of `batch`, scored by `model.forward(.., false)`.
+fn passkey_accuracy(
+    model: &dyn lcm::model::LanguageModel,
+    cfg: &TrainConfig,
+    len: i64,
+    rows: u64,
+    batch: u64,
+    seed: u64,
+    device: Device,
+) -> Result<PasskeyScore> {
+    let mut c = cfg.clone();
+    let Some(s) = c.data.synthetic.as_mut() else {
+        return Err(Error::Invalid(
+            "passkey probe: the config has no data.synthetic".into(),
+        ));
+    };
+    s.rate = 1.0;
+    c.seq_len = len;
+    c.seed = seed ^ 0x9a55_0000_0000_0000;
+    c.validate()?;
+    let sampler = Sampler::for_training(&c)?;
+    let (mut exact, mut hit, mut total) = (0u64, 0i64, 0i64);
+    tch::no_grad(|| {
+        let mut start = 0;
+        while start < rows {
+            let end = (start + batch.max(1)).min(rows);
+            let b = sampler.batch(start..end, device);
+            let logits = model.forward(&b.inputs, false);
+            let right = logits.argmax(-1, false).eq_tensor(&b.targets);
+            let wrong = right.logical_not().logical_and(&b.answer);
+            exact += wrong
+                .any_dim(1, false)
+                .logical_not()
+                .sum(Kind::Int64)
+                .int64_value(&[]) as u64;
+            hit += right
+                .logical_and(&b.answer)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            total += b.answer.sum(Kind::Int64).int64_value(&[]);
+            start = end;
+        }
+    });
+    Ok(PasskeyScore {
+        exact: exact as f64 / rows.max(1) as f64,
+        token: hit as f64 / total.max(1) as f64,
+    })
 }

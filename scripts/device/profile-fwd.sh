@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# On the GPU machine (device tool): Nsight Compute on the SWA and GCA forward kernels (the
-# two that plateau at ~150 TFLOP/s, docs/benchmarks.md) and their SASS instruction mix, for
-# the next step on issue 6. Writes $OUT/profile/{ncu-*.txt,sass-*.txt}.
+# On the GPU machine (device tool): Nsight Compute on the SWA and GCA forward kernels and
+# their SASS instruction mix. Writes $OUT/profile/{ncu-*.txt,sass-*.txt}.
 #
 #   BIN=./lcm scripts/device/profile-fwd.sh     (carry a release build of lcm)
 set -uo pipefail

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool): one call that checks a build end to end and leaves its
-# logs under $OUT: every CUDA test binary in DIR (the SWA and GCA tests also with their
-# cp.async loads, LCM_*_TMA=0, and on mma.sync, LCM_*_WGMMA=0), the kernel benches of this
-# build against OLD_ENV's paths (default: mma.sync) alternated, the cross-entropy bench,
+# logs under $OUT: every CUDA test binary in DIR (each runs every kernel path the GPU has),
+# the kernel benches of this build against OLD_ARGS's path (default: mma.sync) alternated,
+# the cross-entropy bench,
 # training throughput of drt-128m at 16K (kernels at batch 1 and 4, the reference ops at
 # batch 1) and the 1M / 16M prefill.
 #
 #   DIR=. scripts/device/verify-all.sh      # DIR holds lcm and the ops_*cuda test binaries
-#   DIR=. OLD_ENV="LCM_SWA_TMA=0 LCM_GCA_TMA=0" scripts/device/verify-all.sh
+#   DIR=. OLD_ARGS="--path wgmma" scripts/device/verify-all.sh
 #   PARTS=e2e DIR=. scripts/device/verify-all.sh   # some of: tests kernels xent e2e
 #                                                  # (all four run past one 10-minute call)
 set -uo pipefail
@@ -22,15 +22,8 @@ nvidia-smi --query-gpu=name,clocks.max.sm,temperature.gpu --format=csv > "$out/g
     echo "== $t"
     x "$t" --test-threads=1 | grep -E '^test |result|panicked|exceeds|not deterministic'
   done
-  for t in "$dir"/ops_swa_cuda "$dir"/ops_gca_cuda; do
-    for envs in "LCM_SWA_TMA=0 LCM_GCA_TMA=0" "LCM_SWA_WGMMA=0 LCM_GCA_WGMMA=0"; do
-      echo "== $t, $envs"
-      # shellcheck disable=SC2086
-      x env $envs "$t" --test-threads=1 | grep -E 'result|panicked'
-    done
-  done
 } > "$out/tests.log" 2>&1
-[[ $parts == *" kernels "* ]] && BIN=$dir/lcm OLD=$dir/lcm OLD_ENV=${OLD_ENV:-"LCM_SWA_WGMMA=0 LCM_GCA_WGMMA=0"} scripts/device/kernels-ab.sh \
+[[ $parts == *" kernels "* ]] && BIN=$dir/lcm OLD=$dir/lcm OLD_ARGS=${OLD_ARGS:-"--path mma"} scripts/device/kernels-ab.sh \
   > "$out/kernels.log" 2>&1
 [[ $parts == *" xent "* ]] && x "$dir/lcm" bench xent > "$out/xent.log" 2>&1
 tp() {

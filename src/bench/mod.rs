@@ -38,6 +38,24 @@ pub fn sync(device: Device) {
     }
 }
 
+/// How [`median_ms_events`] brackets each timed call.
+#[derive(Clone, Debug)]
+pub struct EventTiming {
+    /// Zeroings of a 256 MB buffer (more than L2) before each call; 0: none.
+    pub flush: usize,
+    /// Print the host's time in each call (median and max) to stderr.
+    pub host_time: bool,
+}
+
+impl Default for EventTiming {
+    fn default() -> Self {
+        EventTiming {
+            flush: 1,
+            host_time: false,
+        }
+    }
+}
+
 /// Median milliseconds of one call of `f`, each of `runs` calls bracketed by CUDA events on
 /// the current stream (after `warmup` untimed calls). Without the kernels' bridge (or on
 /// the CPU) each call is timed by the host clock after a device synchronisation.
@@ -47,10 +65,18 @@ pub fn sync(device: Device) {
 /// still busy zeroing while the host prepares and launches `f`, so the events bracket the
 /// GPU's work rather than the host's. (With an idle GPU, the first event fires at once and
 /// the host's allocations, tensor-map encodings and launches before the kernel, ~10 µs,
-/// count as kernel time: a tenth of a 90 µs kernel.) `LCM_BENCH_FLUSH=N` zeroes N times
-/// (0: no flush, timing as before session 10; docs/benchmarks.md compares them);
-/// `LCM_BENCH_HOST=1` prints the host's time in each call (what the flush must cover).
-pub fn median_ms_events(device: Device, warmup: usize, runs: usize, mut f: impl FnMut()) -> f64 {
+/// count as kernel time: a tenth of a 90 µs kernel.) `timing` says how many times to zero
+/// (0: no flush) and whether to print the host's time in each call (what the flush must
+/// cover).
+pub fn median_ms_events(
+    device: Device,
+    warmup: usize,
+    runs: usize,
+    timing: &EventTiming,
+    mut f: impl FnMut(),
+) -> f64 {
+    #[cfg(not(lcm_cuda))]
+    let _ = timing;
     for _ in 0..warmup {
         f();
     }
@@ -61,10 +87,7 @@ pub fn median_ms_events(device: Device, warmup: usize, runs: usize, mut f: impl 
         use crate::cuda::ffi;
         // More than the H200's 50 MB of L2, as `do_bench`'s 256 MB.
         const L2_FLUSH_BYTES: i64 = 256 << 20;
-        let passes: usize = std::env::var("LCM_BENCH_FLUSH")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
+        let passes = timing.flush;
         let mut flush = tch::Tensor::empty([L2_FLUSH_BYTES / 4], (tch::Kind::Int, device));
         let mut host_us = Vec::with_capacity(runs);
         let (a, b) = unsafe { (ffi::lcm_cuda_event_new(), ffi::lcm_cuda_event_new()) };
@@ -88,7 +111,7 @@ pub fn median_ms_events(device: Device, warmup: usize, runs: usize, mut f: impl 
             ffi::lcm_cuda_event_free(a);
             ffi::lcm_cuda_event_free(b);
         }
-        if std::env::var_os("LCM_BENCH_HOST").is_some() && !host_us.is_empty() {
+        if timing.host_time && !host_us.is_empty() {
             host_us.sort_by(f64::total_cmp);
             eprintln!(
                 "[bench] host time of a call: median {:.1} us, max {:.1} us",

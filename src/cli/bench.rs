@@ -21,14 +21,15 @@ pub enum Command {
     /// against the pure-tch reference and libtorch SDPA dense attention.
     ///
     /// Each time is the median of CUDA-event timings of single calls, each after a 256 MB
-    /// L2 flush as in Triton's do_bench (LCM_BENCH_FLUSH=0: no flush; LCM_BENCH_HOST=1:
-    /// print the host's time per call). To compare builds, time each entry in a process of
-    /// its own: after the GCA entries, the SWA rows of the same process come out 6-13%
-    /// slower (docs/benchmarks.md, session 10).
+    /// L2 flush as in Triton's do_bench (`--flush`). To compare builds, time each entry in a
+    /// process of its own (`--only`): after the GCA entries, the SWA rows of the same
+    /// process come out slower. `--path` times another kernel path of SWA and GCA than the
+    /// one dispatch picks.
     #[command(after_help = "Examples:
   lcm bench kernels --list
   lcm bench kernels --only swa-w512 --runs 50 --no-reference
-  lcm bench kernels --only gca-d64-gather --runs 50 --no-reference --json gca.jsonl")]
+  lcm bench kernels --only gca-d64-gather --runs 50 --no-reference --json gca.jsonl
+  lcm bench kernels --only swa-w512 --runs 50 --no-reference --path wgmma")]
     Kernels(KernelsArgs),
     /// The tokenizer alone on all cores (in-memory texts, no I/O): `tokenizers`' own
     /// encode_fast, then lcm's encoder (its exact ASCII fast path), which is the ceiling
@@ -150,6 +151,16 @@ pub struct KernelsArgs {
     /// Write the rows as JSON lines to this file too.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// The SWA and GCA kernels' path: mma, wgmma, tma or tma-qs (Hopper only but mma)
+    /// [default: the one dispatch picks for the device and head dim].
+    #[arg(long)]
+    path: Option<String>,
+    /// L2 flushes (256 MB zeroings) before each timed call; 0: none.
+    #[arg(long, default_value_t = 1)]
+    flush: usize,
+    /// Print the host's time in each timed call (what the flush must cover).
+    #[arg(long)]
+    host_time: bool,
 }
 
 #[derive(clap::Args)]
@@ -254,6 +265,12 @@ pub fn run(cmd: Command) -> Result<()> {
                     bail!("--only {name}: no such entry (see --list)");
                 }
             }
+            let path = match a.path.as_deref() {
+                None => None,
+                Some(p) => Some(lcm::ops::path::AttnPath::parse(p).ok_or_else(|| {
+                    anyhow::anyhow!("--path {p}: not one of mma, wgmma, tma, tma-qs")
+                })?),
+            };
             let bench = KernelsBench {
                 device: parse_device(&a.device)?,
                 peak_tflops: a.peak_tflops,
@@ -261,6 +278,11 @@ pub fn run(cmd: Command) -> Result<()> {
                 warmup: a.warmup,
                 runs: a.runs.max(1),
                 no_reference: a.no_reference,
+                path,
+                timing: lcm::bench::EventTiming {
+                    flush: a.flush,
+                    host_time: a.host_time,
+                },
             };
             let mut lines = vec![];
             println!("{}", header());

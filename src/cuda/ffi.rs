@@ -29,6 +29,7 @@ extern "C" {
     ) -> f32;
     pub fn lcm_cuda_event_free(e: *mut std::ffi::c_void);
     pub fn lcm_cuda_device_describe(index: c_int, buf: *mut c_char, len: c_int) -> c_int;
+    pub fn lcm_cuda_capability(index: c_int) -> c_int;
 
     pub fn lcm_rmsnorm(
         x: *const C_tensor,
@@ -78,6 +79,7 @@ extern "C" {
         w: *const C_tensor,
         scale: f64,
         softmax_one: c_int,
+        path: c_int,
         o: *mut *mut C_tensor,
     ) -> c_int;
     pub fn lcm_gca_forward_raw(
@@ -87,6 +89,7 @@ extern "C" {
         w: *const C_tensor,
         scale: f64,
         softmax_one: c_int,
+        path: c_int,
         o: *mut *mut C_tensor,
         lse: *mut *mut C_tensor,
     ) -> c_int;
@@ -98,6 +101,7 @@ extern "C" {
         w: *const C_tensor,
         scale: f64,
         softmax_one: c_int,
+        path: c_int,
         o: *mut *mut C_tensor,
     ) -> c_int;
     pub fn lcm_gca_gathered_forward_raw(
@@ -108,6 +112,7 @@ extern "C" {
         w: *const C_tensor,
         scale: f64,
         softmax_one: c_int,
+        path: c_int,
         o: *mut *mut C_tensor,
         lse: *mut *mut C_tensor,
     ) -> c_int;
@@ -119,6 +124,7 @@ extern "C" {
         lse: *const C_tensor,
         dout: *const C_tensor,
         scale: f64,
+        path: c_int,
         dq: *mut *mut C_tensor,
         dk: *mut *mut C_tensor,
         dv: *mut *mut C_tensor,
@@ -134,6 +140,7 @@ extern "C" {
         chunk: i64,
         scale: f64,
         softmax_one: c_int,
+        path: c_int,
         o: *mut *mut C_tensor,
     ) -> c_int;
     pub fn lcm_hsa_forward_raw(
@@ -145,6 +152,7 @@ extern "C" {
         chunk: i64,
         scale: f64,
         softmax_one: c_int,
+        path: c_int,
         o: *mut *mut C_tensor,
         lse: *mut *mut C_tensor,
     ) -> c_int;
@@ -173,6 +181,7 @@ extern "C" {
         window: i64,
         causal: c_int,
         scale: f64,
+        path: c_int,
         o: *mut *mut C_tensor,
     ) -> c_int;
     pub fn lcm_swa_forward_raw(
@@ -183,6 +192,7 @@ extern "C" {
         window: i64,
         causal: c_int,
         scale: f64,
+        path: c_int,
         o: *mut *mut C_tensor,
         lse: *mut *mut C_tensor,
     ) -> c_int;
@@ -197,6 +207,7 @@ extern "C" {
         window: i64,
         causal: c_int,
         scale: f64,
+        path: c_int,
         dq: *mut *mut C_tensor,
         dk: *mut *mut C_tensor,
         dv: *mut *mut C_tensor,
@@ -213,8 +224,6 @@ extern "C" {
         scores: *mut *mut C_tensor,
         indices: *mut *mut C_tensor,
     ) -> c_int;
-    pub fn lcm_retrieval_max_dim() -> c_int;
-    pub fn lcm_retrieval_max_k() -> c_int;
 }
 
 /// Calls a bridge function that fills `N` output tensor pointers, and takes ownership of

@@ -10,12 +10,20 @@ pub mod ffi;
 /// Whether this build contains our CUDA kernels.
 pub const KERNELS_BUILT: bool = cfg!(lcm_cuda);
 
-/// Names of the kernel families compiled in (one per `cuda/*.cu`), empty without nvcc.
+/// Names of the kernel families compiled in (one per op: `cuda/<op>.cu`, or its
+/// `<op>_fwd.cu` and `<op>_bwd.cu`), empty without nvcc.
 pub fn compiled_kernels() -> Vec<&'static str> {
-    env!("LCM_CUDA_KERNELS")
+    let mut ops: Vec<&'static str> = env!("LCM_CUDA_KERNELS")
         .split(',')
         .filter(|s| !s.is_empty())
-        .collect()
+        .map(|s| {
+            s.strip_suffix("_fwd")
+                .or_else(|| s.strip_suffix("_bwd"))
+                .unwrap_or(s)
+        })
+        .collect();
+    ops.dedup();
+    ops
 }
 
 /// CUDA runtime version as "major.minor", when the kernels were built and a runtime loads.
@@ -88,7 +96,7 @@ pub fn reset_peak(index: usize) {
 /// Returns the caching allocator's unused device memory to the driver (no-op without
 /// kernels): `lcm bench kernels` calls it between entries, so that the next entry starts
 /// with the memory an earlier one cached (the GCA entries' ~10 GB) free. It does not make
-/// an entry's timings those of a process of its own (docs/benchmarks.md, session 10).
+/// an entry's timings those of a process of its own (docs/benchmarks.md).
 pub fn empty_cache() {
     #[cfg(lcm_cuda)]
     unsafe {

@@ -30,7 +30,6 @@ pub struct Tokenizer {
     chunk_safe: bool,
     chunk_bytes: usize,
     fast: Option<crate::data::fast::FastPath>,
-    use_fast: bool,
 }
 
 impl Tokenizer {
@@ -63,7 +62,6 @@ impl Tokenizer {
             chunk_safe: chunk_safe(&json),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             fast: crate::data::fast::FastPath::new(&json, &inner),
-            use_fast: true,
             inner,
         })
     }
@@ -110,11 +108,6 @@ impl Tokenizer {
     /// Whether this tokenizer has the exact ASCII fast path ([`crate::data::fast`]).
     pub fn has_fast_path(&self) -> bool {
         self.fast.is_some()
-    }
-
-    /// Turns the fast path off (every text through `tokenizers`' own `encode`) or on.
-    pub fn set_fast_path(&mut self, on: bool) {
-        self.use_fast = on;
     }
 
     pub fn inner(&self) -> &tokenizers::Tokenizer {
@@ -164,11 +157,7 @@ impl Tokenizer {
     }
 
     fn encode_piece(&self, text: &str, out: &mut Vec<u32>) -> std::result::Result<(), String> {
-        if let Some(fast) = self
-            .fast
-            .as_ref()
-            .filter(|f| self.use_fast && f.applies(text))
-        {
+        if let Some(fast) = self.fast.as_ref().filter(|f| f.applies(text)) {
             return fast.encode(self.inner.get_model(), text, out);
         }
         let enc = self

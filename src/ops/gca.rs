@@ -11,7 +11,7 @@
 //! `i / (Hq / Hkv)`. `softmax_one` adds `exp(0)` to every per-chunk denominator
 //! (softmax-off-by-one); DRT with S=63 gets that effect from its zeroed landmark slot
 //! instead and passes `false`. Tests: `tests/ops_gca.rs` (reference), `tests/ops_gca_cuda.rs`
-//! (kernel). Kernel: `cuda/gca.cu` (bf16, head dim 64/128, any K, K_CTX up to 128 with
+//! (kernel). Kernel: `cuda/gca_fwd.cu`, `cuda/gca_bwd.cu` (bf16, head dim 64/128, any K, K_CTX up to 128 with
 //! gradients), through the autograd Function of `cuda/gca.cpp`.
 //!
 //! [`gca_gathered`] is the same attention over chunks named by index in a chunk memory
@@ -21,6 +21,8 @@
 
 use tch::{Kind, Tensor};
 
+#[cfg(lcm_cuda)]
+use super::path::{attn_path_on, AttnPath};
 #[cfg(lcm_cuda)]
 use crate::error::Result;
 
@@ -106,6 +108,7 @@ pub fn gca_cuda(
     weights: &Tensor,
     scale: f64,
     softmax_one: bool,
+    path: AttnPath,
 ) -> Result<Tensor> {
     let [o] = unsafe {
         crate::cuda::ffi::call(|out| {
@@ -116,6 +119,7 @@ pub fn gca_cuda(
                 weights.as_ptr(),
                 scale,
                 softmax_one as i32,
+                path as i32,
                 &mut out[0],
             )
         })?
@@ -132,6 +136,7 @@ pub fn gca_cuda_forward_raw(
     weights: &Tensor,
     scale: f64,
     softmax_one: bool,
+    path: AttnPath,
 ) -> Result<(Tensor, Tensor)> {
     let [o, lse] = unsafe {
         crate::cuda::ffi::call(|out| {
@@ -143,6 +148,7 @@ pub fn gca_cuda_forward_raw(
                 weights.as_ptr(),
                 scale,
                 softmax_one as i32,
+                path as i32,
                 a,
                 b,
             )
@@ -162,6 +168,7 @@ pub fn gca_cuda_backward_raw(
     lse: &Tensor,
     dout: &Tensor,
     scale: f64,
+    path: AttnPath,
 ) -> Result<[Tensor; 4]> {
     unsafe {
         crate::cuda::ffi::call(|out| {
@@ -174,6 +181,7 @@ pub fn gca_cuda_backward_raw(
                 lse.as_ptr(),
                 dout.as_ptr(),
                 scale,
+                path as i32,
                 a,
                 b,
                 c,
@@ -241,6 +249,7 @@ pub fn gathered_kernel_supports(
 /// The kernel of [`gca_gathered`] with autograd (the gradients of the memory are the
 /// chunks' gradients added into their rows).
 #[cfg(lcm_cuda)]
+#[allow(clippy::too_many_arguments)]
 pub fn gca_gathered_cuda(
     q: &Tensor,
     mem_k: &Tensor,
@@ -249,6 +258,7 @@ pub fn gca_gathered_cuda(
     weights: &Tensor,
     scale: f64,
     softmax_one: bool,
+    path: AttnPath,
 ) -> Result<Tensor> {
     let [o] = unsafe {
         crate::cuda::ffi::call(|out| {
@@ -260,6 +270,7 @@ pub fn gca_gathered_cuda(
                 weights.as_ptr(),
                 scale,
                 softmax_one as i32,
+                path as i32,
                 &mut out[0],
             )
         })?
@@ -269,6 +280,7 @@ pub fn gca_gathered_cuda(
 
 /// Its forward kernel without autograd: `(o, lse)` as [`gca_cuda_forward_raw`]'s.
 #[cfg(lcm_cuda)]
+#[allow(clippy::too_many_arguments)]
 pub fn gca_gathered_cuda_forward_raw(
     q: &Tensor,
     mem_k: &Tensor,
@@ -277,6 +289,7 @@ pub fn gca_gathered_cuda_forward_raw(
     weights: &Tensor,
     scale: f64,
     softmax_one: bool,
+    path: AttnPath,
 ) -> Result<(Tensor, Tensor)> {
     let [o, lse] = unsafe {
         crate::cuda::ffi::call(|out| {
@@ -289,6 +302,7 @@ pub fn gca_gathered_cuda_forward_raw(
                 weights.as_ptr(),
                 scale,
                 softmax_one as i32,
+                path as i32,
                 a,
                 b,
             )
@@ -312,7 +326,8 @@ pub fn gca_gathered(
 ) -> Tensor {
     #[cfg(lcm_cuda)]
     if super::use_kernels(q.device()) && gathered_kernel_supports(q, mem_k, mem_v, idx, weights) {
-        return gca_gathered_cuda(q, mem_k, mem_v, idx, weights, scale, softmax_one)
+        let path = attn_path_on(q.device(), q.size()[3]);
+        return gca_gathered_cuda(q, mem_k, mem_v, idx, weights, scale, softmax_one, path)
             .unwrap_or_else(|e| panic!("{e}"));
     }
     gca_gathered_reference(q, mem_k, mem_v, idx, weights, scale, softmax_one)
@@ -331,7 +346,9 @@ pub fn gca(
 ) -> Tensor {
     #[cfg(lcm_cuda)]
     if super::use_kernels(q.device()) && kernel_supports(q, k, v, weights) {
-        return gca_cuda(q, k, v, weights, scale, softmax_one).unwrap_or_else(|e| panic!("{e}"));
+        let path = attn_path_on(q.device(), q.size()[3]);
+        return gca_cuda(q, k, v, weights, scale, softmax_one, path)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     gca_reference(q, k, v, weights, scale, softmax_one)
 }

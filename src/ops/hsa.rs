@@ -10,11 +10,13 @@
 //!
 //! The reference materialises the gathered keys `(N, H, L, K, S, D)`: fine for tests and
 //! short sequences; the kernel gathers inside. Tests: `tests/ops_hsa.rs` (reference),
-//! `tests/ops_hsa_cuda.rs` (kernel). Kernel: `cuda/hsa.cu` (bf16, head dim 64/128, chunk
+//! `tests/ops_hsa_cuda.rs` (kernel). Kernel: `cuda/hsa_fwd.cu`, `cuda/hsa_bwd.cu` (bf16, head dim 64/128, chunk
 //! size up to 64, K up to 32, G up to 32), through the autograd Function of `cuda/hsa.cpp`.
 
 use tch::{Kind, Tensor};
 
+#[cfg(lcm_cuda)]
+use super::path::{hsa_path, HsaPath};
 #[cfg(lcm_cuda)]
 use crate::error::Result;
 
@@ -147,6 +149,7 @@ pub fn hsa_cuda(
     chunk_size: i64,
     scale: f64,
     softmax_one: bool,
+    path: HsaPath,
 ) -> Result<Tensor> {
     let [o] = unsafe {
         crate::cuda::ffi::call(|out| {
@@ -159,6 +162,7 @@ pub fn hsa_cuda(
                 chunk_size,
                 scale,
                 softmax_one as i32,
+                path as i32,
                 &mut out[0],
             )
         })?
@@ -179,6 +183,7 @@ pub fn hsa_cuda_forward_raw(
     chunk_size: i64,
     scale: f64,
     softmax_one: bool,
+    path: HsaPath,
 ) -> Result<(Tensor, Tensor)> {
     let [o, lse] = unsafe {
         crate::cuda::ffi::call(|out| {
@@ -192,6 +197,7 @@ pub fn hsa_cuda_forward_raw(
                 chunk_size,
                 scale,
                 softmax_one as i32,
+                path as i32,
                 a,
                 b,
             )
@@ -255,8 +261,19 @@ pub fn hsa(
 ) -> Tensor {
     #[cfg(lcm_cuda)]
     if super::use_kernels(q.device()) && kernel_supports(q, k, v, weights, indices, chunk_size) {
-        return hsa_cuda(q, k, v, weights, indices, chunk_size, scale, softmax_one)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let path = hsa_path(q.size()[2] / k.size()[2], chunk_size, scale);
+        return hsa_cuda(
+            q,
+            k,
+            v,
+            weights,
+            indices,
+            chunk_size,
+            scale,
+            softmax_one,
+            path,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
     hsa_reference(q, k, v, weights, indices, chunk_size, scale, softmax_one)
 }

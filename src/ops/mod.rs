@@ -1,5 +1,6 @@
 //! Ops with two implementations: a pure-tch reference (runs anywhere, with autograd, the
-//! ground truth) and a hand-written CUDA kernel (`cuda/<op>.cu`). The plain function
+//! ground truth) and a hand-written CUDA kernel (`cuda/<op>*.cu`, the path chosen by
+//! [`path`]). The plain function
 //! dispatches; the model never knows which one ran.
 //!
 //! Dispatch picks the kernel for a CUDA tensor when this build has kernels, unless
@@ -7,6 +8,7 @@
 
 pub mod gca;
 pub mod hsa;
+pub mod path;
 pub mod retrieval;
 pub mod rmsnorm;
 pub mod swa;

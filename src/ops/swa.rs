@@ -16,12 +16,14 @@
 //! is `O(T * window)`. Test: `tests/ops_swa.rs`.
 //!
 //! On CUDA, bf16 inputs with head dim 64 or 128 ([`kernel_supports`]) run the hand-written
-//! kernels of `cuda/swa.cu` (FlashAttention-2 style: the band's key tiles only, online
+//! kernels of `cuda/swa_fwd.cu`, `cuda/swa_bwd.cu` (FlashAttention-2 style: the band's key tiles only, online
 //! softmax, a deterministic backward) for both the sliding window and the bidirectional
 //! mode, through the autograd Function of `cuda/swa.cpp`. Test: `tests/ops_swa_cuda.rs`.
 
 use tch::{Kind, Tensor};
 
+#[cfg(lcm_cuda)]
+use super::path::{attn_path_on, AttnPath};
 #[cfg(lcm_cuda)]
 use crate::error::Result;
 
@@ -137,12 +139,13 @@ pub fn bidirectional_attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, sca
 }
 
 /// Bidirectional attention by whichever implementation suits the input: the kernel of
-/// `cuda/swa.cu` for inputs it takes ([`kernel_supports`]), else libtorch's fused attention
+/// `cuda/swa_fwd.cu`, `cuda/swa_bwd.cu` for inputs it takes ([`kernel_supports`]), else libtorch's fused attention
 /// on a GPU in bf16/fp16 (kv heads repeated over their query group), else the reference.
 pub fn bidirectional_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
     #[cfg(lcm_cuda)]
     if super::use_kernels(q.device()) && kernel_supports(q, k, v, None, scale) {
-        return swa_cuda(q, k, v, None, None, scale).unwrap_or_else(|e| panic!("{e}"));
+        let path = attn_path_on(q.device(), q.size()[3]);
+        return swa_cuda(q, k, v, None, None, scale, path).unwrap_or_else(|e| panic!("{e}"));
     }
     let half = matches!(q.kind(), Kind::BFloat16 | Kind::Half);
     if !(half && q.device().is_cuda()) || super::reference_forced() {
@@ -221,7 +224,7 @@ pub fn sliding_window_attention_reference(
 }
 
 /// Sliding-window attention by whichever implementation suits the input: the kernel of
-/// `cuda/swa.cu` for inputs it takes ([`kernel_supports`]); else on a GPU in bf16/fp16 the
+/// `cuda/swa_fwd.cu`, `cuda/swa_bwd.cu` for inputs it takes ([`kernel_supports`]); else on a GPU in bf16/fp16 the
 /// blocked layout through libtorch's fused attention ([`sliding_window_attention_sdpa`]);
 /// the reference otherwise (and with `LCM_REFERENCE_OPS=1`).
 pub fn sliding_window_attention(
@@ -234,7 +237,9 @@ pub fn sliding_window_attention(
 ) -> Tensor {
     #[cfg(lcm_cuda)]
     if super::use_kernels(q.device()) && kernel_supports(q, k, v, alibi, scale) && window >= 0 {
-        return swa_cuda(q, k, v, Some(window), alibi, scale).unwrap_or_else(|e| panic!("{e}"));
+        let path = attn_path_on(q.device(), q.size()[3]);
+        return swa_cuda(q, k, v, Some(window), alibi, scale, path)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let half = matches!(q.kind(), Kind::BFloat16 | Kind::Half);
     if half && q.device().is_cuda() && !super::reference_forced() {
@@ -360,7 +365,7 @@ pub fn sliding_window_attention_cached(
     sliding_window_attention(&padded, k, v, window, alibi, scale).narrow(2, tk - tq, tq)
 }
 
-/// Whether the CUDA kernel (`cuda/swa.cu`) takes these inputs: CUDA tensors, bf16 q/k/v of
+/// Whether the CUDA kernel (`cuda/swa_fwd.cu`, `cuda/swa_bwd.cu`) takes these inputs: CUDA tensors, bf16 q/k/v of
 /// shapes `(B, Hq, T, D)` / `(B, Hkv, T, D)` with `Hq % Hkv == 0`, head dim 64 or 128, a
 /// positive scale, and ALiBi slopes (if any) of shape `(Hq,)` on the same device. Anything
 /// else runs the previous path (libtorch SDPA or the reference).
@@ -404,6 +409,7 @@ pub fn swa_cuda(
     window: Option<i64>,
     alibi: Option<&Tensor>,
     scale: f64,
+    path: AttnPath,
 ) -> Result<Tensor> {
     let slopes = alibi.map_or(std::ptr::null(), |m| m.as_ptr());
     let [o] = unsafe {
@@ -416,6 +422,7 @@ pub fn swa_cuda(
                 window.unwrap_or(0),
                 window.is_some() as i32,
                 scale,
+                path as i32,
                 &mut out[0],
             )
         })?
@@ -432,6 +439,7 @@ pub fn swa_cuda_forward_raw(
     window: Option<i64>,
     alibi: Option<&Tensor>,
     scale: f64,
+    path: AttnPath,
 ) -> Result<(Tensor, Tensor)> {
     let slopes = alibi.map_or(std::ptr::null(), |m| m.as_ptr());
     let [o, lse] = unsafe {
@@ -445,6 +453,7 @@ pub fn swa_cuda_forward_raw(
                 window.unwrap_or(0),
                 window.is_some() as i32,
                 scale,
+                path as i32,
                 a,
                 b,
             )
@@ -466,6 +475,7 @@ pub fn swa_cuda_backward_raw(
     lse: &Tensor,
     dout: &Tensor,
     scale: f64,
+    path: AttnPath,
 ) -> Result<[Tensor; 3]> {
     let slopes = alibi.map_or(std::ptr::null(), |m| m.as_ptr());
     unsafe {
@@ -482,6 +492,7 @@ pub fn swa_cuda_backward_raw(
                 window.unwrap_or(0),
                 window.is_some() as i32,
                 scale,
+                path as i32,
                 a,
                 b,
                 c,

@@ -7,7 +7,6 @@ pub mod data_parallel;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
-pub mod probe;
 pub mod run_dir;
 pub mod sampler;
 pub mod schedule;

@@ -13,8 +13,8 @@ use crate::train::config::OptimConfig;
 /// variable (the weight-decayed ones first), and `master`, `m`, `v` are views of them: the
 /// update is a dozen ops over one buffer instead of a dozen per variable (the gradient norm
 /// is still summed per variable, see `step_flat`). Written per variable, the update of
-/// drt-128m was ~2,800 kernel launches per step on the H200, more than its forward and
-/// backward together (docs/benchmarks.md, session 6).
+/// drt-128m is ~2,800 kernel launches per step, more than its forward and backward
+/// together.
 pub struct AdamW {
     /// Variable names, sorted: the order of every list below and of the checkpoint.
     pub names: Vec<String>,

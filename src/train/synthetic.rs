@@ -71,8 +71,8 @@ pub struct PasskeyConfig {
     /// placement almost never does (about once in `seq_len` rows): at token 0, with no text
     /// before the needle for the local layers to see, or (half of these rows) ending right
     /// before the question, inside the local window. It took the CPU toy's depth 1 from
-    /// 70-90% to 95-100%; on the real-text DRT's 512K rows (one answer a row) it changed
-    /// nothing measurable at depth 0 (docs/experiments.md, session 5).
+    /// 70-90% to 95-100%; on the real-text DRT's 512K rows (one answer a row) it changes
+    /// nothing measurable at depth 0 (docs/experiments.md).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub edge_rate: f64,
     /// Other phrasings of the task, each row drawing uniformly among this config's own and

@@ -21,6 +21,20 @@ pub fn cuda_or_skip(test: &str) -> Option<Device> {
     }
 }
 
+/// The SWA / GCA kernel paths `device` runs (every one on Hopper), for tests that run
+/// each in turn.
+pub fn attn_paths(device: Device) -> Vec<lcm::ops::path::AttnPath> {
+    lcm::ops::path::AttnPath::available(lcm::ops::path::capability(device))
+}
+
+/// Every path crossed with every case, paths outermost.
+pub fn per_path<P: Copy, C>(paths: &[P], cases: &'static [C]) -> Vec<(P, &'static C)> {
+    paths
+        .iter()
+        .flat_map(|&p| cases.iter().map(move |c| (p, c)))
+        .collect()
+}
+
 /// Largest |a - b| - rtol * |b| over all elements (<= atol means allclose).
 pub fn excess(a: &Tensor, b: &Tensor, rtol: f64) -> f64 {
     let a = a.to_kind(Kind::Double).to_device(Device::Cpu);

@@ -1,11 +1,11 @@
-// Standalone check of the two wgmma product forms of cuda/wgmma.cuh against a CPU product,
-// with the descriptor's stride fields (LBO, SBO, in 16-byte units) swept: the way session 7
-// told a descriptor fault from a kernel fault (docs/benchmarks.md). The rows with SBO 64
+// Lab code (not built by build.rs): a standalone check of the two wgmma product forms of
+// cuda/wgmma.cuh against a CPU product, with the descriptor's stride fields (LBO, SBO, in
+// 16-byte units) swept, to tell a descriptor fault from a kernel fault. The rows with SBO 64
 // (1024 bytes between 8-row groups) must say OK, whatever the LBO (unused by these
 // layouts), and no other. Build here, run on the GPU machine:
 //
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I cuda \
-//     scripts/device/wgmma-probe.cu -o .device/wgmma-probe -L$CUDA_LIB -cudart static
+//     dev/cuda/wgmma_probe.cu -o .device/wgmma-probe -L$CUDA_LIB -cudart static
 //
 // ($CUDA_LIB: .venv/lib/python3.11/site-packages/nvidia/cu13/lib)
 #include <cstdio>
