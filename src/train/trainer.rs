@@ -190,11 +190,23 @@ fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
     (g.next_u64() >> 1) as i64
 }
 
-/// Where a run starts: its step and data position.
+/// Where a run stands: optimizer steps taken, samples read (all ranks), tokens trained.
+#[derive(Clone, Copy)]
 struct Position {
     step: u64,
     samples: u64,
     tokens: u64,
+}
+
+impl Position {
+    /// One step further: `rows` samples of `seq_len` tokens.
+    fn advance(self, rows: u64, seq_len: i64) -> Position {
+        Position {
+            step: self.step + 1,
+            samples: self.samples + rows,
+            tokens: self.tokens + rows * seq_len as u64,
+        }
+    }
 }
 
 /// Loads `--resume` (weights, moments, position) or `--init` (weights) into `opt`.
@@ -266,153 +278,236 @@ fn opt_rank(opts: &TrainOptions) -> u64 {
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // The run re-seeds the generator every micro-batch: no one else may draw meanwhile.
     let _generator = crate::util::lock_torch_generator();
-    let (rank, world) = opts
-        .group
-        .as_ref()
-        .map_or((0, 1), |g| (g.rank(), g.world()));
-    let device = match opts.device {
-        Some(d) => d,
-        None => cfg.device()?,
+    let mut run = Run::start(cfg, opts)?;
+    let start = run.pos.step;
+    let mut summary = TrainSummary {
+        step: start,
+        steps_run: 0,
+        last_loss: f64::NAN,
+        checkpoint: None,
+        interrupted: false,
     };
-    // Rank 0 owns the run folder: locked, checked, swept before anything is trained.
-    let run_dir = match (rank, &opts.resume) {
-        (0, Some(p)) => Some(RunDir::open(
-            &cfg.checkpoint.dir,
-            Start::Resume(&checkpoint::resolve(p)?),
-            opts.force,
-        )?),
-        (0, None) => Some(RunDir::open(&cfg.checkpoint.dir, Start::Fresh, opts.force)?),
-        _ => None,
-    };
-    tch::manual_seed(cfg.seed as i64);
-    let mut vs = VarStore::new(device);
-    let mut model = model::build(&vs.root(), &cfg.model)?;
-    let multiple = model.length_multiple();
-    if let Some(len) = cfg.lengths().find(|l| l % multiple != 0) {
-        return Err(Error::Config {
-            key: "seq_len".into(),
-            message: format!("{len} is not a multiple of the model's chunk size {multiple}"),
-        });
-    }
-    let mut opt = AdamW::new(&vs);
-    if cfg.precision == Precision::Bf16 {
-        opt.split_bf16(&mut vs);
-    }
-    let pos = load_start(cfg, opts, world, &mut opt)?;
-    if let (Some(dir), Some(_)) = (&run_dir, &opts.resume) {
-        dir.truncate_metrics(pos.step)?;
-    }
-    let start = pos.step;
     if start >= cfg.steps {
-        if rank == 0 {
+        if run.rank == 0 {
             eprintln!(
                 "already at step {start} of {}: nothing to train (raise it with --set steps=N)",
                 cfg.steps
             );
         }
-        return Ok(TrainSummary {
-            step: start,
-            steps_run: 0,
-            last_loss: f64::NAN,
-            checkpoint: None,
-            interrupted: false,
-        });
+        return Ok(summary);
     }
-    let bucket_bytes = (cfg.dist.bucket_mib * (1 << 20) as f64) as i64;
-    let dp = match &opts.group {
-        Some(g) => Some(DataParallel::new(g.clone(), &mut opt, bucket_bytes)?),
-        None => None,
-    };
-    if let (Some(dp), 0) = (&dp, rank) {
-        let buckets = dp.bucket_bytes()?;
-        eprintln!(
-            "data parallel: {world} ranks ({}), gradients in {} bucket(s) of up to {:.1} MiB",
-            dp.group.backend().name(),
-            buckets.len(),
-            buckets.iter().copied().max().unwrap_or(0) as f64 / (1 << 20) as f64
-        );
-    }
-
-    let sampler = Sampler::for_training(cfg)?;
-    let eval_sampler = match (cfg.log.eval_every, rank) {
-        (1.., 0) => Some(Sampler::for_eval(cfg)?),
-        _ => None,
-    };
-    let mut metrics = match &run_dir {
-        Some(d) => Some(MetricsFile::open(&d.path().join(METRICS))?),
-        None => None,
-    };
-    let peak = cfg
-        .log
-        .peak_tflops
-        .or(if device.is_cuda() { Some(799.0) } else { None })
-        .map(|p| p * world as f64);
-    let rows_per_step = cfg.batch_size as u64 * cfg.grad_accum * world;
-
-    let bar = progress_bar(opts.progress && rank == 0, start, cfg.steps);
-    let mut last_ckpt = None;
-    let mut last_loss = f64::NAN;
-    let mut interrupted = false;
+    let bar = progress_bar(opts.progress && run.rank == 0, start, cfg.steps);
     let mut window = LogWindow::default();
-    let (mut samples, mut tokens) = (pos.samples, pos.tokens);
-    let save = |opt: &AdamW, step: u64, samples: u64, tokens: u64| -> Result<Option<PathBuf>> {
-        if run_dir.is_none() {
-            return Ok(None);
-        }
-        let state = State {
-            step,
-            samples,
-            tokens,
-            seed: cfg.seed,
-            world,
-            lcm_version: env!("CARGO_PKG_VERSION").into(),
-            config: cfg.clone(),
-        };
-        checkpoint::save(&cfg.checkpoint.dir, opt, &state, cfg.checkpoint.keep).map(Some)
-    };
-
     for step in start..cfg.steps {
-        model.set_step(step);
+        let stats = run.forward_backward(step, &summary.checkpoint)?;
+        let lr = learning_rate(&cfg.optim, step, cfg.steps);
+        let grad_norm = run.opt.step(&cfg.optim, lr).map_err(|norm| {
+            diverged(
+                format!("gradient norm is {norm}"),
+                step,
+                &summary.checkpoint,
+            )
+        })?;
+        run.opt.zero_grad();
+        let done = step + 1;
+        run.pos = run.pos.advance(run.rows_per_step(), cfg.seq_len_at(step));
+        window.add(
+            run.rows_per_step() * cfg.seq_len_at(step) as u64,
+            stats.scored,
+        );
+        summary.last_loss = stats.loss_sum / stats.micro_batches.max(1.0);
+        let line = run.log(done, &stats, summary.last_loss, lr, grad_norm, &mut window)?;
+        match (&bar, line) {
+            (Some(b), Some(line)) => b.set_message(line),
+            (None, Some(line)) => eprintln!("step {done}/{} {line}", cfg.steps),
+            _ => {}
+        }
+        if let Some(b) = &bar {
+            b.set_position(done);
+        }
+        let stop = opts.stop_after.is_some_and(|s| done >= s) || stats.stop;
+        summary.interrupted = stats.stop;
+        let periodic = cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0;
+        if periodic || stop || done == cfg.steps {
+            summary.checkpoint = run.save(step, &summary.checkpoint)?;
+        }
+        if stop {
+            break;
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    summary.step = run.opt.step;
+    summary.steps_run = run.opt.step - start;
+    Ok(summary)
+}
+
+/// A run between steps: the model and its optimizer, where it stands, its data, and, on
+/// several ranks, its data-parallel group; rank 0 also holds the run folder and metrics.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    opts: &'a TrainOptions,
+    rank: u64,
+    world: u64,
+    device: tch::Device,
+    model: Box<dyn LanguageModel>,
+    opt: AdamW,
+    /// Where the run is; `first_sample` is where this call's samples begin.
+    pos: Position,
+    first_sample: u64,
+    start: u64,
+    dp: Option<DataParallel>,
+    run_dir: Option<RunDir>,
+    metrics: Option<MetricsFile>,
+    sampler: Sampler,
+    eval_sampler: Option<Sampler>,
+    /// All ranks' peak FLOP/s, for MFU.
+    peak: Option<f64>,
+    // The store owns the model's variables; it lives as long as the model.
+    _vs: VarStore,
+}
+
+impl<'a> Run<'a> {
+    fn start(cfg: &'a TrainConfig, opts: &'a TrainOptions) -> Result<Run<'a>> {
+        let (rank, world) = opts
+            .group
+            .as_ref()
+            .map_or((0, 1), |g| (g.rank(), g.world()));
+        let device = match opts.device {
+            Some(d) => d,
+            None => cfg.device()?,
+        };
+        // Rank 0 owns the run folder: locked, checked, swept before anything is trained.
+        let run_dir = match (rank, &opts.resume) {
+            (0, Some(p)) => Some(RunDir::open(
+                &cfg.checkpoint.dir,
+                Start::Resume(&checkpoint::resolve(p)?),
+                opts.force,
+            )?),
+            (0, None) => Some(RunDir::open(&cfg.checkpoint.dir, Start::Fresh, opts.force)?),
+            _ => None,
+        };
+        tch::manual_seed(cfg.seed as i64);
+        let mut vs = VarStore::new(device);
+        let model = model::build(&vs.root(), &cfg.model)?;
+        let multiple = model.length_multiple();
+        if let Some(len) = cfg.lengths().find(|l| l % multiple != 0) {
+            return Err(Error::Config {
+                key: "seq_len".into(),
+                message: format!("{len} is not a multiple of the model's chunk size {multiple}"),
+            });
+        }
+        let mut opt = AdamW::new(&vs);
+        if cfg.precision == Precision::Bf16 {
+            opt.split_bf16(&mut vs);
+        }
+        let pos = load_start(cfg, opts, world, &mut opt)?;
+        if let (Some(dir), Some(_)) = (&run_dir, &opts.resume) {
+            dir.truncate_metrics(pos.step)?;
+        }
+        let dp = match &opts.group {
+            Some(g) => {
+                let bucket_bytes = (cfg.dist.bucket_mib * (1 << 20) as f64) as i64;
+                let dp = DataParallel::new(g.clone(), &mut opt, bucket_bytes)?;
+                if rank == 0 {
+                    let buckets = dp.bucket_bytes()?;
+                    eprintln!(
+                        "data parallel: {world} ranks ({}), gradients in {} bucket(s) of up to \
+                         {:.1} MiB",
+                        g.backend().name(),
+                        buckets.len(),
+                        buckets.iter().copied().max().unwrap_or(0) as f64 / (1 << 20) as f64
+                    );
+                }
+                Some(dp)
+            }
+            None => None,
+        };
+        let eval_sampler = match (cfg.log.eval_every, rank) {
+            (1.., 0) => Some(Sampler::for_eval(cfg)?),
+            _ => None,
+        };
+        let metrics = match &run_dir {
+            Some(d) => Some(MetricsFile::open(&d.path().join(METRICS))?),
+            None => None,
+        };
+        let peak = cfg
+            .log
+            .peak_tflops
+            .or(if device.is_cuda() { Some(799.0) } else { None })
+            .map(|p| p * world as f64);
+        Ok(Run {
+            cfg,
+            opts,
+            rank,
+            world,
+            device,
+            model,
+            opt,
+            first_sample: pos.samples,
+            start: pos.step,
+            pos,
+            dp,
+            run_dir,
+            metrics,
+            sampler: Sampler::for_training(cfg)?,
+            eval_sampler,
+            peak,
+            _vs: vs,
+        })
+    }
+
+    /// Rows of one optimizer step, all ranks together.
+    fn rows_per_step(&self) -> u64 {
+        self.cfg.batch_size as u64 * self.cfg.grad_accum * self.world
+    }
+
+    /// The forward and backward of this rank's micro-batches of `step` (its samples:
+    /// `first_sample` + their global index), gradients averaged across ranks, and the
+    /// step's numbers from every rank. A non-finite loss on any rank stops the run here.
+    fn forward_backward(&mut self, step: u64, last: &Option<PathBuf>) -> Result<StepStats> {
+        let cfg = self.cfg;
+        self.model.set_step(step);
         let seq_len = cfg.seq_len_at(step);
-        let tokens_per_step = rows_per_step * seq_len as u64;
-        // This rank's micro-batches: samples `first + (global index of (step, micro, rank))`.
         let mut stats = StepStats::default();
         for micro in 0..cfg.grad_accum {
-            tch::manual_seed(step_seed(cfg.seed, step, micro * world + rank));
+            tch::manual_seed(step_seed(cfg.seed, step, micro * self.world + self.rank));
+            let b = cfg.batch_size as u64;
             let local = sample_range(
-                step - start,
+                step - self.start,
                 micro,
                 cfg.grad_accum,
-                rank,
-                world,
-                cfg.batch_size as u64,
+                self.rank,
+                self.world,
+                b,
             );
-            let range = pos.samples + local.start..pos.samples + local.end;
+            let range = self.first_sample + local.start..self.first_sample + local.end;
             let min_gap = cfg.stage_at(step).and_then(|s| s.min_gap);
-            let batch = sampler.batch_at(range, seq_len as usize, min_gap, device);
+            let batch = self
+                .sampler
+                .batch_at(range, seq_len as usize, min_gap, self.device);
             let answer_weight = cfg.data.synthetic.as_ref().and_then(|s| s.answer_weight);
-            let (loss, hits) = batch_loss(model.as_ref(), &batch, answer_weight);
+            let (loss, hits) = batch_loss(self.model.as_ref(), &batch, answer_weight);
             stats.scored.0 += batch.targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]) as f64;
             stats.scored.1 += batch.targets.numel() as f64;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 let what = nonfinite_loss(value, &batch, cfg);
-                match &dp {
-                    // The other ranks are inside this step's collectives: finish it with
-                    // them, and stop together once the step's numbers are shared.
-                    Some(_) => {
-                        eprintln!("rank {rank}: {what} at step {}", step + 1);
-                        stats.nonfinite_ranks.push(rank);
-                    }
-                    None => return Err(diverged(what, step, &last_ckpt)),
+                if self.dp.is_none() {
+                    return Err(diverged(what, step, last));
                 }
+                // The other ranks are inside this step's collectives: finish it with
+                // them, and stop together once the step's numbers are shared.
+                eprintln!("rank {}: {what} at step {}", self.rank, step + 1);
+                stats.nonfinite_ranks.push(self.rank);
             }
-            if let (Some(dp), true) = (&dp, micro + 1 == cfg.grad_accum) {
+            if let (Some(dp), true) = (&self.dp, micro + 1 == cfg.grad_accum) {
                 dp.arm(&loss)?;
             }
             (loss / cfg.grad_accum as f64)
                 .f_backward()
-                .map_err(|e| backward_error(e, &dp))?;
+                .map_err(|e| backward_error(e, &self.dp))?;
             stats.loss_sum += value;
             stats.micro_batches += 1.0;
             if let Some((h, t)) = hits {
@@ -420,12 +515,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 stats.answers.1 += t;
             }
         }
-        stats.stop = opts
+        stats.stop = self
+            .opts
             .interrupt
             .as_ref()
             .is_some_and(|f| f.load(Ordering::SeqCst));
-        let stats = match &dp {
-            Some(dp) => dp.reduce(&stats, device)?,
+        let stats = match &self.dp {
+            Some(dp) => dp.reduce(&stats, self.device)?,
             None => stats,
         };
         if !stats.nonfinite_ranks.is_empty() {
@@ -434,90 +530,85 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 .iter()
                 .map(|r| r.to_string())
                 .collect();
-            return Err(diverged(
-                format!("the loss is not finite on rank(s) {}", ranks.join(", ")),
-                step,
-                &last_ckpt,
-            ));
+            let what = format!("the loss is not finite on rank(s) {}", ranks.join(", "));
+            return Err(diverged(what, step, last));
         }
-        let lr = learning_rate(&cfg.optim, step, cfg.steps);
-        let grad_norm = opt
-            .step(&cfg.optim, lr)
-            .map_err(|norm| diverged(format!("gradient norm is {norm}"), step, &last_ckpt))?;
-        opt.zero_grad();
-        samples += rows_per_step;
-        tokens += tokens_per_step;
-        window.add(tokens_per_step, stats.scored);
-        last_loss = stats.loss_sum / stats.micro_batches.max(1.0);
-        let done = step + 1;
+        Ok(stats)
+    }
 
+    /// The metrics line of step `done` when one is due (rank 0 writes it to metrics.jsonl
+    /// and returns it for the terminal), with the eval loss when that is due too.
+    fn log(
+        &mut self,
+        done: u64,
+        stats: &StepStats,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        window: &mut LogWindow,
+    ) -> Result<Option<String>> {
+        let cfg = self.cfg;
         let eval_due =
             cfg.log.eval_every > 0 && (done % cfg.log.eval_every == 0 || done == cfg.steps);
-        if rank == 0 && (done % cfg.log.every.max(1) == 0 || done == cfg.steps || eval_due) {
-            let (tps, scored) = window.take();
-            let flops = crate::model::flops::trained_per_token(
-                &cfg.model,
-                model.flops_per_token(seq_len),
-                scored,
-            );
-            let eval_loss = match &eval_sampler {
-                Some(es) if eval_due => Some(evaluate(model.as_ref(), es, cfg, device)),
+        if self.rank != 0 || !(done % cfg.log.every.max(1) == 0 || done == cfg.steps || eval_due) {
+            return Ok(None);
+        }
+        let seq_len = cfg.seq_len_at(done - 1);
+        let (tps, scored) = window.take();
+        let flops = crate::model::flops::trained_per_token(
+            &cfg.model,
+            self.model.flops_per_token(seq_len),
+            scored,
+        );
+        let eval_loss = match &self.eval_sampler {
+            Some(es) if eval_due => Some(evaluate(self.model.as_ref(), es, cfg, self.device)),
+            _ => None,
+        };
+        let m = Metrics {
+            step: done,
+            loss,
+            lr,
+            grad_norm,
+            tokens: self.pos.tokens,
+            tokens_per_s: tps,
+            mfu: self.peak.map(|p| flops * tps / (p * 1e12)),
+            peak_memory: match self.device {
+                tch::Device::Cuda(i) => crate::cuda::peak_allocated(i),
                 _ => None,
-            };
-            let m = Metrics {
-                step: done,
-                loss: last_loss,
-                lr,
-                grad_norm,
-                tokens,
-                tokens_per_s: tps,
-                mfu: peak.map(|p| flops * tps / (p * 1e12)),
-                peak_memory: match device {
-                    tch::Device::Cuda(i) => crate::cuda::peak_allocated(i),
-                    _ => None,
-                },
-                answer_acc: (stats.answers.1 > 0.0).then(|| stats.answers.0 / stats.answers.1),
-                eval_loss,
-            };
-            let line = format_metrics(&m);
-            match &bar {
-                Some(b) => b.set_message(line),
-                None => eprintln!("step {done}/{} {line}", cfg.steps),
-            }
-            if let Some(f) = metrics.as_mut() {
-                f.write(&m)?;
-            }
+            },
+            answer_acc: (stats.answers.1 > 0.0).then(|| stats.answers.0 / stats.answers.1),
+            eval_loss,
+        };
+        if let Some(f) = self.metrics.as_mut() {
+            f.write(&m)?;
         }
-        if let Some(b) = &bar {
-            b.set_position(done);
-        }
+        Ok(Some(format_metrics(&m)))
+    }
 
-        let stop = opts.stop_after.is_some_and(|s| done >= s);
-        interrupted = stats.stop;
-        let periodic = cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0;
-        if periodic || stop || interrupted || done == cfg.steps {
-            if !opt.all_finite() {
-                return Err(diverged("weights are not finite".into(), step, &last_ckpt));
-            }
-            if let Some(dp) = &dp {
-                dp.barrier()?;
-            }
-            last_ckpt = save(&opt, done, samples, tokens)?;
+    /// A checkpoint of the step after loop index `step`: every rank checks its weights
+    /// and waits for the others, then rank 0 writes it.
+    fn save(&self, step: u64, last: &Option<PathBuf>) -> Result<Option<PathBuf>> {
+        if !self.opt.all_finite() {
+            return Err(diverged("weights are not finite".into(), step, last));
         }
-        if stop || interrupted {
-            break;
+        if let Some(dp) = &self.dp {
+            dp.barrier()?;
         }
+        if self.run_dir.is_none() {
+            return Ok(last.clone());
+        }
+        let state = State {
+            step: self.pos.step,
+            samples: self.pos.samples,
+            tokens: self.pos.tokens,
+            seed: self.cfg.seed,
+            world: self.world,
+            lcm_version: env!("CARGO_PKG_VERSION").into(),
+            config: self.cfg.clone(),
+        };
+        let ckpt = &self.cfg.checkpoint;
+        checkpoint::save(&ckpt.dir, &self.opt, &state, ckpt.keep).map(Some)
     }
-    if let Some(b) = &bar {
-        b.finish();
-    }
-    Ok(TrainSummary {
-        step: opt.step,
-        steps_run: opt.step - start,
-        last_loss,
-        checkpoint: last_ckpt,
-        interrupted,
-    })
 }
 
 /// What a non-finite loss says, with its likeliest cause when the batch shows one.
