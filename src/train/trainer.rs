@@ -548,9 +548,11 @@ impl<'a> Run<'a> {
         window: &mut LogWindow,
     ) -> Result<Option<String>> {
         let cfg = self.cfg;
-        let eval_due =
-            cfg.log.eval_every > 0 && (done % cfg.log.eval_every == 0 || done == cfg.steps);
-        if self.rank != 0 || !(done % cfg.log.every.max(1) == 0 || done == cfg.steps || eval_due) {
+        let eval_due = cfg.log.eval_every > 0
+            && (done.is_multiple_of(cfg.log.eval_every) || done == cfg.steps);
+        if self.rank != 0
+            || !(done.is_multiple_of(cfg.log.every.max(1)) || done == cfg.steps || eval_due)
+        {
             return Ok(None);
         }
         let seq_len = cfg.seq_len_at(done - 1);
