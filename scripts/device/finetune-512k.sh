@@ -28,7 +28,7 @@ start=$(date +%s)
     --set batch_size=1 --set curriculum=[] --set steps=400 --set 'data.synthetic.variants=[]' \
     --set data.eval=data/tokens/sample_train --set checkpoint.dir=runs/$NAME \
     >logs/$NAME.log 2>&1
-  scripts/gpu-test.sh exec "$bin" export runs/$NAME --out "$out/$NAME" | grep -v '^\[W'
+  scripts/gpu-test.sh exec "$bin" export runs/$NAME --out "$out/$NAME" --split-rows | grep -v '^\[W'
   cp runs/$NAME/metrics.jsonl logs/$NAME.metrics.jsonl
   grid "$NAME" "$out/$NAME"
 } &

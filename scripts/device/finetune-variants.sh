@@ -24,7 +24,7 @@ variant() { # NAME SEQ BATCH EDGE
     --set data.synthetic.edge_rate="$4" --set data.eval=data/tokens/sample_train \
     --set checkpoint.dir="runs/$name" >"logs/$name.log" 2>&1
   cp "runs/$name/metrics.jsonl" "logs/$name.metrics.jsonl"
-  scripts/gpu-test.sh exec "$bin" export "runs/$name" --out "runs/export-$name" 2>&1 | grep -v '^\[W'
+  scripts/gpu-test.sh exec "$bin" export "runs/$name" --out "runs/export-$name" --split-rows 2>&1 | grep -v '^\[W'
   cp -r "runs/export-$name" "$out/$name"
   echo "[variants] $name trained and exported after $(($(date +%s) - start)) s"
   DEST=grids/$name LENS=${LENS:-4K,16K,64K,256K,1M,4M} TASKS="s-niah passkey" \

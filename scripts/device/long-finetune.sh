@@ -8,7 +8,7 @@
 #   * `swa`: the baseline of the same size, e3's pretraining schedule
 #     (configs/swa-niah-c8.json), then configs/swa-niah-c8-ft.json.
 # Each stage stops at its step count or after its seconds (SIGINT: checkpoint, then exit).
-# The device tool returns at most 8 files: each run's export (bf16 shard + state.json) in
+# The device tool returns each run's export (bf16 shards, their index, state.json) in
 # $OUT/<run>/, and one $OUT/runs.tgz with every log, metrics file and first NIAH look.
 #
 #   BIN=.device/s5/lcm scripts/device/long-finetune.sh
@@ -56,7 +56,7 @@ for run in sniah passkey swa; do
       cut -c1-110 | tail -4
     grep -v '^\[W' "logs/$run-$stage.log" | grep -iE 'error|panic' | head -2
   done
-  x export "runs/$run-2" --out "$out/$run" | tail -1
+  x export "runs/$run-2" --out "$out/$run" --split-rows | tail -1
 done
 for run in sniah passkey; do
   for task in passkey s-niah; do

@@ -33,7 +33,7 @@ train long512 "${LONG512_S:-50}" --config $long --init runs/sniah-long --set seq
 for d in runs/drt-niah-c8-explore runs/sniah-long runs/sniah-512; do
   cp "$d/metrics.jsonl" "logs/$(basename "$d").metrics.jsonl" 2>/dev/null
 done
-scripts/gpu-test.sh exec "$bin" export runs/sniah-512 --out "$out/sniah" 2>&1 | grep -v '^\[W'
+scripts/gpu-test.sh exec "$bin" export runs/sniah-512 --out "$out/sniah" --split-rows 2>&1 | grep -v '^\[W'
 echo "[sniah-finetune] trained for $(($(date +%s) - start)) s"
 DEST=grids/sniah LENS=${LENS:-4K,16K,64K,256K,1M} TASKS="s-niah passkey" timeout "${GRID_S:-100}" \
   scripts/device/niah-grid.sh "$out/sniah" | grep -vE '^(results|prefill)'

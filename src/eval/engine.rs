@@ -97,7 +97,7 @@ impl Engine {
         let ckpt = checkpoint::resolve(path)?;
         let state = checkpoint::read_state(&ckpt)?;
         let mut engine = Engine::build(&state.config.model, device)?;
-        let (file, weights) = checkpoint::read_weights(&ckpt)?;
+        let (file, weights) = crate::train::weights::read_weights(&ckpt)?;
         let mut vars = engine._vs.variables();
         let mut names: Vec<String> = vars.keys().cloned().collect();
         names.sort();
