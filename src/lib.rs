@@ -16,6 +16,7 @@ pub mod info;
 pub mod lock;
 pub mod model;
 pub mod ops;
+pub mod progress;
 pub mod signals;
 pub mod train;
 pub mod util;

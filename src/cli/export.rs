@@ -48,10 +48,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let ckpt = checkpoint::resolve(&args.checkpoint)?;
-    let kind = match args.dtype.as_str() {
-        "bf16" => tch::Kind::BFloat16,
-        _ => tch::Kind::Float,
-    };
+    let kind = super::parse_kind(&args.dtype)?;
     let opts = export::Options {
         kind,
         shard_bytes: args.shard_mib << 20,

@@ -145,6 +145,18 @@ impl Engine {
         (requested / m).max(1) * m
     }
 
+    /// Checks that every length of `lengths` holds at least one chunk (a shorter one has
+    /// no usable length).
+    pub fn check_lengths(&self, lengths: &[i64]) -> Result<()> {
+        match lengths.iter().find(|&&l| self.usable_length(l) == 0) {
+            Some(l) => Err(Error::Invalid(format!(
+                "length {l} is shorter than one chunk ({} tokens)",
+                self.model.length_multiple()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The largest usable length not above `requested` (a multiple of the chunk size).
     pub fn usable_length(&self, requested: i64) -> i64 {
         let m = self.model.length_multiple();
