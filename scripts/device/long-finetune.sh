@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool): the long-context fine-tunes of issue 7, side by side on
 # one H200 (each model has 7M parameters; one alone leaves the chip mostly idle):
-#   * `sniah`: models/drt-niah-c8 fine-tuned by configs/drt-niah-c8-long.json (passkey and
+#   * `sniah`: models/drt-niah-c8 fine-tuned by models/drt-niah-c8/recipe/drt-niah-c8-long.json (passkey and
 #     RULER's s-niah phrasing, 1K -> 4K -> 16K -> 64K rows of batch 8), then 256K rows of
 #     batch 2 (the same tokens per step);
 #   * `passkey`: the same with the passkey phrasing only;
@@ -25,7 +25,7 @@ train() { # NAME SECONDS ARGS...: one stage, logged to logs/NAME.log
   timeout --foreground -s INT -k 60 "$secs" scripts/gpu-test.sh exec "$bin" pretrain "$@" \
     >"logs/$name.log" 2>&1
 }
-long=configs/drt-niah-c8-long.json
+long=models/drt-niah-c8/recipe/drt-niah-c8-long.json
 x info | head -3
 start=$(date +%s)
 {
