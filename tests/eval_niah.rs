@@ -4,6 +4,7 @@
 //! heatmap are written, lengths and depths parse with clear errors, the memory planner
 //! names the flag that would fit, and s-niah's phrases come from the NeoX tokenizer.
 
+use lcm::data::synthetic::{PasskeyConfig, Phrasing, Task};
 use lcm::data::{IndexedCorpus, TokenDtype};
 use lcm::eval::grid::{self, GridOptions};
 use lcm::eval::lengths::{format_length, parse_depths, parse_lengths};
@@ -11,7 +12,6 @@ use lcm::eval::niah::{build_sample, Haystack, NiahTask, TaskSpec};
 use lcm::eval::plan::{self, Available};
 use lcm::eval::{Engine, PrefillOptions};
 use lcm::model::{ModelConfig, Placement};
-use lcm::train::synthetic::{PasskeyConfig, Phrasing, Task};
 use lcm::util::SplitMix64;
 use tch::{Device, Tensor};
 

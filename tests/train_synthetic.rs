@@ -2,7 +2,7 @@
 //! phrasing whole (its needle, question and key length and range), all are drawn, and a
 //! bad variant is named in the error.
 
-use lcm::train::synthetic::{PasskeyConfig, Phrasing, Task};
+use lcm::data::synthetic::{PasskeyConfig, Phrasing, Task};
 use lcm::util::SplitMix64;
 
 fn config() -> PasskeyConfig {

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::data::synthetic::{PasskeyConfig, Task};
 use crate::data::IndexedCorpus;
 use crate::error::{Error, Result};
-use crate::train::synthetic::{PasskeyConfig, Task};
 use crate::util::SplitMix64;
 
 /// Which NIAH task (`--task`).

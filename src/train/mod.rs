@@ -1,4 +1,4 @@
-//! Pretraining: config, data sampling (with synthetic needles), AdamW with fp32 master
+//! Pretraining: config, data sampling (with synthetic needles from `data::synthetic`), AdamW with fp32 master
 //! weights, the learning-rate schedule, checkpoints, their weight files
 //! and exports, metrics, and the loop itself.
 
@@ -12,7 +12,6 @@ pub mod plot;
 pub mod run_dir;
 pub mod sampler;
 pub mod schedule;
-pub mod synthetic;
 pub mod trainer;
 pub mod weights;
 
