@@ -187,7 +187,7 @@ fn grid_matches_full_forward(engine: &Engine, batch: usize) {
         table.contains("96") && table.contains("first token"),
         "{table}"
     );
-    lcm::eval::heatmap::draw(&report, &out.path().join("heatmap.png")).unwrap();
+    lcm::report::heatmap::draw(&report, &out.path().join("heatmap.png")).unwrap();
     let png = std::fs::read(out.path().join("heatmap.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
 }
@@ -504,7 +504,7 @@ fn eval_leaves_no_temporaries() {
     assert!(!stale.exists());
     let folder = out.path().join("heatmap.png");
     std::fs::create_dir(&folder).unwrap();
-    let err = lcm::eval::heatmap::draw(&report, &folder)
+    let err = lcm::report::heatmap::draw(&report, &folder)
         .unwrap_err()
         .to_string();
     assert!(err.contains("heatmap.png"), "{err}");

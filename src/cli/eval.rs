@@ -140,7 +140,7 @@ fn merge(args: MergeArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     report.save(&args.out)?;
     let heat = args.out.join("heatmap.png");
-    lcm::eval::heatmap::draw(&report, &heat)?;
+    lcm::report::heatmap::draw(&report, &heat)?;
     print!("{}", report.table());
     println!(
         "results: {} and {}",
@@ -314,7 +314,7 @@ fn niah(args: NiahArgs) -> Result<()> {
         .collect();
     println!("prefill per sample: {}", tps.join(", "));
     let heat = args.out.join("heatmap.png");
-    if let Err(e) = lcm::eval::heatmap::draw(&report, &heat) {
+    if let Err(e) = lcm::report::heatmap::draw(&report, &heat) {
         eprintln!("warning: no heatmap: {e}");
     }
     println!(

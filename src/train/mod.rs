@@ -8,7 +8,6 @@ pub mod data_parallel;
 pub mod export;
 pub mod metrics;
 pub mod optim;
-pub mod plot;
 pub mod run_dir;
 pub mod sampler;
 pub mod schedule;
