@@ -4,7 +4,7 @@
 //! heatmap are written, lengths and depths parse with clear errors, the memory planner
 //! names the flag that would fit, and s-niah's phrases come from the NeoX tokenizer.
 
-use lcm::data::synthetic::{PasskeyConfig, Phrasing, Task};
+use lcm::data::synthetic::{PasskeyConfig, Phrasing};
 use lcm::data::{IndexedCorpus, TokenDtype};
 use lcm::eval::grid::{self, GridOptions};
 use lcm::eval::lengths::{format_length, parse_depths, parse_lengths};
@@ -18,22 +18,7 @@ use tch::{Device, Tensor};
 const VOCAB: i64 = 64;
 
 fn facts() -> PasskeyConfig {
-    PasskeyConfig {
-        task: Task::Passkey,
-        n_keys: 1,
-        rate: 1.0,
-        key_len: 3,
-        key_lo: 10,
-        key_hi: 20,
-        needle: vec![1, 2],
-        question: vec![3, 4, 5],
-        min_gap: 0,
-        answer_only: false,
-        answer_weight: None,
-        end_jitter: None,
-        edge_rate: 0.0,
-        variants: vec![],
-    }
+    PasskeyConfig::passkey(3, (10, 20), vec![1, 2], vec![3, 4, 5])
 }
 
 fn spec(task: NiahTask) -> TaskSpec {

@@ -42,6 +42,18 @@ fn opts(kind: Kind, shard_bytes: usize, split_rows: bool, force: bool) -> Option
     }
 }
 
+/// Asserts that the folders `a` and `b` hold the same weights, name for name.
+fn assert_same_weights(a: &Path, b: &Path) {
+    let (_, a) = read_weights(a).unwrap();
+    let (_, b) = read_weights(b).unwrap();
+    let (a, b) = (sorted(a), sorted(b));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs after export");
+    }
+}
+
 fn sorted(mut w: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w
@@ -90,13 +102,7 @@ fn shards_hold_whole_tensors_and_an_index() {
             assert!(t.equal(want), "{name} differs in {file}");
         }
     }
-    let (_, b) = read_weights(&dir).unwrap();
-    let b = sorted(b);
-    assert_eq!(a.len(), b.len());
-    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs after export");
-    }
+    assert_same_weights(&ckpt, &dir);
 
     // The engine gives the same logits from either folder.
     let tokens = Tensor::randint_low(10, 299, [1, 48], (Kind::Int64, Device::Cpu));
@@ -149,21 +155,10 @@ fn split_rows_keeps_every_shard_under_the_limit_and_loads_back_whole() {
         let size = std::fs::metadata(f).unwrap().len() as usize;
         assert!(size <= limit + 4096, "{}: {size} bytes", f.display());
     }
-    let (_, a) = read_weights(&ckpt).unwrap();
-    let a = sorted(a);
-    let check = |dir: &Path| {
-        let (_, b) = read_weights(dir).unwrap();
-        let b = sorted(b);
-        assert_eq!(a.len(), b.len());
-        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-            assert_eq!(na, nb);
-            assert!(ta.equal(tb), "{na} differs after export");
-        }
-    };
-    check(&dir);
+    assert_same_weights(&ckpt, &dir);
     // Without the index (the published models in models/): the shards present, in order.
     std::fs::remove_file(dir.join(INDEX)).unwrap();
-    check(&dir);
+    assert_same_weights(&ckpt, &dir);
     std::fs::remove_file(&shards[1]).unwrap();
     let err = read_weights(&dir).unwrap_err().to_string();
     assert!(err.contains("shard"), "{err}");
@@ -364,13 +359,7 @@ fn export_refuses_every_out_that_would_lose_something() {
             "state.json"
         ]
     );
-    let (_, a) = read_weights(&ckpt).unwrap();
-    let (_, b) = read_weights(&out).unwrap();
-    let (a, b) = (sorted(a), sorted(b));
-    assert_eq!(a.len(), b.len());
-    for ((na, ta), (_, tb)) in a.iter().zip(&b) {
-        assert!(ta.equal(tb), "{na} differs after export");
-    }
+    assert_same_weights(&ckpt, &out);
     // No temporaries left beside or inside it.
     assert!(
         !tree(h.path()).iter().any(|p| p.contains("tmp")),
