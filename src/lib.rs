@@ -16,6 +16,8 @@ pub mod info;
 pub mod lock;
 pub mod model;
 pub mod ops;
+pub mod progress;
+pub mod report;
 pub mod signals;
 pub mod train;
 pub mod util;

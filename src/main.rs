@@ -34,7 +34,7 @@ enum Command {
     /// Evaluate a checkpoint at long context: `niah` (needle in a haystack), `ppl`.
     #[command(subcommand)]
     Eval(cli::eval::Command),
-    /// Weights of a checkpoint as bf16 safetensors shards, to publish or carry a model.
+    /// Weights of a checkpoint as bf16 safetensors shards with their index, to publish a model.
     Export(cli::export::Args),
     /// Start the data-parallel workers of one node: `lcm launch --nproc-per-node 8 -- pretrain ...`.
     Launch(cli::launch::Args),

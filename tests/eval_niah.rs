@@ -4,6 +4,7 @@
 //! heatmap are written, lengths and depths parse with clear errors, the memory planner
 //! names the flag that would fit, and s-niah's phrases come from the NeoX tokenizer.
 
+use lcm::data::synthetic::{PasskeyConfig, Phrasing};
 use lcm::data::{IndexedCorpus, TokenDtype};
 use lcm::eval::grid::{self, GridOptions};
 use lcm::eval::lengths::{format_length, parse_depths, parse_lengths};
@@ -11,29 +12,13 @@ use lcm::eval::niah::{build_sample, Haystack, NiahTask, TaskSpec};
 use lcm::eval::plan::{self, Available};
 use lcm::eval::{Engine, PrefillOptions};
 use lcm::model::{ModelConfig, Placement};
-use lcm::train::synthetic::{PasskeyConfig, Phrasing, Task};
 use lcm::util::SplitMix64;
 use tch::{Device, Tensor};
 
 const VOCAB: i64 = 64;
 
 fn facts() -> PasskeyConfig {
-    PasskeyConfig {
-        task: Task::Passkey,
-        n_keys: 1,
-        rate: 1.0,
-        key_len: 3,
-        key_lo: 10,
-        key_hi: 20,
-        needle: vec![1, 2],
-        question: vec![3, 4, 5],
-        min_gap: 0,
-        answer_only: false,
-        answer_weight: None,
-        end_jitter: None,
-        edge_rate: 0.0,
-        variants: vec![],
-    }
+    PasskeyConfig::passkey(3, (10, 20), vec![1, 2], vec![3, 4, 5])
 }
 
 fn spec(task: NiahTask) -> TaskSpec {
@@ -187,7 +172,7 @@ fn grid_matches_full_forward(engine: &Engine, batch: usize) {
         table.contains("96") && table.contains("first token"),
         "{table}"
     );
-    lcm::eval::heatmap::draw(&report, &out.path().join("heatmap.png")).unwrap();
+    lcm::report::heatmap::draw(&report, &out.path().join("heatmap.png")).unwrap();
     let png = std::fs::read(out.path().join("heatmap.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
 }
@@ -504,7 +489,7 @@ fn eval_leaves_no_temporaries() {
     assert!(!stale.exists());
     let folder = out.path().join("heatmap.png");
     std::fs::create_dir(&folder).unwrap();
-    let err = lcm::eval::heatmap::draw(&report, &folder)
+    let err = lcm::report::heatmap::draw(&report, &folder)
         .unwrap_err()
         .to_string();
     assert!(err.contains("heatmap.png"), "{err}");

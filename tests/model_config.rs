@@ -9,14 +9,33 @@ use lcm::model::{self, ModelConfig};
 use serde_json::{json, Value};
 use tch::{nn, Device, Kind, Tensor};
 
+/// The JSON files directly in each of `dirs`, sorted.
+fn json_files(dirs: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = dirs
+        .iter()
+        .filter(|d| d.is_dir())
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `configs/` and every published model's `recipe/` (below `sub`: "" or "models").
+fn config_dirs(sub: &str) -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![std::path::Path::new("configs").join(sub)];
+    for m in std::fs::read_dir("models").unwrap() {
+        dirs.push(m.unwrap().path().join("recipe").join(sub));
+    }
+    dirs
+}
+
 fn shipped() -> Vec<(String, Value)> {
     // Relative to the repository root, where `cargo test` and scripts/gpu-test.sh run
     // the tests (a path fixed at build time would not exist on the GPU machine).
-    let dir = "configs/models";
-    let mut out: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    let mut out: Vec<_> = json_files(&config_dirs("models"))
+        .into_iter()
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
             let name = p.file_stem().unwrap().to_string_lossy().into_owned();
@@ -25,6 +44,19 @@ fn shipped() -> Vec<(String, Value)> {
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// Every training config, shipped or a published model's recipe, loads with the model
+/// section it names.
+#[test]
+fn every_training_config_loads() {
+    let all = json_files(&config_dirs(""));
+    assert!(all.len() > 10, "{all:?}");
+    for p in &all {
+        if let Err(e) = lcm::train::TrainConfig::load(p, &[]) {
+            panic!("{}: {e}", p.display());
+        }
+    }
 }
 
 fn param_count(vs: &nn::VarStore) -> i64 {
@@ -130,8 +162,8 @@ fn drt_128m_has_the_papers_size_and_names() {
 #[test]
 fn trained_flops_count_the_head_where_it_ran() {
     use lcm::model::flops::{lm_head_forward, trained_per_token};
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/models/drt-niah-c8-ft.json");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/drt-niah-c8/recipe/models/drt-niah-c8-ft.json");
     let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let cfg = ModelConfig::from_json(&v).unwrap();
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);

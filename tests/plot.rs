@@ -1,6 +1,6 @@
 //! `lcm plot`: a PNG from a metrics file; clear errors for files it cannot use.
 
-use lcm::train::plot::{plot_loss, read_metrics};
+use lcm::report::loss::{plot_loss, read_metrics};
 
 #[test]
 fn draws_a_png_from_metrics() {

@@ -1,5 +1,7 @@
-//! `lcm export`: a checkpoint's weights as shards under a size limit (large tensors split
-//! by rows), loaded back whole by `checkpoint::load`, the inference engine and `--init`.
+//! `lcm export`: a checkpoint's weights as safetensors shards of whole tensors with their
+//! index (HF transformers' `model.safetensors.index.json`), or with `--split-rows` under a
+//! size limit (large tensors split by rows), loaded back whole by `checkpoint::load`, the
+//! inference engine and `--init`.
 
 mod data_util;
 
@@ -8,7 +10,9 @@ use std::path::Path;
 use data_util::lcm;
 
 use lcm::eval::Engine;
-use lcm::train::{checkpoint, train, TrainConfig, TrainOptions};
+use lcm::train::export::{export, Options};
+use lcm::train::weights::{read_weights, weight_files, INDEX};
+use lcm::train::{train, TrainConfig, TrainOptions};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
@@ -28,13 +32,35 @@ fn tiny(dir: &Path, steps: u64, seed: u64, lr: f64) -> TrainConfig {
     .unwrap()
 }
 
+/// Export options: `kind`, shards of `shard_bytes`, row blocks with `split_rows`.
+fn opts(kind: Kind, shard_bytes: usize, split_rows: bool, force: bool) -> Options {
+    Options {
+        kind,
+        shard_bytes,
+        split_rows,
+        force,
+    }
+}
+
+/// Asserts that the folders `a` and `b` hold the same weights, name for name.
+fn assert_same_weights(a: &Path, b: &Path) {
+    let (_, a) = read_weights(a).unwrap();
+    let (_, b) = read_weights(b).unwrap();
+    let (a, b) = (sorted(a), sorted(b));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs after export");
+    }
+}
+
 fn sorted(mut w: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w
 }
 
 #[test]
-fn shards_respect_the_limit_and_load_back_whole() {
+fn shards_hold_whole_tensors_and_an_index() {
     let run = tempfile::tempdir().unwrap();
     let ckpt = train(&tiny(run.path(), 2, 3, 3e-3), &TrainOptions::default())
         .unwrap()
@@ -42,23 +68,41 @@ fn shards_respect_the_limit_and_load_back_whole() {
         .unwrap();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("model");
-    // The embedding (300 x 32 fp32 = 37.5 KiB) is larger than a 16 KiB shard: split by rows.
+    // The embedding (300 x 32 fp32 = 37.5 KiB) is larger than a 16 KiB shard: a shard of
+    // its own, whole.
     let limit = 16 << 10;
-    let files = checkpoint::export(&ckpt, &dir, Kind::Float, limit, false).unwrap();
-    assert!(files.len() > 2, "{} shards", files.len());
-    for f in &files {
-        // A shard is its tensors plus a small JSON header.
+    let files = export(&ckpt, &dir, &opts(Kind::Float, limit, false, false)).unwrap();
+    let (index, shards) = files.split_last().unwrap();
+    assert_eq!(index.file_name().unwrap().to_str().unwrap(), INDEX);
+    assert!(shards.len() > 2, "{} shards", shards.len());
+    let (_, a) = read_weights(&ckpt).unwrap();
+    let a = sorted(a);
+
+    // The index: every tensor by its own name to the shard that holds it, and the bytes of
+    // all of them, as HF transformers reads it.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(index).unwrap()).unwrap();
+    let map = json["weight_map"].as_object().unwrap();
+    let names: Vec<&String> = map.keys().collect();
+    assert_eq!(names, a.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    let total: usize = a.iter().map(|(_, t)| t.numel() * 4).sum();
+    assert_eq!(json["metadata"]["total_size"].as_u64(), Some(total as u64));
+    for f in shards {
+        let file = f.file_name().unwrap().to_str().unwrap();
+        let held = Tensor::read_safetensors(f).unwrap();
         let size = std::fs::metadata(f).unwrap().len() as usize;
-        assert!(size <= limit + 4096, "{}: {size} bytes", f.display());
+        // A shard is its tensors plus a small JSON header; one over the limit is one tensor.
+        assert!(
+            size <= limit + 4096 || held.len() == 1,
+            "{file}: {size} bytes"
+        );
+        for (name, t) in &held {
+            assert_eq!(map[name.as_str()], file, "{name}");
+            let (_, want) = a.iter().find(|(n, _)| n == name).unwrap();
+            assert!(t.equal(want), "{name} differs in {file}");
+        }
     }
-    let (_, a) = checkpoint::read_weights(&ckpt).unwrap();
-    let (_, b) = checkpoint::read_weights(&dir).unwrap();
-    let (a, b) = (sorted(a), sorted(b));
-    assert_eq!(a.len(), b.len());
-    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs after export");
-    }
+    assert_same_weights(&ckpt, &dir);
 
     // The engine gives the same logits from either folder.
     let tokens = Tensor::randint_low(10, 299, [1, 48], (Kind::Int64, Device::Cpu));
@@ -79,17 +123,44 @@ fn shards_respect_the_limit_and_load_back_whole() {
 
     // bf16: every weight is the original rounded to bf16.
     let half = out.path().join("half");
-    checkpoint::export(&ckpt, &half, Kind::BFloat16, limit, false).unwrap();
+    export(&ckpt, &half, &opts(Kind::BFloat16, limit, false, false)).unwrap();
     assert_ne!(hash(&half), hash(&ckpt));
-    let (_, h) = checkpoint::read_weights(&half).unwrap();
+    let (_, h) = read_weights(&half).unwrap();
     for ((n, t), (_, o)) in sorted(h).iter().zip(&a) {
         assert_eq!(t.kind(), Kind::BFloat16, "{n}");
         assert!(t.equal(&o.to_kind(Kind::BFloat16)), "{n}");
     }
 
-    // A missing shard is named, not silently skipped.
-    std::fs::remove_file(&files[1]).unwrap();
-    let err = checkpoint::read_weights(&dir).unwrap_err().to_string();
+    // A shard the index names is missing: named, not silently skipped.
+    std::fs::remove_file(&shards[1]).unwrap();
+    let err = read_weights(&dir).unwrap_err().to_string();
+    assert!(err.contains("shard"), "{err}");
+}
+
+#[test]
+fn split_rows_keeps_every_shard_under_the_limit_and_loads_back_whole() {
+    let run = tempfile::tempdir().unwrap();
+    let ckpt = train(&tiny(run.path(), 2, 3, 3e-3), &TrainOptions::default())
+        .unwrap()
+        .checkpoint
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("model");
+    let limit = 16 << 10;
+    let files = export(&ckpt, &dir, &opts(Kind::Float, limit, true, false)).unwrap();
+    let (_, shards) = files.split_last().unwrap();
+    assert!(shards.len() > 2, "{} shards", shards.len());
+    for f in shards {
+        // A shard is its tensors plus a small JSON header.
+        let size = std::fs::metadata(f).unwrap().len() as usize;
+        assert!(size <= limit + 4096, "{}: {size} bytes", f.display());
+    }
+    assert_same_weights(&ckpt, &dir);
+    // Without the index (the published models in models/): the shards present, in order.
+    std::fs::remove_file(dir.join(INDEX)).unwrap();
+    assert_same_weights(&ckpt, &dir);
+    std::fs::remove_file(&shards[1]).unwrap();
+    let err = read_weights(&dir).unwrap_err().to_string();
     assert!(err.contains("shard"), "{err}");
 }
 
@@ -102,7 +173,7 @@ fn init_starts_a_new_run_from_exported_weights() {
         .unwrap();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("model");
-    checkpoint::export(&ckpt, &dir, Kind::Float, 1 << 20, false).unwrap();
+    export(&ckpt, &dir, &opts(Kind::Float, 1 << 20, false, false)).unwrap();
 
     // A fresh run stopped before its first step keeps the weights it started from.
     let next = tempfile::tempdir().unwrap();
@@ -130,9 +201,9 @@ fn init_starts_a_new_run_from_exported_weights() {
     .unwrap();
     // After one step from the exported weights the model is near them, and far from where
     // one step from the random init lands.
-    let (_, base) = checkpoint::read_weights(&dir).unwrap();
-    let (_, warm) = checkpoint::read_weights(&first.checkpoint.unwrap()).unwrap();
-    let (_, fresh) = checkpoint::read_weights(&cold.checkpoint.unwrap()).unwrap();
+    let (_, base) = read_weights(&dir).unwrap();
+    let (_, warm) = read_weights(&first.checkpoint.unwrap()).unwrap();
+    let (_, fresh) = read_weights(&cold.checkpoint.unwrap()).unwrap();
     let (base, warm, fresh) = (sorted(base), sorted(warm), sorted(fresh));
     let dist = |x: &[(String, Tensor)], y: &[(String, Tensor)]| -> f64 {
         x.iter()
@@ -182,7 +253,7 @@ fn export_refuses_every_out_that_would_lose_something() {
     std::fs::write(h.path().join("notes.txt"), "hi\n").unwrap();
     let before = tree(h.path());
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let export = |src: &Path, out: &Path, extra: &[&str]| {
+    let run_export = |src: &Path, out: &Path, extra: &[&str]| {
         let mut args = vec!["export".to_string(), s(src), "--out".into(), s(out)];
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -200,7 +271,7 @@ fn export_refuses_every_out_that_would_lose_something() {
         (&ckpt, ckpt.join("model")),
     ] {
         for force in [&[][..], &["--force"]] {
-            let (ok, _, err) = export(src, &out, force);
+            let (ok, _, err) = run_export(src, &out, force);
             assert!(!ok, "{} -> {}", src.display(), out.display());
             assert!(
                 err.contains("--out") && err.contains("source") && err.contains(&s(&out)),
@@ -211,13 +282,13 @@ fn export_refuses_every_out_that_would_lose_something() {
     }
     // The same through another spelling of the path.
     let dotted = run.join("..").join("run");
-    let (ok, _, err) = export(&run, &dotted, &["--force"]);
+    let (ok, _, err) = run_export(&run, &dotted, &["--force"]);
     assert!(!ok && err.contains("source"), "{err}");
 
     // A file: refused, kept as it was, nothing written beside it.
     let file = h.path().join("notes.txt");
     for force in [&[][..], &["--force"]] {
-        let (ok, _, err) = export(&run, &file, force);
+        let (ok, _, err) = run_export(&run, &file, force);
         assert!(
             !ok && err.contains("not a folder") && err.contains(&s(&file)),
             "{err}"
@@ -229,7 +300,7 @@ fn export_refuses_every_out_that_would_lose_something() {
     // A folder that is no export, and another run's checkpoint: refused even with --force.
     let other = tempfile::tempdir().unwrap();
     std::fs::write(other.path().join("data.csv"), "1,2\n").unwrap();
-    let (ok, _, err) = export(&run, other.path(), &["--force"]);
+    let (ok, _, err) = run_export(&run, other.path(), &["--force"]);
     assert!(
         !ok && err.contains("not an lcm export") && err.contains("data.csv"),
         "{err}"
@@ -245,28 +316,28 @@ fn export_refuses_every_out_that_would_lose_something() {
     .unwrap();
     let kept = tree(other_run.path());
     for out in [other_ckpt.as_path(), other_run.path()] {
-        let (ok, _, err) = export(&run, out, &["--force"]);
+        let (ok, _, err) = run_export(&run, out, &["--force"]);
         assert!(!ok && err.contains("training"), "{err}");
         assert_eq!(tree(other_run.path()), kept);
     }
 
     // --shard-mib 0 is refused before any work.
     let out = h.path().join("model");
-    let (ok, _, err) = export(&run, &out, &["--shard-mib", "0"]);
+    let (ok, _, err) = run_export(&run, &out, &["--shard-mib", "0"]);
     assert!(!ok && err.contains("--shard-mib"), "{err}");
     assert!(!out.exists());
-    let e = checkpoint::export(&ckpt, &out, Kind::Float, 0, false).unwrap_err();
+    let e = export(&ckpt, &out, &opts(Kind::Float, 0, false, false)).unwrap_err();
     assert!(e.to_string().contains("shard"), "{e}");
     assert!(!out.exists());
 
     // A new folder: written. Again: refused without --force, naming it.
-    let (ok, stdout, err) = export(&run, &out, &[]);
+    let (ok, stdout, err) = run_export(&run, &out, &[]);
     assert!(ok, "{err}");
     assert!(
         stdout.contains("model-00001-of-00001.safetensors"),
         "{stdout}"
     );
-    let (ok, _, err) = export(&run, &out, &[]);
+    let (ok, _, err) = run_export(&run, &out, &[]);
     assert!(
         !ok && err.contains("--force") && err.contains(&s(&out)),
         "{err}"
@@ -274,26 +345,21 @@ fn export_refuses_every_out_that_would_lose_something() {
 
     // An export of many shards with a model card beside it, replaced by one of one shard:
     // the card stays, the old shards go, the weights load back whole.
-    checkpoint::export(&ckpt, &out, Kind::Float, 16 << 10, true).unwrap();
+    export(&ckpt, &out, &opts(Kind::Float, 16 << 10, false, true)).unwrap();
     std::fs::write(out.join("README.md"), "card\n").unwrap();
-    assert!(checkpoint::weight_files(&out).unwrap().len() > 2);
-    let (ok, _, err) = export(&run, &out, &["--force", "--dtype", "f32"]);
+    assert!(weight_files(&out).unwrap().len() > 2);
+    let (ok, _, err) = run_export(&run, &out, &["--force", "--dtype", "f32"]);
     assert!(ok, "{err}");
     assert_eq!(
         tree(&out),
         [
             "README.md",
             "model-00001-of-00001.safetensors",
+            "model.safetensors.index.json",
             "state.json"
         ]
     );
-    let (_, a) = checkpoint::read_weights(&ckpt).unwrap();
-    let (_, b) = checkpoint::read_weights(&out).unwrap();
-    let (a, b) = (sorted(a), sorted(b));
-    assert_eq!(a.len(), b.len());
-    for ((na, ta), (_, tb)) in a.iter().zip(&b) {
-        assert!(ta.equal(tb), "{na} differs after export");
-    }
+    assert_same_weights(&ckpt, &out);
     // No temporaries left beside or inside it.
     assert!(
         !tree(h.path()).iter().any(|p| p.contains("tmp")),
@@ -303,7 +369,7 @@ fn export_refuses_every_out_that_would_lose_something() {
     // An empty folder is replaced with --force.
     let empty = h.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let (ok, _, err) = export(&run, &empty, &["--force"]);
+    let (ok, _, err) = run_export(&run, &empty, &["--force"]);
     assert!(ok, "{err}");
     assert!(empty.join("state.json").is_file());
 }

@@ -2,24 +2,11 @@
 //! phrasing whole (its needle, question and key length and range), all are drawn, and a
 //! bad variant is named in the error.
 
-use lcm::train::synthetic::{PasskeyConfig, Phrasing, Task};
+use lcm::data::synthetic::{PasskeyConfig, Phrasing};
 use lcm::util::SplitMix64;
 
 fn config() -> PasskeyConfig {
     PasskeyConfig {
-        task: Task::Passkey,
-        n_keys: 1,
-        rate: 1.0,
-        key_len: 3,
-        key_lo: 10,
-        key_hi: 20,
-        needle: vec![1, 2],
-        question: vec![3, 4],
-        min_gap: 0,
-        answer_only: false,
-        answer_weight: None,
-        end_jitter: None,
-        edge_rate: 0.0,
         variants: vec![Phrasing {
             needle: vec![5, 6, 7],
             question: vec![8],
@@ -27,6 +14,7 @@ fn config() -> PasskeyConfig {
             key_lo: 30,
             key_hi: 40,
         }],
+        ..PasskeyConfig::passkey(3, (10, 20), vec![1, 2], vec![3, 4])
     }
 }
 

@@ -24,11 +24,11 @@ grid() { # NAME CHECKPOINT: 4K-4M, then 16M, each eval under its own time limit
 start=$(date +%s)
 {
   timeout --foreground -s INT -k 30 "${LONG_S:-180}" scripts/gpu-test.sh exec "$bin" pretrain \
-    --config configs/drt-niah-c8-long.json --init "$INIT" --set seq_len=524288 \
+    --config models/drt-niah-c8/recipe/drt-niah-c8-long.json --init "$INIT" --set seq_len=524288 \
     --set batch_size=1 --set curriculum=[] --set steps=400 --set 'data.synthetic.variants=[]' \
     --set data.eval=data/tokens/sample_train --set checkpoint.dir=runs/$NAME \
     >logs/$NAME.log 2>&1
-  scripts/gpu-test.sh exec "$bin" export runs/$NAME --out "$out/$NAME" | grep -v '^\[W'
+  scripts/gpu-test.sh exec "$bin" export runs/$NAME --out "$out/$NAME" --split-rows | grep -v '^\[W'
   cp runs/$NAME/metrics.jsonl logs/$NAME.metrics.jsonl
   grid "$NAME" "$out/$NAME"
 } &

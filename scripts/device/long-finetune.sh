@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool): the long-context fine-tunes of issue 7, side by side on
 # one H200 (each model has 7M parameters; one alone leaves the chip mostly idle):
-#   * `sniah`: models/drt-niah-c8 fine-tuned by configs/drt-niah-c8-long.json (passkey and
+#   * `sniah`: models/drt-niah-c8 fine-tuned by models/drt-niah-c8/recipe/drt-niah-c8-long.json (passkey and
 #     RULER's s-niah phrasing, 1K -> 4K -> 16K -> 64K rows of batch 8), then 256K rows of
 #     batch 2 (the same tokens per step);
 #   * `passkey`: the same with the passkey phrasing only;
 #   * `swa`: the baseline of the same size, e3's pretraining schedule
 #     (configs/swa-niah-c8.json), then configs/swa-niah-c8-ft.json.
 # Each stage stops at its step count or after its seconds (SIGINT: checkpoint, then exit).
-# The device tool returns at most 8 files: each run's export (bf16 shard + state.json) in
+# The device tool returns each run's export (bf16 shards, their index, state.json) in
 # $OUT/<run>/, and one $OUT/runs.tgz with every log, metrics file and first NIAH look.
 #
 #   BIN=.device/s5/lcm scripts/device/long-finetune.sh
@@ -25,7 +25,7 @@ train() { # NAME SECONDS ARGS...: one stage, logged to logs/NAME.log
   timeout --foreground -s INT -k 60 "$secs" scripts/gpu-test.sh exec "$bin" pretrain "$@" \
     >"logs/$name.log" 2>&1
 }
-long=configs/drt-niah-c8-long.json
+long=models/drt-niah-c8/recipe/drt-niah-c8-long.json
 x info | head -3
 start=$(date +%s)
 {
@@ -56,7 +56,7 @@ for run in sniah passkey swa; do
       cut -c1-110 | tail -4
     grep -v '^\[W' "logs/$run-$stage.log" | grep -iE 'error|panic' | head -2
   done
-  x export "runs/$run-2" --out "$out/$run" | tail -1
+  x export "runs/$run-2" --out "$out/$run" --split-rows | tail -1
 done
 for run in sniah passkey; do
   for task in passkey s-niah; do

@@ -40,7 +40,7 @@ done
 tar -czf "$out/runs.tgz" logs
 run=$(run_dir "$best")
 echo "[train-niah] exporting $best ($run)"
-x export "$run" --out "$out/model"
+x export "$run" --out "$out/model" --split-rows
 x plot "$run/metrics.jsonl" --out "$out/loss.png"
 for task in ${TASKS:-passkey s-niah}; do
   x eval niah --checkpoint "$run" --task "$task" --len "${LENS:-4K,64K}" --depths 0,0.5,1 \

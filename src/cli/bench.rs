@@ -1,7 +1,9 @@
 use anyhow::{bail, Result};
 use lcm::bench::rmsnorm::{self, RmsNormBench};
 use lcm::bench::xent::{self, XentBench};
-use tch::{Device, Kind};
+use tch::Device;
+
+use super::{parse_device, parse_kind, parse_offload};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -207,23 +209,6 @@ pub struct XentArgs {
     json: Option<std::path::PathBuf>,
 }
 
-pub fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => bail!("--device cuda: no CUDA device is visible (try --device cpu)"),
-        _ => bail!("--device {s}: expected cuda or cpu"),
-    }
-}
-
-pub fn parse_kind(s: &str) -> Result<Kind> {
-    match s {
-        "bf16" => Ok(Kind::BFloat16),
-        "f32" => Ok(Kind::Float),
-        _ => bail!("--dtype {s}: expected bf16 or f32"),
-    }
-}
-
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Prefill(a) => prefill(a),
@@ -272,7 +257,7 @@ pub fn run(cmd: Command) -> Result<()> {
                 })?),
             };
             let bench = KernelsBench {
-                device: parse_device(&a.device)?,
+                device: parse_device(Some(&a.device))?,
                 peak_tflops: a.peak_tflops,
                 peak_gbps: a.peak_gbps,
                 warmup: a.warmup,
@@ -307,48 +292,55 @@ pub fn run(cmd: Command) -> Result<()> {
             if let Some(v) = a.vocab.iter().find(|&&v| v < 1) {
                 bail!("--vocab {v}: must be at least 1");
             }
-            let device = parse_device(&a.device)?;
-            let mut lines = vec![];
+            let device = parse_device(Some(&a.device))?;
             println!("{}", xent::header());
-            for dtype in &a.dtype {
-                let kind = parse_kind(dtype)?;
-                for &vocab in &a.vocab {
-                    let r = XentBench {
-                        device,
-                        rows: a.rows,
-                        vocab,
-                        kind,
-                        peak_gbps: a.peak_gbps,
-                    }
-                    .run()?;
-                    println!("{r}");
-                    lines.push(serde_json::to_string(&r)?);
+            let lines = sweep(&a.dtype, &a.vocab, |kind, vocab| {
+                XentBench {
+                    device,
+                    rows: a.rows,
+                    vocab,
+                    kind,
+                    peak_gbps: a.peak_gbps,
                 }
-            }
+                .run()
+            })?;
             write_json_lines(a.json.as_deref(), &lines)
         }
         Command::Rmsnorm(a) => {
-            let device = parse_device(&a.device)?;
-            let mut lines = vec![];
+            let device = parse_device(Some(&a.device))?;
             println!("{}", rmsnorm::header());
-            for dtype in &a.dtype {
-                let kind = parse_kind(dtype)?;
-                for &dim in &a.dim {
-                    let r = RmsNormBench {
-                        device,
-                        rows: a.rows,
-                        dim,
-                        kind,
-                        peak_gbps: a.peak_gbps,
-                    }
-                    .run()?;
-                    println!("{r}");
-                    lines.push(serde_json::to_string(&r)?);
+            let lines = sweep(&a.dtype, &a.dim, |kind, dim| {
+                RmsNormBench {
+                    device,
+                    rows: a.rows,
+                    dim,
+                    kind,
+                    peak_gbps: a.peak_gbps,
                 }
-            }
+                .run()
+            })?;
             write_json_lines(a.json.as_deref(), &lines)
         }
     }
+}
+
+/// Runs `bench` for every dtype of `dtypes` and size of `sizes` (dtypes outermost), printing
+/// each row as it comes; returns the rows as JSON lines.
+fn sweep<R: std::fmt::Display + serde::Serialize>(
+    dtypes: &[String],
+    sizes: &[i64],
+    bench: impl Fn(tch::Kind, i64) -> lcm::Result<R>,
+) -> Result<Vec<String>> {
+    let mut lines = vec![];
+    for dtype in dtypes {
+        let kind = parse_kind(dtype)?;
+        for &size in sizes {
+            let r = bench(kind, size)?;
+            println!("{r}");
+            lines.push(serde_json::to_string(&r)?);
+        }
+    }
+    Ok(lines)
 }
 
 /// The rows of a bench as JSON lines, when `--json` names a file (written whole or not at all).
@@ -361,15 +353,11 @@ fn write_json_lines(path: Option<&std::path::Path>, lines: &[String]) -> Result<
 
 fn allreduce(a: AllreduceArgs) -> Result<()> {
     use lcm::dist::{Backend, Group, Launch};
-    let device = match (parse_device(&a.device)?, Launch::from_env()?) {
+    let device = match (parse_device(Some(&a.device))?, Launch::from_env()?) {
         (Device::Cuda(_), Some(l)) => Device::Cuda(l.local_rank as usize),
         (d, _) => d,
     };
-    let kind = match a.dtype.as_str() {
-        "f32" => Kind::Float,
-        "bf16" => Kind::BFloat16,
-        other => bail!("--dtype {other}: expected f32 or bf16"),
-    };
+    let kind = parse_kind(&a.dtype)?;
     let sizes: Vec<i64> = lcm::eval::lengths::parse_lengths(&a.sizes)?;
     // Alone, a group of one on a free local port; under a launch, the launch's group.
     let launch = match Launch::from_env()? {
@@ -422,7 +410,7 @@ fn allreduce(a: AllreduceArgs) -> Result<()> {
 fn prefill(a: PrefillArgs) -> Result<()> {
     use anyhow::Context;
     use lcm::eval::{lengths::parse_lengths, Engine, PrefillOptions};
-    let device = parse_device(&a.device)?;
+    let device = parse_device(Some(&a.device))?;
     let text = std::fs::read_to_string(&a.model).with_context(|| a.model.display().to_string())?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| a.model.display().to_string())?;
@@ -436,7 +424,7 @@ fn prefill(a: PrefillArgs) -> Result<()> {
     let engine = Engine::random(&cfg, device)?;
     let opts = PrefillOptions {
         segment: a.segment,
-        placement: super::eval::parse_offload(a.offload.as_deref())?,
+        placement: parse_offload(a.offload.as_deref())?,
     };
     let lengths = parse_lengths(&a.lengths)?;
     println!(
@@ -449,15 +437,9 @@ fn prefill(a: PrefillArgs) -> Result<()> {
     let mut lines = String::new();
     for &l in &lengths {
         if !a.no_check {
-            super::eval::check_memory(&engine, l, 1, &opts)?;
+            lcm::eval::plan::check_engine(&engine, l, 1, &opts)?;
         }
-        let bar = indicatif::ProgressBar::new(engine.usable_length(l) as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "[{bar:30}] {human_pos}/{human_len} tokens {per_sec} ETA {eta}",
-            )
-            .expect("static template"),
-        );
+        let bar = lcm::progress::tokens(engine.usable_length(l) as u64);
         if a.profile {
             lcm::model::profile::enable(device);
         }

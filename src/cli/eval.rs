@@ -2,7 +2,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use lcm::data::stats::check_vocab;
 use lcm::data::IndexedCorpus;
 use lcm::dist::{Backend, Group, Launch};
@@ -10,6 +9,8 @@ use lcm::eval::grid::{self, GridOptions, Part};
 use lcm::eval::lengths::{format_length, parse_depths, parse_lengths};
 use lcm::eval::niah::{Haystack, NiahTask, TaskSpec};
 use lcm::eval::{plan, ppl, Engine, PrefillOptions};
+
+use super::{parse_device, parse_offload};
 use lcm::model::Placement;
 use tch::Device;
 
@@ -139,7 +140,7 @@ fn merge(args: MergeArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     report.save(&args.out)?;
     let heat = args.out.join("heatmap.png");
-    lcm::eval::heatmap::draw(&report, &heat)?;
+    lcm::report::heatmap::draw(&report, &heat)?;
     print!("{}", report.table());
     println!(
         "results: {} and {}",
@@ -147,65 +148,6 @@ fn merge(args: MergeArgs) -> Result<()> {
         heat.display()
     );
     Ok(())
-}
-
-pub fn parse_device(name: Option<&str>) -> Result<Device> {
-    Ok(match name {
-        None => Device::cuda_if_available(),
-        Some("cpu") => Device::Cpu,
-        Some("cuda") => {
-            if !tch::Cuda::is_available() {
-                bail!("--device cuda: no CUDA device is available (try --device cpu)");
-            }
-            Device::Cuda(0)
-        }
-        Some(other) => bail!("--device {other}: expected cuda or cpu"),
-    })
-}
-
-pub fn parse_offload(v: Option<&str>) -> Result<Placement> {
-    match v {
-        None => Ok(Placement::Device),
-        Some("cpu") => Ok(Placement::Host),
-        Some(other) => bail!("--offload {other}: the only offload target is cpu"),
-    }
-}
-
-/// Runs the memory planner for the longest length and `batch` samples side by side; an
-/// error names what does not fit and the flag that would.
-pub fn check_memory(
-    engine: &Engine,
-    longest: i64,
-    batch: i64,
-    prefill: &PrefillOptions,
-) -> Result<()> {
-    let cfg = engine.config();
-    let elt = engine.kind.elt_size_in_bytes();
-    let segment = engine.segment_tokens(prefill.segment);
-    let est = |seg: i64, placement| {
-        plan::estimate(cfg, engine.params, longest, seg, placement, elt).for_batch(batch)
-    };
-    let chosen = est(segment, prefill.placement);
-    let offloaded = (prefill.placement == Placement::Device && engine.device.is_cuda())
-        .then(|| est(segment, Placement::Host));
-    let smaller = engine.segment_tokens(segment / 4);
-    let smaller_est = (smaller < segment).then(|| (smaller, est(smaller, prefill.placement)));
-    let avail = plan::Available::query(engine.device);
-    plan::check(
-        &chosen,
-        &avail,
-        !engine.device.is_cuda(),
-        offloaded.as_ref(),
-        smaller_est.as_ref().map(|(s, e)| (*s, e)),
-    )
-    .map_err(|m| {
-        let fewer = if batch > 1 {
-            format!(" (or a smaller --batch: {batch} samples side by side each add their chunk memory and activations)")
-        } else {
-            String::new()
-        };
-        anyhow::anyhow!("length {}: {m}{fewer}", format_length(longest))
-    })
 }
 
 /// The data-parallel launch an evaluation runs in (`lcm launch`, torchrun): its group, which
@@ -258,16 +200,9 @@ fn load(common: &Common, batch: i64, device: Device) -> Result<(Engine, Vec<i64>
         segment: common.segment,
         placement,
     };
-    for &l in &lengths {
-        if engine.usable_length(l) == 0 {
-            bail!(
-                "length {l} is shorter than one chunk ({} tokens)",
-                engine.model.length_multiple()
-            );
-        }
-    }
+    engine.check_lengths(&lengths)?;
     let longest = *lengths.iter().max().expect("at least one length");
-    check_memory(&engine, longest, batch, &prefill)?;
+    plan::check_engine(&engine, longest, batch, &prefill)?;
     Ok((engine, lengths, prefill))
 }
 
@@ -379,7 +314,7 @@ fn niah(args: NiahArgs) -> Result<()> {
         .collect();
     println!("prefill per sample: {}", tps.join(", "));
     let heat = args.out.join("heatmap.png");
-    if let Err(e) = lcm::eval::heatmap::draw(&report, &heat) {
+    if let Err(e) = lcm::report::heatmap::draw(&report, &heat) {
         eprintln!("warning: no heatmap: {e}");
     }
     println!(
@@ -403,17 +338,7 @@ fn ppl_cmd(args: PplArgs) -> Result<()> {
         .iter()
         .map(|&l| (engine.usable_length(l) as u64) * args.samples as u64)
         .sum();
-    let bar = (!args.common.quiet && shared.part.rank == 0).then(|| {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template(
-                "[{bar:30}] {human_pos}/{human_len} tokens {per_sec} ETA {eta}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
-        );
-        b
-    });
+    let bar = (!args.common.quiet && shared.part.rank == 0).then(|| lcm::progress::tokens(total));
     let rows = ppl::run(
         &engine,
         &corpus,

@@ -1,15 +1,17 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use lcm::train::checkpoint;
+use lcm::train::{checkpoint, export};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   lcm export runs/drt-niah --out models/drt-niah
   lcm export runs/drt-niah/step-00003000 --out /tmp/m --dtype f32 --shard-mib 64
   lcm export runs/drt-niah --out models/drt-niah --force     # replace that export
+  lcm export runs/drt-niah --out /tmp/m --split-rows         # no file over --shard-mib
 
-The folder holds model-0000i-of-0000N.safetensors and state.json (the training config):
+The folder holds model-0000i-of-0000N.safetensors shards of whole tensors, their index
+model.safetensors.index.json (as HF transformers reads it) and state.json (the training config):
 `lcm eval niah --checkpoint models/drt-niah` loads it, `lcm pretrain --init` starts from it.
 --out must not exist; with --force it may be an earlier export (its shards and state.json
 are replaced, other files such as a model card stay) or an empty folder. It is never the
@@ -26,9 +28,15 @@ pub struct Args {
     /// Weight dtype: bf16 (half the size; what inference on a GPU uses) or f32.
     #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
     dtype: String,
-    /// Largest shard in MiB, at least 1 (the device tool and git hosts limit file sizes).
+    /// Largest shard in MiB, at least 1; a larger tensor has a shard of its own (see
+    /// --split-rows).
     #[arg(long, default_value_t = 15)]
     shard_mib: usize,
+    /// Split a tensor larger than --shard-mib into row blocks (NAME.__rows000, ...), so
+    /// that no file exceeds it (the device tool and git hosts limit file sizes); lcm joins
+    /// them on load, other tools see the blocks.
+    #[arg(long)]
+    split_rows: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -40,11 +48,14 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let ckpt = checkpoint::resolve(&args.checkpoint)?;
-    let kind = match args.dtype.as_str() {
-        "bf16" => tch::Kind::BFloat16,
-        _ => tch::Kind::Float,
+    let kind = super::parse_kind(&args.dtype)?;
+    let opts = export::Options {
+        kind,
+        shard_bytes: args.shard_mib << 20,
+        split_rows: args.split_rows,
+        force: args.force,
     };
-    let files = checkpoint::export(&ckpt, &args.out, kind, args.shard_mib << 20, args.force)?;
+    let files = export::export(&ckpt, &args.out, &opts)?;
     for f in &files {
         let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
         println!(

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use lcm::train::plot::{plot_loss, read_metrics};
+use lcm::report::loss::{plot_loss, read_metrics};
 
 #[derive(clap::Args)]
 #[command(

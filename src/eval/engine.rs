@@ -97,7 +97,7 @@ impl Engine {
         let ckpt = checkpoint::resolve(path)?;
         let state = checkpoint::read_state(&ckpt)?;
         let mut engine = Engine::build(&state.config.model, device)?;
-        let (file, weights) = checkpoint::read_weights(&ckpt)?;
+        let (file, weights) = crate::train::weights::read_weights(&ckpt)?;
         let mut vars = engine._vs.variables();
         let mut names: Vec<String> = vars.keys().cloned().collect();
         names.sort();
@@ -143,6 +143,18 @@ impl Engine {
     pub fn segment_tokens(&self, requested: i64) -> i64 {
         let m = self.model.length_multiple();
         (requested / m).max(1) * m
+    }
+
+    /// Checks that every length of `lengths` holds at least one chunk (a shorter one has
+    /// no usable length).
+    pub fn check_lengths(&self, lengths: &[i64]) -> Result<()> {
+        match lengths.iter().find(|&&l| self.usable_length(l) == 0) {
+            Some(l) => Err(Error::Invalid(format!(
+                "length {l} is shorter than one chunk ({} tokens)",
+                self.model.length_multiple()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The largest usable length not above `requested` (a multiple of the chunk size).

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -356,17 +355,7 @@ pub fn run(
         .iter()
         .map(|(li, _, group)| engine.usable_length(opts.lengths[*li]) as u64 * group.len() as u64)
         .sum();
-    let bar = opts.progress.then(|| {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{msg:>22} [{bar:30}] {human_pos}/{human_len} tokens {per_sec} ETA {eta}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
-        );
-        b
-    });
+    let bar = opts.progress.then(|| crate::progress::tokens(total));
     for (li, di, group) in &mine {
         let (li, di) = (*li, *di);
         let (length, depth) = (opts.lengths[li], opts.depths[di]);
@@ -387,10 +376,8 @@ pub fn run(
             } else {
                 format!("#{a}-{z}")
             };
-            b.set_message(format!(
-                "{} depth {depth:.2} {which}",
-                format_length(length)
-            ));
+            let label = format!("{} depth {depth:.2} {which}", format_length(length));
+            b.set_message(format!("{label:>22} "));
         }
         let ids: Vec<i64> = built
             .iter()

@@ -1,10 +1,9 @@
 //! Evaluation at long context: the segmented inference [`engine`] with its memory
-//! [`plan`]ner, needle-in-a-haystack ([`niah`], run as a [`grid`] and drawn as a
-//! [`heatmap`]) and the loss by context length ([`ppl`]).
+//! [`plan`]ner, needle-in-a-haystack ([`niah`], run as a [`grid`]; drawn by
+//! `report::heatmap`) and the loss by context length ([`ppl`]).
 
 pub mod engine;
 pub mod grid;
-pub mod heatmap;
 pub mod lengths;
 pub mod niah;
 pub mod plan;

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::data::synthetic::{PasskeyConfig, Task};
 use crate::data::IndexedCorpus;
 use crate::error::{Error, Result};
-use crate::train::synthetic::{PasskeyConfig, Task};
 use crate::util::SplitMix64;
 
 /// Which NIAH task (`--task`).
@@ -132,42 +132,12 @@ fn gca_passkey(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
         "|What is the passkey? The passkey is",
         "passkey",
     )?;
-    Ok(PasskeyConfig {
-        task: Task::Passkey,
-        n_keys: 1,
-        rate: 1.0,
-        key_len: 5,
-        key_lo: 0,
-        key_hi: 50256,
-        needle,
-        question,
-        min_gap: 0,
-        answer_only: false,
-        answer_weight: None,
-        end_jitter: None,
-        edge_rate: 0.0,
-        variants: vec![],
-    })
+    Ok(PasskeyConfig::passkey(5, (0, 50256), needle, question))
 }
 
 fn ruler_single(vocab: i64, tokenizer: Option<&Path>) -> Result<PasskeyConfig> {
     let (needle, question) = phrases(vocab, tokenizer, RULER_NEEDLE, RULER_QUESTION, "s-niah")?;
-    Ok(PasskeyConfig {
-        task: Task::Passkey,
-        n_keys: 1,
-        rate: 1.0,
-        key_len: 7,
-        key_lo: 100,
-        key_hi: 50000,
-        needle,
-        question,
-        min_gap: 0,
-        answer_only: false,
-        answer_weight: None,
-        end_jitter: None,
-        edge_rate: 0.0,
-        variants: vec![],
-    })
+    Ok(PasskeyConfig::passkey(7, (100, 50000), needle, question))
 }
 
 /// `needle` and `question` tokenised by the NeoX tokenizer (`task` names the task in errors).

@@ -10,6 +10,8 @@
 //! the rest is a safety margin for what the estimate misses and for what other processes
 //! take meanwhile.
 
+use crate::eval::lengths::format_length;
+use crate::eval::{Engine, PrefillOptions};
 use crate::model::{Arch, ModelConfig, Placement};
 use crate::ops::retrieval::RETRIEVAL_BLOCK;
 
@@ -273,4 +275,43 @@ pub fn check(
         msg += "; no segment size or offloading makes it fit on this machine";
     }
     Err(msg)
+}
+
+/// Checks, before any work, that `engine` can prefill `longest` tokens with `batch` samples
+/// side by side as `prefill` says; the error names what does not fit and the flag that
+/// would (`--offload cpu`, a smaller `--segment` or `--batch`). `lcm eval` and `lcm bench
+/// prefill` call it.
+pub fn check_engine(
+    engine: &Engine,
+    longest: i64,
+    batch: i64,
+    prefill: &PrefillOptions,
+) -> crate::Result<()> {
+    let cfg = engine.config();
+    let elt = engine.kind.elt_size_in_bytes();
+    let segment = engine.segment_tokens(prefill.segment);
+    let est = |seg: i64, placement| {
+        estimate(cfg, engine.params, longest, seg, placement, elt).for_batch(batch)
+    };
+    let chosen = est(segment, prefill.placement);
+    let offloaded = (prefill.placement == Placement::Device && engine.device.is_cuda())
+        .then(|| est(segment, Placement::Host));
+    let smaller = engine.segment_tokens(segment / 4);
+    let smaller_est = (smaller < segment).then(|| (smaller, est(smaller, prefill.placement)));
+    let avail = Available::query(engine.device);
+    check(
+        &chosen,
+        &avail,
+        !engine.device.is_cuda(),
+        offloaded.as_ref(),
+        smaller_est.as_ref().map(|(s, e)| (*s, e)),
+    )
+    .map_err(|m| {
+        let fewer = if batch > 1 {
+            format!(" (or a smaller --batch: {batch} samples side by side each add their chunk memory and activations)")
+        } else {
+            String::new()
+        };
+        crate::Error::Invalid(format!("length {}: {m}{fewer}", format_length(longest)))
+    })
 }

@@ -111,7 +111,7 @@ pub struct DataConfig {
     pub random: Option<RandomHaystack>,
     /// Needles inserted into training windows, so that retrieval is learned from the start.
     #[serde(default)]
-    pub synthetic: Option<crate::train::synthetic::PasskeyConfig>,
+    pub synthetic: Option<crate::data::synthetic::PasskeyConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,9 +12,9 @@ use std::path::Path;
 use tch::{Device, Tensor};
 
 use crate::data::indexed::IndexedCorpus;
+use crate::data::synthetic::PasskeyConfig;
 use crate::error::{Error, Result};
 use crate::train::config::{RandomHaystack, TrainConfig};
-use crate::train::synthetic::PasskeyConfig;
 use crate::util::SplitMix64;
 
 /// Targets that carry no loss: the cross-entropy op's ignore index.

@@ -109,6 +109,32 @@ fn bad(key: &str, msg: impl Into<String>) -> Error {
 }
 
 impl PasskeyConfig {
+    /// The plain passkey task on every row: one key of `key_len` ids from
+    /// `[key_lo, key_hi)` after `needle`, asked for by `question`, nothing else set.
+    pub fn passkey(
+        key_len: usize,
+        (key_lo, key_hi): (u32, u32),
+        needle: Vec<u32>,
+        question: Vec<u32>,
+    ) -> PasskeyConfig {
+        PasskeyConfig {
+            task: Task::Passkey,
+            n_keys: 1,
+            rate: 1.0,
+            key_len,
+            key_lo,
+            key_hi,
+            needle,
+            question,
+            min_gap: 0,
+            answer_only: false,
+            answer_weight: None,
+            end_jitter: None,
+            edge_rate: 0.0,
+            variants: vec![],
+        }
+    }
+
     /// This config with `variants[i - 1]`'s phrasing (`i = 0`: its own), no variants.
     pub fn phrased(&self, i: usize) -> PasskeyConfig {
         let mut c = PasskeyConfig {

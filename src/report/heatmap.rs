@@ -6,9 +6,9 @@ use std::path::Path;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::grid::Report;
-use super::lengths::format_length;
 use crate::error::Result;
+use crate::eval::grid::Report;
+use crate::eval::lengths::format_length;
 
 fn colour(acc: f64) -> RGBColor {
     let a = acc.clamp(0.0, 1.0);
@@ -21,7 +21,7 @@ fn colour(acc: f64) -> RGBColor {
 
 /// Draws `report` into `out` (PNG), through a temporary file renamed when complete.
 pub fn draw(report: &Report, out: &Path) -> Result<()> {
-    let text = crate::train::plot::register_font().is_ok();
+    let text = super::font::register_font().is_ok();
     let (nl, nd) = (report.lengths.len(), report.depths.len());
     let draw = |tmp: &Path| -> std::result::Result<(), Box<dyn std::error::Error>> {
         let (w, h) = (360.max(140 + 90 * nl as u32), 110 + 50 * nd as u32);

@@ -15,6 +15,9 @@
 //! leaves files that look complete. A failure removes the temporary files unless a finished
 //! shard makes them resumable (then `PREFIX.resume.tmp` exists and `--resume` goes on).
 //!
+//! Here the pipeline; [`resume`] holds the resume rules, [`summary`] the record
+//! `PREFIX.json`.
+//!
 //! One run at a time writes a prefix: a lock on `.NAME.lock` beside it (see
 //! [`crate::lock::OutputLock`]) refuses a second one, naming the process that holds it.
 
@@ -24,9 +27,16 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded};
+
+mod resume;
+mod summary;
+
+use resume::State;
+pub use resume::{temporaries, Fingerprint};
+pub use summary::{Counts, InputSummary, Skipped, Summary, TokenizerSummary, MAX_EXAMPLES};
 
 use crate::data::indexed::{with_suffix, Checkpoint, IndexedWriter, TokenDtype};
 use crate::data::inputs::{parse_line, BatchLimits, InputKind, RawBatch, Records, ShardReader};
@@ -69,116 +79,6 @@ pub struct Options {
     pub limits: BatchLimits,
 }
 
-/// Documents, tokens (EOD included) and bytes of text.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts {
-    pub documents: u64,
-    pub tokens: u64,
-    pub text_bytes: u64,
-}
-
-impl Counts {
-    fn add(&mut self, o: &Counts) {
-        self.documents += o.documents;
-        self.tokens += o.tokens;
-        self.text_bytes += o.text_bytes;
-    }
-}
-
-/// What was left out, and why.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Skipped {
-    /// Documents whose text is "" (GPT-NeoX skips them too).
-    pub empty_documents: u64,
-    /// Records that are not usable documents (with `--skip-bad-lines`).
-    pub bad_lines: u64,
-    /// Lines holding only whitespace.
-    pub blank_lines: u64,
-    /// Input files of 0 bytes (with `--skip-bad-lines`).
-    pub empty_files: u64,
-}
-
-impl Skipped {
-    fn add(&mut self, o: &Skipped) {
-        self.empty_documents += o.empty_documents;
-        self.bad_lines += o.bad_lines;
-        self.blank_lines += o.blank_lines;
-        self.empty_files += o.empty_files;
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct InputSummary {
-    pub path: PathBuf,
-    pub kind: InputKind,
-    pub file_bytes: u64,
-    #[serde(flatten)]
-    pub counts: Counts,
-    pub skipped: Skipped,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TokenizerSummary {
-    pub path: PathBuf,
-    pub sha256: String,
-    pub vocab_size: usize,
-    pub eod_token: String,
-    pub eod_id: u32,
-}
-
-/// What identifies a run's work: a resumed run must match it exactly.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Fingerprint {
-    pub format: Format,
-    pub dtype: TokenDtype,
-    pub tokenizer_sha256: String,
-    pub eod_id: u32,
-    pub skip_bad_lines: bool,
-    /// Path, size in bytes and modification time (nanoseconds) of each input.
-    pub inputs: Vec<(PathBuf, u64, u64)>,
-}
-
-impl Fingerprint {
-    /// Whether a run with this fingerprint can keep the first `done` shards of an earlier
-    /// one: same options and tokenizer, and those shards unchanged (same path, size and
-    /// modification time). The shards after them may differ: they are read afresh.
-    pub fn continues(&self, earlier: &Fingerprint, done: usize) -> bool {
-        self.format == earlier.format
-            && self.dtype == earlier.dtype
-            && self.tokenizer_sha256 == earlier.tokenizer_sha256
-            && self.eod_id == earlier.eod_id
-            && self.skip_bad_lines == earlier.skip_bad_lines
-            && done <= self.inputs.len()
-            && done <= earlier.inputs.len()
-            && self.inputs[..done] == earlier.inputs[..done]
-    }
-}
-
-/// `PREFIX.json`: how the corpus was made and what it holds.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Summary {
-    pub format: Format,
-    pub files: Vec<PathBuf>,
-    pub dtype: TokenDtype,
-    pub append_eod: bool,
-    pub tokenizer: TokenizerSummary,
-    #[serde(flatten)]
-    pub counts: Counts,
-    /// Per `meta.pile_set_name` ("(none)" for documents without one).
-    pub sets: BTreeMap<String, Counts>,
-    pub skipped: Skipped,
-    /// The first bad records (`path:line: reason`), at most [`MAX_EXAMPLES`].
-    pub bad_line_examples: Vec<String>,
-    pub inputs: Vec<InputSummary>,
-    pub fingerprint: Fingerprint,
-    /// The largest token id in the corpus (None when it has no tokens, or for a corpus
-    /// written before lcm recorded it): checked against a model's vocabulary before
-    /// training or evaluating on the corpus.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_token_id: Option<u32>,
-}
-
-pub const MAX_EXAMPLES: usize = 20;
 const NO_SET: &str = "(none)";
 
 /// Progress, reported after every batch written.
@@ -198,42 +98,10 @@ pub struct Progress {
     pub seconds: f64,
 }
 
-/// The resume state, `PREFIX.resume.tmp`.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct State {
-    fingerprint: Fingerprint,
-    checkpoint: Checkpoint,
-    shards_done: usize,
-    inputs: Vec<InputSummary>,
-    bad_line_examples: Vec<String>,
-    sets: BTreeMap<String, Counts>,
-    /// The largest id written up to the checkpoint.
-    #[serde(default)]
-    max_token_id: Option<u32>,
-    /// Whether `max_token_id` was recorded (a state written before it was is scanned).
-    #[serde(default)]
-    max_tracked: bool,
-}
-
 /// The lock file of the corpus at `prefix`: `.NAME.lock` in its folder.
 pub fn lock_path(prefix: &Path) -> PathBuf {
     let name = prefix.file_name().unwrap_or_default().to_string_lossy();
     prefix.with_file_name(format!(".{name}.lock"))
-}
-
-/// The temporary files a run writes at `prefix` (and an interrupted one leaves for
-/// `--resume`).
-pub fn temporaries(prefix: &Path) -> Vec<PathBuf> {
-    [
-        ".bin.tmp",
-        ".sizes.tmp",
-        ".idx.tmp",
-        ".data.tmp",
-        ".resume.tmp",
-    ]
-    .iter()
-    .map(|s| with_suffix(prefix, s))
-    .collect()
 }
 
 /// Runs the pipeline; returns what `PREFIX.json` records.
@@ -269,98 +137,16 @@ pub fn run(
         &lock_path(prefix),
         &format!("corpus prefix {}", prefix.display()),
     )?;
-    let fingerprint = Fingerprint {
-        format: opts.format,
-        dtype,
-        tokenizer_sha256: tok.sha256().to_string(),
-        eod_id: tok.eod(),
-        skip_bad_lines: opts.skip_bad_lines,
-        inputs: opts
-            .inputs
-            .iter()
-            .map(|p| {
-                let m = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
-                let mtime = m
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos() as u64);
-                Ok((p.clone(), m.len(), mtime))
-            })
-            .collect::<Result<_>>()?,
-    };
+    let fingerprint = Fingerprint::of(opts, tok, dtype)?;
 
-    // A finished corpus is replaced only when asked; a resumed one that is already
-    // finished with the same inputs is left as it is.
     let json_path = with_suffix(prefix, ".json");
     let finals = opts.format.outputs(prefix);
-    if finals.iter().any(|p| p.exists()) || json_path.exists() {
-        if opts.resume && finals.iter().all(|p| p.exists()) {
-            if let Ok(s) = std::fs::read(&json_path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Summary>(&b).ok())
-                .ok_or(())
-            {
-                if s.fingerprint == fingerprint {
-                    return Ok(s);
-                }
-            }
-        }
-        if !opts.force {
-            let which = finals
-                .iter()
-                .chain([&json_path])
-                .find(|p| p.exists())
-                .unwrap();
-            return Err(Error::Invalid(format!(
-                "{} exists; pass --force to replace the corpus{}",
-                which.display(),
-                if opts.resume {
-                    " (it was made from other inputs or options, so --resume cannot keep it)"
-                } else {
-                    ""
-                }
-            )));
-        }
-        // The index goes first, so that no moment shows a new .bin beside an old .idx.
-        for p in finals.iter().rev().chain([&json_path]) {
-            match std::fs::remove_file(p) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(p, e)),
-                _ => {}
-            }
-        }
+    if let Some(done) = resume::settle_finished(opts, &fingerprint, &json_path, &finals)? {
+        return Ok(done);
     }
 
     let state_path = with_suffix(prefix, ".resume.tmp");
-    let state: Option<State> = if opts.resume && state_path.exists() {
-        let bytes = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
-        let st: State = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::corpus(
-                &state_path,
-                format!("unreadable resume state ({e}); run without --resume"),
-            )
-        })?;
-        if !fingerprint.continues(&st.fingerprint, st.shards_done) {
-            return Err(Error::corpus(
-                &state_path,
-                "the interrupted run had another tokenizer or options, or its finished shards have \
-                 changed since; run without --resume to start over",
-            ));
-        }
-        Some(st)
-    } else {
-        None
-    };
-
-    if state.is_none() {
-        // A fresh start: whatever an earlier run left (its resume state too) goes.
-        for p in temporaries(prefix) {
-            match std::fs::remove_file(&p) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&p, e)),
-                _ => {}
-            }
-        }
-    }
+    let state = resume::state_to_continue(opts, prefix, &state_path, &fingerprint)?;
     // What interrupted atomic writes of the state and the summary left.
     crate::util::sweep_atomic_temps(&state_path);
     crate::util::sweep_atomic_temps(&json_path);
@@ -391,7 +177,7 @@ pub fn run(
     });
     if result.is_err() && !state_path.exists() {
         // Nothing resumable: no temporary stays behind.
-        for p in temporaries(prefix) {
+        for p in resume::temporaries(prefix) {
             let _ = std::fs::remove_file(p);
         }
     }

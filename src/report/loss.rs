@@ -1,41 +1,11 @@
 //! `lcm plot`: the loss curve of a metrics file as a PNG.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use plotters::prelude::*;
 
+use super::font::register_font;
 use crate::error::{Error, Result};
-
-/// Fonts tried for the labels, in order, unless `LCM_FONT` names one; DejaVu ships with
-/// most Linux distributions.
-const FONTS: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-];
-
-pub(crate) fn register_font() -> Result<()> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("LCM_FONT") {
-        Some(f) => vec![PathBuf::from(f)],
-        None => FONTS.iter().map(PathBuf::from).collect(),
-    };
-    for p in &candidates {
-        if let Ok(bytes) = std::fs::read(p) {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                return Ok(());
-            }
-        }
-    }
-    Err(Error::Invalid(format!(
-        "no TrueType font for the labels (tried {}); set LCM_FONT to a .ttf file",
-        candidates
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
-}
 
 /// Training loss (and eval loss, where recorded) by step, from a metrics.jsonl file.
 pub struct Curves {
