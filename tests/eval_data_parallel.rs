@@ -2,59 +2,21 @@
 //! its share of the samples, rank 0 writes the merged result, and it equals a one-process
 //! run with the same seed, sample for sample.
 
+mod run_util;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use lcm::data::indexed::IndexedWriter;
 use lcm::data::TokenDtype;
+use run_util::{launch2, lcm, ok, tiny_config, write_config};
 use serde_json::{json, Value};
-
-const LCM: &str = env!("CARGO_BIN_EXE_lcm");
-
-fn lcm(args: &[&str]) -> Output {
-    Command::new(LCM).args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "lcm failed ({}):\n{err}", out.status);
-    String::from_utf8_lossy(&out.stdout).into_owned() + &err
-}
 
 /// A tiny DRT trained 2 steps on random ids with passkey rows.
 fn checkpoint(dir: &Path) -> String {
     let run = dir.join("run");
-    let cfg = json!({
-        "model": {
-            "arch": "drt", "vocab_size": 65, "d_model": 32, "n_heads": 2, "d_ff": 64, "window": 16,
-            "drt": { "chunk_size": 7, "landmark_id": 64, "landmark_slot": "zeroed", "topk": 2,
-                     "encoder_layers": 1, "decoder_layers": [1, 1] }
-        },
-        "data": {
-            "random": { "lo": 10, "hi": 64 },
-            "synthetic": { "rate": 0.5, "key_len": 2, "key_lo": 2, "key_hi": 10,
-                           "needle": [1, 1], "question": [0, 0], "min_gap": 20 }
-        },
-        "steps": 2, "batch_size": 2, "seq_len": 56, "device": "cpu", "seed": 5,
-        "checkpoint": { "dir": run, "every": 0, "keep": 1 }
-    });
-    let file = dir.join("cfg.json");
-    std::fs::write(&file, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let file = write_config(dir, "cfg", &tiny_config(&run, 2, true));
     ok(lcm(&["pretrain", "--config", file.to_str().unwrap()]));
     run.to_str().unwrap().to_string()
-}
-
-fn launch2<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    let mut all = vec![
-        "launch",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "0",
-        "--",
-    ];
-    all.extend_from_slice(args);
-    all
 }
 
 fn samples(out: &Path) -> Vec<Value> {
@@ -107,12 +69,8 @@ fn niah_on_two_ranks_equals_one_process_sample_for_sample() {
             out.to_str().unwrap().into(),
         ]
     };
-    let g1 = grid(&one);
-    ok(lcm(&g1.iter().map(String::as_str).collect::<Vec<_>>()));
-    let g2 = grid(&two);
-    let text = ok(lcm(&launch2(
-        &g2.iter().map(String::as_str).collect::<Vec<_>>(),
-    )));
+    ok(lcm(&grid(&one)));
+    let text = launch2(&grid(&two));
     assert!(
         text.contains("2 ranks: the grid's samples merged on rank 0"),
         "{text}"
@@ -154,12 +112,8 @@ fn ppl_on_two_ranks_equals_one_process() {
             json.to_str().unwrap().into(),
         ]
     };
-    let a1 = args(&json1);
-    ok(lcm(&a1.iter().map(String::as_str).collect::<Vec<_>>()));
-    let a2 = args(&json2);
-    ok(lcm(&launch2(
-        &a2.iter().map(String::as_str).collect::<Vec<_>>(),
-    )));
+    ok(lcm(&args(&json1)));
+    launch2(&args(&json2));
     let rows =
         |p: &Path| -> Vec<Value> { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
     let (r1, r2) = (rows(&json1), rows(&json2));

@@ -8,67 +8,28 @@
 //! every target scored) the loss is a mean of k means instead of one mean over equal-sized
 //! rows, the same number summed in another order: 1e-5.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod run_util;
 
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use run_util::{
+    launch2, lcm, metric, ok, stderr_of, wait_until, wait_within, weights, write_config, LCM,
+};
 use serde_json::{json, Value};
-use tch::Tensor;
-
-const LCM: &str = env!("CARGO_BIN_EXE_lcm");
 
 fn config(dir: &Path, run: &str, steps: u64, gumbel: bool) -> Value {
-    json!({
-        "model": {
-            "arch": "drt", "vocab_size": 65, "d_model": 32, "n_heads": 2, "d_ff": 64, "window": 16,
-            "drt": { "chunk_size": 7, "landmark_id": 64, "landmark_slot": "zeroed", "topk": 2,
-                     "encoder_layers": 1, "decoder_layers": [1, 1], "gumbel": gumbel }
-        },
-        "data": {
-            "random": { "lo": 10, "hi": 64 },
-            "synthetic": { "rate": 0.5, "key_len": 2, "key_lo": 2, "key_hi": 10,
-                           "needle": [1, 1], "question": [0, 0], "min_gap": 20,
-                           "end_jitter": 0 }
-        },
-        "optim": { "lr": 3e-3, "warmup_steps": 2 },
-        "steps": steps, "batch_size": 2, "seq_len": 56, "device": "cpu", "seed": 7,
-        "checkpoint": { "dir": dir.join(run), "every": 0, "keep": 5 },
-        "log": { "every": 1 },
-        "dist": { "timeout_s": 30 }
-    })
+    let mut v = run_util::tiny_config(&dir.join(run), steps, true);
+    v["model"]["drt"]["gumbel"] = json!(gumbel);
+    v["dist"] = json!({ "timeout_s": 30 });
+    v
 }
 
-fn write_config(dir: &Path, name: &str, v: &Value) -> PathBuf {
-    let p = dir.join(format!("{name}.json"));
-    std::fs::write(&p, serde_json::to_vec_pretty(v).unwrap()).unwrap();
-    p
-}
-
-fn lcm(args: &[&str]) -> Output {
-    Command::new(LCM).args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "lcm failed ({}):\n{err}", out.status);
-    err
-}
-
-/// `lcm launch --nproc-per-node 2 -- pretrain --config CFG ARGS...`
-fn launch2(cfg: &Path, args: &[&str]) -> String {
-    let mut all = vec![
-        "launch",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "0",
-        "--",
-        "pretrain",
-        "--config",
-        cfg.to_str().unwrap(),
-    ];
+fn train2(cfg: &Path, args: &[&str]) -> String {
+    let mut all = vec!["pretrain", "--config", cfg.to_str().unwrap()];
     all.extend_from_slice(args);
-    ok(lcm(&all))
+    launch2(&all)
 }
 
 fn pretrain(cfg: &Path, args: &[&str]) -> String {
@@ -78,21 +39,7 @@ fn pretrain(cfg: &Path, args: &[&str]) -> String {
 }
 
 fn losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect()
-}
-
-fn weights(ckpt: &Path) -> Vec<(String, Tensor)> {
-    let mut w = Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
+    metric(run, "loss")
 }
 
 /// The largest difference between the weights of two checkpoints.
@@ -123,7 +70,7 @@ fn two_ranks_equal_one_rank_accumulating_two_micro_batches() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let two = write_config(d, "two", &config(d, "two", 5, true));
-    let err = launch2(&two, &[]);
+    let err = train2(&two, &[]);
     assert!(err.contains("data parallel: 2 ranks (gloo)"), "{err}");
     let mut one = config(d, "one", 5, true);
     one["grad_accum"] = json!(2);
@@ -144,7 +91,7 @@ fn two_ranks_equal_one_rank_with_twice_the_batch() {
     two["data"]["synthetic"] = Value::Null;
     let mut one = two.clone();
     let two = write_config(d, "two", &two);
-    launch2(&two, &[]);
+    train2(&two, &[]);
     one["checkpoint"]["dir"] = json!(d.join("one"));
     one["batch_size"] = json!(4);
     let one = write_config(d, "one", &one);
@@ -160,11 +107,11 @@ fn resume_on_two_ranks_is_bit_exact_and_on_one_continues_the_same_samples() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let whole = write_config(d, "whole", &config(d, "whole", 6, true));
-    launch2(&whole, &[]);
+    train2(&whole, &[]);
 
     let split = write_config(d, "split", &config(d, "split", 6, true));
-    launch2(&split, &["--stop-after", "3"]);
-    launch2(&split, &["--resume", d.join("split").to_str().unwrap()]);
+    train2(&split, &["--stop-after", "3"]);
+    train2(&split, &["--resume", d.join("split").to_str().unwrap()]);
     let gap = weight_gap(
         &d.join("whole/step-00000006"),
         &d.join("split/step-00000006"),
@@ -175,7 +122,7 @@ fn resume_on_two_ranks_is_bit_exact_and_on_one_continues_the_same_samples() {
     // 2 ranks, then one rank with the same global batch (2 micro-batches of 2).
     let mut v = config(d, "onward", 6, true);
     let onward = write_config(d, "onward", &v);
-    launch2(&onward, &["--stop-after", "3"]);
+    train2(&onward, &["--stop-after", "3"]);
     v["grad_accum"] = json!(2);
     let onward = write_config(d, "onward", &v);
     let err = pretrain(&onward, &["--resume", d.join("onward").to_str().unwrap()]);
@@ -208,38 +155,10 @@ fn worker(cfg: &Path, rank: u64, world: u64, port: u16) -> Child {
         .unwrap()
 }
 
-/// Waits for `child` at most `limit`; kills it and fails the test past that.
-fn wait_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let t = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            panic!("{what}: still running after {limit:?} (a hang)");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    use std::io::Read;
-    let mut s = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
-    s
-}
-
 fn wait_for_checkpoint(run: &Path, limit: Duration) {
-    let t = Instant::now();
-    while lcm::train::checkpoint::list(run).unwrap().is_empty() {
-        assert!(
-            t.elapsed() < limit,
-            "no checkpoint in {} after {limit:?}",
-            run.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(limit, "a checkpoint", || {
+        !lcm::train::checkpoint::list(run).unwrap().is_empty()
+    });
 }
 
 #[test]
@@ -313,7 +232,7 @@ fn ctrl_c_on_the_launcher_stops_every_worker_and_rank_0_saves() {
     let mut v = config(d, "run", 100_000, true);
     v["checkpoint"]["every"] = json!(1000);
     let cfg = write_config(d, "run", &v);
-    let mut launcher = Command::new(LCM)
+    let mut launcher: Child = Command::new(LCM)
         .args([
             "launch",
             "--nproc-per-node",
@@ -329,12 +248,10 @@ fn ctrl_c_on_the_launcher_stops_every_worker_and_rank_0_saves() {
         .unwrap();
     // Training has started once rank 0 has logged a step.
     let metrics = d.join("run/metrics.jsonl");
-    let t = Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(true, |s| s.lines().count() < 2) {
-        assert!(t.elapsed() < Duration::from_secs(120), "no step logged");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) };
+    wait_until(Duration::from_secs(120), "a logged step", || {
+        std::fs::read_to_string(&metrics).is_ok_and(|s| s.lines().count() >= 2)
+    });
+    run_util::signal(&launcher, libc::SIGINT);
     let status = wait_within(
         &mut launcher,
         Duration::from_secs(60),

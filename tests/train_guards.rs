@@ -3,29 +3,22 @@
 //! a crash, a resumed run's metrics hold each step once, a corrupt newest checkpoint names
 //! the intact one before it, and pointless requests say so instead of training.
 
+mod run_util;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use lcm::lock::OutputLock;
 use lcm::train::{checkpoint, train, TrainConfig, TrainOptions};
+use run_util::{lcm, metric, signal, stderr_of, tiny_config, wait_until, wait_within, LCM};
 use serde_json::{json, Value};
 
-const LCM: &str = env!("CARGO_BIN_EXE_lcm");
-
+/// The tiny DRT on random ids, a checkpoint every 2 steps.
 fn config(run: &Path, steps: u64) -> Value {
-    json!({
-        "model": {
-            "arch": "drt", "vocab_size": 65, "d_model": 32, "n_heads": 2, "d_ff": 64, "window": 16,
-            "drt": { "chunk_size": 7, "landmark_id": 64, "landmark_slot": "zeroed", "topk": 2,
-                     "encoder_layers": 1, "decoder_layers": [1, 1] }
-        },
-        "data": { "random": { "lo": 10, "hi": 64 } },
-        "optim": { "lr": 3e-3, "warmup_steps": 1 },
-        "steps": steps, "batch_size": 2, "seq_len": 56, "device": "cpu", "seed": 3,
-        "checkpoint": { "dir": run, "every": 2, "keep": 5 },
-        "log": { "every": 1 }
-    })
+    let mut v = tiny_config(run, steps, false);
+    v["checkpoint"]["every"] = json!(2);
+    v
 }
 
 fn cfg(run: &Path, steps: u64) -> TrainConfig {
@@ -33,25 +26,11 @@ fn cfg(run: &Path, steps: u64) -> TrainConfig {
 }
 
 fn config_file(dir: &Path, run: &Path, steps: u64) -> PathBuf {
-    let p = dir.join("cfg.json");
-    std::fs::write(&p, serde_json::to_vec(&config(run, steps)).unwrap()).unwrap();
-    p
-}
-
-fn lcm(args: &[&str]) -> Output {
-    Command::new(LCM).args(args).output().unwrap()
+    run_util::write_config(dir, "cfg", &config(run, steps))
 }
 
 fn metric_steps(run: &Path) -> Vec<u64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
+    metric(run, "step").into_iter().map(|s| s as u64).collect()
 }
 
 #[test]
@@ -177,50 +156,29 @@ fn start_long_run(dir: &Path) -> (std::process::Child, PathBuf) {
     let run = dir.join("run");
     let mut v = config(&run, 1_000_000);
     v["checkpoint"]["every"] = json!(1_000_000);
-    let file = dir.join("long.json");
-    std::fs::write(&file, serde_json::to_vec(&v).unwrap()).unwrap();
+    let file = run_util::write_config(dir, "long", &v);
     let child = Command::new(LCM)
         .args(["pretrain", "--config", file.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while !run.join("metrics.jsonl").exists() {
-        assert!(t.elapsed() < Duration::from_secs(120), "no step logged");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(120), "a logged step", || {
+        run.join("metrics.jsonl").exists()
+    });
     (child, run)
 }
 
 fn wait(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
-    use std::io::Read;
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t.elapsed() > Duration::from_secs(60) {
-            child.kill().unwrap();
-            panic!("pretrain did not stop within 60 s of the signal");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status, err)
+    let status = wait_within(child, Duration::from_secs(60), "pretrain after the signal");
+    (status, stderr_of(child))
 }
 
 #[test]
 fn sigterm_saves_a_checkpoint_and_exits_143() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, run) = start_long_run(dir.path());
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal(&child, libc::SIGTERM);
     let (status, err) = wait(&mut child);
     assert_eq!(status.code(), Some(143), "{err}");
     assert!(err.contains("SIGTERM"), "{err}");
@@ -234,9 +192,9 @@ fn a_second_ctrl_c_quits_at_once_without_a_crash() {
     for _ in 0..3 {
         let dir = tempfile::tempdir().unwrap();
         let (mut child, _) = start_long_run(dir.path());
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        signal(&child, libc::SIGINT);
         std::thread::sleep(Duration::from_millis(5));
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        signal(&child, libc::SIGINT);
         let (status, err) = wait(&mut child);
         assert_eq!(status.signal(), None, "killed by a signal: {err}");
         assert_eq!(status.code(), Some(130), "{err}");
