@@ -135,6 +135,7 @@ pub fn run(spec: &LaunchSpec) -> Result<i32> {
     let mut failure: Option<(u64, std::process::ExitStatus)> = None;
     let mut stop_signal: Option<i32> = None;
     let mut kill_at: Option<Instant> = None;
+    let mut killed = false;
     loop {
         let sig = pending.swap(0, Ordering::SeqCst);
         if sig != 0 {
@@ -165,7 +166,7 @@ pub fn run(spec: &LaunchSpec) -> Result<i32> {
             }
             kill_at = Some(Instant::now() + spec.grace);
         }
-        if kill_at.is_some_and(|t| Instant::now() >= t) {
+        if !killed && kill_at.is_some_and(|t| Instant::now() >= t) {
             for w in &workers {
                 if w.status.is_none() {
                     eprintln!(
@@ -175,7 +176,7 @@ pub fn run(spec: &LaunchSpec) -> Result<i32> {
                 }
                 send(w, SIGKILL);
             }
-            kill_at = Some(Instant::now() + Duration::from_secs(3600));
+            killed = true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -194,9 +194,7 @@ impl Group {
         unsafe { ffi::lcm_dist_free_bytes(data) };
         Ok(bytes)
     }
-}
 
-impl Group {
     /// Every rank's `value` at rank 0, in rank order (None on the other ranks), through the
     /// rendezvous store under `key`: for small results such as evaluation scores, not for
     /// tensors. Rank 0 waits for each rank up to the group's timeout.
