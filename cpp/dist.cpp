@@ -194,7 +194,10 @@ void lcm_dist_free_bytes(uint8_t* data) { std::free(data); }
 // DDP's Reducer over `params` (leaf tensors that receive gradients), bucketed as DDP does:
 // the parameters taken in reverse (gradients of the last layers are ready first), a small
 // first bucket (`first_bucket_bytes`) so communication starts early, then buckets of
-// `bucket_bytes`. Gradients are averaged over the group (sum / world).
+// `bucket_bytes`. Gradients are averaged over the group (sum / world). Each gradient is a
+// view into its bucket (DDP's gradient_as_bucket_view): after the first step the backward
+// accumulates straight into the buckets, so no gradient is copied in or out of them (the
+// optimizer zeroes gradients in place, which keeps the views).
 int lcm_dist_reducer_new(void* group, at::Tensor** params, int n, int64_t bucket_bytes,
                          int64_t first_bucket_bytes, int find_unused, void** out) {
   return guarded("reducer", [&] {
@@ -210,7 +213,7 @@ int lcm_dist_reducer_new(void* group, at::Tensor** params, int n, int64_t bucket
         std::vector<bool>(n, false), reversed);
     std::vector<int64_t> caps(limits.begin(), limits.end());
     *out = new c10d::Reducer(ps, buckets, g->pg, std::vector<bool>(n, false), bucket_bytes,
-                             find_unused != 0, /*gradient_as_bucket_view=*/false, names,
+                             find_unused != 0, /*gradient_as_bucket_view=*/true, names,
                              first_bucket_bytes, /*skip_all_reduce_unused_params=*/false,
                              /*use_python_reducer=*/false, caps);
   });

@@ -136,6 +136,44 @@ fn resume_on_two_ranks_is_bit_exact_and_on_one_continues_the_same_samples() {
     assert_close(&losses(&d.join("whole")), &losses(&d.join("onward")), 1e-6);
 }
 
+/// Every tensor of `file` in checkpoint `ckpt`, by name.
+fn tensors(ckpt: &Path, file: &str) -> Vec<(String, tch::Tensor)> {
+    let mut all = tch::Tensor::read_safetensors(ckpt.join(file)).unwrap();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+#[test]
+fn a_sharded_optimizer_trains_saves_and_resumes_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let plain = write_config(d, "plain", &config(d, "plain", 6, true));
+    train2(&plain, &[]);
+    // Sharded, saved at step 3 (the slices gathered) and resumed (the whole state sliced).
+    let mut v = config(d, "sharded", 6, true);
+    v["dist"]["shard_optimizer"] = json!(true);
+    let sharded = write_config(d, "sharded", &v);
+    train2(&sharded, &["--stop-after", "3"]);
+    let err = train2(&sharded, &["--resume", d.join("sharded").to_str().unwrap()]);
+    assert!(
+        err.contains("optimizer state sharded across ranks"),
+        "{err}"
+    );
+    assert_eq!(losses(&d.join("plain")), losses(&d.join("sharded")));
+    for file in ["model.safetensors", "optim.safetensors"] {
+        let want = tensors(&d.join("plain/step-00000006"), file);
+        let got = tensors(&d.join("sharded/step-00000006"), file);
+        assert_eq!(want.len(), got.len(), "{file}");
+        for ((n, a), (m, b)) in want.iter().zip(&got) {
+            assert_eq!(n, m, "{file}");
+            assert!(
+                a.equal(b),
+                "{file}: `{n}` differs between sharded and unsharded runs"
+            );
+        }
+    }
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()

@@ -15,7 +15,7 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::train::config::TrainConfig;
-use crate::train::optim::AdamW;
+use crate::train::optim::{AdamW, FullState};
 use crate::train::weights::read_weights;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,13 +46,19 @@ fn tch_err(path: &Path) -> impl Fn(tch::TchError) -> Error + '_ {
     move |e| crate::train::weights::tch_error(path, e)
 }
 
-/// Writes a checkpoint of `opt` at `state.step` under `dir`, then prunes to `keep`. A save
-/// that fails (a full disk) removes its temporary folder and leaves every earlier
-/// checkpoint as it was.
-pub fn save(dir: &Path, opt: &AdamW, state: &State, keep: usize) -> Result<PathBuf> {
+/// Writes a checkpoint of the optimizer state `full` (its variables `names`) at
+/// `state.step` under `dir`, then prunes to `keep`. A save that fails (a full disk) removes
+/// its temporary folder and leaves every earlier checkpoint as it was.
+pub fn save(
+    dir: &Path,
+    names: &[String],
+    full: &FullState,
+    state: &State,
+    keep: usize,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tmp = dir.join(format!(".tmp-step-{:08}", state.step));
-    let saved = write_checkpoint(dir, &tmp, opt, state);
+    let saved = write_checkpoint(dir, &tmp, names, full, state);
     if saved.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -62,29 +68,31 @@ pub fn save(dir: &Path, opt: &AdamW, state: &State, keep: usize) -> Result<PathB
 }
 
 /// The files of a checkpoint into `tmp`, then `tmp` renamed to its `step-*` name.
-fn write_checkpoint(dir: &Path, tmp: &Path, opt: &AdamW, state: &State) -> Result<PathBuf> {
+fn write_checkpoint(
+    dir: &Path,
+    tmp: &Path,
+    names: &[String],
+    full: &FullState,
+    state: &State,
+) -> Result<PathBuf> {
     let final_dir = step_dir(dir, state.step);
     if tmp.exists() {
         std::fs::remove_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
     }
     std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
 
-    let weights: Vec<(&str, &Tensor)> = opt
-        .names
-        .iter()
-        .map(|n| n.as_str())
-        .zip(&opt.master)
-        .collect();
+    let weights: Vec<(&str, &Tensor)> =
+        names.iter().map(|n| n.as_str()).zip(&full.master).collect();
     let p = tmp.join("model.safetensors");
     Tensor::write_safetensors(&weights, &p).map_err(tch_err(&p))?;
 
-    let m_names: Vec<String> = opt.names.iter().map(|n| format!("m.{n}")).collect();
-    let v_names: Vec<String> = opt.names.iter().map(|n| format!("v.{n}")).collect();
+    let m_names: Vec<String> = names.iter().map(|n| format!("m.{n}")).collect();
+    let v_names: Vec<String> = names.iter().map(|n| format!("v.{n}")).collect();
     let moments: Vec<(&str, &Tensor)> = m_names
         .iter()
         .map(|n| n.as_str())
-        .zip(&opt.m)
-        .chain(v_names.iter().map(|n| n.as_str()).zip(&opt.v))
+        .zip(&full.m)
+        .chain(v_names.iter().map(|n| n.as_str()).zip(&full.v))
         .collect();
     let p = tmp.join("optim.safetensors");
     Tensor::write_safetensors(&moments, &p).map_err(tch_err(&p))?;

@@ -62,8 +62,11 @@ impl DataParallel {
         self.reducer.bucket_bytes()
     }
 
-    /// `local` summed over every rank (the ranks' non-finite flags kept apart).
-    pub fn reduce(&self, local: &StepStats, device: tch::Device) -> Result<StepStats> {
+    /// Starts summing `local` over every rank (the ranks' non-finite flags kept apart).
+    /// On NCCL the all-reduce is queued behind the backward without waiting for it, so
+    /// the optimizer's kernels are queued before the host reads the sums
+    /// ([`PendingStats::finish`]).
+    pub fn reduce(&self, local: &StepStats, device: tch::Device) -> Result<PendingStats> {
         let world = self.world() as usize;
         let mut v = vec![
             local.loss_sum,
@@ -84,24 +87,40 @@ impl DataParallel {
             crate::dist::Backend::Nccl => device,
             crate::dist::Backend::Gloo => tch::Device::Cpu,
         };
-        let t = Tensor::from_slice(&v).to_kind(Kind::Double).to_device(on);
-        self.group.all_reduce(&[&t], ReduceOp::Sum)?;
-        let all: Vec<f64> = Vec::<f64>::try_from(t.to_device(tch::Device::Cpu))
+        let sums = Tensor::from_slice(&v).to_kind(Kind::Double).to_device(on);
+        self.group.all_reduce(&[&sums], ReduceOp::Sum)?;
+        Ok(PendingStats { sums, fixed, world })
+    }
+
+    pub fn barrier(&self) -> Result<()> {
+        self.group.barrier()
+    }
+}
+
+/// A step's numbers being summed over the ranks.
+pub struct PendingStats {
+    sums: Tensor,
+    /// Entries before the per-rank non-finite flags.
+    fixed: usize,
+    world: usize,
+}
+
+impl PendingStats {
+    /// The global numbers (waits for the all-reduce).
+    pub fn finish(self) -> Result<StepStats> {
+        let all: Vec<f64> = Vec::<f64>::try_from(self.sums.to_device(tch::Device::Cpu))
             .map_err(|e| Error::Invalid(format!("reading the step's reduced numbers: {e}")))?;
+        let fixed = self.fixed;
         Ok(StepStats {
             loss_sum: all[0],
             micro_batches: all[1],
             answers: (all[2], all[3]),
             scored: (all[4], all[5]),
             stop: all[6] > 0.0,
-            nonfinite_ranks: (0..world)
+            nonfinite_ranks: (0..self.world)
                 .filter(|r| all[fixed + r] > 0.0)
                 .map(|r| r as u64)
                 .collect(),
         })
-    }
-
-    pub fn barrier(&self) -> Result<()> {
-        self.group.barrier()
     }
 }

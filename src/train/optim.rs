@@ -4,9 +4,19 @@
 //! The model's own variables are the working copy (bf16 in bf16 runs): gradients arrive in
 //! its dtype, are widened to fp32, update the fp32 master, and the master is copied (rounded,
 //! in bf16 runs) back into the working copy.
+//!
+//! On several ranks the state can be sharded (ZeRO-1, `dist.shard_optimizer`): each rank
+//! keeps the master and moments of one equal slice of the flat buffers, updates that slice
+//! from the (already averaged) gradients, and the ranks all-gather the updated weights into
+//! every working copy. The update is elementwise, so a sharded run computes the same bits as
+//! an unsharded one; checkpoints hold the whole state, assembled from the slices.
+
+use std::sync::Arc;
 
 use tch::{nn::VarStore, Kind, Tensor};
 
+use crate::dist::Group;
+use crate::error::Error;
 use crate::train::config::OptimConfig;
 
 /// The moments and the master weights live in three flat fp32 buffers, one element range per
@@ -19,13 +29,53 @@ pub struct AdamW {
     /// Variable names, sorted: the order of every list below and of the checkpoint.
     pub names: Vec<String>,
     work: Vec<Tensor>,
+    /// Each variable's views of the flat buffers; empty once the state is sharded
+    /// ([`AdamW::shard`]), when [`AdamW::full_state`] assembles them.
     pub master: Vec<Tensor>,
     pub m: Vec<Tensor>,
     pub v: Vec<Tensor>,
     decay: Vec<bool>,
+    /// Each variable's first element in the flat buffers, and its shape.
+    ranges: Vec<(i64, Vec<i64>)>,
+    /// Elements of all variables together.
+    total: i64,
     flat: Flat,
+    shard: Option<Shard>,
     /// Optimizer steps taken.
     pub step: u64,
+}
+
+/// This rank's slice of the flat buffers when the state is sharded across ranks.
+struct Shard {
+    group: Arc<Group>,
+    /// The slice's first element; every slice has `len` elements, the last one running
+    /// past the variables into padding that stays zero.
+    offset: i64,
+    len: i64,
+}
+
+/// Every variable's master weight and moments, in `names` order.
+pub struct FullState {
+    pub master: Vec<Tensor>,
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    flat_master: Tensor,
+}
+
+impl FullState {
+    /// Whether every master weight is finite (checked before a checkpoint is written).
+    pub fn all_finite(&self) -> bool {
+        tch::no_grad(|| self.flat_master.isfinite().all().int64_value(&[]) == 1)
+    }
+}
+
+/// Why a step updated nothing.
+#[derive(Debug)]
+pub enum StepError {
+    /// The gradient norm (returned) is not finite.
+    NonFinite(f64),
+    /// Gathering the updated weights from the other ranks failed.
+    Dist(Error),
 }
 
 struct Flat {
@@ -38,6 +88,28 @@ struct Flat {
     grad_views: Vec<Tensor>,
     /// Elements of the weight-decayed variables, which come first in the buffers.
     decayed: i64,
+}
+
+impl Flat {
+    /// The AdamW update of the buffers from `grad`, whose first `decayed` elements are
+    /// weight-decayed; `bc` are the bias corrections of the step.
+    fn update(&mut self, o: &OptimConfig, lr: f64, scale: f64, bc: (f64, f64), decayed: i64) {
+        tch::no_grad(|| {
+            let g = &self.grad * scale;
+            let _ = self.m.g_mul_scalar_(o.beta1);
+            let _ = self.m.g_add_(&(&g * (1.0 - o.beta1)));
+            let _ = self.v.g_mul_scalar_(o.beta2);
+            let _ = self.v.g_add_(&(g.square() * (1.0 - o.beta2)));
+            let update = (&self.m / bc.0) / ((&self.v / bc.1).sqrt() + o.eps);
+            if decayed > 0 {
+                let _ = self
+                    .master
+                    .narrow(0, 0, decayed)
+                    .g_mul_scalar_(1.0 - lr * o.weight_decay);
+            }
+            let _ = self.master.g_sub_(&(update * lr));
+        });
+    }
 }
 
 /// Views of `buf` at each variable's range and shape.
@@ -104,6 +176,9 @@ impl AdamW {
                 ..flat
             },
             decay,
+            ranges,
+            total: off,
+            shard: None,
             names: vars.iter().map(|(n, _)| n.clone()).collect(),
             work: vars.iter().map(|(_, t)| t.shallow_clone()).collect(),
             step: 0,
@@ -145,20 +220,82 @@ impl AdamW {
         });
     }
 
-    /// Whether every master weight is finite (checked before a checkpoint is written).
+    /// Whether every master weight this rank holds is finite.
     pub fn all_finite(&self) -> bool {
         tch::no_grad(|| self.flat.master.isfinite().all().int64_value(&[]) == 1)
     }
 
-    /// One AdamW step at learning rate `lr`; returns the gradient norm before clipping, or
-    /// that norm as the error, with nothing updated, when it is not finite. A variable with
-    /// no gradient this step (unused by the forward) is left as it is, moments included.
-    pub fn step(&mut self, o: &OptimConfig, lr: f64) -> Result<f64, f64> {
+    /// Keeps only this rank's slice of the master and moments from now on (ZeRO-1); call
+    /// on every rank of `group` once their states are equal (after the broadcast from
+    /// rank 0, or a resume).
+    pub fn shard(&mut self, group: Arc<Group>) {
+        let world = group.world() as i64;
+        let len = (self.total + world - 1) / world;
+        let offset = group.rank() as i64 * len;
+        let held = (self.total - offset).clamp(0, len);
+        let device = self.flat.master.device();
+        let slice = |buf: &Tensor| {
+            let part = Tensor::zeros([len], (Kind::Float, device));
+            if held > 0 {
+                tch::no_grad(|| part.narrow(0, 0, held).copy_(&buf.narrow(0, offset, held)));
+            }
+            part
+        };
+        self.flat.master = slice(&self.flat.master);
+        self.flat.m = slice(&self.flat.m);
+        self.flat.v = slice(&self.flat.v);
+        self.flat.grad = Tensor::zeros([len], (Kind::Float, device));
+        self.flat.grad_views.clear();
+        self.master.clear();
+        self.m.clear();
+        self.v.clear();
+        self.shard = Some(Shard { group, offset, len });
+    }
+
+    /// The whole state: views of this optimizer's buffers or, when sharded, assembled from
+    /// every rank's slice (a collective: every rank of the group calls it).
+    pub fn full_state(&self) -> crate::error::Result<FullState> {
+        let Some(sh) = &self.shard else {
+            return Ok(FullState {
+                master: self.master.iter().map(|t| t.shallow_clone()).collect(),
+                m: self.m.iter().map(|t| t.shallow_clone()).collect(),
+                v: self.v.iter().map(|t| t.shallow_clone()).collect(),
+                flat_master: self.flat.master.shallow_clone(),
+            });
+        };
+        let whole = |part: &Tensor| -> crate::error::Result<Tensor> {
+            let out = Tensor::zeros(
+                [sh.len * sh.group.world() as i64],
+                (Kind::Float, part.device()),
+            );
+            sh.group.all_gather(&out, part)?;
+            Ok(out.narrow(0, 0, self.total))
+        };
+        let (master, m, v) = (
+            whole(&self.flat.master)?,
+            whole(&self.flat.m)?,
+            whole(&self.flat.v)?,
+        );
+        Ok(FullState {
+            master: views(&master, &self.ranges),
+            m: views(&m, &self.ranges),
+            v: views(&v, &self.ranges),
+            flat_master: master,
+        })
+    }
+
+    /// One AdamW step at learning rate `lr`; returns the gradient norm before clipping, or,
+    /// with nothing updated, [`StepError::NonFinite`] when that norm is not finite. A
+    /// variable with no gradient this step (unused by the forward) is left as it is,
+    /// moments included.
+    pub fn step(&mut self, o: &OptimConfig, lr: f64) -> Result<f64, StepError> {
         let grads: Vec<Tensor> = self.work.iter().map(|w| w.grad()).collect();
-        if grads.iter().all(|g| g.defined()) {
-            self.step_flat(o, lr, &grads)
+        if self.shard.is_some() {
+            self.step_shard(o, lr, &grads)
+        } else if grads.iter().all(|g| g.defined()) {
+            self.step_flat(o, lr, &grads).map_err(StepError::NonFinite)
         } else {
-            self.step_each(o, lr, &grads)
+            self.step_each(o, lr, &grads).map_err(StepError::NonFinite)
         }
     }
 
@@ -194,25 +331,78 @@ impl AdamW {
             return Err(norm);
         }
         let scale = Self::clip_scale(o, norm);
-        let (bc1, bc2) = self.bias_corrections(o);
-        let f = &mut self.flat;
-        tch::no_grad(|| {
-            let g = &f.grad * scale;
-            let _ = f.m.g_mul_scalar_(o.beta1);
-            let _ = f.m.g_add_(&(&g * (1.0 - o.beta1)));
-            let _ = f.v.g_mul_scalar_(o.beta2);
-            let _ = f.v.g_add_(&(g.square() * (1.0 - o.beta2)));
-            let update = (&f.m / bc1) / ((&f.v / bc2).sqrt() + o.eps);
-            if f.decayed > 0 {
-                let _ = f
-                    .master
-                    .narrow(0, 0, f.decayed)
-                    .g_mul_scalar_(1.0 - lr * o.weight_decay);
-            }
-            let _ = f.master.g_sub_(&(update * lr));
-        });
+        let bc = self.bias_corrections(o);
+        let decayed = self.flat.decayed;
+        self.flat.update(o, lr, scale, bc, decayed);
         self.sync_working();
         Ok(norm)
+    }
+
+    /// The state is sharded: this rank's slice of the gradients updates its slice of the
+    /// state, as `step_flat` would (or `step_each`, for variables without a gradient), and
+    /// the ranks gather the updated weights into their working copies.
+    fn step_shard(&mut self, o: &OptimConfig, lr: f64, grads: &[Tensor]) -> Result<f64, StepError> {
+        let norm = tch::no_grad(|| global_norm(grads.iter().filter(|g| g.defined())));
+        if !norm.is_finite() {
+            return Err(StepError::NonFinite(norm));
+        }
+        let scale = Self::clip_scale(o, norm);
+        let bc = self.bias_corrections(o);
+        let sh = self.shard.as_ref().expect("sharded");
+        let (offset, len) = (sh.offset, sh.len);
+        let f = &mut self.flat;
+        // The slice's gradients; the parts of variables without one stay zero and get
+        // their state back after the update.
+        let mut kept = vec![];
+        tch::no_grad(|| {
+            let _ = f.grad.zero_();
+            for ((start, shape), g) in self.ranges.iter().zip(grads) {
+                let n: i64 = shape.iter().product();
+                let (lo, hi) = ((*start).max(offset), (start + n).min(offset + len));
+                if lo >= hi {
+                    continue;
+                }
+                if g.defined() {
+                    let src = g.reshape([-1]).narrow(0, lo - start, hi - lo);
+                    f.grad.narrow(0, lo - offset, hi - lo).copy_(&src);
+                } else {
+                    let part = |t: &Tensor| t.narrow(0, lo - offset, hi - lo).copy();
+                    kept.push((
+                        lo - offset,
+                        hi - lo,
+                        [part(&f.master), part(&f.m), part(&f.v)],
+                    ));
+                }
+            }
+        });
+        let decayed = (f.decayed - offset).clamp(0, len);
+        f.update(o, lr, scale, bc, decayed);
+        tch::no_grad(|| {
+            for (at, n, [master, m, v]) in &kept {
+                f.master.narrow(0, *at, *n).copy_(master);
+                f.m.narrow(0, *at, *n).copy_(m);
+                f.v.narrow(0, *at, *n).copy_(v);
+            }
+        });
+        self.gather_working().map_err(StepError::Dist)?;
+        Ok(norm)
+    }
+
+    /// Every rank's updated slice, rounded to the working dtype, into every working copy.
+    fn gather_working(&mut self) -> crate::error::Result<()> {
+        let sh = self.shard.as_ref().expect("sharded");
+        let kind = self.work.first().map_or(Kind::Float, |w| w.kind());
+        let device = self.flat.master.device();
+        let whole = Tensor::empty([sh.len * sh.group.world() as i64], (kind, device));
+        sh.group
+            .all_gather(&whole, &self.flat.master.to_kind(kind))?;
+        tch::no_grad(|| {
+            for (w, (start, shape)) in self.work.iter_mut().zip(&self.ranges) {
+                let n: i64 = shape.iter().product();
+                w.copy_(&whole.narrow(0, *start, n).view(shape.as_slice()));
+            }
+        });
+        Ok(())
     }
 
     /// Some variable has no gradient: the update one variable at a time, skipping those.

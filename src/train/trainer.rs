@@ -17,9 +17,9 @@ use crate::model::{self, LanguageModel};
 use crate::ops::cross_entropy;
 use crate::train::checkpoint::{self, State};
 use crate::train::config::{Precision, TrainConfig};
-use crate::train::data_parallel::{DataParallel, StepStats};
+use crate::train::data_parallel::{DataParallel, PendingStats, StepStats};
 use crate::train::metrics::{LogWindow, Metrics, MetricsFile};
-use crate::train::optim::AdamW;
+use crate::train::optim::{AdamW, StepError};
 use crate::train::run_dir::{RunDir, Start, METRICS};
 use crate::train::sampler::{sample_range, Batch, Sampler, IGNORE};
 use crate::train::schedule::learning_rate;
@@ -299,14 +299,21 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let bar = progress_bar(opts.progress && run.rank == 0, start, cfg.steps);
     let mut window = LogWindow::default();
     for step in start..cfg.steps {
-        let stats = run.forward_backward(step, &summary.checkpoint)?;
+        let numbers = run.forward_backward(step, &summary.checkpoint)?;
         let lr = learning_rate(&cfg.optim, step, cfg.steps);
-        let grad_norm = run.opt.step(&cfg.optim, lr).map_err(|norm| {
-            diverged(
+        // The optimizer's kernels queue behind the backward while the ranks sum the step's
+        // numbers. A rank's non-finite loss makes every rank's averaged gradients
+        // non-finite, which the optimizer refuses without updating anything; the error
+        // then names the rank.
+        let stepped = run.opt.step(&cfg.optim, lr);
+        let stats = numbers.finish(step, &summary.checkpoint)?;
+        let grad_norm = stepped.map_err(|e| match e {
+            StepError::NonFinite(norm) => diverged(
                 format!("gradient norm is {norm}"),
                 step,
                 &summary.checkpoint,
-            )
+            ),
+            StepError::Dist(e) => e,
         })?;
         run.opt.zero_grad();
         let done = step + 1;
@@ -410,14 +417,22 @@ impl<'a> Run<'a> {
             Some(g) => {
                 let bucket_bytes = (cfg.dist.bucket_mib * (1 << 20) as f64) as i64;
                 let dp = DataParallel::new(g.clone(), &mut opt, bucket_bytes)?;
+                if cfg.dist.shard_optimizer {
+                    opt.shard(g.clone());
+                }
                 if rank == 0 {
                     let buckets = dp.bucket_bytes()?;
                     eprintln!(
                         "data parallel: {world} ranks ({}), gradients in {} bucket(s) of up to \
-                         {:.1} MiB",
+                         {:.1} MiB{}",
                         g.backend().name(),
                         buckets.len(),
-                        buckets.iter().copied().max().unwrap_or(0) as f64 / (1 << 20) as f64
+                        buckets.iter().copied().max().unwrap_or(0) as f64 / (1 << 20) as f64,
+                        if cfg.dist.shard_optimizer {
+                            ", optimizer state sharded across ranks"
+                        } else {
+                            ""
+                        }
                     );
                 }
                 Some(dp)
@@ -465,8 +480,9 @@ impl<'a> Run<'a> {
 
     /// The forward and backward of this rank's micro-batches of `step` (its samples:
     /// `first_sample` + their global index), gradients averaged across ranks, and the
-    /// step's numbers from every rank. A non-finite loss on any rank stops the run here.
-    fn forward_backward(&mut self, step: u64, last: &Option<PathBuf>) -> Result<StepStats> {
+    /// step's numbers (being summed over the ranks). A non-finite loss stops a single
+    /// process here; on several ranks, once the numbers are shared.
+    fn forward_backward(&mut self, step: u64, last: &Option<PathBuf>) -> Result<StepNumbers> {
         let cfg = self.cfg;
         self.model.set_step(step);
         let seq_len = cfg.seq_len_at(step);
@@ -489,6 +505,11 @@ impl<'a> Run<'a> {
                 .batch_at(range, seq_len as usize, min_gap, self.device);
             let answer_weight = cfg.data.synthetic.as_ref().and_then(|s| s.answer_weight);
             let (loss, hits) = batch_loss(self.model.as_ref(), &batch, answer_weight);
+            // Armed before the host waits for the loss, so the Reducer's walk of the graph
+            // overlaps the forward still running on the device.
+            if let (Some(dp), true) = (&self.dp, micro + 1 == cfg.grad_accum) {
+                dp.arm(&loss)?;
+            }
             stats.scored.0 += batch.targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]) as f64;
             stats.scored.1 += batch.targets.numel() as f64;
             let value = loss.double_value(&[]);
@@ -501,9 +522,6 @@ impl<'a> Run<'a> {
                 // them, and stop together once the step's numbers are shared.
                 eprintln!("rank {}: {what} at step {}", self.rank, step + 1);
                 stats.nonfinite_ranks.push(self.rank);
-            }
-            if let (Some(dp), true) = (&self.dp, micro + 1 == cfg.grad_accum) {
-                dp.arm(&loss)?;
             }
             (loss / cfg.grad_accum as f64)
                 .f_backward()
@@ -520,20 +538,10 @@ impl<'a> Run<'a> {
             .interrupt
             .as_ref()
             .is_some_and(|f| f.load(Ordering::SeqCst));
-        let stats = match &self.dp {
-            Some(dp) => dp.reduce(&stats, self.device)?,
-            None => stats,
-        };
-        if !stats.nonfinite_ranks.is_empty() {
-            let ranks: Vec<String> = stats
-                .nonfinite_ranks
-                .iter()
-                .map(|r| r.to_string())
-                .collect();
-            let what = format!("the loss is not finite on rank(s) {}", ranks.join(", "));
-            return Err(diverged(what, step, last));
-        }
-        Ok(stats)
+        Ok(match &self.dp {
+            Some(dp) => StepNumbers::Summing(dp.reduce(&stats, self.device)?),
+            None => StepNumbers::Local(stats),
+        })
     }
 
     /// The metrics line of step `done` when one is due (rank 0 writes it to metrics.jsonl
@@ -590,7 +598,8 @@ impl<'a> Run<'a> {
     /// A checkpoint of the step after loop index `step`: every rank checks its weights
     /// and waits for the others, then rank 0 writes it.
     fn save(&self, step: u64, last: &Option<PathBuf>) -> Result<Option<PathBuf>> {
-        if !self.opt.all_finite() {
+        let full = self.opt.full_state()?;
+        if !full.all_finite() {
             return Err(diverged("weights are not finite".into(), step, last));
         }
         if let Some(dp) = &self.dp {
@@ -609,7 +618,7 @@ impl<'a> Run<'a> {
             config: self.cfg.clone(),
         };
         let ckpt = &self.cfg.checkpoint;
-        checkpoint::save(&ckpt.dir, &self.opt, &state, ckpt.keep).map(Some)
+        checkpoint::save(&ckpt.dir, &self.opt.names, &full, &state, ckpt.keep).map(Some)
     }
 }
 
@@ -658,6 +667,32 @@ fn diverged(what: String, step: u64, last: &Option<PathBuf>) -> Error {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "none saved yet".into())
     ))
+}
+
+/// A step's numbers: this process's own, or being summed over the ranks.
+enum StepNumbers {
+    Local(StepStats),
+    Summing(PendingStats),
+}
+
+impl StepNumbers {
+    /// The step's global numbers; a non-finite loss on any rank stops the run here.
+    fn finish(self, step: u64, last: &Option<PathBuf>) -> Result<StepStats> {
+        let stats = match self {
+            StepNumbers::Local(stats) => stats,
+            StepNumbers::Summing(pending) => pending.finish()?,
+        };
+        if !stats.nonfinite_ranks.is_empty() {
+            let ranks: Vec<String> = stats
+                .nonfinite_ranks
+                .iter()
+                .map(|r| r.to_string())
+                .collect();
+            let what = format!("the loss is not finite on rank(s) {}", ranks.join(", "));
+            return Err(diverged(what, step, last));
+        }
+        Ok(stats)
+    }
 }
 
 /// Mean loss over `log.eval_batches` fixed held-out batches, without gradients or noise.
