@@ -30,6 +30,8 @@
 use tch::{Kind, Tensor};
 
 #[cfg(lcm_cuda)]
+use crate::cuda::ffi::safe::lcm_retrieval_topk;
+#[cfg(lcm_cuda)]
 use crate::error::Result;
 
 /// Largest query/key dim the CUDA top-k kernel takes (a multiple of 8).
@@ -184,23 +186,8 @@ pub fn retrieval_topk_cuda(
     scale: f64,
     gumbel: Option<i64>,
 ) -> Result<(Tensor, Tensor)> {
-    let [s, i] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b] = out;
-            crate::cuda::ffi::lcm_retrieval_topk(
-                q.as_ptr(),
-                k.as_ptr(),
-                first,
-                div,
-                topk,
-                scale,
-                gumbel.unwrap_or(0),
-                gumbel.is_some() as i32,
-                a,
-                b,
-            )
-        })?
-    };
+    let (seed, noisy) = (gumbel.unwrap_or(0), gumbel.is_some());
+    let [s, i] = lcm_retrieval_topk(q, k, first, div, topk, scale, seed, noisy)?;
     Ok((s, i))
 }
 

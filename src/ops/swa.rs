@@ -25,6 +25,8 @@ use tch::{Kind, Tensor};
 #[cfg(lcm_cuda)]
 use super::path::{attn_path_on, AttnPath};
 #[cfg(lcm_cuda)]
+use crate::cuda::ffi::safe::{lcm_swa, lcm_swa_backward_raw, lcm_swa_forward_raw};
+#[cfg(lcm_cuda)]
 use crate::error::Result;
 
 /// `(B, Hq, T, D)` -> `(B, Hkv, G, T, D)` so that a kv tensor unsqueezed at dim 2 broadcasts
@@ -377,13 +379,7 @@ pub fn kernel_supports(
     scale: f64,
 ) -> bool {
     let (qs, ks) = (q.size(), k.size());
-    qs.len() == 4
-        && ks.len() == 4
-        && v.size() == ks
-        && q.device().is_cuda()
-        && [q.kind(), k.kind(), v.kind()] == [Kind::BFloat16; 3]
-        && matches!(qs[3], 64 | 128)
-        && ks[3] == qs[3]
+    super::attention_kernel_inputs(q, k, v, 4)
         && ks[0] == qs[0]
         && ks[2] == qs[2]
         && ks[1] > 0
@@ -411,22 +407,8 @@ pub fn swa_cuda(
     scale: f64,
     path: AttnPath,
 ) -> Result<Tensor> {
-    let slopes = alibi.map_or(std::ptr::null(), |m| m.as_ptr());
-    let [o] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            crate::cuda::ffi::lcm_swa(
-                q.as_ptr(),
-                k.as_ptr(),
-                v.as_ptr(),
-                slopes,
-                window.unwrap_or(0),
-                window.is_some() as i32,
-                scale,
-                path as i32,
-                &mut out[0],
-            )
-        })?
-    };
+    let causal = window.is_some();
+    let [o] = lcm_swa(q, k, v, alibi, window.unwrap_or(0), causal, scale, path)?;
     Ok(o)
 }
 
@@ -441,24 +423,8 @@ pub fn swa_cuda_forward_raw(
     scale: f64,
     path: AttnPath,
 ) -> Result<(Tensor, Tensor)> {
-    let slopes = alibi.map_or(std::ptr::null(), |m| m.as_ptr());
-    let [o, lse] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b] = out;
-            crate::cuda::ffi::lcm_swa_forward_raw(
-                q.as_ptr(),
-                k.as_ptr(),
-                v.as_ptr(),
-                slopes,
-                window.unwrap_or(0),
-                window.is_some() as i32,
-                scale,
-                path as i32,
-                a,
-                b,
-            )
-        })?
-    };
+    let causal = window.is_some();
+    let [o, lse] = lcm_swa_forward_raw(q, k, v, alibi, window.unwrap_or(0), causal, scale, path)?;
     Ok((o, lse))
 }
 
@@ -477,26 +443,18 @@ pub fn swa_cuda_backward_raw(
     scale: f64,
     path: AttnPath,
 ) -> Result<[Tensor; 3]> {
-    let slopes = alibi.map_or(std::ptr::null(), |m| m.as_ptr());
-    unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b, c] = out;
-            crate::cuda::ffi::lcm_swa_backward_raw(
-                q.as_ptr(),
-                k.as_ptr(),
-                v.as_ptr(),
-                slopes,
-                o.as_ptr(),
-                lse.as_ptr(),
-                dout.as_ptr(),
-                window.unwrap_or(0),
-                window.is_some() as i32,
-                scale,
-                path as i32,
-                a,
-                b,
-                c,
-            )
-        })
-    }
+    let causal = window.is_some();
+    lcm_swa_backward_raw(
+        q,
+        k,
+        v,
+        alibi,
+        o,
+        lse,
+        dout,
+        window.unwrap_or(0),
+        causal,
+        scale,
+        path,
+    )
 }
