@@ -108,25 +108,10 @@ fn write_checkpoint(dir: &Path, tmp: &Path, opt: &AdamW, state: &State) -> Resul
 
 /// Complete checkpoints under `dir`, oldest first.
 pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut found = vec![];
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    for e in entries {
-        let p = e.map_err(|e| Error::io(dir, e))?.path();
-        let name = p
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
-        if name.starts_with("step-") && p.join("state.json").is_file() {
-            found.push(p);
-        }
-    }
-    found.sort();
-    Ok(found)
+    crate::util::list_dir(dir, |p| {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        name.starts_with("step-") && p.join("state.json").is_file()
+    })
 }
 
 fn prune(dir: &Path, keep: usize) -> Result<()> {
