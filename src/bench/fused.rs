@@ -26,6 +26,31 @@ impl FusedCase {
     }
 }
 
+/// A fused-kernel bench's result: its case, the size it sweeps besides the rows (`S`, a
+/// one-field struct that names it), and its times.
+#[derive(Serialize)]
+pub struct FusedResult<S> {
+    #[serde(flatten)]
+    pub case: FusedCase,
+    #[serde(flatten)]
+    pub size: S,
+    #[serde(flatten)]
+    pub times: FusedTimes,
+}
+
+/// The size a fused-kernel bench sweeps besides the rows, and the table that bench prints.
+pub trait FusedSize: Serialize {
+    const TABLE: FusedTable;
+    fn value(&self) -> i64;
+}
+
+impl<S: FusedSize> std::fmt::Display for FusedResult<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let row = S::TABLE.row(&self.case, self.size.value(), &self.times);
+        f.write_str(&row)
+    }
+}
+
 /// An op of two tensors (the reference, or the kernel through autograd).
 pub(crate) type BinaryOp<'a> = &'a dyn Fn(&Tensor, &Tensor) -> Tensor;
 
@@ -111,7 +136,7 @@ impl FusedTimes {
 /// forward, the kernel's GB/s and percentage of the peak (and, with `fwd_ratio`, the
 /// reference's time over the kernel's); the kernel's backward, its GB/s and percentage;
 /// the forward+backward of both and their ratio (`ratio_title`).
-pub(crate) struct FusedTable {
+pub struct FusedTable {
     pub lead: [(&'static str, usize); 3],
     /// Width of the GB/s columns.
     pub gbps_width: usize,
@@ -222,8 +247,8 @@ pub(crate) fn kernel_seconds<S, B>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::rmsnorm::RmsNormResult;
-    use crate::bench::xent::XentResult;
+    use crate::bench::rmsnorm::{Dim, RmsNormResult};
+    use crate::bench::xent::{Vocab, XentResult};
 
     fn times() -> FusedTimes {
         FusedTimes::from_seconds(
@@ -254,14 +279,14 @@ mod tests {
             )
         );
         let case = || FusedCase::new(Device::Cpu, Kind::BFloat16, 4096);
-        let r = RmsNormResult {
+        let r: RmsNormResult = FusedResult {
             case: case(),
-            dim: 2048,
+            size: Dim { dim: 2048 },
             times: times(),
         };
-        let x = XentResult {
+        let x: XentResult = FusedResult {
             case: case(),
-            vocab: 50304,
+            size: Vocab { vocab: 50304 },
             times: times(),
         };
         // The rows as the benches' own `write!` calls formatted them.

@@ -5,7 +5,9 @@ use tch::{Device, Kind, Tensor};
 
 #[cfg(lcm_cuda)]
 use super::fused::kernel_seconds;
-use super::fused::{reference_seconds, BinaryOp, FusedCase, FusedTable, FusedTimes};
+use super::fused::{
+    reference_seconds, BinaryOp, FusedCase, FusedResult, FusedSize, FusedTable, FusedTimes,
+};
 use super::median_seconds;
 use crate::error::Result;
 use crate::ops::rms_norm_reference;
@@ -19,35 +21,33 @@ pub struct RmsNormBench {
     pub peak_gbps: f64,
 }
 
+/// RMSNorm's normalised dimension, the size its bench sweeps.
 #[derive(Serialize)]
-pub struct RmsNormResult {
-    #[serde(flatten)]
-    pub case: FusedCase,
+pub struct Dim {
     pub dim: i64,
-    /// The forward kernel moves x (read), y (written), w and rstd; the backward x, dy
-    /// (read), dx (written), w and rstd.
-    #[serde(flatten)]
-    pub times: FusedTimes,
 }
 
-impl std::fmt::Display for RmsNormResult {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&TABLE.row(&self.case, self.dim, &self.times))
-    }
-}
+/// The forward kernel moves x (read), y (written), w and rstd; the backward x, dy
+/// (read), dx (written), w and rstd.
+pub type RmsNormResult = FusedResult<Dim>;
 
 const EPS: f64 = 1e-5;
 
-/// The table this bench prints.
-const TABLE: FusedTable = FusedTable {
-    lead: [("dtype", 6), ("rows", 8), ("dim", 5)],
-    gbps_width: 7,
-    fwd_ratio: false,
-    ratio_title: "speedup",
-};
+impl FusedSize for Dim {
+    const TABLE: FusedTable = FusedTable {
+        lead: [("dtype", 6), ("rows", 8), ("dim", 5)],
+        gbps_width: 7,
+        fwd_ratio: false,
+        ratio_title: "speedup",
+    };
+
+    fn value(&self) -> i64 {
+        self.dim
+    }
+}
 
 pub fn header() -> String {
-    TABLE.header()
+    Dim::TABLE.header()
 }
 
 impl RmsNormBench {
@@ -104,9 +104,9 @@ impl RmsNormBench {
             2.0 * r * d * es + d * es + 4.0 * r,
             3.0 * r * d * es + d * es + 4.0 * r,
         ];
-        Ok(RmsNormResult {
+        Ok(FusedResult {
             case: FusedCase::new(self.device, self.kind, self.rows),
-            dim: self.dim,
+            size: Dim { dim: self.dim },
             times: FusedTimes::from_seconds(ref_fwd, ref_fwd_bwd, kernel, bytes, self.peak_gbps),
         })
     }

@@ -6,7 +6,9 @@ use tch::{Device, Kind, Tensor};
 
 #[cfg(lcm_cuda)]
 use super::fused::kernel_seconds;
-use super::fused::{reference_seconds, BinaryOp, FusedCase, FusedTable, FusedTimes};
+use super::fused::{
+    reference_seconds, BinaryOp, FusedCase, FusedResult, FusedSize, FusedTable, FusedTimes,
+};
 use super::median_seconds;
 use crate::error::Result;
 use crate::ops::xent::{cross_entropy_reference, IGNORE};
@@ -20,33 +22,31 @@ pub struct XentBench {
     pub peak_gbps: f64,
 }
 
+/// The vocabulary size, the size the cross-entropy bench sweeps.
 #[derive(Serialize)]
-pub struct XentResult {
-    #[serde(flatten)]
-    pub case: FusedCase,
+pub struct Vocab {
     pub vocab: i64,
-    /// The forward kernel reads the logits and moves targets, loss and lse; the backward
-    /// reads the logits, writes dlogits and moves targets, lse and dloss.
-    #[serde(flatten)]
-    pub times: FusedTimes,
 }
 
-impl std::fmt::Display for XentResult {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&TABLE.row(&self.case, self.vocab, &self.times))
+/// The forward kernel reads the logits and moves targets, loss and lse; the backward
+/// reads the logits, writes dlogits and moves targets, lse and dloss.
+pub type XentResult = FusedResult<Vocab>;
+
+impl FusedSize for Vocab {
+    const TABLE: FusedTable = FusedTable {
+        lead: [("dtype", 5), ("rows", 6), ("vocab", 6)],
+        gbps_width: 6,
+        fwd_ratio: true,
+        ratio_title: "ratio",
+    };
+
+    fn value(&self) -> i64 {
+        self.vocab
     }
 }
 
-/// The table this bench prints.
-const TABLE: FusedTable = FusedTable {
-    lead: [("dtype", 5), ("rows", 6), ("vocab", 6)],
-    gbps_width: 6,
-    fwd_ratio: true,
-    ratio_title: "ratio",
-};
-
 pub fn header() -> String {
-    TABLE.header()
+    Vocab::TABLE.header()
 }
 
 impl XentBench {
@@ -111,9 +111,9 @@ impl XentBench {
             scored * v * es + r * (8.0 + 4.0 + 4.0),
             (scored + r) * v * es + r * (8.0 + 4.0 + 4.0),
         ];
-        Ok(XentResult {
+        Ok(FusedResult {
             case: FusedCase::new(self.device, self.kind, self.rows),
-            vocab: self.vocab,
+            size: Vocab { vocab: self.vocab },
             times: FusedTimes::from_seconds(ref_fwd, ref_fwd_bwd, kernel, bytes, self.peak_gbps),
         })
     }
