@@ -63,6 +63,17 @@ pub enum SlotWeighting {
     Softmax,
 }
 
+impl SlotWeighting {
+    /// The weights of slots with scores `chosen`, over the last dim, `valid` marking the
+    /// filled slots (empty ones weigh 0).
+    fn weights(self, chosen: &Tensor, valid: &Tensor) -> Tensor {
+        match self {
+            SlotWeighting::StickBreaking => stick_breaking(chosen, valid),
+            SlotWeighting::Softmax => softmax_valid(chosen, valid),
+        }
+    }
+}
+
 /// Gumbel(0, 1) noise `-log(E)`, `E ~ Exp(1)`, shaped like `x` (no gradient).
 fn gumbel_like(x: &Tensor) -> Tensor {
     let mut e = Tensor::empty_like(x);
@@ -306,10 +317,7 @@ fn token_retrieval_kernel(
     } else {
         scores.gather(-1, &order, false)
     };
-    let weights = match weighting {
-        SlotWeighting::StickBreaking => stick_breaking(&chosen, &valid),
-        SlotWeighting::Softmax => softmax_valid(&chosen, &valid),
-    };
+    let weights = weighting.weights(&chosen, &valid);
     Some(Retrieval {
         weights: weights.permute([0, 2, 1, 3]),
         indices: indices.permute([0, 2, 1, 3]),
@@ -348,10 +356,7 @@ pub fn token_retrieval_reference(
     let (indices, _) = picked.sort(-1, true);
     let valid = indices.ge(0);
     let chosen = scores.gather(-1, &indices.clamp_min(0), false);
-    let weights = match weighting {
-        SlotWeighting::StickBreaking => stick_breaking(&chosen, &valid),
-        SlotWeighting::Softmax => softmax_valid(&chosen, &valid),
-    };
+    let weights = weighting.weights(&chosen, &valid);
     Retrieval { weights, indices }
 }
 
@@ -518,10 +523,7 @@ pub fn token_retrieval_blocked_reference(
     let (indices, order) = idx.sort(-1, true);
     let chosen = chosen.gather(-1, &order, false);
     let valid = indices.ge(0);
-    let weights = match weighting {
-        SlotWeighting::StickBreaking => stick_breaking(&chosen, &valid),
-        SlotWeighting::Softmax => softmax_valid(&chosen, &valid),
-    };
+    let weights = weighting.weights(&chosen, &valid);
     Retrieval {
         weights: weights.permute([0, 2, 1, 3]),
         indices: indices.permute([0, 2, 1, 3]),
