@@ -4,7 +4,6 @@
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-#[cfg(lcm_cuda)]
 use crate::error::Result;
 
 /// What a fused-kernel bench ran on: the device and dtype (as `{:?}` names them) and the
@@ -26,6 +25,16 @@ impl FusedCase {
     }
 }
 
+/// A fused-kernel bench: `rows` rows of the swept size `size`, in dtype `kind` on `device`.
+pub struct FusedBench<S> {
+    pub device: Device,
+    pub rows: i64,
+    pub size: S,
+    pub kind: Kind,
+    /// Memory bandwidth ceiling in GB/s, for the fraction reached.
+    pub peak_gbps: f64,
+}
+
 /// A fused-kernel bench's result: its case, the size it sweeps besides the rows (`S`, a
 /// one-field struct that names it), and its times.
 #[derive(Serialize)]
@@ -41,6 +50,7 @@ pub struct FusedResult<S> {
 /// The size a fused-kernel bench sweeps besides the rows, and the table that bench prints.
 pub trait FusedSize: Serialize {
     const TABLE: FusedTable;
+    fn new(size: i64) -> Self;
     fn value(&self) -> i64;
 }
 
@@ -263,7 +273,7 @@ mod tests {
     #[test]
     fn tables_keep_their_layout() {
         assert_eq!(
-            crate::bench::rmsnorm::header(),
+            Dim::TABLE.header(),
             format!(
                 "{:<6} {:>8} {:>5} | {:>9} {:>9} {:>7} {:>6} | {:>9} {:>7} {:>6} | {:>10} {:>10} {:>7}",
                 "dtype", "rows", "dim", "ref fwd", "kern fwd", "GB/s", "%peak", "kern bwd",
@@ -271,7 +281,7 @@ mod tests {
             )
         );
         assert_eq!(
-            crate::bench::xent::header(),
+            Vocab::TABLE.header(),
             format!(
                 "{:<5} {:>6} {:>6} | {:>9} {:>9} {:>6} {:>6} {:>6} | {:>9} {:>6} {:>6} | {:>10} {:>10} {:>7}",
                 "dtype", "rows", "vocab", "ref fwd", "kern fwd", "GB/s", "%peak", "ratio",

@@ -1,28 +1,23 @@
 //! `lcm bench rmsnorm`: the fused kernel against the pure-tch reference on the same inputs.
 
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[cfg(lcm_cuda)]
 use super::fused::kernel_seconds;
 use super::fused::{
-    reference_seconds, BinaryOp, FusedCase, FusedResult, FusedSize, FusedTable, FusedTimes,
+    reference_seconds, BinaryOp, FusedBench, FusedCase, FusedResult, FusedSize, FusedTable,
+    FusedTimes,
 };
 use super::median_seconds;
 use crate::error::Result;
 use crate::ops::rms_norm_reference;
 
-pub struct RmsNormBench {
-    pub device: Device,
-    pub rows: i64,
-    pub dim: i64,
-    pub kind: Kind,
-    /// Memory bandwidth ceiling in GB/s, for the fraction reached.
-    pub peak_gbps: f64,
-}
+/// The bench of `lcm bench rmsnorm`.
+pub type RmsNormBench = FusedBench<Dim>;
 
 /// RMSNorm's normalised dimension, the size its bench sweeps.
-#[derive(Serialize)]
+#[derive(Serialize, Clone, Copy)]
 pub struct Dim {
     pub dim: i64,
 }
@@ -41,21 +36,21 @@ impl FusedSize for Dim {
         ratio_title: "speedup",
     };
 
+    fn new(dim: i64) -> Self {
+        Dim { dim }
+    }
+
     fn value(&self) -> i64 {
         self.dim
     }
 }
 
-pub fn header() -> String {
-    Dim::TABLE.header()
-}
-
 impl RmsNormBench {
     pub fn run(&self) -> Result<RmsNormResult> {
         let opts = (self.kind, self.device);
-        let x = Tensor::randn([self.rows, self.dim], opts);
-        let w = Tensor::randn([self.dim], opts) * 0.1 + 1.0;
-        let dy = Tensor::randn([self.rows, self.dim], opts);
+        let x = Tensor::randn([self.rows, self.size.dim], opts);
+        let w = Tensor::randn([self.size.dim], opts) * 0.1 + 1.0;
+        let dy = Tensor::randn([self.rows, self.size.dim], opts);
         let (repeats, iters) = if self.device.is_cuda() {
             (11, 20)
         } else {
@@ -99,14 +94,14 @@ impl RmsNormBench {
         let kernel = [None; 3];
 
         let es = self.kind.elt_size_in_bytes() as f64;
-        let (r, d) = (self.rows as f64, self.dim as f64);
+        let (r, d) = (self.rows as f64, self.size.dim as f64);
         let bytes = [
             2.0 * r * d * es + d * es + 4.0 * r,
             3.0 * r * d * es + d * es + 4.0 * r,
         ];
         Ok(FusedResult {
             case: FusedCase::new(self.device, self.kind, self.rows),
-            size: Dim { dim: self.dim },
+            size: self.size,
             times: FusedTimes::from_seconds(ref_fwd, ref_fwd_bwd, kernel, bytes, self.peak_gbps),
         })
     }

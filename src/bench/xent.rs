@@ -2,28 +2,23 @@
 //! `log_softmax` path) on the same logits and targets.
 
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[cfg(lcm_cuda)]
 use super::fused::kernel_seconds;
 use super::fused::{
-    reference_seconds, BinaryOp, FusedCase, FusedResult, FusedSize, FusedTable, FusedTimes,
+    reference_seconds, BinaryOp, FusedBench, FusedCase, FusedResult, FusedSize, FusedTable,
+    FusedTimes,
 };
 use super::median_seconds;
 use crate::error::Result;
 use crate::ops::xent::{cross_entropy_reference, IGNORE};
 
-pub struct XentBench {
-    pub device: Device,
-    pub rows: i64,
-    pub vocab: i64,
-    pub kind: Kind,
-    /// Memory bandwidth ceiling in GB/s, for the fraction reached.
-    pub peak_gbps: f64,
-}
+/// The bench of `lcm bench xent`.
+pub type XentBench = FusedBench<Vocab>;
 
 /// The vocabulary size, the size the cross-entropy bench sweeps.
-#[derive(Serialize)]
+#[derive(Serialize, Clone, Copy)]
 pub struct Vocab {
     pub vocab: i64,
 }
@@ -40,19 +35,19 @@ impl FusedSize for Vocab {
         ratio_title: "ratio",
     };
 
+    fn new(vocab: i64) -> Self {
+        Vocab { vocab }
+    }
+
     fn value(&self) -> i64 {
         self.vocab
     }
 }
 
-pub fn header() -> String {
-    Vocab::TABLE.header()
-}
-
 impl XentBench {
     pub fn run(&self) -> Result<XentResult> {
-        let logits = Tensor::randn([self.rows, self.vocab], (self.kind, self.device)) * 2.0;
-        let targets = Tensor::randint(self.vocab, [self.rows], (Kind::Int64, self.device));
+        let logits = Tensor::randn([self.rows, self.size.vocab], (self.kind, self.device)) * 2.0;
+        let targets = Tensor::randint(self.size.vocab, [self.rows], (Kind::Int64, self.device));
         // A few ignored targets, as in training (their rows are skipped, so they would
         // flatter the kernel's figures if there were many).
         let targets = targets.index_fill(
@@ -103,7 +98,7 @@ impl XentBench {
         let kernel = [None; 3];
 
         let es = self.kind.elt_size_in_bytes() as f64;
-        let (r, v) = (self.rows as f64, self.vocab as f64);
+        let (r, v) = (self.rows as f64, self.size.vocab as f64);
         let ignored = targets.eq(IGNORE).sum(Kind::Int64).int64_value(&[]) as f64;
         // Ignored rows are never read: only the scored rows' logits count.
         let scored = r - ignored;
@@ -113,7 +108,7 @@ impl XentBench {
         ];
         Ok(FusedResult {
             case: FusedCase::new(self.device, self.kind, self.rows),
-            size: Vocab { vocab: self.vocab },
+            size: self.size,
             times: FusedTimes::from_seconds(ref_fwd, ref_fwd_bwd, kernel, bytes, self.peak_gbps),
         })
     }

@@ -6,8 +6,8 @@ use tch::Kind;
 
 use super::{KernelsBench, Row};
 use crate::bench::fused::FusedTimes;
-use crate::bench::rmsnorm::RmsNormBench;
-use crate::bench::xent::XentBench;
+use crate::bench::rmsnorm::{Dim, RmsNormBench};
+use crate::bench::xent::{Vocab, XentBench};
 use crate::error::Result;
 
 /// A kernel's forward and backward rows: memory-bound, so no FLOPs; the reference's
@@ -39,7 +39,7 @@ pub(super) fn rmsnorm(bench: &KernelsBench, n: i64, dim: i64) -> Result<Vec<Row>
     let r = RmsNormBench {
         device: bench.device,
         rows: n,
-        dim,
+        size: Dim { dim },
         kind: Kind::BFloat16,
         peak_gbps: bench.peak_gbps,
     }
@@ -56,7 +56,7 @@ pub(super) fn xent(bench: &KernelsBench, n: i64, vocab: i64) -> Result<Vec<Row>>
     let r = XentBench {
         device: bench.device,
         rows: n,
-        vocab,
+        size: Vocab { vocab },
         kind: Kind::BFloat16,
         peak_gbps: bench.peak_gbps,
     }
