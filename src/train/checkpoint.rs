@@ -200,26 +200,23 @@ pub fn copy_named(
 ) -> Result<()> {
     let map: std::collections::HashMap<&str, &Tensor> =
         src.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let invalid = |what: String| Error::Invalid(format!("{}: {what}", file.display()));
     if map.len() != names.len() {
-        return Err(Error::Invalid(format!(
-            "{}: {} tensors, the model has {} variables",
-            file.display(),
-            map.len(),
-            names.len()
+        let (have, want) = (map.len(), names.len());
+        return Err(invalid(format!(
+            "{have} tensors, the model has {want} variables"
         )));
     }
     tch::no_grad(|| {
         for (n, d) in names.iter().zip(dst.iter_mut()) {
             let key = format!("{prefix}{n}");
-            let t = map.get(key.as_str()).ok_or_else(|| {
-                Error::Invalid(format!("{}: missing tensor `{key}`", file.display()))
-            })?;
+            let t = map
+                .get(key.as_str())
+                .ok_or_else(|| invalid(format!("missing tensor `{key}`")))?;
             if t.size() != d.size() {
-                return Err(Error::Invalid(format!(
-                    "{}: `{key}` has shape {:?}, the model wants {:?}",
-                    file.display(),
-                    t.size(),
-                    d.size()
+                let (have, want) = (t.size(), d.size());
+                return Err(invalid(format!(
+                    "`{key}` has shape {have:?}, the model wants {want:?}"
                 )));
             }
             d.copy_(t);
