@@ -4,6 +4,7 @@
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+#[cfg(lcm_cuda)]
 use crate::error::Result;
 
 /// What a fused-kernel bench ran on: the device and dtype (as `{:?}` names them) and the
