@@ -1,21 +1,15 @@
 //! Small helpers shared across the library.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
 /// so that readers see either the old file or the whole new one, never a partial write.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = atomic_tmp(dir, &name.to_string_lossy(), std::process::id());
+    let (dir, name) = (parent_dir(path), file_name(path)?);
+    let tmp = atomic_tmp(dir, &name, std::process::id());
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -26,6 +20,40 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// The folder `path` lies in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// The file name of `path`; an error for a path without one (`/`, `..`).
+fn file_name(path: &Path) -> Result<String> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
+    Ok(name.to_string_lossy().into_owned())
+}
+
+/// The entries of `dir` that `keep` accepts, sorted by path; none where `dir` does not
+/// exist.
+pub fn list_dir(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
+    let mut found = vec![];
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for e in entries {
+        let p = e.map_err(|e| Error::io(dir, e))?.path();
+        if keep(&p) {
+            found.push(p);
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// Whether process `pid` is running on this machine (Linux: `/proc/PID` exists). A
@@ -65,19 +93,15 @@ pub fn sweep_stale(dir: &Path, prefix: &str, suffix: &str) {
 }
 
 /// The temporary name [`write_atomic`] writes `path` under for process `pid`.
-fn atomic_tmp(dir: &Path, name: &str, pid: u32) -> std::path::PathBuf {
+fn atomic_tmp(dir: &Path, name: &str, pid: u32) -> PathBuf {
     dir.join(format!(".{name}.tmp-{pid}"))
 }
 
 /// Removes what interrupted [`write_atomic`]s of `path` left behind (their processes are
 /// gone): call it before writing `path` again.
 pub fn sweep_atomic_temps(path: &Path) {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-        sweep_stale(dir, &format!(".{name}.tmp-"), "");
+        sweep_stale(parent_dir(path), &format!(".{name}.tmp-"), "");
     }
 }
 
@@ -89,15 +113,7 @@ pub fn write_via_temp<E: std::fmt::Display>(
     ext: &str,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
 ) -> Result<()> {
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", out.display())))?
-        .to_string_lossy()
-        .into_owned();
+    let (dir, name) = (parent_dir(out), file_name(out)?);
     let prefix = format!(".{name}.tmp-");
     let suffix = format!(".{ext}");
     sweep_stale(dir, &prefix, &suffix);

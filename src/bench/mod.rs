@@ -3,6 +3,7 @@
 //! long enough that the launch cost is small (the sizes used are hundreds of MB).
 
 pub mod allreduce;
+pub mod fused;
 pub mod kernels;
 pub mod prefill;
 pub mod rmsnorm;

@@ -1,6 +1,7 @@
 use anyhow::{bail, Result};
-use lcm::bench::rmsnorm::{self, RmsNormBench};
-use lcm::bench::xent::{self, XentBench};
+use lcm::bench::fused::{FusedBench, FusedResult, FusedSize};
+use lcm::bench::rmsnorm::RmsNormBench;
+use lcm::bench::xent::XentBench;
 use tch::Device;
 
 use super::{parse_device, parse_kind, parse_offload};
@@ -292,36 +293,52 @@ pub fn run(cmd: Command) -> Result<()> {
             if let Some(v) = a.vocab.iter().find(|&&v| v < 1) {
                 bail!("--vocab {v}: must be at least 1");
             }
-            let device = parse_device(Some(&a.device))?;
-            println!("{}", xent::header());
-            let lines = sweep(&a.dtype, &a.vocab, |kind, vocab| {
-                XentBench {
-                    device,
-                    rows: a.rows,
-                    vocab,
-                    kind,
-                    peak_gbps: a.peak_gbps,
-                }
-                .run()
-            })?;
-            write_json_lines(a.json.as_deref(), &lines)
+            fused_sweep(
+                &a.device,
+                a.rows,
+                &a.dtype,
+                &a.vocab,
+                a.peak_gbps,
+                a.json.as_deref(),
+                XentBench::run,
+            )
         }
-        Command::Rmsnorm(a) => {
-            let device = parse_device(Some(&a.device))?;
-            println!("{}", rmsnorm::header());
-            let lines = sweep(&a.dtype, &a.dim, |kind, dim| {
-                RmsNormBench {
-                    device,
-                    rows: a.rows,
-                    dim,
-                    kind,
-                    peak_gbps: a.peak_gbps,
-                }
-                .run()
-            })?;
-            write_json_lines(a.json.as_deref(), &lines)
-        }
+        Command::Rmsnorm(a) => fused_sweep(
+            &a.device,
+            a.rows,
+            &a.dtype,
+            &a.dim,
+            a.peak_gbps,
+            a.json.as_deref(),
+            RmsNormBench::run,
+        ),
     }
+}
+
+/// `lcm bench rmsnorm` and `lcm bench xent`: the table's header, then `run` at every dtype
+/// of `dtypes` and size of `sizes`, each row printed as it comes and written to `json` too.
+fn fused_sweep<S: FusedSize>(
+    device: &str,
+    rows: i64,
+    dtypes: &[String],
+    sizes: &[i64],
+    peak_gbps: f64,
+    json: Option<&std::path::Path>,
+    run: fn(&FusedBench<S>) -> lcm::Result<FusedResult<S>>,
+) -> Result<()> {
+    let device = parse_device(Some(device))?;
+    println!("{}", S::TABLE.header());
+    let lines = sweep(dtypes, sizes, |kind, size| {
+        let size = S::new(size);
+        run(&FusedBench {
+            device,
+            rows,
+            size,
+            kind,
+            peak_gbps,
+        })
+    })?;
+    write_json_lines(json, &lines)
 }
 
 /// Runs `bench` for every dtype of `dtypes` and size of `sizes` (dtypes outermost), printing

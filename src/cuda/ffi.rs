@@ -30,200 +30,122 @@ extern "C" {
     pub fn lcm_cuda_event_free(e: *mut std::ffi::c_void);
     pub fn lcm_cuda_device_describe(index: c_int, buf: *mut c_char, len: c_int) -> c_int;
     pub fn lcm_cuda_capability(index: c_int) -> c_int;
+}
 
-    pub fn lcm_rmsnorm(
-        x: *const C_tensor,
-        w: *const C_tensor,
-        eps: f64,
-        y: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_rmsnorm_forward_raw(
-        x: *const C_tensor,
-        w: *const C_tensor,
-        eps: f64,
-        y: *mut *mut C_tensor,
-        rstd: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_rmsnorm_backward_raw(
-        x: *const C_tensor,
-        w: *const C_tensor,
-        rstd: *const C_tensor,
-        dy: *const C_tensor,
-        dx: *mut *mut C_tensor,
-        dw: *mut *mut C_tensor,
-    ) -> c_int;
+/// Declares the kernel entries of `cuda/bridge.h`, each written as its tensor inputs
+/// (`in`), its scalar parameters and its output tensors (`out`): the C signature takes them
+/// in that order, inputs as `*const C_tensor`, outputs as `*mut *mut C_tensor`, and returns
+/// 0 or an error code. Each entry also gets a safe wrapper of the same name in [`safe`].
+macro_rules! kernel_entries {
+    ($(
+        fn $name:ident(in $($input:ident),+; $($param:ident: $pty:ty),*; out $($output:ident),+);
+    )+) => {
+        extern "C" {
+            $(
+                pub fn $name(
+                    $($input: *const C_tensor,)+
+                    $($param: $pty,)*
+                    $($output: *mut *mut C_tensor),+
+                ) -> c_int;
+            )+
+        }
 
-    pub fn lcm_xent(
-        logits: *const C_tensor,
-        targets: *const C_tensor,
-        loss: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_xent_forward_raw(
-        logits: *const C_tensor,
-        targets: *const C_tensor,
-        loss: *mut *mut C_tensor,
-        lse: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_xent_backward_raw(
-        logits: *const C_tensor,
-        targets: *const C_tensor,
-        lse: *const C_tensor,
-        dloss: *const C_tensor,
-        dlogits: *mut *mut C_tensor,
-    ) -> c_int;
+        /// The kernel entries as safe functions: inputs are tensors (or, where the kernel
+        /// takes an optional one, an `Option`), scalars anything that converts into the C
+        /// type (a `bool` or a path into a `c_int` flag), and the outputs come back owned.
+        pub mod safe {
+            use super::*;
+            $(
+                #[allow(clippy::too_many_arguments)]
+                pub fn $name(
+                    $($input: impl TensorArg,)+
+                    $($param: impl Into<$pty>,)*
+                ) -> Result<[Tensor; [$(stringify!($output)),+].len()]> {
+                    $(let $param: $pty = $param.into();)*
+                    // SAFETY: the inputs are live tensors (or null where optional) for the
+                    // whole call, and on success the entry writes one owned tensor per output.
+                    unsafe {
+                        call(|out| {
+                            let [$($output),+] = out;
+                            super::$name($($input.tensor_ptr(),)+ $($param,)* $($output),+)
+                        })
+                    }
+                }
+            )+
+        }
+    };
+}
 
-    pub fn lcm_gca(
-        q: *const C_tensor,
-        k: *const C_tensor,
-        v: *const C_tensor,
-        w: *const C_tensor,
-        scale: f64,
-        softmax_one: c_int,
-        path: c_int,
-        o: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_gca_forward_raw(
-        q: *const C_tensor,
-        k: *const C_tensor,
-        v: *const C_tensor,
-        w: *const C_tensor,
-        scale: f64,
-        softmax_one: c_int,
-        path: c_int,
-        o: *mut *mut C_tensor,
-        lse: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_gca_gathered(
-        q: *const C_tensor,
-        mem_k: *const C_tensor,
-        mem_v: *const C_tensor,
-        idx: *const C_tensor,
-        w: *const C_tensor,
-        scale: f64,
-        softmax_one: c_int,
-        path: c_int,
-        o: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_gca_gathered_forward_raw(
-        q: *const C_tensor,
-        mem_k: *const C_tensor,
-        mem_v: *const C_tensor,
-        idx: *const C_tensor,
-        w: *const C_tensor,
-        scale: f64,
-        softmax_one: c_int,
-        path: c_int,
-        o: *mut *mut C_tensor,
-        lse: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_gca_backward_raw(
-        q: *const C_tensor,
-        k: *const C_tensor,
-        v: *const C_tensor,
-        w: *const C_tensor,
-        lse: *const C_tensor,
-        dout: *const C_tensor,
-        scale: f64,
-        path: c_int,
-        dq: *mut *mut C_tensor,
-        dk: *mut *mut C_tensor,
-        dv: *mut *mut C_tensor,
-        dw: *mut *mut C_tensor,
-    ) -> c_int;
+/// A tensor input of a kernel entry: a tensor, or an optional one (null when absent).
+pub trait TensorArg {
+    fn tensor_ptr(&self) -> *const C_tensor;
+}
 
-    pub fn lcm_hsa(
-        q: *const C_tensor,
-        k: *const C_tensor,
-        v: *const C_tensor,
-        w: *const C_tensor,
-        idx: *const C_tensor,
-        chunk: i64,
-        scale: f64,
-        softmax_one: c_int,
-        path: c_int,
-        o: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_hsa_forward_raw(
-        q: *const C_tensor,
-        k: *const C_tensor,
-        v: *const C_tensor,
-        w: *const C_tensor,
-        idx: *const C_tensor,
-        chunk: i64,
-        scale: f64,
-        softmax_one: c_int,
-        path: c_int,
-        o: *mut *mut C_tensor,
-        lse: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_hsa_backward_raw(
-        q: *const C_tensor,
-        k: *const C_tensor,
-        v: *const C_tensor,
-        w: *const C_tensor,
-        idx: *const C_tensor,
-        lse: *const C_tensor,
-        dout: *const C_tensor,
-        chunk: i64,
-        scale: f64,
-        softmax_one: c_int,
-        dq: *mut *mut C_tensor,
-        dk: *mut *mut C_tensor,
-        dv: *mut *mut C_tensor,
-        dw: *mut *mut C_tensor,
-    ) -> c_int;
+impl TensorArg for &Tensor {
+    fn tensor_ptr(&self) -> *const C_tensor {
+        self.as_ptr()
+    }
+}
 
-    pub fn lcm_swa(
-        q: *const C_tensor,
-        k: *const C_tensor,
-        v: *const C_tensor,
-        slopes: *const C_tensor,
-        window: i64,
-        causal: c_int,
-        scale: f64,
-        path: c_int,
-        o: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_swa_forward_raw(
-        q: *const C_tensor,
-        k: *const C_tensor,
-        v: *const C_tensor,
-        slopes: *const C_tensor,
-        window: i64,
-        causal: c_int,
-        scale: f64,
-        path: c_int,
-        o: *mut *mut C_tensor,
-        lse: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_swa_backward_raw(
-        q: *const C_tensor,
-        k: *const C_tensor,
-        v: *const C_tensor,
-        slopes: *const C_tensor,
-        o: *const C_tensor,
-        lse: *const C_tensor,
-        dout: *const C_tensor,
-        window: i64,
-        causal: c_int,
-        scale: f64,
-        path: c_int,
-        dq: *mut *mut C_tensor,
-        dk: *mut *mut C_tensor,
-        dv: *mut *mut C_tensor,
-    ) -> c_int;
-    pub fn lcm_retrieval_topk(
-        q: *const C_tensor,
-        k: *const C_tensor,
-        first: i64,
-        div: i64,
-        topk: i64,
-        scale: f64,
-        seed: i64,
-        gumbel: c_int,
-        scores: *mut *mut C_tensor,
-        indices: *mut *mut C_tensor,
-    ) -> c_int;
+impl TensorArg for Option<&Tensor> {
+    fn tensor_ptr(&self) -> *const C_tensor {
+        self.map_or(std::ptr::null(), |t| t.as_ptr())
+    }
+}
+
+kernel_entries! {
+    // RMSNorm: with autograd; the forward without it (saving `rstd`); its backward.
+    fn lcm_rmsnorm(in x, w; eps: f64; out y);
+    fn lcm_rmsnorm_forward_raw(in x, w; eps: f64; out y, rstd);
+    fn lcm_rmsnorm_backward_raw(in x, w, rstd, dy; ; out dx, dw);
+
+    // Per-token cross-entropy, the same three.
+    fn lcm_xent(in logits, targets; ; out loss);
+    fn lcm_xent_forward_raw(in logits, targets; ; out loss, lse);
+    fn lcm_xent_backward_raw(in logits, targets, lse, dloss; ; out dlogits);
+
+    // GCA over given chunks, and over the chunks `idx` of a chunk memory.
+    fn lcm_gca(in q, k, v, w; scale: f64, softmax_one: c_int, path: c_int; out o);
+    fn lcm_gca_forward_raw(in q, k, v, w; scale: f64, softmax_one: c_int, path: c_int; out o, lse);
+    fn lcm_gca_gathered(
+        in q, mem_k, mem_v, idx, w; scale: f64, softmax_one: c_int, path: c_int; out o
+    );
+    fn lcm_gca_gathered_forward_raw(
+        in q, mem_k, mem_v, idx, w; scale: f64, softmax_one: c_int, path: c_int; out o, lse
+    );
+    fn lcm_gca_backward_raw(
+        in q, k, v, w, lse, dout; scale: f64, path: c_int; out dq, dk, dv, dw
+    );
+
+    // HSA.
+    fn lcm_hsa(
+        in q, k, v, w, idx; chunk: i64, scale: f64, softmax_one: c_int, path: c_int; out o
+    );
+    fn lcm_hsa_forward_raw(
+        in q, k, v, w, idx; chunk: i64, scale: f64, softmax_one: c_int, path: c_int; out o, lse
+    );
+    fn lcm_hsa_backward_raw(
+        in q, k, v, w, idx, lse, dout; chunk: i64, scale: f64, softmax_one: c_int;
+        out dq, dk, dv, dw
+    );
+
+    // Sliding-window attention (bidirectional with `causal` 0); `slopes` may be null.
+    fn lcm_swa(
+        in q, k, v, slopes; window: i64, causal: c_int, scale: f64, path: c_int; out o
+    );
+    fn lcm_swa_forward_raw(
+        in q, k, v, slopes; window: i64, causal: c_int, scale: f64, path: c_int; out o, lse
+    );
+    fn lcm_swa_backward_raw(
+        in q, k, v, slopes, o, lse, dout; window: i64, causal: c_int, scale: f64, path: c_int;
+        out dq, dk, dv
+    );
+
+    // The retrieval top-k of queries `q` over keys `k`.
+    fn lcm_retrieval_topk(
+        in q, k; first: i64, div: i64, topk: i64, scale: f64, seed: i64, gumbel: c_int;
+        out scores, indices
+    );
 }
 
 /// Calls a bridge function that fills `N` output tensor pointers, and takes ownership of

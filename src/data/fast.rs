@@ -58,33 +58,7 @@ impl FastPath {
     /// tokens, no truncation or padding, added tokens either runs of spaces or free of
     /// whitespace, none stripping or matching single words.
     pub fn new(j: &Value, tok: &tokenizers::Tokenizer) -> Option<Self> {
-        let ty = |v: &Value| v.get("type").and_then(Value::as_str).map(str::to_string);
-        let normalizer_ok = match j.get("normalizer") {
-            None | Some(Value::Null) => true,
-            Some(n) => matches!(ty(n).as_deref(), Some("NFC" | "NFD" | "NFKC" | "NFKD")),
-        };
-        let pre = j.get("pre_tokenizer")?;
-        let pre_ok = ty(pre).as_deref() == Some("ByteLevel")
-            && pre.get("add_prefix_space").and_then(Value::as_bool) == Some(false)
-            && pre
-                .get("use_regex")
-                .and_then(Value::as_bool)
-                .unwrap_or(true);
-        let model = j.get("model")?;
-        let model_ok =
-            ty(model).as_deref() == Some("BPE") && model.get("dropout").is_none_or(Value::is_null);
-        let post_ok = match j.get("post_processor") {
-            None | Some(Value::Null) => true,
-            Some(p) => ty(p).as_deref() == Some("ByteLevel"),
-        };
-        let plain = |k: &str| j.get(k).is_none_or(Value::is_null);
-        if !(normalizer_ok
-            && pre_ok
-            && model_ok
-            && post_ok
-            && plain("truncation")
-            && plain("padding"))
-        {
+        if !super::tokenizer::byte_level_bpe_pipeline(j) {
             return None;
         }
         let mut run_ids = vec![];

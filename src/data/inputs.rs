@@ -53,6 +53,15 @@ impl InputKind {
 
 const KINDS: &str = ".jsonl, .jsonl.zst or .parquet";
 
+/// The files an `--input` argument contributed, or the error that it contributed none
+/// (`none` says how).
+fn some_found(arg: &Path, found: Vec<PathBuf>, none: String) -> Result<Vec<PathBuf>> {
+    if found.is_empty() {
+        return Err(Error::input(arg, None, none));
+    }
+    Ok(found)
+}
+
 /// Expands the `--input` arguments, in order: a file is taken as it is, a directory
 /// contributes its input files (recursively, sorted by path), and a pattern with `*`, `?`
 /// or `[` its matches (sorted); a directory or pattern takes `.jsonl`, `.jsonl.zst` and
@@ -66,14 +75,11 @@ pub fn expand_inputs(args: &[String]) -> Result<Vec<PathBuf>> {
             let mut found = vec![];
             walk(path, &mut found)?;
             found.sort();
-            if found.is_empty() {
-                return Err(Error::input(
-                    path,
-                    None,
-                    format!("no {KINDS} files in this directory"),
-                ));
-            }
-            out.extend(found);
+            out.extend(some_found(
+                path,
+                found,
+                format!("no {KINDS} files in this directory"),
+            )?);
         } else if path.exists() {
             if InputKind::of(path).is_none() {
                 return Err(Error::input(
@@ -97,14 +103,11 @@ pub fn expand_inputs(args: &[String]) -> Result<Vec<PathBuf>> {
             }
             found.sort();
             found.dedup();
-            if found.is_empty() {
-                return Err(Error::input(
-                    path,
-                    None,
-                    format!("the pattern matches no {KINDS} files"),
-                ));
-            }
-            out.extend(found);
+            out.extend(some_found(
+                path,
+                found,
+                format!("the pattern matches no {KINDS} files"),
+            )?);
         } else {
             return Err(Error::io(
                 path,

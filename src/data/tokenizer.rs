@@ -197,6 +197,28 @@ pub fn split_point(text: &[u8], from: usize) -> usize {
 /// See [`Tokenizer::chunk_safe`]: decided from the tokenizer.json itself.
 fn chunk_safe(j: &serde_json::Value) -> bool {
     use serde_json::Value;
+    let added_ok = j
+        .get("added_tokens")
+        .and_then(Value::as_array)
+        .is_none_or(|toks| {
+            toks.iter().all(|t| {
+                let content = t.get("content").and_then(Value::as_str).unwrap_or("");
+                let ws = content.chars().filter(|c| c.is_whitespace()).count();
+                let flag = |k: &str| t.get(k).and_then(Value::as_bool).unwrap_or(false);
+                (ws == 0 || ws == content.chars().count())
+                    && !flag("lstrip")
+                    && !flag("rstrip")
+                    && !flag("single_word")
+            })
+        });
+    byte_level_bpe_pipeline(j) && added_ok
+}
+
+/// Whether a tokenizer.json's pipeline is plain byte-level BPE: normaliser absent or a
+/// Unicode normal form, byte-level pre-tokeniser with its regex and no prefix space, BPE
+/// without dropout, no post-processor but a byte-level one, no truncation or padding.
+pub(crate) fn byte_level_bpe_pipeline(j: &serde_json::Value) -> bool {
+    use serde_json::Value;
     let ty = |v: &Value| v.get("type").and_then(Value::as_str).map(str::to_string);
     let normalizer_ok = match j.get("normalizer") {
         None | Some(Value::Null) => true,
@@ -217,25 +239,5 @@ fn chunk_safe(j: &serde_json::Value) -> bool {
         Some(p) => ty(p).as_deref() == Some("ByteLevel"),
     };
     let plain = |k: &str| j.get(k).is_none_or(Value::is_null);
-    let added_ok = j
-        .get("added_tokens")
-        .and_then(Value::as_array)
-        .is_none_or(|toks| {
-            toks.iter().all(|t| {
-                let content = t.get("content").and_then(Value::as_str).unwrap_or("");
-                let ws = content.chars().filter(|c| c.is_whitespace()).count();
-                let flag = |k: &str| t.get(k).and_then(Value::as_bool).unwrap_or(false);
-                (ws == 0 || ws == content.chars().count())
-                    && !flag("lstrip")
-                    && !flag("rstrip")
-                    && !flag("single_word")
-            })
-        });
-    normalizer_ok
-        && pre_ok
-        && model_ok
-        && post_ok
-        && added_ok
-        && plain("truncation")
-        && plain("padding")
+    normalizer_ok && pre_ok && model_ok && post_ok && plain("truncation") && plain("padding")
 }

@@ -49,14 +49,7 @@ impl Transformer {
                 .map(|i| Block::new(vs / "layers" / i, spec, cfg.d_ff))
                 .collect(),
             norm: RmsNorm::new(vs / "norm", cfg.d_model, cfg.norm_eps),
-            lm_head: LmHead::new(
-                vs,
-                &embed,
-                cfg.tie_embeddings,
-                cfg.d_model,
-                cfg.vocab_size,
-                cfg.init_std,
-            ),
+            lm_head: LmHead::new(vs, &embed, cfg),
             embed,
             cfg: cfg.clone(),
         })

@@ -210,14 +210,7 @@ impl Drt {
             chunk_v_proj: linear(vs / "chunk_v_proj", cfg.d_model, kv, std),
             groups,
             norm: RmsNorm::new(vs / "norm", cfg.d_model, cfg.norm_eps),
-            lm_head: LmHead::new(
-                vs,
-                &embed,
-                cfg.tie_embeddings,
-                cfg.d_model,
-                cfg.vocab_size,
-                std,
-            ),
+            lm_head: LmHead::new(vs, &embed, cfg),
             embed,
             cfg: cfg.clone(),
             step: 0,
@@ -229,6 +222,11 @@ impl Drt {
     }
 
     /// `(N, C*S)` tokens -> `(N, C*(S+1))` with the landmark after every chunk.
+    /// The embedding of `tokens` with their landmarks inserted ([`Drt::insert_landmarks`]).
+    fn embed_with_landmarks(&self, tokens: &Tensor) -> Tensor {
+        self.embed.forward(&self.insert_landmarks(tokens))
+    }
+
     pub fn insert_landmarks(&self, tokens: &Tensor) -> Tensor {
         let d = self.drt();
         let (n, t) = (tokens.size()[0], tokens.size()[1]);
@@ -307,8 +305,7 @@ impl Drt {
         let (n, t) = (tokens.size()[0], tokens.size()[1]);
         let (s, dm) = (d.chunk_size, self.cfg.d_model);
         let c = t / s;
-        let x = self.insert_landmarks(tokens);
-        let mut h = self.embed.forward(&x);
+        let mut h = self.embed_with_landmarks(tokens);
         for layer in &self.lower {
             h = layer.forward(&h);
         }
@@ -371,8 +368,7 @@ impl Drt {
         let (n, t) = (tokens.size()[0], tokens.size()[1]);
         let (s, dm) = (d.chunk_size, self.cfg.d_model);
         let c = t / s;
-        let x = self.insert_landmarks(tokens);
-        let mut h = self.embed.forward(&x);
+        let mut h = self.embed_with_landmarks(tokens);
         let mut caches = state.attn.iter_mut();
         for layer in &self.lower {
             let cache = caches.next().expect("one cache per layer");

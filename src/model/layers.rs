@@ -8,7 +8,7 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::config::Positional;
+use super::config::{ModelConfig, Positional};
 use crate::ops;
 
 /// `Linear(d_in -> d_out)` without bias, weights N(0, std), named `<path>.weight`.
@@ -342,18 +342,18 @@ pub enum LmHead {
 }
 
 impl LmHead {
-    pub fn new(
-        vs: &nn::Path,
-        embed: &nn::Embedding,
-        tie: bool,
-        d: i64,
-        vocab: i64,
-        std: f64,
-    ) -> Self {
-        if tie {
+    /// The head of a model of config `cfg` whose token embedding is `embed`: tied to it
+    /// (`tie_embeddings`) or a linear layer of its own.
+    pub fn new(vs: &nn::Path, embed: &nn::Embedding, cfg: &ModelConfig) -> Self {
+        if cfg.tie_embeddings {
             LmHead::Tied(embed.ws.shallow_clone())
         } else {
-            LmHead::Own(linear(vs / "lm_head", d, vocab, std))
+            LmHead::Own(linear(
+                vs / "lm_head",
+                cfg.d_model,
+                cfg.vocab_size,
+                cfg.init_std,
+            ))
         }
     }
 

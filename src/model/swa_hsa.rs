@@ -169,7 +169,7 @@ impl SwaHsa {
             chunking,
             groups,
             norm: RmsNorm::new(vs / "norm", dm, eps),
-            lm_head: LmHead::new(vs, &embed, cfg.tie_embeddings, dm, cfg.vocab_size, std),
+            lm_head: LmHead::new(vs, &embed, cfg),
             embed,
             cfg: cfg.clone(),
             step: 0,
@@ -204,14 +204,21 @@ impl SwaHsa {
         Memory { k, v, landmarks }
     }
 
-    fn retrieve(&self, layer: &RetrievalLayer, x: &Tensor, mem: &Memory, train: bool) -> Retrieval {
+    /// The retrieval queries of hidden states `x (N, L, d)`: `(N, L, r, retrieval_dim / r)`
+    /// over the `r` retrieval heads.
+    fn retrieval_queries(&self, layer: &RetrievalLayer, x: &Tensor) -> Tensor {
         let h = self.hsa();
         let (n, l) = (x.size()[0], x.size()[1]);
         let r = h.retrieval_heads;
-        let q = layer
+        layer
             .q_proj
             .forward(&layer.norm.forward(x))
-            .view([n, l, r, h.retrieval_dim / r]);
+            .view([n, l, r, h.retrieval_dim / r])
+    }
+
+    fn retrieve(&self, layer: &RetrievalLayer, x: &Tensor, mem: &Memory, train: bool) -> Retrieval {
+        let h = self.hsa();
+        let q = self.retrieval_queries(layer, x);
         ops::token_retrieval(
             &q,
             &mem.landmarks,
@@ -239,12 +246,7 @@ impl SwaHsa {
         first: i64,
     ) -> Retrieval {
         let h = self.hsa();
-        let (n, l) = (x.size()[0], x.size()[1]);
-        let r = h.retrieval_heads;
-        let q = layer
-            .q_proj
-            .forward(&layer.norm.forward(x))
-            .view([n, l, r, h.retrieval_dim / r]);
+        let q = self.retrieval_queries(layer, x);
         let lmk = store.landmarks();
         ops::token_retrieval_blocked(
             &q,

@@ -24,6 +24,11 @@ use tch::{Kind, Tensor};
 #[cfg(lcm_cuda)]
 use super::path::{attn_path_on, AttnPath};
 #[cfg(lcm_cuda)]
+use crate::cuda::ffi::safe::{
+    lcm_gca, lcm_gca_backward_raw, lcm_gca_forward_raw, lcm_gca_gathered,
+    lcm_gca_gathered_forward_raw,
+};
+#[cfg(lcm_cuda)]
 use crate::error::Result;
 
 /// Largest `K_CTX` the kernel's backward takes (the forward takes any).
@@ -80,20 +85,22 @@ pub fn gca_reference(
 /// 128, `1 <= K_CTX <= 128` and well-formed shapes (anything else runs the reference).
 pub fn kernel_supports(q: &Tensor, k: &Tensor, v: &Tensor, weights: &Tensor) -> bool {
     let (qs, ks) = (q.size(), k.size());
-    qs.len() == 4
-        && ks.len() == 5
-        && v.size() == ks
-        && q.device().is_cuda()
-        && [q.kind(), k.kind(), v.kind()] == [Kind::BFloat16; 3]
-        && matches!(qs[3], 64 | 128)
-        && ks[4] == qs[3]
+    super::attention_kernel_inputs(q, k, v, 5)
         && ks[0] == qs[0]
-        && ks[1] > 0
-        && qs[1] % ks[1] == 0
-        && ks[2] >= 1
-        && (1..=KERNEL_MAX_KCTX).contains(&ks[3])
+        && kernel_takes_chunks(q, ks[1], ks[2], ks[3], weights)
+}
+
+/// The kernel's limits on the chunks, shared by both layouts: queries `q` over `hkv` kv
+/// heads (a divisor of q's heads), `chunks >= 1` chunks of `k_ctx` slots (up to
+/// [`KERNEL_MAX_KCTX`]), at least one query, and weights `(B, chunks)` on q's device.
+fn kernel_takes_chunks(q: &Tensor, hkv: i64, chunks: i64, k_ctx: i64, weights: &Tensor) -> bool {
+    let qs = q.size();
+    hkv > 0
+        && qs[1] % hkv == 0
+        && chunks >= 1
+        && (1..=KERNEL_MAX_KCTX).contains(&k_ctx)
         && qs[2] >= 1
-        && weights.size() == [qs[0], ks[2]]
+        && weights.size() == [qs[0], chunks]
         && weights.device() == q.device()
 }
 
@@ -110,20 +117,7 @@ pub fn gca_cuda(
     softmax_one: bool,
     path: AttnPath,
 ) -> Result<Tensor> {
-    let [o] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            crate::cuda::ffi::lcm_gca(
-                q.as_ptr(),
-                k.as_ptr(),
-                v.as_ptr(),
-                weights.as_ptr(),
-                scale,
-                softmax_one as i32,
-                path as i32,
-                &mut out[0],
-            )
-        })?
-    };
+    let [o] = lcm_gca(q, k, v, weights, scale, softmax_one, path)?;
     Ok(o)
 }
 
@@ -138,22 +132,7 @@ pub fn gca_cuda_forward_raw(
     softmax_one: bool,
     path: AttnPath,
 ) -> Result<(Tensor, Tensor)> {
-    let [o, lse] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b] = out;
-            crate::cuda::ffi::lcm_gca_forward_raw(
-                q.as_ptr(),
-                k.as_ptr(),
-                v.as_ptr(),
-                weights.as_ptr(),
-                scale,
-                softmax_one as i32,
-                path as i32,
-                a,
-                b,
-            )
-        })?
-    };
+    let [o, lse] = lcm_gca_forward_raw(q, k, v, weights, scale, softmax_one, path)?;
     Ok((o, lse))
 }
 
@@ -170,25 +149,7 @@ pub fn gca_cuda_backward_raw(
     scale: f64,
     path: AttnPath,
 ) -> Result<[Tensor; 4]> {
-    unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b, c, d] = out;
-            crate::cuda::ffi::lcm_gca_backward_raw(
-                q.as_ptr(),
-                k.as_ptr(),
-                v.as_ptr(),
-                weights.as_ptr(),
-                lse.as_ptr(),
-                dout.as_ptr(),
-                scale,
-                path as i32,
-                a,
-                b,
-                c,
-                d,
-            )
-        })
-    }
+    lcm_gca_backward_raw(q, k, v, weights, lse, dout, scale, path)
 }
 
 /// The chunks `idx` `(B, K)` names in a memory `(M, K_CTX, Hkv, D)`, as [`gca`] takes
@@ -225,25 +186,13 @@ pub fn gathered_kernel_supports(
     weights: &Tensor,
 ) -> bool {
     let (qs, m, i) = (q.size(), mem_k.size(), idx.size());
-    qs.len() == 4
-        && m.len() == 4
+    super::attention_kernel_inputs(q, mem_k, mem_v, 4)
         && i.len() == 2
-        && mem_v.size() == m
-        && q.device().is_cuda()
         && idx.device() == q.device()
         && idx.kind() == Kind::Int64
-        && [q.kind(), mem_k.kind(), mem_v.kind()] == [Kind::BFloat16; 3]
-        && matches!(qs[3], 64 | 128)
-        && m[3] == qs[3]
         && m[0] >= 1
-        && m[2] > 0
-        && qs[1] % m[2] == 0
         && i[0] == qs[0]
-        && i[1] >= 1
-        && (1..=KERNEL_MAX_KCTX).contains(&m[1])
-        && qs[2] >= 1
-        && weights.size() == [qs[0], i[1]]
-        && weights.device() == q.device()
+        && kernel_takes_chunks(q, m[2], i[1], m[1], weights)
 }
 
 /// The kernel of [`gca_gathered`] with autograd (the gradients of the memory are the
@@ -260,21 +209,7 @@ pub fn gca_gathered_cuda(
     softmax_one: bool,
     path: AttnPath,
 ) -> Result<Tensor> {
-    let [o] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            crate::cuda::ffi::lcm_gca_gathered(
-                q.as_ptr(),
-                mem_k.as_ptr(),
-                mem_v.as_ptr(),
-                idx.as_ptr(),
-                weights.as_ptr(),
-                scale,
-                softmax_one as i32,
-                path as i32,
-                &mut out[0],
-            )
-        })?
-    };
+    let [o] = lcm_gca_gathered(q, mem_k, mem_v, idx, weights, scale, softmax_one, path)?;
     Ok(o)
 }
 
@@ -291,23 +226,8 @@ pub fn gca_gathered_cuda_forward_raw(
     softmax_one: bool,
     path: AttnPath,
 ) -> Result<(Tensor, Tensor)> {
-    let [o, lse] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b] = out;
-            crate::cuda::ffi::lcm_gca_gathered_forward_raw(
-                q.as_ptr(),
-                mem_k.as_ptr(),
-                mem_v.as_ptr(),
-                idx.as_ptr(),
-                weights.as_ptr(),
-                scale,
-                softmax_one as i32,
-                path as i32,
-                a,
-                b,
-            )
-        })?
-    };
+    let [o, lse] =
+        lcm_gca_gathered_forward_raw(q, mem_k, mem_v, idx, weights, scale, softmax_one, path)?;
     Ok((o, lse))
 }
 

@@ -18,6 +18,8 @@ use tch::{Kind, Tensor};
 #[cfg(lcm_cuda)]
 use super::path::{hsa_path, HsaPath};
 #[cfg(lcm_cuda)]
+use crate::cuda::ffi::safe::{lcm_hsa, lcm_hsa_backward_raw, lcm_hsa_forward_raw};
+#[cfg(lcm_cuda)]
 use crate::error::Result;
 
 /// Largest chunk size the kernel takes.
@@ -111,19 +113,13 @@ pub fn kernel_supports(
     chunk_size: i64,
 ) -> bool {
     let (qs, ks, ws) = (q.size(), k.size(), weights.size());
-    qs.len() == 4
-        && ks.len() == 4
-        && v.size() == ks
+    super::attention_kernel_inputs(q, k, v, 4)
         && ws.len() == 4
-        && q.device().is_cuda()
         && k.device() == q.device()
         && v.device() == q.device()
         && weights.device() == q.device()
         && indices.device() == q.device()
-        && [q.kind(), k.kind(), v.kind()] == [Kind::BFloat16; 3]
         && indices.kind() == Kind::Int64
-        && matches!(qs[3], 64 | 128)
-        && ks[3] == qs[3]
         && ks[0] == qs[0]
         && ks[2] > 0
         && qs[2] % ks[2] == 0
@@ -145,28 +141,13 @@ pub fn hsa_cuda(
     k: &Tensor,
     v: &Tensor,
     weights: &Tensor,
-    indices: &Tensor,
+    idx: &Tensor,
     chunk_size: i64,
     scale: f64,
     softmax_one: bool,
     path: HsaPath,
 ) -> Result<Tensor> {
-    let [o] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            crate::cuda::ffi::lcm_hsa(
-                q.as_ptr(),
-                k.as_ptr(),
-                v.as_ptr(),
-                weights.as_ptr(),
-                indices.as_ptr(),
-                chunk_size,
-                scale,
-                softmax_one as i32,
-                path as i32,
-                &mut out[0],
-            )
-        })?
-    };
+    let [o] = lcm_hsa(q, k, v, weights, idx, chunk_size, scale, softmax_one, path)?;
     Ok(o)
 }
 
@@ -179,30 +160,14 @@ pub fn hsa_cuda_forward_raw(
     k: &Tensor,
     v: &Tensor,
     weights: &Tensor,
-    indices: &Tensor,
+    idx: &Tensor,
     chunk_size: i64,
     scale: f64,
     softmax_one: bool,
     path: HsaPath,
 ) -> Result<(Tensor, Tensor)> {
-    let [o, lse] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b] = out;
-            crate::cuda::ffi::lcm_hsa_forward_raw(
-                q.as_ptr(),
-                k.as_ptr(),
-                v.as_ptr(),
-                weights.as_ptr(),
-                indices.as_ptr(),
-                chunk_size,
-                scale,
-                softmax_one as i32,
-                path as i32,
-                a,
-                b,
-            )
-        })?
-    };
+    let [o, lse] =
+        lcm_hsa_forward_raw(q, k, v, weights, idx, chunk_size, scale, softmax_one, path)?;
     Ok((o, lse))
 }
 
@@ -215,34 +180,25 @@ pub fn hsa_cuda_backward_raw(
     k: &Tensor,
     v: &Tensor,
     weights: &Tensor,
-    indices: &Tensor,
+    idx: &Tensor,
     lse: &Tensor,
     dout: &Tensor,
     chunk_size: i64,
     scale: f64,
     softmax_one: bool,
 ) -> Result<[Tensor; 4]> {
-    unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b, c, d] = out;
-            crate::cuda::ffi::lcm_hsa_backward_raw(
-                q.as_ptr(),
-                k.as_ptr(),
-                v.as_ptr(),
-                weights.as_ptr(),
-                indices.as_ptr(),
-                lse.as_ptr(),
-                dout.as_ptr(),
-                chunk_size,
-                scale,
-                softmax_one as i32,
-                a,
-                b,
-                c,
-                d,
-            )
-        })
-    }
+    lcm_hsa_backward_raw(
+        q,
+        k,
+        v,
+        weights,
+        idx,
+        lse,
+        dout,
+        chunk_size,
+        scale,
+        softmax_one,
+    )
 }
 
 /// HSA by whichever implementation suits the input (see [`crate::ops`]): the kernel for

@@ -36,6 +36,25 @@ pub fn reference_forced() -> bool {
     *FORCE_REFERENCE.get_or_init(|| std::env::var("LCM_REFERENCE_OPS").is_ok_and(|v| v == "1"))
 }
 
+/// The checks every attention kernel (SWA, GCA, HSA) makes of its inputs: `q` 4-d on a
+/// CUDA device, `k` of `kv_dims` dimensions and `v` of its shape, all three bf16, and the
+/// same head dim (the last), 64 or 128, in `q` and `k`.
+pub(crate) fn attention_kernel_inputs(
+    q: &tch::Tensor,
+    k: &tch::Tensor,
+    v: &tch::Tensor,
+    kv_dims: usize,
+) -> bool {
+    let (qs, ks) = (q.size(), k.size());
+    qs.len() == 4
+        && ks.len() == kv_dims
+        && v.size() == ks
+        && q.device().is_cuda()
+        && [q.kind(), k.kind(), v.kind()] == [tch::Kind::BFloat16; 3]
+        && matches!(qs[3], 64 | 128)
+        && ks[kv_dims - 1] == qs[3]
+}
+
 /// Whether dispatch should use CUDA kernels for a tensor on `device`.
 pub fn use_kernels(device: tch::Device) -> bool {
     crate::cuda::KERNELS_BUILT && device.is_cuda() && !reference_forced()

@@ -54,6 +54,13 @@ impl AttnPath {
     }
 }
 
+/// The value `cuda/attn_path.h` gives the path (the kernels' `path` argument).
+impl From<AttnPath> for i32 {
+    fn from(path: AttnPath) -> i32 {
+        path as i32
+    }
+}
+
 /// The fastest SWA / GCA path for head dim `head_dim` on a device of capability `cap`: the
 /// TMA kernels with Q in shared memory at head dim 64 on Hopper, mma.sync otherwise.
 pub fn attn_path(cap: i32, head_dim: i64) -> AttnPath {
@@ -77,6 +84,13 @@ pub enum HsaPath {
 
 impl HsaPath {
     pub const ALL: [HsaPath; 2] = [HsaPath::Simt, HsaPath::Mma];
+}
+
+/// The value the HSA kernels take as their `path` argument.
+impl From<HsaPath> for i32 {
+    fn from(path: HsaPath) -> i32 {
+        path as i32
+    }
 }
 
 /// The HSA forward's path for `group` query heads per kv head, chunks of `chunk` keys and

@@ -30,6 +30,8 @@
 use tch::{Kind, Tensor};
 
 #[cfg(lcm_cuda)]
+use crate::cuda::ffi::safe::lcm_retrieval_topk;
+#[cfg(lcm_cuda)]
 use crate::error::Result;
 
 /// Largest query/key dim the CUDA top-k kernel takes (a multiple of 8).
@@ -59,6 +61,17 @@ pub enum SlotWeighting {
     /// `w_k = sigmoid(s_k) * prod_{j<k} (1 - sigmoid(s_j))` over the descending slots.
     StickBreaking,
     Softmax,
+}
+
+impl SlotWeighting {
+    /// The weights of slots with scores `chosen`, over the last dim, `valid` marking the
+    /// filled slots (empty ones weigh 0).
+    fn weights(self, chosen: &Tensor, valid: &Tensor) -> Tensor {
+        match self {
+            SlotWeighting::StickBreaking => stick_breaking(chosen, valid),
+            SlotWeighting::Softmax => softmax_valid(chosen, valid),
+        }
+    }
 }
 
 /// Gumbel(0, 1) noise `-log(E)`, `E ~ Exp(1)`, shaped like `x` (no gradient).
@@ -184,23 +197,8 @@ pub fn retrieval_topk_cuda(
     scale: f64,
     gumbel: Option<i64>,
 ) -> Result<(Tensor, Tensor)> {
-    let [s, i] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b] = out;
-            crate::cuda::ffi::lcm_retrieval_topk(
-                q.as_ptr(),
-                k.as_ptr(),
-                first,
-                div,
-                topk,
-                scale,
-                gumbel.unwrap_or(0),
-                gumbel.is_some() as i32,
-                a,
-                b,
-            )
-        })?
-    };
+    let (seed, noisy) = (gumbel.unwrap_or(0), gumbel.is_some());
+    let [s, i] = lcm_retrieval_topk(q, k, first, div, topk, scale, seed, noisy)?;
     Ok((s, i))
 }
 
@@ -319,10 +317,7 @@ fn token_retrieval_kernel(
     } else {
         scores.gather(-1, &order, false)
     };
-    let weights = match weighting {
-        SlotWeighting::StickBreaking => stick_breaking(&chosen, &valid),
-        SlotWeighting::Softmax => softmax_valid(&chosen, &valid),
-    };
+    let weights = weighting.weights(&chosen, &valid);
     Some(Retrieval {
         weights: weights.permute([0, 2, 1, 3]),
         indices: indices.permute([0, 2, 1, 3]),
@@ -361,10 +356,7 @@ pub fn token_retrieval_reference(
     let (indices, _) = picked.sort(-1, true);
     let valid = indices.ge(0);
     let chosen = scores.gather(-1, &indices.clamp_min(0), false);
-    let weights = match weighting {
-        SlotWeighting::StickBreaking => stick_breaking(&chosen, &valid),
-        SlotWeighting::Softmax => softmax_valid(&chosen, &valid),
-    };
+    let weights = weighting.weights(&chosen, &valid);
     Retrieval { weights, indices }
 }
 
@@ -531,10 +523,7 @@ pub fn token_retrieval_blocked_reference(
     let (indices, order) = idx.sort(-1, true);
     let chosen = chosen.gather(-1, &order, false);
     let valid = indices.ge(0);
-    let weights = match weighting {
-        SlotWeighting::StickBreaking => stick_breaking(&chosen, &valid),
-        SlotWeighting::Softmax => softmax_valid(&chosen, &valid),
-    };
+    let weights = weighting.weights(&chosen, &valid);
     Retrieval {
         weights: weights.permute([0, 2, 1, 3]),
         indices: indices.permute([0, 2, 1, 3]),

@@ -6,6 +6,8 @@
 use tch::{Kind, Tensor};
 
 #[cfg(lcm_cuda)]
+use crate::cuda::ffi::safe::{lcm_rmsnorm, lcm_rmsnorm_backward_raw, lcm_rmsnorm_forward_raw};
+#[cfg(lcm_cuda)]
 use crate::error::Result;
 
 /// The pure-tch reference, differentiable by autograd on any device.
@@ -25,23 +27,14 @@ pub fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
 /// Takes fp32 or bf16 CUDA tensors; `w` is cast to `x`'s dtype inside the graph.
 #[cfg(lcm_cuda)]
 pub fn rms_norm_cuda(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let [y] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            crate::cuda::ffi::lcm_rmsnorm(x.as_ptr(), w.as_ptr(), eps, &mut out[0])
-        })?
-    };
+    let [y] = lcm_rmsnorm(x, w, eps)?;
     Ok(y)
 }
 
 /// The kernels without autograd: `(y, rstd)` then `(dx, dw)`. For benchmarks.
 #[cfg(lcm_cuda)]
 pub fn rms_norm_cuda_forward_raw(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-    let [y, rstd] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b] = out;
-            crate::cuda::ffi::lcm_rmsnorm_forward_raw(x.as_ptr(), w.as_ptr(), eps, a, b)
-        })?
-    };
+    let [y, rstd] = lcm_rmsnorm_forward_raw(x, w, eps)?;
     Ok((y, rstd))
 }
 
@@ -52,19 +45,7 @@ pub fn rms_norm_cuda_backward_raw(
     rstd: &Tensor,
     dy: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
-    let [dx, dw] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b] = out;
-            crate::cuda::ffi::lcm_rmsnorm_backward_raw(
-                x.as_ptr(),
-                w.as_ptr(),
-                rstd.as_ptr(),
-                dy.as_ptr(),
-                a,
-                b,
-            )
-        })?
-    };
+    let [dx, dw] = lcm_rmsnorm_backward_raw(x, w, rstd, dy)?;
     Ok((dx, dw))
 }
 

@@ -25,6 +25,8 @@ use tch::{Kind, Tensor};
 #[cfg(lcm_cuda)]
 use super::path::{attn_path_on, AttnPath};
 #[cfg(lcm_cuda)]
+use crate::cuda::ffi::safe::{lcm_swa, lcm_swa_backward_raw, lcm_swa_forward_raw};
+#[cfg(lcm_cuda)]
 use crate::error::Result;
 
 /// `(B, Hq, T, D)` -> `(B, Hkv, G, T, D)` so that a kv tensor unsqueezed at dim 2 broadcasts
@@ -171,6 +173,62 @@ pub fn bidirectional_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -
     )
 }
 
+/// The blocked layout of a sliding window of `window` keys over `q (B, Hq, T, D)` and
+/// `k`/`v (B, Hkv, T, D)` (see the module doc): `nb` query blocks of `bs` rows (the queries
+/// padded to `tp = nb * bs` positions), each against `span` keys of which the first
+/// `front` come before the block.
+struct WindowBlocks {
+    b: i64,
+    hq: i64,
+    hkv: i64,
+    /// Query heads per kv head.
+    g: i64,
+    t: i64,
+    d: i64,
+    bs: i64,
+    nb: i64,
+    tp: i64,
+    front: i64,
+    span: i64,
+}
+
+impl WindowBlocks {
+    /// Checks the inputs (GQA shapes, `window >= 0`) and lays out the blocks.
+    fn new(q: &Tensor, k: &Tensor, v: &Tensor, window: i64) -> Self {
+        check_gqa(q, k, v);
+        assert!(window >= 0, "sliding_window_attention: window {window} < 0");
+        let qs = q.size();
+        let (b, hq, t, d) = (qs[0], qs[1], qs[2], qs[3]);
+        let hkv = k.size()[1];
+        let bs = window.min(t).max(1);
+        let nprev = (window + bs - 1) / bs; // previous blocks a query block may reach
+        let nb = (t + bs - 1) / bs;
+        let front = nprev * bs;
+        WindowBlocks {
+            b,
+            hq,
+            hkv,
+            g: hq / hkv,
+            t,
+            d,
+            bs,
+            nb,
+            tp: nb * bs,
+            front,
+            span: front + bs,
+        }
+    }
+
+    /// The key slots of a block's window, `j (1, span)`, and each query's distance to each
+    /// slot, query position - key position `(bs, span)`.
+    fn distances(&self, dev: tch::Device) -> (Tensor, Tensor) {
+        let i = Tensor::arange(self.bs, (Kind::Int64, dev)).view([self.bs, 1]);
+        let j = Tensor::arange(self.span, (Kind::Int64, dev)).view([1, self.span]);
+        let dist = &i - &j + self.front;
+        (j, dist)
+    }
+}
+
 /// Blocked causal sliding-window attention (see the module doc). `window >= 0`.
 pub fn sliding_window_attention_reference(
     q: &Tensor,
@@ -180,20 +238,10 @@ pub fn sliding_window_attention_reference(
     alibi: Option<&Tensor>,
     scale: f64,
 ) -> Tensor {
-    check_gqa(q, k, v);
-    assert!(window >= 0, "sliding_window_attention: window {window} < 0");
-    let qs = q.size();
-    let (b, hq, t, d) = (qs[0], qs[1], qs[2], qs[3]);
-    let hkv = k.size()[1];
-    let g = hq / hkv;
+    let l = WindowBlocks::new(q, k, v, window);
+    let (b, hq, hkv, g, t, d) = (l.b, l.hq, l.hkv, l.g, l.t, l.d);
+    let (bs, nb, tp, front, span) = (l.bs, l.nb, l.tp, l.front, l.span);
     let dev = q.device();
-
-    let bs = window.min(t).max(1);
-    let nprev = (window + bs - 1) / bs; // previous blocks a query block may reach
-    let nb = (t + bs - 1) / bs;
-    let tp = nb * bs;
-    let front = nprev * bs;
-    let span = front + bs; // keys per query block
 
     // Keys padded with `front` masked slots before position 0 and up to `tp` after, then cut
     // into overlapping windows: block n holds key positions n*bs - front .. n*bs + bs.
@@ -205,10 +253,8 @@ pub fn sliding_window_attention_reference(
         .reshape([b, hkv, g, nb, bs, d]);
     let mut scores = qb.matmul(&kt).to_kind(Kind::Float) * scale; // (B, Hkv, G, nb, bs, span)
 
-    let i = Tensor::arange(bs, (Kind::Int64, dev)).view([bs, 1]);
-    let j = Tensor::arange(span, (Kind::Int64, dev)).view([1, span]);
+    let (j, dist) = l.distances(dev);
     let n = Tensor::arange(nb, (Kind::Int64, dev)).view([nb, 1, 1]);
-    let dist = &i - &j + front; // (bs, span): query position - key position
     let key_pos = n * bs - front + &j; // (nb, 1, span)
     let visible = dist
         .ge(0)
@@ -264,19 +310,10 @@ pub fn sliding_window_attention_sdpa(
     alibi: Option<&Tensor>,
     scale: f64,
 ) -> Tensor {
-    check_gqa(q, k, v);
-    assert!(window >= 0, "sliding_window_attention: window {window} < 0");
-    let qs = q.size();
-    let (b, hq, t, d) = (qs[0], qs[1], qs[2], qs[3]);
-    let hkv = k.size()[1];
-    let g = hq / hkv;
+    let l = WindowBlocks::new(q, k, v, window);
+    let (b, hq, hkv, g, t, d) = (l.b, l.hq, l.hkv, l.g, l.t, l.d);
+    let (bs, nb, tp, front, span) = (l.bs, l.nb, l.tp, l.front, l.span);
     let dev = q.device();
-    let bs = window.min(t).max(1);
-    let nprev = (window + bs - 1) / bs;
-    let nb = (t + bs - 1) / bs;
-    let tp = nb * bs;
-    let front = nprev * bs;
-    let span = front + bs;
 
     // (B, H, nb, bs, D) -> (B*nb, H, bs, D)
     let qb = q
@@ -295,9 +332,7 @@ pub fn sliding_window_attention_sdpa(
     };
     let (kb, vb) = (windows(k), windows(v));
 
-    let i = Tensor::arange(bs, (Kind::Int64, dev)).view([bs, 1]);
-    let j = Tensor::arange(span, (Kind::Int64, dev)).view([1, span]);
-    let dist = &i - &j + front; // query position - key position
+    let (j, dist) = l.distances(dev);
     let visible = dist.ge(0).logical_and(&dist.le(window)); // (bs, span)
     let bias_for = |visible: &Tensor| {
         let base = match alibi {
@@ -377,13 +412,7 @@ pub fn kernel_supports(
     scale: f64,
 ) -> bool {
     let (qs, ks) = (q.size(), k.size());
-    qs.len() == 4
-        && ks.len() == 4
-        && v.size() == ks
-        && q.device().is_cuda()
-        && [q.kind(), k.kind(), v.kind()] == [Kind::BFloat16; 3]
-        && matches!(qs[3], 64 | 128)
-        && ks[3] == qs[3]
+    super::attention_kernel_inputs(q, k, v, 4)
         && ks[0] == qs[0]
         && ks[2] == qs[2]
         && ks[1] > 0
@@ -411,22 +440,8 @@ pub fn swa_cuda(
     scale: f64,
     path: AttnPath,
 ) -> Result<Tensor> {
-    let slopes = alibi.map_or(std::ptr::null(), |m| m.as_ptr());
-    let [o] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            crate::cuda::ffi::lcm_swa(
-                q.as_ptr(),
-                k.as_ptr(),
-                v.as_ptr(),
-                slopes,
-                window.unwrap_or(0),
-                window.is_some() as i32,
-                scale,
-                path as i32,
-                &mut out[0],
-            )
-        })?
-    };
+    let causal = window.is_some();
+    let [o] = lcm_swa(q, k, v, alibi, window.unwrap_or(0), causal, scale, path)?;
     Ok(o)
 }
 
@@ -441,24 +456,8 @@ pub fn swa_cuda_forward_raw(
     scale: f64,
     path: AttnPath,
 ) -> Result<(Tensor, Tensor)> {
-    let slopes = alibi.map_or(std::ptr::null(), |m| m.as_ptr());
-    let [o, lse] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b] = out;
-            crate::cuda::ffi::lcm_swa_forward_raw(
-                q.as_ptr(),
-                k.as_ptr(),
-                v.as_ptr(),
-                slopes,
-                window.unwrap_or(0),
-                window.is_some() as i32,
-                scale,
-                path as i32,
-                a,
-                b,
-            )
-        })?
-    };
+    let causal = window.is_some();
+    let [o, lse] = lcm_swa_forward_raw(q, k, v, alibi, window.unwrap_or(0), causal, scale, path)?;
     Ok((o, lse))
 }
 
@@ -477,26 +476,18 @@ pub fn swa_cuda_backward_raw(
     scale: f64,
     path: AttnPath,
 ) -> Result<[Tensor; 3]> {
-    let slopes = alibi.map_or(std::ptr::null(), |m| m.as_ptr());
-    unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b, c] = out;
-            crate::cuda::ffi::lcm_swa_backward_raw(
-                q.as_ptr(),
-                k.as_ptr(),
-                v.as_ptr(),
-                slopes,
-                o.as_ptr(),
-                lse.as_ptr(),
-                dout.as_ptr(),
-                window.unwrap_or(0),
-                window.is_some() as i32,
-                scale,
-                path as i32,
-                a,
-                b,
-                c,
-            )
-        })
-    }
+    let causal = window.is_some();
+    lcm_swa_backward_raw(
+        q,
+        k,
+        v,
+        alibi,
+        o,
+        lse,
+        dout,
+        window.unwrap_or(0),
+        causal,
+        scale,
+        path,
+    )
 }

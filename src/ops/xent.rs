@@ -13,6 +13,8 @@
 use tch::{Kind, Tensor};
 
 #[cfg(lcm_cuda)]
+use crate::cuda::ffi::safe::{lcm_xent, lcm_xent_backward_raw, lcm_xent_forward_raw};
+#[cfg(lcm_cuda)]
 use crate::error::Result;
 
 /// The target index that carries no loss (PyTorch's default `ignore_index`).
@@ -48,11 +50,7 @@ pub fn cross_entropy_reference(logits: &Tensor, targets: &Tensor) -> Tensor {
 /// or bf16 CUDA logits `(..., V)` and int64 targets of their leading shape.
 #[cfg(lcm_cuda)]
 pub fn cross_entropy_cuda(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let [loss] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            crate::cuda::ffi::lcm_xent(logits.as_ptr(), targets.as_ptr(), &mut out[0])
-        })?
-    };
+    let [loss] = lcm_xent(logits, targets)?;
     Ok(loss)
 }
 
@@ -62,12 +60,7 @@ pub fn cross_entropy_cuda_forward_raw(
     logits: &Tensor,
     targets: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
-    let [loss, lse] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            let [a, b] = out;
-            crate::cuda::ffi::lcm_xent_forward_raw(logits.as_ptr(), targets.as_ptr(), a, b)
-        })?
-    };
+    let [loss, lse] = lcm_xent_forward_raw(logits, targets)?;
     Ok((loss, lse))
 }
 
@@ -79,17 +72,7 @@ pub fn cross_entropy_cuda_backward_raw(
     lse: &Tensor,
     dloss: &Tensor,
 ) -> Result<Tensor> {
-    let [dlogits] = unsafe {
-        crate::cuda::ffi::call(|out| {
-            crate::cuda::ffi::lcm_xent_backward_raw(
-                logits.as_ptr(),
-                targets.as_ptr(),
-                lse.as_ptr(),
-                dloss.as_ptr(),
-                &mut out[0],
-            )
-        })?
-    };
+    let [dlogits] = lcm_xent_backward_raw(logits, targets, lse, dloss)?;
     Ok(dlogits)
 }
 

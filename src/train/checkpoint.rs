@@ -116,25 +116,10 @@ fn write_checkpoint(
 
 /// Complete checkpoints under `dir`, oldest first.
 pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut found = vec![];
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    for e in entries {
-        let p = e.map_err(|e| Error::io(dir, e))?.path();
-        let name = p
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
-        if name.starts_with("step-") && p.join("state.json").is_file() {
-            found.push(p);
-        }
-    }
-    found.sort();
-    Ok(found)
+    crate::util::list_dir(dir, |p| {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        name.starts_with("step-") && p.join("state.json").is_file()
+    })
 }
 
 fn prune(dir: &Path, keep: usize) -> Result<()> {
@@ -223,26 +208,23 @@ pub fn copy_named(
 ) -> Result<()> {
     let map: std::collections::HashMap<&str, &Tensor> =
         src.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let invalid = |what: String| Error::Invalid(format!("{}: {what}", file.display()));
     if map.len() != names.len() {
-        return Err(Error::Invalid(format!(
-            "{}: {} tensors, the model has {} variables",
-            file.display(),
-            map.len(),
-            names.len()
+        let (have, want) = (map.len(), names.len());
+        return Err(invalid(format!(
+            "{have} tensors, the model has {want} variables"
         )));
     }
     tch::no_grad(|| {
         for (n, d) in names.iter().zip(dst.iter_mut()) {
             let key = format!("{prefix}{n}");
-            let t = map.get(key.as_str()).ok_or_else(|| {
-                Error::Invalid(format!("{}: missing tensor `{key}`", file.display()))
-            })?;
+            let t = map
+                .get(key.as_str())
+                .ok_or_else(|| invalid(format!("missing tensor `{key}`")))?;
             if t.size() != d.size() {
-                return Err(Error::Invalid(format!(
-                    "{}: `{key}` has shape {:?}, the model wants {:?}",
-                    file.display(),
-                    t.size(),
-                    d.size()
+                let (have, want) = (t.size(), d.size());
+                return Err(invalid(format!(
+                    "`{key}` has shape {have:?}, the model wants {want:?}"
                 )));
             }
             d.copy_(t);

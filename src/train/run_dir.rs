@@ -29,21 +29,10 @@ pub enum Start<'a> {
 
 /// The files of an earlier run in `dir`: its checkpoints, their temporaries, its metrics.
 fn run_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut found = vec![];
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    for e in entries {
-        let p = e.map_err(|e| Error::io(dir, e))?.path();
+    crate::util::list_dir(dir, |p| {
         let name = p.file_name().unwrap_or_default().to_string_lossy();
-        if name.starts_with("step-") || name.starts_with(".tmp-step-") || name == METRICS {
-            found.push(p);
-        }
-    }
-    found.sort();
-    Ok(found)
+        name.starts_with("step-") || name.starts_with(".tmp-step-") || name == METRICS
+    })
 }
 
 fn remove(p: &Path) -> Result<()> {

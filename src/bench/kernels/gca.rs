@@ -121,17 +121,8 @@ pub(super) fn gca(bench: &KernelsBench, s: &GcaShape) -> Result<Vec<Row>> {
         sdpa_bwd = Some((fb - f).max(0.0));
     }
 
-    let row = |pass: &str, ms, flops, bytes, ref_ms, sdpa_ms| Row {
-        kernel: "gca".into(),
-        shape: s.label(),
-        pass: pass.into(),
-        ms,
-        flops,
-        bytes,
-        ref_ms,
-        sdpa_ms,
-        peak_tflops: bench.peak_tflops,
-        peak_gbps: bench.peak_gbps,
+    let row = |pass: &str, ms, flops, bytes, ref_ms, sdpa_ms| {
+        bench.row("gca", s.label(), pass, ms, flops, bytes, ref_ms, sdpa_ms)
     };
     let mut out = vec![row(
         "fwd",
@@ -193,21 +184,14 @@ pub(super) fn gca_gathered(bench: &KernelsBench, s: &GcaShape, rows: i64) -> Res
             })
         }));
     }
-    Ok(vec![Row {
-        kernel: "gca-gather".into(),
-        shape: format!("{} M{m}", s.label()),
-        pass: "fwd".into(),
-        ms,
-        flops: s.fwd_flops(),
-        bytes,
-        ref_ms,
-        sdpa_ms: None,
-        peak_tflops: bench.peak_tflops,
-        peak_gbps: bench.peak_gbps,
-    }])
+    let shape = format!("{} M{m}", s.label());
+    let flops = s.fwd_flops();
+    let row = bench.row("gca-gather", shape, "fwd", ms, flops, bytes, ref_ms, None);
+    Ok(vec![row])
 }
 
-#[cfg(lcm_cuda)]
+/// The gathered forward kernel's time, ms (`None` without kernels or off CUDA).
+#[cfg_attr(not(lcm_cuda), allow(unused_variables))]
 fn gca_gathered_kernel_time(
     bench: &KernelsBench,
     q: &Tensor,
@@ -217,31 +201,21 @@ fn gca_gathered_kernel_time(
     w: &Tensor,
     scale: f64,
 ) -> Result<Option<f64>> {
-    use crate::ops::gca::gca_gathered_cuda_forward_raw;
-    let path = bench.attn_path(q.size()[3]);
-    if !bench.device.is_cuda() {
-        return Ok(None);
+    #[cfg(lcm_cuda)]
+    if bench.device.is_cuda() {
+        use crate::ops::gca::gca_gathered_cuda_forward_raw;
+        let path = bench.attn_path(q.size()[3]);
+        let _ = gca_gathered_cuda_forward_raw(q, mem_k, mem_v, idx, w, scale, false, path)?;
+        return Ok(Some(bench.time_ms(bench.warmup, bench.runs, || {
+            let _ =
+                gca_gathered_cuda_forward_raw(q, mem_k, mem_v, idx, w, scale, false, path).unwrap();
+        })));
     }
-    let _ = gca_gathered_cuda_forward_raw(q, mem_k, mem_v, idx, w, scale, false, path)?;
-    Ok(Some(bench.time_ms(bench.warmup, bench.runs, || {
-        let _ = gca_gathered_cuda_forward_raw(q, mem_k, mem_v, idx, w, scale, false, path).unwrap();
-    })))
-}
-
-#[cfg(not(lcm_cuda))]
-fn gca_gathered_kernel_time(
-    _bench: &KernelsBench,
-    _q: &Tensor,
-    _mem_k: &Tensor,
-    _mem_v: &Tensor,
-    _idx: &Tensor,
-    _w: &Tensor,
-    _scale: f64,
-) -> Result<Option<f64>> {
     Ok(None)
 }
 
-#[cfg(lcm_cuda)]
+/// The raw forward and backward kernels' times, ms (`None` without kernels or off CUDA).
+#[cfg_attr(not(lcm_cuda), allow(unused_variables))]
 fn gca_kernel_times(
     bench: &KernelsBench,
     q: &Tensor,
@@ -251,32 +225,14 @@ fn gca_kernel_times(
     dout: &Tensor,
     scale: f64,
 ) -> Result<(Option<f64>, Option<f64>)> {
-    use crate::ops::gca::{gca_cuda_backward_raw, gca_cuda_forward_raw};
-    let path = bench.attn_path(q.size()[3]);
-    if !bench.device.is_cuda() {
-        return Ok((None, None));
+    #[cfg(lcm_cuda)]
+    if bench.device.is_cuda() {
+        use crate::ops::gca::{gca_cuda_backward_raw, gca_cuda_forward_raw};
+        let path = bench.attn_path(q.size()[3]);
+        return bench.raw_pass_times(
+            || gca_cuda_forward_raw(q, k, v, w, scale, false, path).map(|(_, lse)| lse),
+            |lse| gca_cuda_backward_raw(q, k, v, w, lse, dout, scale, path),
+        );
     }
-    let (_, lse) = gca_cuda_forward_raw(q, k, v, w, scale, false, path)?;
-    let _ = gca_cuda_backward_raw(q, k, v, w, &lse, dout, scale, path)?;
-    let (warmup, runs) = (bench.warmup, bench.runs);
-    let fwd = bench.time_ms(warmup, runs, || {
-        let _ = gca_cuda_forward_raw(q, k, v, w, scale, false, path).unwrap();
-    });
-    let bwd = bench.time_ms(warmup, runs, || {
-        let _ = gca_cuda_backward_raw(q, k, v, w, &lse, dout, scale, path).unwrap();
-    });
-    Ok((Some(fwd), Some(bwd)))
-}
-
-#[cfg(not(lcm_cuda))]
-fn gca_kernel_times(
-    _bench: &KernelsBench,
-    _q: &Tensor,
-    _k: &Tensor,
-    _v: &Tensor,
-    _w: &Tensor,
-    _dout: &Tensor,
-    _scale: f64,
-) -> Result<(Option<f64>, Option<f64>)> {
     Ok((None, None))
 }

@@ -109,17 +109,8 @@ pub(super) fn hsa(bench: &KernelsBench, s: &HsaShape) -> Result<Vec<Row>> {
         ref_bwd = Some((fb - f).max(0.0) * s.n as f64);
     }
 
-    let row = |pass: &str, ms, flops, bytes, ref_ms| Row {
-        kernel: "hsa".into(),
-        shape: s.label(),
-        pass: pass.into(),
-        ms,
-        flops,
-        bytes,
-        ref_ms,
-        sdpa_ms: None,
-        peak_tflops: bench.peak_tflops,
-        peak_gbps: bench.peak_gbps,
+    let row = |pass: &str, ms, flops, bytes, ref_ms| {
+        bench.row("hsa", s.label(), pass, ms, flops, bytes, ref_ms, None)
     };
     let sum = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a + b);
     Ok(vec![
@@ -135,8 +126,10 @@ pub(super) fn hsa(bench: &KernelsBench, s: &HsaShape) -> Result<Vec<Row>> {
     ])
 }
 
-#[cfg(lcm_cuda)]
+/// The raw forward and backward kernels' times, ms, over `runs` calls after `warmup`
+/// (`None` without kernels or off CUDA).
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(lcm_cuda), allow(unused_variables))]
 fn hsa_kernel_times(
     bench: &KernelsBench,
     q: &Tensor,
@@ -150,35 +143,18 @@ fn hsa_kernel_times(
     runs: usize,
     warmup: usize,
 ) -> Result<(Option<f64>, Option<f64>)> {
-    use crate::ops::hsa::{hsa_cuda_backward_raw, hsa_cuda_forward_raw};
-    let path = crate::ops::path::hsa_path(s.hq / s.h, s.s, scale);
-    if !bench.device.is_cuda() {
-        return Ok((None, None));
+    #[cfg(lcm_cuda)]
+    if bench.device.is_cuda() {
+        use crate::ops::hsa::{hsa_cuda_backward_raw, hsa_cuda_forward_raw};
+        let path = crate::ops::path::hsa_path(s.hq / s.h, s.s, scale);
+        let (_, lse) = hsa_cuda_forward_raw(q, k, v, w, idx, s.s, scale, false, path)?;
+        let fwd = bench.time_ms(warmup, runs, || {
+            let _ = hsa_cuda_forward_raw(q, k, v, w, idx, s.s, scale, false, path).unwrap();
+        });
+        let bwd = bench.time_ms(warmup, runs, || {
+            let _ = hsa_cuda_backward_raw(q, k, v, w, idx, &lse, dout, s.s, scale, false).unwrap();
+        });
+        return Ok((Some(fwd), Some(bwd)));
     }
-    let (_, lse) = hsa_cuda_forward_raw(q, k, v, w, idx, s.s, scale, false, path)?;
-    let fwd = bench.time_ms(warmup, runs, || {
-        let _ = hsa_cuda_forward_raw(q, k, v, w, idx, s.s, scale, false, path).unwrap();
-    });
-    let bwd = bench.time_ms(warmup, runs, || {
-        let _ = hsa_cuda_backward_raw(q, k, v, w, idx, &lse, dout, s.s, scale, false).unwrap();
-    });
-    Ok((Some(fwd), Some(bwd)))
-}
-
-#[cfg(not(lcm_cuda))]
-#[allow(clippy::too_many_arguments)]
-fn hsa_kernel_times(
-    _bench: &KernelsBench,
-    _q: &Tensor,
-    _k: &Tensor,
-    _v: &Tensor,
-    _w: &Tensor,
-    _idx: &Tensor,
-    _dout: &Tensor,
-    _s: &HsaShape,
-    _scale: f64,
-    _runs: usize,
-    _warmup: usize,
-) -> Result<(Option<f64>, Option<f64>)> {
     Ok((None, None))
 }

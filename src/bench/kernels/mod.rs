@@ -55,6 +55,53 @@ impl KernelsBench {
             .unwrap_or_else(|| attn_path_on(self.device, head_dim))
     }
 
+    /// A row at this bench's peaks: `kernel` at `shape`, one `pass`'s kernel time, its FLOPs
+    /// and bytes, and the reference's and SDPA's times.
+    #[allow(clippy::too_many_arguments)]
+    pub fn row(
+        &self,
+        kernel: &str,
+        shape: String,
+        pass: &str,
+        ms: Option<f64>,
+        flops: f64,
+        bytes: f64,
+        ref_ms: Option<f64>,
+        sdpa_ms: Option<f64>,
+    ) -> Row {
+        Row {
+            kernel: kernel.into(),
+            shape,
+            pass: pass.into(),
+            ms,
+            flops,
+            bytes,
+            ref_ms,
+            sdpa_ms,
+            peak_tflops: self.peak_tflops,
+            peak_gbps: self.peak_gbps,
+        }
+    }
+
+    /// Milliseconds of a kernel's raw forward and of its raw backward, each after one
+    /// untimed call; every backward takes what that first forward returned.
+    #[cfg(lcm_cuda)]
+    pub fn raw_pass_times<S, B>(
+        &self,
+        forward: impl Fn() -> Result<S>,
+        backward: impl Fn(&S) -> Result<B>,
+    ) -> Result<(Option<f64>, Option<f64>)> {
+        let saved = forward()?;
+        let _ = backward(&saved)?;
+        let fwd = self.time_ms(self.warmup, self.runs, || {
+            let _ = forward().unwrap();
+        });
+        let bwd = self.time_ms(self.warmup, self.runs, || {
+            let _ = backward(&saved).unwrap();
+        });
+        Ok((Some(fwd), Some(bwd)))
+    }
+
     /// Median milliseconds of one call of `f` (see [`median_ms_events`]).
     pub fn time_ms(&self, warmup: usize, runs: usize, f: impl FnMut()) -> f64 {
         median_ms_events(self.device, warmup, runs, &self.timing, f)

@@ -94,16 +94,7 @@ pub(super) fn retrieval(bench: &KernelsBench, s: &RetrievalShape) -> Result<Vec<
             let _ = reference(q, k);
         }));
     }
-    Ok(vec![Row {
-        kernel: "retr".into(),
-        shape: s.label(),
-        pass: "fwd".into(),
-        ms,
-        flops: s.flops(),
-        bytes: s.bytes(),
-        ref_ms,
-        sdpa_ms: None,
-        peak_tflops: bench.peak_tflops,
-        peak_gbps: bench.peak_gbps,
-    }])
+    let (flops, bytes) = (s.flops(), s.bytes());
+    let row = bench.row("retr", s.label(), "fwd", ms, flops, bytes, ref_ms, None);
+    Ok(vec![row])
 }

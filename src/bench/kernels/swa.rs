@@ -127,17 +127,8 @@ pub(super) fn swa(bench: &KernelsBench, s: &SwaShape) -> Result<Vec<Row>> {
             ));
         }
     }
-    let row = |kernel: &str, pass: &str, ms, flops, bytes, ref_ms, sdpa_ms| Row {
-        kernel: kernel.into(),
-        shape: s.label(),
-        pass: pass.into(),
-        ms,
-        flops,
-        bytes,
-        ref_ms,
-        sdpa_ms,
-        peak_tflops: bench.peak_tflops,
-        peak_gbps: bench.peak_gbps,
+    let row = |kernel: &str, pass: &str, ms, flops, bytes, ref_ms, sdpa_ms| {
+        bench.row(kernel, s.label(), pass, ms, flops, bytes, ref_ms, sdpa_ms)
     };
     let mut out = vec![
         row(
@@ -177,8 +168,9 @@ pub(super) fn swa(bench: &KernelsBench, s: &SwaShape) -> Result<Vec<Row>> {
     Ok(out)
 }
 
-#[cfg(lcm_cuda)]
+/// The raw forward and backward kernels' times, ms (`None` without kernels or off CUDA).
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(lcm_cuda), allow(unused_variables))]
 fn swa_kernel_times(
     bench: &KernelsBench,
     q: &Tensor,
@@ -189,35 +181,14 @@ fn swa_kernel_times(
     s: &SwaShape,
     scale: f64,
 ) -> Result<(Option<f64>, Option<f64>)> {
-    use crate::ops::swa::{swa_cuda_backward_raw, swa_cuda_forward_raw};
-    let path = bench.attn_path(q.size()[3]);
-    if !bench.device.is_cuda() {
-        return Ok((None, None));
+    #[cfg(lcm_cuda)]
+    if bench.device.is_cuda() {
+        use crate::ops::swa::{swa_cuda_backward_raw, swa_cuda_forward_raw};
+        let path = bench.attn_path(q.size()[3]);
+        return bench.raw_pass_times(
+            || swa_cuda_forward_raw(q, k, v, s.window, slopes, scale, path),
+            |(o, lse)| swa_cuda_backward_raw(q, k, v, s.window, slopes, o, lse, dout, scale, path),
+        );
     }
-    let (o, lse) = swa_cuda_forward_raw(q, k, v, s.window, slopes, scale, path)?;
-    let _ = swa_cuda_backward_raw(q, k, v, s.window, slopes, &o, &lse, dout, scale, path)?;
-    let (warmup, runs) = (bench.warmup, bench.runs);
-    let fwd = bench.time_ms(warmup, runs, || {
-        let _ = swa_cuda_forward_raw(q, k, v, s.window, slopes, scale, path).unwrap();
-    });
-    let bwd = bench.time_ms(warmup, runs, || {
-        let _ =
-            swa_cuda_backward_raw(q, k, v, s.window, slopes, &o, &lse, dout, scale, path).unwrap();
-    });
-    Ok((Some(fwd), Some(bwd)))
-}
-
-#[cfg(not(lcm_cuda))]
-#[allow(clippy::too_many_arguments)]
-fn swa_kernel_times(
-    _bench: &KernelsBench,
-    _q: &Tensor,
-    _k: &Tensor,
-    _v: &Tensor,
-    _slopes: Option<&Tensor>,
-    _dout: &Tensor,
-    _s: &SwaShape,
-    _scale: f64,
-) -> Result<(Option<f64>, Option<f64>)> {
     Ok((None, None))
 }
