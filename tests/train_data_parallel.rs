@@ -10,7 +10,7 @@
 
 mod run_util;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -165,6 +165,26 @@ fn resume_on_two_ranks_is_bit_exact_and_on_one_continues_the_same_samples() {
     assert_same_run(d, "whole", "onward", 6, 1e-6, "2 -> 1 rank resume");
 }
 
+/// Sets `patch`'s leaves in `v`, objects merged key by key.
+fn merge(v: &mut Value, patch: Value) {
+    match patch {
+        Value::Object(fields) => {
+            for (k, p) in fields {
+                merge(&mut v[k.as_str()], p);
+            }
+        }
+        p => *v = p,
+    }
+}
+
+/// The config of run `run` in `d` (`steps` steps, passkey rows, Gumbel noise) with
+/// `patch` merged in, written as `d/run.json`: its path.
+fn run_config(d: &Path, steps: u64, patch: Value) -> PathBuf {
+    let mut v = config(d, "run", steps, true);
+    merge(&mut v, patch);
+    write_config(d, "run", &v)
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -194,10 +214,8 @@ fn wait_for_checkpoint(run: &Path, limit: Duration) {
 fn a_killed_rank_makes_the_other_fail_within_the_timeout_and_keeps_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut v = config(d, "run", 100_000, true);
-    v["checkpoint"]["every"] = json!(2);
-    v["dist"]["timeout_s"] = json!(20);
-    let cfg = write_config(d, "run", &v);
+    let patch = json!({ "checkpoint": { "every": 2 }, "dist": { "timeout_s": 20 } });
+    let cfg = run_config(d, 100_000, patch);
     let port = free_port();
     let mut r0 = worker(&cfg, 0, 2, port);
     let mut r1 = worker(&cfg, 1, 2, port);
@@ -221,9 +239,7 @@ fn a_killed_rank_makes_the_other_fail_within_the_timeout_and_keeps_the_checkpoin
 fn a_rank_that_cannot_reach_the_rendezvous_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut v = config(d, "run", 2, true);
-    v["dist"]["timeout_s"] = json!(3);
-    let cfg = write_config(d, "run", &v);
+    let cfg = run_config(d, 2, json!({ "dist": { "timeout_s": 3 } }));
     let port = free_port();
     let mut r1 = worker(&cfg, 1, 2, port);
     let status = wait_within(&mut r1, Duration::from_secs(60), "a rank with no master");
@@ -248,9 +264,7 @@ fn launch_stops_every_worker_and_names_the_rank_that_failed() {
 fn ctrl_c_on_the_launcher_stops_every_worker_and_rank_0_saves() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut v = config(d, "run", 100_000, true);
-    v["checkpoint"]["every"] = json!(1000);
-    let cfg = write_config(d, "run", &v);
+    let cfg = run_config(d, 100_000, json!({ "checkpoint": { "every": 1000 } }));
     let mut launcher: Child = Command::new(LCM)
         .args(LAUNCH2)
         .args(pretrain_args(&cfg, &[]))
