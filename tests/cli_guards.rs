@@ -67,37 +67,59 @@ fn neox_corpus(dir: &Path) -> PathBuf {
     prefix
 }
 
+/// The ids' error names the corpus, the id and the vocabulary, without a panic.
 fn assert_names_the_ids(err: &str, corpus: &Path) {
-    assert!(err.contains(&corpus.display().to_string()), "{err}");
-    assert!(err.contains("token id 300"), "{err}");
-    assert!(err.contains("model.vocab_size 128"), "{err}");
+    let corpus = corpus.display().to_string();
+    for want in [corpus.as_str(), "token id 300", "model.vocab_size 128"] {
+        assert!(err.contains(want), "{err}");
+    }
     assert!(
         !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
         "{err}"
     );
 }
 
+/// Runs `lcm eval KIND --checkpoint RUN --len LEN --device cpu --quiet EXTRA...`.
+fn eval(kind: &str, run: &Path, len: &str, extra: &[&str]) -> (bool, String, String) {
+    let r = run.to_str().unwrap();
+    let args = [
+        "eval",
+        kind,
+        "--checkpoint",
+        r,
+        "--len",
+        len,
+        "--device",
+        "cpu",
+        "--quiet",
+    ];
+    lcm(&[&args[..], extra].concat())
+}
+
+/// A corpus at `prefix` of one document of ids 1..120, all embeddable at 128 ids.
+fn small_ids_corpus(prefix: &Path) {
+    let mut w = IndexedWriter::create(prefix, TokenDtype::Uint16).unwrap();
+    w.add_document(&(1..120).collect::<Vec<u32>>()).unwrap();
+    w.finish().unwrap();
+}
+
 #[test]
 fn eval_niah_refuses_a_haystack_the_model_cannot_embed() {
     let (_, run, corpus) = setup();
     let out = tempfile::tempdir().unwrap();
-    let (ok, _, err) = lcm(&[
-        "eval",
+    let (ok, _, err) = eval(
         "niah",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--len",
+        run,
         "256",
-        "--haystack",
-        corpus.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--samples",
-        "1",
-        "--quiet",
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+        &[
+            "--haystack",
+            corpus.to_str().unwrap(),
+            "--samples",
+            "1",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+    );
     assert!(!ok);
     assert_names_the_ids(&err, corpus);
     assert!(err.contains("haystack"), "{err}");
@@ -107,19 +129,7 @@ fn eval_niah_refuses_a_haystack_the_model_cannot_embed() {
 #[test]
 fn eval_ppl_refuses_a_corpus_the_model_cannot_embed() {
     let (_, run, corpus) = setup();
-    let (ok, _, err) = lcm(&[
-        "eval",
-        "ppl",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--len",
-        "64",
-        "--corpus",
-        corpus.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--quiet",
-    ]);
+    let (ok, _, err) = eval("ppl", run, "64", &["--corpus", corpus.to_str().unwrap()]);
     assert!(!ok);
     assert_names_the_ids(&err, corpus);
 }
@@ -139,9 +149,7 @@ fn pretrain_refuses_a_corpus_the_model_cannot_embed_before_any_step() {
 
     // Through the library: the training corpus, then a held-out one.
     let ok_corpus = dir.path().join("small-ids");
-    let mut w = IndexedWriter::create(&ok_corpus, TokenDtype::Uint16).unwrap();
-    w.add_document(&(1..120).collect::<Vec<u32>>()).unwrap();
-    w.finish().unwrap();
+    small_ids_corpus(&ok_corpus);
     let cfg =
         TrainConfig::from_json(config(&run, json!({ "train": [{ "prefix": corpus }] }))).unwrap();
     let e = Sampler::for_training(&cfg).err().unwrap().to_string();
@@ -164,25 +172,9 @@ fn eval_refuses_zero_samples_and_keys() {
     let (_, run, _) = setup();
     let out = tempfile::tempdir().unwrap();
     let o = out.path().to_str().unwrap();
-    let r = run.to_str().unwrap();
     let niah = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "niah",
-            "--checkpoint",
-            r,
-            "--len",
-            "64",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--out",
-            o,
-            "--haystack",
-            "random",
-        ];
-        args.extend(extra);
-        lcm(&args)
+        let args = [&["--out", o, "--haystack", "random"][..], extra].concat();
+        eval("niah", run, "64", &args)
     };
     for (flag, extra) in [
         ("--samples 0", &["--samples", "0"][..]),
@@ -197,26 +189,9 @@ fn eval_refuses_zero_samples_and_keys() {
     assert!(ok, "{stdout}\n{err}");
 
     let corpus = out.path().join("small-ids");
-    let mut w = IndexedWriter::create(&corpus, TokenDtype::Uint16).unwrap();
-    w.add_document(&(1..120).collect::<Vec<u32>>()).unwrap();
-    w.finish().unwrap();
-    let ppl = |samples: &str| {
-        lcm(&[
-            "eval",
-            "ppl",
-            "--checkpoint",
-            r,
-            "--len",
-            "64",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--corpus",
-            corpus.to_str().unwrap(),
-            "--samples",
-            samples,
-        ])
-    };
+    small_ids_corpus(&corpus);
+    let c = corpus.to_str().unwrap();
+    let ppl = |samples: &str| eval("ppl", run, "64", &["--corpus", c, "--samples", samples]);
     let (ok, stdout, err) = ppl("0");
     assert!(!ok, "{stdout}");
     assert!(err.contains("--samples 0"), "{err}");

@@ -2,7 +2,7 @@
 
 mod data_util;
 
-use data_util::lcm;
+use data_util::{lcm, preprocess, preprocess_args};
 
 #[test]
 fn preprocess_stats_and_cat_on_the_sample_pile() {
@@ -10,16 +10,7 @@ fn preprocess_stats_and_cat_on_the_sample_pile() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("test");
     let p = prefix.to_str().unwrap();
-    let (ok, out, err) = lcm(&[
-        "preprocess",
-        "pile",
-        "--input",
-        shard.to_str().unwrap(),
-        "--output",
-        p,
-        "--workers",
-        "2",
-    ]);
+    let (ok, out, err) = preprocess(&shard, &prefix, &["--workers", "2"]);
     assert!(ok, "{out}\n{err}");
     assert!(out.contains("tokens/s end to end"), "{out}");
     // Not a terminal: plain progress lines, no bar.
@@ -47,14 +38,7 @@ fn preprocess_stats_and_cat_on_the_sample_pile() {
     assert!(!ok && err.contains("the corpus has"), "{err}");
 
     // Again: refused without --force, a no-op with --resume.
-    let args = [
-        "preprocess",
-        "pile",
-        "--input",
-        shard.to_str().unwrap(),
-        "--output",
-        p,
-    ];
+    let args = preprocess_args(&shard, &prefix);
     let (ok, _, err) = lcm(&args);
     assert!(!ok && err.contains("--force"), "{err}");
     let (ok, out, err) = lcm(&[&args[..], &["--resume"]].concat());
@@ -64,21 +48,12 @@ fn preprocess_stats_and_cat_on_the_sample_pile() {
 
 #[test]
 fn bad_input_exits_non_zero_naming_file_and_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("bad.jsonl");
-    data_util::write(
-        &input,
+    let (dir, input) = data_util::temp_file(
+        "bad.jsonl",
         b"{\"text\": \"ok\"}\n{\"text\": \"ok\"}\nnot json\n",
     );
     let prefix = dir.path().join("o");
-    let (ok, _, err) = lcm(&[
-        "preprocess",
-        "pile",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        prefix.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = preprocess(&input, &prefix, &[]);
     assert!(!ok);
     assert!(err.contains(&format!("{}:3:", input.display())), "{err}");
     assert!(!prefix.with_extension("idx").exists());
@@ -108,10 +83,8 @@ fn help_shows_examples() {
 /// OS reason once (not "x: No such file: No such file").
 #[test]
 fn a_missing_file_is_named_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("run.json");
-    data_util::write(
-        &config,
+    let (dir, config) = data_util::temp_file(
+        "run.json",
         br#"{"model": "models/nowhere.json", "data": {"random": {"lo": 1, "hi": 9}}}"#,
     );
     let (ok, _, err) = lcm(&["pretrain", "--config", config.to_str().unwrap()]);
@@ -125,21 +98,12 @@ fn a_missing_file_is_named_once() {
 /// the prefix, the process that holds it and its lock, and writes nothing.
 #[test]
 fn a_second_preprocess_on_the_same_prefix_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("a.jsonl");
-    data_util::write(&input, &data_util::jsonl(&data_util::docs()));
+    let (dir, input) = data_util::temp_file("a.jsonl", &data_util::jsonl(&data_util::docs()));
     let prefix = dir.path().join("out/c");
     let lock = lcm::data::preprocess::lock_path(&prefix);
     // This process stands for a run in progress.
     let held = lcm::lock::OutputLock::acquire(&lock, "test").unwrap();
-    let args = [
-        "preprocess",
-        "pile",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        prefix.to_str().unwrap(),
-    ];
+    let args = preprocess_args(&input, &prefix);
     let (ok, _, err) = lcm(&args);
     assert!(!ok, "{err}");
     assert!(err.contains("in use by process"), "{err}");
@@ -220,17 +184,8 @@ fn a_directory_input_skips_json_sidecars() {
     );
     data_util::write(&dir.path().join("MANIFEST.json"), b"{\"files\": 1}\n");
     let prefix = dir.path().join("c");
-    let args = [
-        "preprocess",
-        "pile",
-        "--input",
-        dir.path().to_str().unwrap(),
-        "--output",
-        prefix.to_str().unwrap(),
-        "--force",
-    ];
     for _ in 0..2 {
-        let (ok, out, err) = lcm(&args);
+        let (ok, out, err) = preprocess(dir.path(), &prefix, &["--force"]);
         assert!(ok, "{out}\n{err}");
         assert!(err.contains("1 input files"), "{err}");
     }
@@ -245,19 +200,10 @@ fn a_directory_input_skips_json_sidecars() {
 /// (text and JSON), and both agree with the ids.
 #[test]
 fn preprocess_records_and_stats_report_the_largest_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("a.jsonl");
-    data_util::write(&input, &data_util::jsonl(&data_util::docs()));
+    let (dir, input) = data_util::temp_file("a.jsonl", &data_util::jsonl(&data_util::docs()));
     let prefix = dir.path().join("c");
     let p = prefix.to_str().unwrap();
-    let (ok, _, err) = lcm(&[
-        "preprocess",
-        "pile",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        p,
-    ]);
+    let (ok, _, err) = preprocess(&input, &prefix, &[]);
     assert!(ok, "{err}");
     let corpus = lcm::data::IndexedCorpus::open(&prefix).unwrap();
     let want = corpus.tokens().iter().max().unwrap();

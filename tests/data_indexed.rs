@@ -1,18 +1,25 @@
 //! The Megatron/GPT-NeoX indexed format: bytes against a hand-computed golden, the
 //! writer/reader round trip (property test), resume, and corrupt corpora.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lcm::data::indexed::{with_suffix, write_index, IndexedWriter, TokenDtype};
 use lcm::data::IndexedCorpus;
 use proptest::prelude::*;
 
+/// A writer of `dtype` at prefix `name` in a fresh temporary folder: the folder (kept while
+/// it lives), the prefix and the writer.
+fn temp_writer(name: &str, dtype: TokenDtype) -> (tempfile::TempDir, PathBuf, IndexedWriter) {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join(name);
+    let w = IndexedWriter::create(&prefix, dtype).unwrap();
+    (dir, prefix, w)
+}
+
 /// Two documents, [5, 6, EOD] and [7, EOD], as GPT-NeoX writes them (uint16).
 #[test]
 fn golden_bytes_for_two_tiny_documents() {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = dir.path().join("tiny");
-    let mut w = IndexedWriter::create(&prefix, TokenDtype::Uint16).unwrap();
+    let (_dir, prefix, mut w) = temp_writer("tiny", TokenDtype::Uint16);
     w.add_document(&[5, 6, 0]).unwrap();
     w.add_document(&[7, 0]).unwrap();
     w.finish().unwrap();
@@ -57,9 +64,7 @@ fn int32_for_large_vocabularies() {
     assert_eq!(TokenDtype::for_vocab(50_277), TokenDtype::Uint16);
     assert_eq!(TokenDtype::for_vocab(65_499), TokenDtype::Uint16);
     assert_eq!(TokenDtype::for_vocab(65_500), TokenDtype::Int32);
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = dir.path().join("wide");
-    let mut w = IndexedWriter::create(&prefix, TokenDtype::Int32).unwrap();
+    let (dir, prefix, mut w) = temp_writer("wide", TokenDtype::Int32);
     w.add_document(&[100_000, 0]).unwrap();
     w.finish().unwrap();
     let idx = std::fs::read(with_suffix(&prefix, ".idx")).unwrap();
@@ -86,9 +91,7 @@ fn empty_corpus_round_trips() {
 
 #[test]
 fn unfinished_writer_leaves_no_corpus() {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = dir.path().join("partial");
-    let mut w = IndexedWriter::create(&prefix, TokenDtype::Uint16).unwrap();
+    let (_dir, prefix, mut w) = temp_writer("partial", TokenDtype::Uint16);
     w.add_document(&[1, 2, 0]).unwrap();
     w.checkpoint().unwrap();
     drop(w); // as if killed

@@ -44,17 +44,11 @@ fn ids_are_the_tokenizer_s_plus_eod_and_empty_documents_are_skipped() {
     let out = dir.path().join("out/corpus");
     let s = go(&opts(&[&input], &out)).unwrap();
 
-    let tok = tokenizer();
     let want: Vec<Vec<u32>> = docs
         .iter()
         .filter(|(t, _)| !t.is_empty())
         .map(|(t, _)| {
-            let mut ids = tok
-                .inner()
-                .encode(t.as_str(), true)
-                .unwrap()
-                .get_ids()
-                .to_vec();
+            let mut ids = neox_ids(t);
             ids.push(0);
             ids
         })
@@ -235,39 +229,48 @@ fn bad_input(name: &str, content: &[u8], skip: bool) -> (Result<Summary, String>
 #[test]
 fn bad_records_name_file_and_line_or_are_counted_when_skipped() {
     let good = pile_line("good", "Pile-CC");
-    let cases: [(&str, Vec<u8>, &str); 6] = [
+    // (file, its second line, whether a good line follows, what the error says)
+    let cases: [(&str, &[u8], bool, &str); 6] = [
         (
             "notjson.jsonl",
-            format!("{good}\n{{\"text\": \"unterminated\n{good}\n").into_bytes(),
+            br#"{"text": "unterminated"#,
+            true,
             "not a JSON line",
         ),
         (
             "notext.jsonl",
-            format!("{good}\n{{\"meta\": {{}}}}\n").into_bytes(),
+            br#"{"meta": {}}"#,
+            false,
             "missing field `text`",
         ),
         (
             "number.jsonl",
-            format!("{good}\n{{\"text\": 42}}\n").into_bytes(),
+            br#"{"text": 42}"#,
+            false,
             "expected a string",
         ),
         (
             "list.jsonl",
-            format!("{good}\n{{\"text\": [\"a\", \"b\"]}}\n").into_bytes(),
+            br#"{"text": ["a", "b"]}"#,
+            false,
             "expected a string",
         ),
         (
             "utf8.jsonl",
-            [good.as_bytes(), b"\n{\"text\": \"caf\xe9\"}\n"].concat(),
+            b"{\"text\": \"caf\xe9\"}",
+            false,
             "invalid UTF-8",
         ),
-        (
-            "bare.jsonl",
-            format!("{good}\n\"just a string\"\n").into_bytes(),
-            "not a document",
-        ),
+        ("bare.jsonl", br#""just a string""#, false, "not a document"),
     ];
-    for (name, content, want) in cases {
+    let good_line = format!("{good}\n");
+    for (name, bad, good_after, want) in cases {
+        let after = if good_after {
+            good_line.as_bytes()
+        } else {
+            b""
+        };
+        let content = [good_line.as_bytes(), bad, b"\n", after].concat();
         let (r, input) = bad_input(name, &content, false);
         let e = r.err().unwrap_or_else(|| panic!("{name}: no error"));
         assert!(
@@ -385,12 +388,7 @@ fn a_100_mb_document_is_tokenised_in_bounded_pieces_or_refused_by_the_line_limit
     let c = IndexedCorpus::open(&out).unwrap();
     // The pieces' ids equal the whole text's: check the repeated unit tokenises the same
     // at the start, in the middle and at the end.
-    let mut unit = tokenizer()
-        .inner()
-        .encode(para.repeat(3).as_str(), true)
-        .unwrap()
-        .get_ids()
-        .to_vec();
+    let mut unit = neox_ids(&para.repeat(3));
     unit.pop(); // the trailing space joins the next word in the long text
     let d = c.document(0).to_vec();
     assert_eq!(&d[..unit.len()], &unit[..]);
@@ -411,9 +409,7 @@ fn a_100_mb_document_is_tokenised_in_bounded_pieces_or_refused_by_the_line_limit
 
 #[test]
 fn unwritable_output_and_a_bad_tokenizer_fail_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("a.jsonl");
-    write(&input, &jsonl(&docs()));
+    let (dir, input) = temp_file("a.jsonl", &jsonl(&docs()));
     let file = dir.path().join("file");
     write(&file, b"x");
     let e = go(&opts(&[&input], &file.join("prefix")))
@@ -447,9 +443,7 @@ fn unwritable_output_and_a_bad_tokenizer_fail_cleanly() {
 
 #[test]
 fn existing_output_needs_force_and_resume_of_a_finished_corpus_is_a_no_op() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("a.jsonl");
-    write(&input, &jsonl(&docs()));
+    let (dir, input) = temp_file("a.jsonl", &jsonl(&docs()));
     let out = dir.path().join("c");
     let first = go(&opts(&[&input], &out)).unwrap();
     let e = go(&opts(&[&input], &out)).unwrap_err().to_string();
@@ -539,16 +533,10 @@ fn sample_pile_shard_round_trips_through_the_tokenizer() {
     );
     let c = IndexedCorpus::open(&out).unwrap();
     c.verify().unwrap();
-    let tok = tokenizer();
     let texts = lcm::bench::tokenizer::load_texts(&[shard]).unwrap();
     assert_eq!(texts.len(), c.num_documents());
     for (i, t) in texts.iter().enumerate().step_by(7) {
-        let mut want = tok
-            .inner()
-            .encode(t.as_str(), true)
-            .unwrap()
-            .get_ids()
-            .to_vec();
+        let mut want = neox_ids(t);
         want.push(0);
         assert_eq!(c.document(i).to_vec(), want, "document {i}");
     }

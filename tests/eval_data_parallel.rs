@@ -42,6 +42,16 @@ fn samples(out: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// `eval KIND --checkpoint RUN --len 112,224 --device cpu --quiet EXTRA...`
+fn eval_args(kind: &str, run: &str, extra: &[&str]) -> Vec<String> {
+    let args = ["eval", kind, "--checkpoint", run, "--len", "112,224"];
+    [&args[..], &["--device", "cpu", "--quiet"], extra]
+        .concat()
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
 #[test]
 fn niah_on_two_ranks_equals_one_process_sample_for_sample() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,25 +59,18 @@ fn niah_on_two_ranks_equals_one_process_sample_for_sample() {
     let one = dir.path().join("one");
     let two = dir.path().join("two");
     let grid = |out: &Path| {
-        vec![
-            "eval".to_string(),
-            "niah".into(),
-            "--checkpoint".into(),
-            run.clone(),
-            "--len".into(),
-            "112,224".into(),
-            "--depths".into(),
-            "0,1".into(),
-            "--samples".into(),
-            "3".into(),
-            "--batch".into(),
-            "2".into(),
-            "--device".into(),
-            "cpu".into(),
-            "--quiet".into(),
-            "--out".into(),
-            out.to_str().unwrap().into(),
-        ]
+        let out = out.to_str().unwrap();
+        let extra = [
+            "--depths",
+            "0,1",
+            "--samples",
+            "3",
+            "--batch",
+            "2",
+            "--out",
+            out,
+        ];
+        eval_args("niah", &run, &extra)
     };
     ok(lcm(&grid(&one)));
     let text = launch2(&grid(&two));
@@ -94,23 +97,12 @@ fn ppl_on_two_ranks_equals_one_process() {
     let json1 = dir.path().join("one.json");
     let json2 = dir.path().join("two.json");
     let args = |json: &Path| {
-        vec![
-            "eval".to_string(),
-            "ppl".into(),
-            "--checkpoint".into(),
-            run.clone(),
-            "--corpus".into(),
-            prefix.to_str().unwrap().into(),
-            "--len".into(),
-            "112,224".into(),
-            "--samples".into(),
-            "5".into(),
-            "--device".into(),
-            "cpu".into(),
-            "--quiet".into(),
-            "--json".into(),
-            json.to_str().unwrap().into(),
-        ]
+        let (corpus, json) = (prefix.to_str().unwrap(), json.to_str().unwrap());
+        eval_args(
+            "ppl",
+            &run,
+            &["--corpus", corpus, "--samples", "5", "--json", json],
+        )
     };
     ok(lcm(&args(&json1)));
     launch2(&args(&json2));

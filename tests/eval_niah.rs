@@ -323,6 +323,31 @@ fn s_niah_phrases_come_from_the_neox_tokenizer() {
 /// Grids run over different lengths merge into one: every sample of each, the cells and
 /// table of each length as its own run had them, lengths in order; overlapping lengths and
 /// differing depths are refused by file name.
+/// A grid of `samples` per cell, one row a batch, segments of 16 on the device, written to
+/// `out`, quietly.
+fn small_grid(
+    lengths: Vec<i64>,
+    depths: Vec<f64>,
+    samples: usize,
+    seed: u64,
+    out: &std::path::Path,
+) -> GridOptions {
+    GridOptions {
+        lengths,
+        depths,
+        samples,
+        batch: 1,
+        seed,
+        prefill: PrefillOptions {
+            segment: 16,
+            placement: Placement::Device,
+        },
+        out: out.to_path_buf(),
+        progress: false,
+        part: Default::default(),
+    }
+}
+
 #[test]
 fn merged_grids_keep_each_runs_cells() {
     tch::manual_seed(3);
@@ -332,20 +357,7 @@ fn merged_grids_keep_each_runs_cells() {
     let dir = tempfile::tempdir().unwrap();
     let run = |name: &str, lengths: Vec<i64>, depths: Vec<f64>| {
         let out = dir.path().join(name);
-        let opts = GridOptions {
-            lengths,
-            depths,
-            samples: 2,
-            batch: 1,
-            seed: 4,
-            prefill: PrefillOptions {
-                segment: 16,
-                placement: Placement::Device,
-            },
-            out: out.clone(),
-            progress: false,
-            part: Default::default(),
-        };
+        let opts = small_grid(lengths, depths, 2, 4, &out);
         let report = grid::run(&engine, &spec, &hay, &opts).unwrap();
         // What `lcm eval merge` reads back.
         report.save(&out).unwrap();
@@ -407,32 +419,22 @@ fn merge_refuses_results_of_other_weights_at_the_same_step() {
     let dir = tempfile::tempdir().unwrap();
     let run = |engine: &Engine, name: &str, length: i64| {
         let out = dir.path().join(name);
-        let opts = GridOptions {
-            lengths: vec![length],
-            depths: vec![0.5],
-            samples: 1,
-            batch: 1,
-            seed: 4,
-            prefill: PrefillOptions {
-                segment: 16,
-                placement: Placement::Device,
-            },
-            out: out.clone(),
-            progress: false,
-            part: Default::default(),
-        };
+        let opts = small_grid(vec![length], vec![0.5], 1, 4, &out);
         grid::run(engine, &spec, &hay, &opts).unwrap();
         let p = out.join("results.json");
         (p.clone(), grid::Report::load(&p).unwrap())
     };
-    let err = grid::Report::merge(vec![run(&a, "a", 48), run(&b, "b", 96)])
-        .unwrap_err()
-        .to_string();
+    // The merge's error, which shows no `Some(`.
+    let merge_err = |reports: Vec<(std::path::PathBuf, grid::Report)>| {
+        let err = grid::Report::merge(reports).unwrap_err().to_string();
+        assert!(!err.contains("Some("), "{err}");
+        err
+    };
+    let err = merge_err(vec![run(&a, "a", 48), run(&b, "b", 96)]);
     assert!(
         err.contains("other model weights") && err.contains("bbbbbbbbbbbb"),
         "{err}"
     );
-    assert!(!err.contains("Some("), "{err}");
     // The same weights from another folder (an export of that checkpoint) merge.
     let mut a2 = Engine::random(&tiny_drt(), Device::Cpu).unwrap();
     a2.checkpoint = Some(("models/a".into(), 400));
@@ -445,14 +447,11 @@ fn merge_refuses_results_of_other_weights_at_the_same_step() {
     ra.weights_sha256 = None;
     rb.weights_sha256 = None;
     rb.step = Some(500);
-    let err = grid::Report::merge(vec![(pa.clone(), ra), (pb.clone(), rb)])
-        .unwrap_err()
-        .to_string();
+    let err = merge_err(vec![(pa.clone(), ra), (pb.clone(), rb)]);
     assert!(
         err.contains("checkpoint step 500") && err.contains("has 400"),
         "{err}"
     );
-    assert!(!err.contains("Some("), "{err}");
 }
 
 /// The grid sweeps what a killed run left of its results.json writes, and a heatmap that
@@ -465,20 +464,7 @@ fn eval_leaves_no_temporaries() {
     // No process has pid 999999999 (above Linux's pid_max).
     let stale = out.path().join(".results.json.tmp-999999999");
     std::fs::write(&stale, b"{").unwrap();
-    let opts = GridOptions {
-        lengths: vec![48],
-        depths: vec![0.5],
-        samples: 1,
-        batch: 1,
-        seed: 1,
-        prefill: PrefillOptions {
-            segment: 16,
-            placement: Placement::Device,
-        },
-        out: out.path().to_path_buf(),
-        progress: false,
-        part: Default::default(),
-    };
+    let opts = small_grid(vec![48], vec![0.5], 1, 1, out.path());
     let report = grid::run(
         &engine,
         &spec(NiahTask::Passkey),

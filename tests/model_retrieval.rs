@@ -8,15 +8,24 @@ mod model_util;
 
 use lcm::model::drt::Drt;
 use lcm::model::swa_hsa::SwaHsa;
-use lcm::model::LanguageModel;
+use lcm::model::{LanguageModel, ModelConfig};
 use model_util::{lm_loss, tiny, tokens};
 use tch::{nn, Device, Kind, Tensor};
+
+/// A fresh model (`new`, config `tiny(arch)`) on the CPU, with its variables.
+fn fresh<M>(
+    arch: &str,
+    new: impl Fn(&nn::Path, &ModelConfig) -> lcm::Result<M>,
+) -> (nn::VarStore, M) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = new(&vs.root(), &tiny(arch)).unwrap();
+    (vs, m)
+}
 
 #[test]
 fn drt_chunk_c_reads_only_chunks_before_c_minus_1() {
     tch::manual_seed(21);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let m = Drt::new(&vs.root(), &tiny("drt")).unwrap();
+    let (_vs, m) = fresh("drt", Drt::new);
     let (s, c) = (4, 10);
     for train in [false, true, true] {
         let out = tch::no_grad(|| m.forward_detailed(&tokens(3, s * c), train));
@@ -63,8 +72,7 @@ fn drt_chunk_c_reads_only_chunks_before_c_minus_1() {
 #[test]
 fn hsa_token_t_reads_only_completed_chunks() {
     tch::manual_seed(22);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let m = SwaHsa::new(&vs.root(), &tiny("swa_hsa")).unwrap();
+    let (_vs, m) = fresh("swa_hsa", SwaHsa::new);
     let (s, l) = (4, 40);
     for train in [false, true] {
         let out = tch::no_grad(|| m.forward_detailed(&tokens(2, l), train));
@@ -113,13 +121,23 @@ fn check_grads(vs: &nn::VarStore, loss: Tensor, retrieval: &[&str], encoder_pref
     assert!(n > 5, "expected encoder parameters under {encoder_prefix}");
 }
 
+/// The LM loss of a fresh model (`fresh`) on random tokens, with its variables; `hidden` is
+/// the model's final hidden states of the tokens.
+fn fresh_loss<M: LanguageModel>(
+    arch: &str,
+    new: impl Fn(&nn::Path, &ModelConfig) -> lcm::Result<M>,
+    hidden: impl Fn(&M, &Tensor) -> Tensor,
+) -> (nn::VarStore, Tensor) {
+    let (vs, m) = fresh(arch, new);
+    let x = tokens(2, 40);
+    let loss = lm_loss(&m.head(&hidden(&m, &x)), &x);
+    (vs, loss)
+}
+
 #[test]
 fn drt_gradients_reach_retrieval_scores_and_encoder() {
     tch::manual_seed(23);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let m = Drt::new(&vs.root(), &tiny("drt")).unwrap();
-    let x = tokens(2, 40);
-    let loss = lm_loss(&m.head(&m.forward_detailed(&x, true).hidden), &x);
+    let (vs, loss) = fresh_loss("drt", Drt::new, |m, x| m.forward_detailed(x, true).hidden);
     // The landmark RMSNorm weights act only through the retrieval scores.
     check_grads(
         &vs,
@@ -132,10 +150,9 @@ fn drt_gradients_reach_retrieval_scores_and_encoder() {
 #[test]
 fn hsa_gradients_reach_retrieval_scores_and_encoder() {
     tch::manual_seed(24);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let m = SwaHsa::new(&vs.root(), &tiny("swa_hsa")).unwrap();
-    let x = tokens(2, 40);
-    let loss = lm_loss(&m.head(&m.forward_detailed(&x, true).hidden), &x);
+    let (vs, loss) = fresh_loss("swa_hsa", SwaHsa::new, |m, x| {
+        m.forward_detailed(x, true).hidden
+    });
     let names = [
         "groups.0.retrieval.q_proj.weight",
         "groups.1.retrieval.q_proj.weight",

@@ -13,6 +13,23 @@ use lcm::model::{InferenceState, LanguageModel, Placement, StateOptions};
 use model_util::{build, tiny, tokens, ARCHS, VOCAB};
 use tch::{Device, Kind, Tensor};
 
+/// A fresh fp32 inference state of `model` for `batch` rows and `capacity` tokens.
+fn fp32_state(
+    model: &dyn LanguageModel,
+    batch: i64,
+    capacity: i64,
+    placement: Placement,
+    device: Device,
+) -> InferenceState {
+    model.new_state(&StateOptions {
+        batch,
+        capacity_tokens: capacity,
+        placement,
+        kind: Kind::Float,
+        device,
+    })
+}
+
 fn segmented(
     model: &dyn LanguageModel,
     x: &Tensor,
@@ -21,14 +38,8 @@ fn segmented(
 ) -> (Tensor, InferenceState) {
     let (b, t) = (x.size()[0], x.size()[1]);
     assert_eq!(segments.iter().sum::<i64>(), t);
-    let mut state = model.new_state(&StateOptions {
-        batch: b,
-        // Less than needed: the chunk memory must grow by itself.
-        capacity_tokens: t / 3,
-        placement,
-        kind: Kind::Float,
-        device: x.device(),
-    });
+    // Capacity less than needed: the chunk memory must grow by itself.
+    let mut state = fp32_state(model, b, t / 3, placement, x.device());
     let mut start = 0;
     let mut logits = Vec::new();
     for &len in segments {
@@ -77,13 +88,7 @@ fn window_caches_stay_bounded_while_the_memory_grows() {
         tch::manual_seed(6);
         let (_vs, model) = build(&tiny(arch));
         let x = tokens(1, 160);
-        let mut state = model.new_state(&StateOptions {
-            batch: 1,
-            capacity_tokens: 160,
-            placement: Placement::Device,
-            kind: Kind::Float,
-            device: Device::Cpu,
-        });
+        let mut state = fp32_state(&*model, 1, 160, Placement::Device, Device::Cpu);
         let mut sizes = Vec::new();
         tch::no_grad(|| {
             for i in 0..10 {
@@ -100,13 +105,7 @@ fn window_caches_stay_bounded_while_the_memory_grows() {
     // The dense baseline keeps every position: its cache grows.
     let (_vs, model) = build(&tiny("dense"));
     let x = tokens(1, 32);
-    let mut state = model.new_state(&StateOptions {
-        batch: 1,
-        capacity_tokens: 32,
-        placement: Placement::Device,
-        kind: Kind::Float,
-        device: Device::Cpu,
-    });
+    let mut state = fp32_state(&*model, 1, 32, Placement::Device, Device::Cpu);
     let first = tch::no_grad(|| {
         let _ = model.forward_segment(&x.narrow(1, 0, 16), &mut state);
         state.cache_bytes()
@@ -115,38 +114,36 @@ fn window_caches_stay_bounded_while_the_memory_grows() {
     assert_eq!(state.cache_bytes(), 2 * first);
 }
 
-/// The same on the GPU, at a size closer to use: the repository's tiny configs (chunk 15 or
-/// 16, window 32, top-4), 2 x 2048 tokens in uneven segments, fp32, memory on the device
-/// and offloaded to pinned host memory.
-#[test]
-fn segmented_inference_matches_the_full_forward_on_cuda() {
-    let Some(dev) = common::cuda_or_skip("segmented_inference_matches_the_full_forward_on_cuda")
-    else {
-        return;
-    };
-    for name in ["drt-tiny", "swa-hsa-tiny", "swa-tiny", "dense-tiny"] {
-        let path = format!("configs/models/{name}.json");
-        let text = std::fs::read_to_string(&path).expect("config");
-        let cfg =
-            lcm::model::ModelConfig::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
-        tch::manual_seed(7);
-        let vs = tch::nn::VarStore::new(dev);
-        let model = lcm::model::build(&vs.root(), &cfg).expect("build");
-        let m = model.length_multiple();
-        let t = 2048 / m * m;
-        let x = Tensor::randint(cfg.vocab_size - 1, [2, t], (Kind::Int64, dev));
-        let full = tch::no_grad(|| model.forward(&x, false));
-        let a = (t / 3) / m * m;
-        let b = m * 5;
-        let segments = [a, b, t - a - b];
-        for placement in [Placement::Device, Placement::Host] {
-            let (seg, _) = tch::no_grad(|| segmented(&*model, &x, &segments, placement));
-            let diff = max_rel_diff(&full, &seg);
-            println!("{name} {placement:?}: max relative difference {diff:e}");
-            assert!(
-                diff <= 1e-4,
-                "{name} {placement:?}: logits differ by {diff:e}"
-            );
+// The same on the GPU, at a size closer to use: the repository's tiny configs (chunk 15 or
+// 16, window 32, top-4), 2 x 2048 tokens in uneven segments, fp32, memory on the device
+// and offloaded to pinned host memory.
+common::cuda_test!(
+    segmented_inference_matches_the_full_forward_on_cuda,
+    |dev| {
+        for name in ["drt-tiny", "swa-hsa-tiny", "swa-tiny", "dense-tiny"] {
+            let path = format!("configs/models/{name}.json");
+            let text = std::fs::read_to_string(&path).expect("config");
+            let cfg =
+                lcm::model::ModelConfig::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
+            tch::manual_seed(7);
+            let vs = tch::nn::VarStore::new(dev);
+            let model = lcm::model::build(&vs.root(), &cfg).expect("build");
+            let m = model.length_multiple();
+            let t = 2048 / m * m;
+            let x = Tensor::randint(cfg.vocab_size - 1, [2, t], (Kind::Int64, dev));
+            let full = tch::no_grad(|| model.forward(&x, false));
+            let a = (t / 3) / m * m;
+            let b = m * 5;
+            let segments = [a, b, t - a - b];
+            for placement in [Placement::Device, Placement::Host] {
+                let (seg, _) = tch::no_grad(|| segmented(&*model, &x, &segments, placement));
+                let diff = max_rel_diff(&full, &seg);
+                println!("{name} {placement:?}: max relative difference {diff:e}");
+                assert!(
+                    diff <= 1e-4,
+                    "{name} {placement:?}: logits differ by {diff:e}"
+                );
+            }
         }
     }
-}
+);

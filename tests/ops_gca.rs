@@ -60,14 +60,7 @@ fn gca_matches_naive_forward_and_backward() {
         let got = gca_reference(&q, &k, &v, &w, 0.3, one);
         let want = naive(&q, &k, &v, &w, 0.3, one);
         let what = format!("Hq={hq} Hkv={hkv} K={nk} K_CTX={kctx} off-by-one={one}");
-        assert_close(&got, &want, &format!("{what} forward"));
-        let r = got.randn_like();
-        let xs = [&q, &k, &v, &w];
-        let gg = Tensor::run_backward(&[(&got * &r).sum(Kind::Float)], &xs, false, false);
-        let gw = Tensor::run_backward(&[(&want * &r).sum(Kind::Float)], &xs, false, false);
-        for (name, (a, b)) in ["dq", "dk", "dv", "dw"].iter().zip(gg.iter().zip(&gw)) {
-            assert_close(a, b, &format!("{what} {name}"));
-        }
+        let gg = common::assert_attention_close_to_naive(&what, &got, &want, [&q, &k, &v, &w]);
         assert!(
             gg[3].abs().sum(Kind::Float).double_value(&[]) > 0.0,
             "{what}: dw is zero"

@@ -17,8 +17,8 @@
 mod common;
 
 use common::{
-    assert_close_scaled, assert_rel_norm, attn_paths, cuda_or_skip, forward_and_grads, per_path,
-    poison_cuda_allocator,
+    assert_attention_dtypes, assert_close_scaled, assert_outputs_close, assert_rel_norm,
+    attn_paths, kernel_and_reference, per_path, poison_cuda_allocator, unsupported_inputs,
 };
 use lcm::ops::path::AttnPath;
 use lcm::ops::{gca, gca_reference};
@@ -84,14 +84,10 @@ fn inputs(c: &Case, dev: Device) -> Inputs {
     Inputs { q, k, v, w, dout }
 }
 
-/// Forward and gradients: [o, dq, dk, dv, dw].
+// Forward and gradients: [o, dq, dk, dv, dw].
 #[cfg(lcm_cuda)]
-#[test]
-fn cuda_kernel_matches_reference_forward_and_gradients() {
+common::cuda_test!(cuda_kernel_matches_reference_forward_and_gradients, |dev| {
     use lcm::ops::gca::{gca_cuda, kernel_supports};
-    let Some(dev) = cuda_or_skip("cuda_kernel_matches_reference_forward_and_gradients") else {
-        return;
-    };
     tch::manual_seed(6);
     for (path, c) in per_path(&attn_paths(dev), CASES) {
         let &(b, hq, hkv, nq, nk, kctx, d, one, zero_w, strided) = c;
@@ -104,49 +100,27 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
             "{tag}: not supported"
         );
         let scale = 1.0 / (d as f64).sqrt();
-        let f32s: Vec<Tensor> = [&x.q, &x.k, &x.v]
-            .iter()
-            .map(|t| t.to_kind(Kind::Float))
-            .collect();
-        let want = forward_and_grads(
-            |l| gca_reference(&l[0], &l[1], &l[2], &l[3], scale, one),
-            &[&f32s[0], &f32s[1], &f32s[2], &x.w],
-            &x.dout,
-        );
-        poison_cuda_allocator(dev);
-        let got = forward_and_grads(
+        let (got, want) = kernel_and_reference(
             |l| gca_cuda(&l[0], &l[1], &l[2], &l[3], scale, one, path).unwrap(),
+            |l| gca_reference(&l[0], &l[1], &l[2], &l[3], scale, one),
             &[&x.q, &x.k, &x.v, &x.w],
             &x.dout,
         );
-        assert_eq!(got[0].kind(), Kind::BFloat16, "{tag}: output dtype");
-        assert_eq!(
-            got[4].kind(),
-            Kind::Float,
-            "{tag}: dweights keeps the weights' dtype"
-        );
-        for (i, name) in ["o", "dq", "dk", "dv", "dweights"].iter().enumerate() {
-            let what = format!("{tag} {name}");
-            assert_rel_norm(&what, &got[i], &want[i], 1e-2);
-            assert_close_scaled(&what, &got[i], &want[i]);
-        }
+        assert_attention_dtypes(&tag, &got);
+        assert_outputs_close(&tag, &["o", "dq", "dk", "dv", "dweights"], &got, &want);
         // Run to run, the forward is bit-identical.
         poison_cuda_allocator(dev);
         let again = tch::no_grad(|| gca_cuda(&x.q, &x.k, &x.v, &x.w, scale, one, path).unwrap());
         assert!(again.equal(&got[0]), "{tag}: forward not deterministic");
         eprintln!("ok: {tag}");
     }
-}
+});
 
-/// The forward alone takes any K_CTX (tiles of 64 keys with an online softmax); the
-/// backward stops at 128, so dispatch sends such inputs to the reference.
+// The forward alone takes any K_CTX (tiles of 64 keys with an online softmax); the
+// backward stops at 128, so dispatch sends such inputs to the reference.
 #[cfg(lcm_cuda)]
-#[test]
-fn cuda_forward_takes_long_chunks() {
+common::cuda_test!(cuda_forward_takes_long_chunks, |dev| {
     use lcm::ops::gca::gca_cuda_forward_raw;
-    let Some(dev) = cuda_or_skip("cuda_forward_takes_long_chunks") else {
-        return;
-    };
     tch::manual_seed(7);
     for (path, &(kctx, one)) in per_path(&attn_paths(dev), &[(200i64, false), (257, true)]) {
         let c: Case = (2, 4, 2, 64, 3, kctx, 64, one, true, false);
@@ -165,54 +139,40 @@ fn cuda_forward_takes_long_chunks() {
         assert_rel_norm(&what, &got, &want, 1e-2);
         assert_close_scaled(&what, &got, &want);
     }
-}
+});
 
 /// Inputs the kernel does not take run the reference, bit for bit: fp32, head dim 32,
 /// K_CTX 129, CPU tensors.
 #[test]
 fn dispatch_falls_back_to_the_reference() {
     tch::manual_seed(8);
-    let mut devices = vec![Device::Cpu];
-    if let Some(dev) = cuda_or_skip("dispatch_falls_back_to_the_reference (CUDA part)") {
-        devices.push(dev);
-    }
-    for dev in devices {
-        for &(kind, d, kctx) in &[
-            (Kind::Float, 64i64, 16i64),
-            (Kind::BFloat16, 32, 16),
-            (Kind::BFloat16, 64, 129),
-        ] {
-            let opts = (kind, dev);
-            let q = Tensor::randn([2, 2, 3, d], opts);
-            let k = Tensor::randn([2, 2, 2, kctx, d], opts);
-            let v = Tensor::randn([2, 2, 2, kctx, d], opts);
-            let w = Tensor::rand([2, 2], (Kind::Float, dev));
-            assert!(
-                !lcm::ops::gca::kernel_supports(&q, &k, &v, &w) || dev == Device::Cpu,
-                "{kind:?} D={d} K_CTX={kctx} should be unsupported"
-            );
-            let a = gca(&q, &k, &v, &w, 0.3, false);
-            let b = gca_reference(&q, &k, &v, &w, 0.3, false);
-            assert!(
-                a.equal(&b),
-                "{dev:?} {kind:?} D={d} K_CTX={kctx}: not the reference"
-            );
-        }
+    for (dev, kind, d, kctx) in unsupported_inputs("dispatch_falls_back_to_the_reference", 129) {
+        let opts = (kind, dev);
+        let q = Tensor::randn([2, 2, 3, d], opts);
+        let k = Tensor::randn([2, 2, 2, kctx, d], opts);
+        let v = Tensor::randn([2, 2, 2, kctx, d], opts);
+        let w = Tensor::rand([2, 2], (Kind::Float, dev));
+        assert!(
+            !lcm::ops::gca::kernel_supports(&q, &k, &v, &w) || dev == Device::Cpu,
+            "{kind:?} D={d} K_CTX={kctx} should be unsupported"
+        );
+        let a = gca(&q, &k, &v, &w, 0.3, false);
+        let b = gca_reference(&q, &k, &v, &w, 0.3, false);
+        assert!(
+            a.equal(&b),
+            "{dev:?} {kind:?} D={d} K_CTX={kctx}: not the reference"
+        );
     }
 }
 
-/// Through the dispatcher on supported CUDA inputs the kernel runs (same bits).
+// Through the dispatcher on supported CUDA inputs the kernel runs (same bits).
 #[cfg(lcm_cuda)]
-#[test]
-fn dispatch_on_cuda_uses_the_kernel() {
-    let Some(dev) = cuda_or_skip("dispatch_on_cuda_uses_the_kernel") else {
-        return;
-    };
+common::cuda_test!(dispatch_on_cuda_uses_the_kernel, |dev| {
     let x = inputs(&(2, 4, 4, 64, 3, 64, 64, false, false, true), dev);
     let path = lcm::ops::path::attn_path_on(dev, 64);
     let a = lcm::ops::gca::gca_cuda(&x.q, &x.k, &x.v, &x.w, 0.125, false, path).unwrap();
     assert!(gca(&x.q, &x.k, &x.v, &x.w, 0.125, false).equal(&a));
-}
+});
 
 /// The bridge turns a libtorch exception into a Rust error naming the op.
 #[cfg(lcm_cuda)]
@@ -228,18 +188,14 @@ fn bridge_reports_errors() {
     assert!(err.contains("gca") && err.contains("CUDA device"), "{err}");
 }
 
-/// The memory-reading form (`gca_gathered`, memory `(M, K_CTX, Hkv, D)` and int64 indices
-/// `(B, K)`, repeats included so that the memory's gradient sums chunks): its forward is
-/// bit-identical to the kernel on the gathered chunks (the TMA gather on Hopper at head dim
-/// 64 and K_CTX 64; the host gather elsewhere), and every gradient (q, memory k and v,
-/// weights) matches the reference within the tolerances above.
+// The memory-reading form (`gca_gathered`, memory `(M, K_CTX, Hkv, D)` and int64 indices
+// `(B, K)`, repeats included so that the memory's gradient sums chunks): its forward is
+// bit-identical to the kernel on the gathered chunks (the TMA gather on Hopper at head dim
+// 64 and K_CTX 64; the host gather elsewhere), and every gradient (q, memory k and v,
+// weights) matches the reference within the tolerances above.
 #[cfg(lcm_cuda)]
-#[test]
-fn gathered_memory_matches_gathered_chunks() {
+common::cuda_test!(gathered_memory_matches_gathered_chunks, |dev| {
     use lcm::ops::gca::{gather_chunks, gca_cuda, gca_gathered_cuda, gca_gathered_reference};
-    let Some(dev) = cuda_or_skip("gathered_memory_matches_gathered_chunks") else {
-        return;
-    };
     tch::manual_seed(9);
     // (B query chunks, M memory rows, Hq, Hkv, Q, K, K_CTX, D, softmax_one)
     type Gathered = (i64, i64, i64, i64, i64, i64, i64, i64, bool);
@@ -261,9 +217,9 @@ fn gathered_memory_matches_gathered_chunks() {
         let dout = Tensor::randn([b, hq, nq, d], opts);
         let scale = 1.0 / (d as f64).sqrt();
 
-        poison_cuda_allocator(dev);
-        let got = forward_and_grads(
+        let (got, want) = kernel_and_reference(
             |l| gca_gathered_cuda(&l[0], &l[1], &l[2], &idx, &l[3], scale, one, path).unwrap(),
+            |l| gca_gathered_reference(&l[0], &l[1], &l[2], &idx, &l[3], scale, one),
             &[&q, &mk, &mv, &w],
             &dout,
         );
@@ -283,23 +239,8 @@ fn gathered_memory_matches_gathered_chunks() {
             got[0].equal(&plain),
             "{tag}: forward differs from the gathered chunks'"
         );
-        let f32s: Vec<Tensor> = [&q, &mk, &mv]
-            .iter()
-            .map(|t| t.to_kind(Kind::Float))
-            .collect();
-        let want = forward_and_grads(
-            |l| gca_gathered_reference(&l[0], &l[1], &l[2], &idx, &l[3], scale, one),
-            &[&f32s[0], &f32s[1], &f32s[2], &w],
-            &dout,
-        );
-        for (i, name) in ["o", "dq", "dmem_k", "dmem_v", "dweights"]
-            .iter()
-            .enumerate()
-        {
-            let what = format!("{tag} {name}");
-            assert_rel_norm(&what, &got[i], &want[i], 1e-2);
-            assert_close_scaled(&what, &got[i], &want[i]);
-        }
+        let names = ["o", "dq", "dmem_k", "dmem_v", "dweights"];
+        assert_outputs_close(&tag, &names, &got, &want);
         eprintln!("ok: {tag}");
     }
-}
+});

@@ -7,8 +7,6 @@ use tch::{Device, Kind, Tensor};
 
 mod common;
 
-use common::assert_close_to_scale as assert_close;
-
 #[allow(clippy::too_many_arguments)]
 fn naive(
     q: &Tensor,
@@ -71,14 +69,7 @@ fn hsa_matches_naive_forward_and_backward() {
         let got = hsa_reference(&q, &k, &v, &w, &idx, s, 0.4, one);
         let want = naive(&q, &k, &v, &w, &idx, s, 0.4, one);
         let what = format!("Hq={hq} H={h} off-by-one={one}");
-        assert_close(&got, &want, &format!("{what} forward"));
-        let r = got.randn_like();
-        let xs = [&q, &k, &v, &w];
-        let gg = Tensor::run_backward(&[(&got * &r).sum(Kind::Float)], &xs, false, false);
-        let gw = Tensor::run_backward(&[(&want * &r).sum(Kind::Float)], &xs, false, false);
-        for (name, (a, b)) in ["dq", "dk", "dv", "dw"].iter().zip(gg.iter().zip(&gw)) {
-            assert_close(a, b, &format!("{what} {name}"));
-        }
+        let gg = common::assert_attention_close_to_naive(&what, &got, &want, [&q, &k, &v, &w]);
         // Masked slots take no gradient into their weight.
         let masked_dw = gg[3]
             .masked_select(&mask)

@@ -20,8 +20,8 @@
 mod common;
 
 use common::{
-    assert_close_scaled, assert_rel_norm, cuda_or_skip, forward_and_grads, per_path,
-    poison_cuda_allocator,
+    assert_attention_dtypes, assert_outputs_close, forward_and_grads, kernel_and_reference,
+    per_path, poison_cuda_allocator, unsupported_inputs,
 };
 use lcm::bench::kernels::hsa_random_indices;
 use lcm::ops::path::HsaPath;
@@ -94,14 +94,10 @@ fn inputs(c: &Case, dev: Device) -> Inputs {
     }
 }
 
-/// Forward and gradients: [o, dq, dk, dv, dw].
+// Forward and gradients: [o, dq, dk, dv, dw].
 #[cfg(lcm_cuda)]
-#[test]
-fn cuda_kernel_matches_reference_forward_and_gradients() {
+common::cuda_test!(cuda_kernel_matches_reference_forward_and_gradients, |dev| {
     use lcm::ops::hsa::{hsa_cuda, kernel_supports};
-    let Some(dev) = cuda_or_skip("cuda_kernel_matches_reference_forward_and_gradients") else {
-        return;
-    };
     tch::manual_seed(16);
     for (path, c) in per_path(&HsaPath::ALL, CASES) {
         let &(n, hq, h, d, s, nc, nk, one) = c;
@@ -112,32 +108,18 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
             "{tag}: not supported"
         );
         let scale = 1.0 / (d as f64).sqrt();
-        let f32s: Vec<Tensor> = [&x.q, &x.k, &x.v]
-            .iter()
-            .map(|t| t.to_kind(Kind::Float))
-            .collect();
-        let want = forward_and_grads(
+        let kernel = |l: &[Tensor]| {
+            hsa_cuda(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one, path).unwrap()
+        };
+        let xs = [&x.q, &x.k, &x.v, &x.w];
+        let (got, want) = kernel_and_reference(
+            kernel,
             |l| hsa_reference(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one),
-            &[&f32s[0], &f32s[1], &f32s[2], &x.w],
+            &xs,
             &x.dout,
         );
-        poison_cuda_allocator(dev);
-        let got = forward_and_grads(
-            |l| hsa_cuda(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one, path).unwrap(),
-            &[&x.q, &x.k, &x.v, &x.w],
-            &x.dout,
-        );
-        assert_eq!(got[0].kind(), Kind::BFloat16, "{tag}: output dtype");
-        assert_eq!(
-            got[4].kind(),
-            Kind::Float,
-            "{tag}: dweights keeps the weights' dtype"
-        );
-        for (i, name) in ["o", "dq", "dk", "dv", "dweights"].iter().enumerate() {
-            let what = format!("{tag} {name}");
-            assert_rel_norm(&what, &got[i], &want[i], 1e-2);
-            assert_close_scaled(&what, &got[i], &want[i]);
-        }
+        assert_attention_dtypes(&tag, &got);
+        assert_outputs_close(&tag, &["o", "dq", "dk", "dv", "dweights"], &got, &want);
         let empty_dw = got[4]
             .masked_select(&x.empty)
             .abs()
@@ -151,11 +133,7 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
         assert!(again.equal(&got[0]), "{tag}: forward not deterministic");
         // And so is the backward (no atomics: dk/dv are summed per chunk in a fixed order).
         poison_cuda_allocator(dev);
-        let again = forward_and_grads(
-            |l| hsa_cuda(&l[0], &l[1], &l[2], &l[3], &x.idx, s, scale, one, path).unwrap(),
-            &[&x.q, &x.k, &x.v, &x.w],
-            &x.dout,
-        );
+        let again = forward_and_grads(kernel, &xs, &x.dout);
         for (i, name) in ["dq", "dk", "dv", "dweights"].iter().enumerate() {
             assert!(
                 again[i + 1].equal(&got[i + 1]),
@@ -164,57 +142,43 @@ fn cuda_kernel_matches_reference_forward_and_gradients() {
         }
         eprintln!("ok: {tag}");
     }
-}
+});
 
 /// Inputs the kernel does not take run the reference, bit for bit: fp32, head dim 32,
 /// chunk size 128, CPU tensors.
 #[test]
 fn dispatch_falls_back_to_the_reference() {
     tch::manual_seed(17);
-    let mut devices = vec![Device::Cpu];
-    if let Some(dev) = cuda_or_skip("dispatch_falls_back_to_the_reference (CUDA part)") {
-        devices.push(dev);
-    }
-    for dev in devices {
-        for &(kind, d, s) in &[
-            (Kind::Float, 64i64, 16i64),
-            (Kind::BFloat16, 32, 16),
-            (Kind::BFloat16, 64, 128),
-        ] {
-            let opts = (kind, dev);
-            let (n, l, nk) = (1, 2 * s, 2);
-            let q = Tensor::randn([n, l, 2, d], opts);
-            let k = Tensor::randn([n, l, 1, d], opts);
-            let v = Tensor::randn([n, l, 1, d], opts);
-            let w = Tensor::rand([n, l, 1, nk], (Kind::Float, dev));
-            let idx = Tensor::zeros([n, l, 1, nk], (Kind::Int64, dev));
-            assert!(
-                !lcm::ops::hsa::kernel_supports(&q, &k, &v, &w, &idx, s) || dev == Device::Cpu,
-                "{kind:?} D={d} S={s} should be unsupported"
-            );
-            let a = hsa(&q, &k, &v, &w, &idx, s, 0.3, false);
-            let b = hsa_reference(&q, &k, &v, &w, &idx, s, 0.3, false);
-            assert!(
-                a.equal(&b),
-                "{dev:?} {kind:?} D={d} S={s}: not the reference"
-            );
-        }
+    for (dev, kind, d, s) in unsupported_inputs("dispatch_falls_back_to_the_reference", 128) {
+        let opts = (kind, dev);
+        let (n, l, nk) = (1, 2 * s, 2);
+        let q = Tensor::randn([n, l, 2, d], opts);
+        let k = Tensor::randn([n, l, 1, d], opts);
+        let v = Tensor::randn([n, l, 1, d], opts);
+        let w = Tensor::rand([n, l, 1, nk], (Kind::Float, dev));
+        let idx = Tensor::zeros([n, l, 1, nk], (Kind::Int64, dev));
+        assert!(
+            !lcm::ops::hsa::kernel_supports(&q, &k, &v, &w, &idx, s) || dev == Device::Cpu,
+            "{kind:?} D={d} S={s} should be unsupported"
+        );
+        let a = hsa(&q, &k, &v, &w, &idx, s, 0.3, false);
+        let b = hsa_reference(&q, &k, &v, &w, &idx, s, 0.3, false);
+        assert!(
+            a.equal(&b),
+            "{dev:?} {kind:?} D={d} S={s}: not the reference"
+        );
     }
 }
 
-/// Through the dispatcher on supported CUDA inputs the kernel runs (same bits).
+// Through the dispatcher on supported CUDA inputs the kernel runs (same bits).
 #[cfg(lcm_cuda)]
-#[test]
-fn dispatch_on_cuda_uses_the_kernel() {
-    let Some(dev) = cuda_or_skip("dispatch_on_cuda_uses_the_kernel") else {
-        return;
-    };
+common::cuda_test!(dispatch_on_cuda_uses_the_kernel, |dev| {
     let x = inputs(&(1, 4, 1, 64, 64, 3, 3, false), dev);
     let path = lcm::ops::path::hsa_path(4, 64, 0.125);
     let a =
         lcm::ops::hsa::hsa_cuda(&x.q, &x.k, &x.v, &x.w, &x.idx, 64, 0.125, false, path).unwrap();
     assert!(hsa(&x.q, &x.k, &x.v, &x.w, &x.idx, 64, 0.125, false).equal(&a));
-}
+});
 
 /// The bridge turns a libtorch exception into a Rust error naming the op.
 #[cfg(lcm_cuda)]

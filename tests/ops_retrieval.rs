@@ -5,7 +5,7 @@
 
 use lcm::ops::{
     chunk_retrieval_blocked, chunk_retrieval_reference, token_retrieval_blocked,
-    token_retrieval_reference, SlotWeighting,
+    token_retrieval_reference, Retrieval, SlotWeighting,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -213,6 +213,20 @@ fn token_retrieval_matches_naive() {
     }
 }
 
+/// `got`, a blocked retrieval of the segment of `len` positions from `first`, picks the
+/// reference's chunks there (the same indices) with its weights; `what` names the case.
+fn assert_segment_of(got: &Retrieval, want: &Retrieval, first: i64, len: i64, what: &str) {
+    let idx = want.indices.narrow(1, first, len);
+    assert!(
+        got.indices.equal(&idx),
+        "{what}: {:?} vs {:?}",
+        got.indices,
+        idx
+    );
+    let weights = want.weights.narrow(1, first, len);
+    assert_close(&got.weights, &weights, &format!("{what} weights"));
+}
+
 /// The blocked retrievals of segmented inference pick the same chunks with the same weights
 /// as the full references, for any block size (1 key per block, blocks that do not divide
 /// the memory, one block for all) and for a segment anywhere in the sequence; slots beyond
@@ -235,18 +249,8 @@ fn blocked_retrievals_match_the_references() {
                 topk,
                 block,
             );
-            let idx = want.indices.narrow(1, first, len);
-            assert!(
-                r.indices.equal(&idx),
-                "chunk block {block} segment {first}+{len}: {:?} vs {:?}",
-                r.indices,
-                idx
-            );
-            assert_close(
-                &r.weights,
-                &want.weights.narrow(1, first, len),
-                "chunk weights",
-            );
+            let what = format!("chunk block {block} segment {first}+{len}");
+            assert_segment_of(&r, &want, first, len, &what);
         }
     }
 
@@ -267,16 +271,8 @@ fn blocked_retrievals_match_the_references() {
                     weighting,
                     block,
                 );
-                let idx = want.indices.narrow(1, first, len);
-                assert!(
-                    got.indices.equal(&idx),
-                    "token {weighting:?} block {block} segment {first}+{len}"
-                );
-                assert_close(
-                    &got.weights,
-                    &want.weights.narrow(1, first, len),
-                    "token weights",
-                );
+                let what = format!("token {weighting:?} block {block} segment {first}+{len}");
+                assert_segment_of(&got, &want, first, len, &what);
             }
         }
     }

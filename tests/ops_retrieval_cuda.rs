@@ -69,6 +69,14 @@ fn exact_scores(q: &Tensor, k: &Tensor, first: i64, div: i64) -> Tensor {
     s.masked_fill(&hidden, f64::NEG_INFINITY)
 }
 
+/// Max |diff| over the slots where `fin` is 1 (0 elsewhere); NaN counts as 0.
+fn valid_max_abs(diff: Tensor, fin: &Tensor) -> f64 {
+    (diff.nan_to_num(0.0, 0.0, 0.0) * fin)
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
 /// Runs the kernel on a poisoned allocator and checks it against the exact top-k.
 fn check_case(c: &Case, dev: Device) {
     let &(n, h, m, e, d, first, div, topk) = c;
@@ -153,10 +161,7 @@ fn check_case(c: &Case, dev: Device) {
         .double_value(&[]);
     let tol = 1e-4 * (1.0 + scale_s);
     // (a) the kernel's scores are those of the keys it names.
-    let da = ((ks.to_kind(Kind::Double) - &at_k).nan_to_num(0.0, 0.0, 0.0) * &fin)
-        .abs()
-        .max()
-        .double_value(&[]);
+    let da = valid_max_abs(ks.to_kind(Kind::Double) - &at_k, &fin);
     assert!(
         da <= tol,
         "{tag}: kernel scores off by {da:.3e} (tol {tol:.1e})"
@@ -165,10 +170,7 @@ fn check_case(c: &Case, dev: Device) {
     let (sorted_k, _) = at_k
         .masked_fill(&valid.logical_not(), f64::NEG_INFINITY)
         .sort(-1, true);
-    let db = ((&sorted_k - &top_s).nan_to_num(0.0, 0.0, 0.0) * &fin)
-        .abs()
-        .max()
-        .double_value(&[]);
+    let db = valid_max_abs(&sorted_k - &top_s, &fin);
     assert!(
         db <= tol,
         "{tag}: chosen set off by {db:.3e} (tol {tol:.1e})"
@@ -201,22 +203,14 @@ fn check_case(c: &Case, dev: Device) {
     );
 }
 
-#[test]
-fn kernel_topk_matches_exact_topk() {
-    let Some(dev) = cuda_or_skip("kernel_topk_matches_exact_topk") else {
-        return;
-    };
+common::cuda_test!(kernel_topk_matches_exact_topk, |dev| {
     tch::manual_seed(41);
     for c in CASES {
         check_case(c, dev);
     }
-}
+});
 
-#[test]
-fn kernel_ties_prefer_the_lower_index() {
-    let Some(dev) = cuda_or_skip("kernel_ties_prefer_the_lower_index") else {
-        return;
-    };
+common::cuda_test!(kernel_ties_prefer_the_lower_index, |dev| {
     tch::manual_seed(42);
     // Every key equal: every visible key ties; the lowest indices win, in order.
     let (n, m, e, d, topk) = (2, 300, 300, 64, 6);
@@ -228,7 +222,7 @@ fn kernel_ties_prefer_the_lower_index() {
     let rows = Tensor::arange(m, (Kind::Int64, dev)).view([1, 1, m, 1]);
     let want = slots.where_self(&slots.lt_tensor(&rows), &Tensor::from(-1i64).to_device(dev));
     assert!(ki.equal(&want.expand_as(&ki)), "ties: lower index first");
-}
+});
 
 /// Weights where the two index tensors agree (they must, at these shapes) and gradients.
 fn compare_retrievals(tag: &str, got: &lcm::ops::Retrieval, want: &lcm::ops::Retrieval) {
@@ -246,66 +240,61 @@ fn grads(r: &lcm::ops::Retrieval, g: &Tensor, xs: &[&Tensor]) -> Vec<Tensor> {
     Tensor::run_backward(&[(&r.weights * g).sum(Kind::Float)], xs, false, false)
 }
 
-#[test]
-fn chunk_and_token_retrieval_dispatch_matches_reference() {
-    let Some(dev) = cuda_or_skip("chunk_and_token_retrieval_dispatch_matches_reference") else {
-        return;
-    };
-    tch::manual_seed(43);
-    // DRT training: (N, C, d, topk)
-    for &(n, c, d, topk) in &[
-        (1, 1, 64, 8),
-        (2, 2, 768, 8),
-        (1, 5, 64, 3),
-        (2, 100, 768, 8),
-        (1, 1024, 768, 8),
-        (2, 300, 64, 32),
-    ] {
-        let tag = format!("chunk N={n} C={c} d={d} k={topk}");
-        let q = Tensor::randn([n, c, d], (Kind::BFloat16, dev)).set_requires_grad(true);
-        let k = Tensor::randn([n, c, d], (Kind::BFloat16, dev)).set_requires_grad(true);
-        assert!(kernel_supports(&q, &k, topk.min(c)));
-        poison_cuda_allocator(dev);
-        let got = chunk_retrieval(&q, &k, topk, false);
-        let want = chunk_retrieval_reference(&q, &k, topk, false);
-        compare_retrievals(&tag, &got, &want);
-        let g = want.weights.randn_like();
-        let (gg, gw) = (grads(&got, &g, &[&q, &k]), grads(&want, &g, &[&q, &k]));
-        for (a, b) in gg.iter().zip(&gw) {
-            assert!(
-                a.isfinite().all().int64_value(&[]) == 1,
-                "{tag}: non-finite gradient"
-            );
-            if b.abs().max().double_value(&[]) > 0.0 {
-                assert_rel_norm(&format!("{tag}: gradient"), a, b, 1e-2);
-            }
-        }
-    }
-    // HSA training: (N, L, r, dr, S, topk), both weightings.
-    for &(n, l, r, dr, s, topk) in &[(2, 256, 4, 64, 16, 5), (1, 512, 1, 128, 64, 3)] {
-        for w in [SlotWeighting::StickBreaking, SlotWeighting::Softmax] {
-            let tag = format!("token N={n} L={l} r={r} dr={dr} S={s} k={topk} {w:?}");
-            let c = l / s;
-            let q = Tensor::randn([n, l, r, dr], (Kind::BFloat16, dev)).set_requires_grad(true);
-            let k = Tensor::randn([n, c, r, dr], (Kind::BFloat16, dev)).set_requires_grad(true);
+common::cuda_test!(
+    chunk_and_token_retrieval_dispatch_matches_reference,
+    |dev| {
+        tch::manual_seed(43);
+        // DRT training: (N, C, d, topk)
+        for &(n, c, d, topk) in &[
+            (1, 1, 64, 8),
+            (2, 2, 768, 8),
+            (1, 5, 64, 3),
+            (2, 100, 768, 8),
+            (1, 1024, 768, 8),
+            (2, 300, 64, 32),
+        ] {
+            let tag = format!("chunk N={n} C={c} d={d} k={topk}");
+            let q = Tensor::randn([n, c, d], (Kind::BFloat16, dev)).set_requires_grad(true);
+            let k = Tensor::randn([n, c, d], (Kind::BFloat16, dev)).set_requires_grad(true);
+            assert!(kernel_supports(&q, &k, topk.min(c)));
             poison_cuda_allocator(dev);
-            let got = token_retrieval(&q, &k, s, topk, w, false);
-            let want = token_retrieval_reference(&q, &k, s, topk, w, false);
+            let got = chunk_retrieval(&q, &k, topk, false);
+            let want = chunk_retrieval_reference(&q, &k, topk, false);
             compare_retrievals(&tag, &got, &want);
             let g = want.weights.randn_like();
             let (gg, gw) = (grads(&got, &g, &[&q, &k]), grads(&want, &g, &[&q, &k]));
             for (a, b) in gg.iter().zip(&gw) {
-                assert_rel_norm(&format!("{tag}: gradient"), a, b, 1e-2);
+                assert!(
+                    a.isfinite().all().int64_value(&[]) == 1,
+                    "{tag}: non-finite gradient"
+                );
+                if b.abs().max().double_value(&[]) > 0.0 {
+                    assert_rel_norm(&format!("{tag}: gradient"), a, b, 1e-2);
+                }
+            }
+        }
+        // HSA training: (N, L, r, dr, S, topk), both weightings.
+        for &(n, l, r, dr, s, topk) in &[(2, 256, 4, 64, 16, 5), (1, 512, 1, 128, 64, 3)] {
+            for w in [SlotWeighting::StickBreaking, SlotWeighting::Softmax] {
+                let tag = format!("token N={n} L={l} r={r} dr={dr} S={s} k={topk} {w:?}");
+                let c = l / s;
+                let q = Tensor::randn([n, l, r, dr], (Kind::BFloat16, dev)).set_requires_grad(true);
+                let k = Tensor::randn([n, c, r, dr], (Kind::BFloat16, dev)).set_requires_grad(true);
+                poison_cuda_allocator(dev);
+                let got = token_retrieval(&q, &k, s, topk, w, false);
+                let want = token_retrieval_reference(&q, &k, s, topk, w, false);
+                compare_retrievals(&tag, &got, &want);
+                let g = want.weights.randn_like();
+                let (gg, gw) = (grads(&got, &g, &[&q, &k]), grads(&want, &g, &[&q, &k]));
+                for (a, b) in gg.iter().zip(&gw) {
+                    assert_rel_norm(&format!("{tag}: gradient"), a, b, 1e-2);
+                }
             }
         }
     }
-}
+);
 
-#[test]
-fn blocked_retrieval_dispatch_matches_reference() {
-    let Some(dev) = cuda_or_skip("blocked_retrieval_dispatch_matches_reference") else {
-        return;
-    };
+common::cuda_test!(blocked_retrieval_dispatch_matches_reference, |dev| {
     tch::manual_seed(44);
     let _g = tch::no_grad_guard();
     // DRT segment: c queries after `first` landmarks.
@@ -335,7 +324,7 @@ fn blocked_retrieval_dispatch_matches_reference() {
             compare_retrievals(&tag, &got, &want);
         }
     }
-}
+});
 
 #[test]
 fn dispatch_falls_back_to_the_reference() {
@@ -376,11 +365,7 @@ fn dispatch_falls_back_to_the_reference() {
     );
 }
 
-#[test]
-fn kernel_gumbel_noise_samples_the_softmax() {
-    let Some(dev) = cuda_or_skip("kernel_gumbel_noise_samples_the_softmax") else {
-        return;
-    };
+common::cuda_test!(kernel_gumbel_noise_samples_the_softmax, |dev| {
     tch::manual_seed(46);
     // One query repeated over m rows, each seeing the same e keys: independent draws.
     let (m, e, d) = (16384, 5, 64);
@@ -410,4 +395,4 @@ fn kernel_gumbel_noise_samples_the_softmax() {
             "gumbel: key {j} chosen {c:.4}, want {pj:.4}"
         );
     }
-}
+});

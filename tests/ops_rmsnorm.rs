@@ -111,22 +111,18 @@ fn bridge_reports_cpp_errors_as_rust_errors() {
     }
 }
 
-/// Kernel against reference on fresh random inputs at several shapes: aligned and
-/// unaligned row lengths (the vectorised and scalar paths), one row, many rows,
-/// a non-contiguous input, a row longer than one pack per thread.
-///
-/// Tolerances: both sides compute in fp32 and round once. fp32: y and dx within
-/// 1e-5 + 1e-5|ref| (summation order only); bf16: within 1.6e-2 + 1e-2|ref| (one bf16
-/// ulp is 2^-8 relative, so a rounding-boundary flip shows as ~4e-3 |ref|). dw sums over
-/// all rows in a different order: relative L2 error 1e-5 (fp32) / 1e-2 (bf16, one
-/// rounding of the result).
+// Kernel against reference on fresh random inputs at several shapes: aligned and
+// unaligned row lengths (the vectorised and scalar paths), one row, many rows,
+// a non-contiguous input, a row longer than one pack per thread.
+//
+// Tolerances: both sides compute in fp32 and round once. fp32: y and dx within
+// 1e-5 + 1e-5|ref| (summation order only); bf16: within 1.6e-2 + 1e-2|ref| (one bf16
+// ulp is 2^-8 relative, so a rounding-boundary flip shows as ~4e-3 |ref|). dw sums over
+// all rows in a different order: relative L2 error 1e-5 (fp32) / 1e-2 (bf16, one
+// rounding of the result).
 #[cfg(lcm_cuda)]
-#[test]
-fn cuda_kernel_matches_reference() {
+common::cuda_test!(cuda_kernel_matches_reference, |dev| {
     use lcm::ops::rmsnorm::rms_norm_cuda;
-    let Some(dev) = cuda_or_skip("cuda_kernel_matches_reference") else {
-        return;
-    };
     tch::manual_seed(4);
     let shapes: [&[i64]; 7] = [
         &[1, 768],
@@ -176,17 +172,13 @@ fn cuda_kernel_matches_reference() {
         assert_eq!(got[2].kind(), Kind::Float, "dw keeps the weight's dtype");
         assert_rel_norm("dw transposed", &got[2], &want[2], dw_tol);
     }
-}
+});
 
-/// Through the dispatcher on a CUDA tensor the kernel runs (same bits as calling it).
+// Through the dispatcher on a CUDA tensor the kernel runs (same bits as calling it).
 #[cfg(lcm_cuda)]
-#[test]
-fn dispatch_on_cuda_uses_the_kernel() {
-    let Some(dev) = cuda_or_skip("dispatch_on_cuda_uses_the_kernel") else {
-        return;
-    };
+common::cuda_test!(dispatch_on_cuda_uses_the_kernel, |dev| {
     let x = Tensor::randn([64, 768], (Kind::BFloat16, dev));
     let w = Tensor::randn([768], (Kind::BFloat16, dev));
     let k = lcm::ops::rmsnorm::rms_norm_cuda(&x, &w, EPS).unwrap();
     assert!(rms_norm(&x, &w, EPS).equal(&k));
-}
+});

@@ -128,17 +128,12 @@ fn alibi_slopes_follow_the_formula() {
     }
 }
 
-/// On the GPU, bf16 inputs dispatch to the fused (SDPA) blocked window: forward and every
-/// gradient against the fp32 reference on the same bf16 values, at the 128M DRT's shape
-/// (window 512, 12 heads, D 64, ALiBi) and with GQA, T not a multiple of the window, a
-/// window longer than T. Tolerance: relative L2 error <= 1e-2 (bf16 inputs, outputs and
-/// probabilities; the fp32 reference rounds only its probabilities).
-#[test]
-fn fused_sliding_window_matches_the_reference_on_cuda() {
-    let Some(dev) = common::cuda_or_skip("fused_sliding_window_matches_the_reference_on_cuda")
-    else {
-        return;
-    };
+// On the GPU, bf16 inputs dispatch to the fused (SDPA) blocked window: forward and every
+// gradient against the fp32 reference on the same bf16 values, at the 128M DRT's shape
+// (window 512, 12 heads, D 64, ALiBi) and with GQA, T not a multiple of the window, a
+// window longer than T. Tolerance: relative L2 error <= 1e-2 (bf16 inputs, outputs and
+// probabilities; the fp32 reference rounds only its probabilities).
+common::cuda_test!(fused_sliding_window_matches_the_reference_on_cuda, |dev| {
     tch::manual_seed(3);
     for &(b, hq, hkv, t, w, d, alibi) in &[
         (2, 12, 12, 2048, 512, 64, true),
@@ -206,4 +201,4 @@ fn fused_sliding_window_matches_the_reference_on_cuda() {
             );
         }
     }
-}
+});

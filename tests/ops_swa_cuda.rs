@@ -17,8 +17,8 @@
 mod common;
 
 use common::{
-    assert_close_scaled, assert_rel_norm, attn_paths, cuda_or_skip, forward_and_grads, per_path,
-    poison_cuda_allocator,
+    assert_close_scaled, assert_rel_norm, attn_paths, cpu_and_cuda, forward_and_grads,
+    kernel_and_reference, per_path, poison_cuda_allocator,
 };
 use lcm::model::layers::alibi_slopes;
 use lcm::ops::path::AttnPath;
@@ -65,19 +65,22 @@ struct Inputs {
     dout: Tensor,
 }
 
-fn inputs(c: &Case, dev: Device) -> Inputs {
-    let &(b, hq, hkv, t, d, _, _, strided) = c;
-    let opts = (Kind::BFloat16, dev);
-    let (q, k, v) = if strided {
-        // (B, T, H, D) memory seen as (B, H, T, D), as the model's projections give.
-        let mk = |h| Tensor::randn([b, t, h, d], opts).transpose(1, 2);
-        (mk(hq), mk(hkv), mk(hkv))
-    } else {
-        let mk = |h| Tensor::randn([b, h, t, d], opts);
-        (mk(hq), mk(hkv), mk(hkv))
-    };
-    let dout = Tensor::randn([b, hq, t, d], opts);
-    Inputs { q, k, v, dout }
+impl Inputs {
+    /// Random bf16 inputs of case `c` on `dev`.
+    fn random(c: &Case, dev: Device) -> Self {
+        let &(b, hq, hkv, t, d, _, _, strided) = c;
+        let opts = (Kind::BFloat16, dev);
+        let (q, k, v) = if strided {
+            // (B, T, H, D) memory seen as (B, H, T, D), as the model's projections give.
+            let mk = |h| Tensor::randn([b, t, h, d], opts).transpose(1, 2);
+            (mk(hq), mk(hkv), mk(hkv))
+        } else {
+            let mk = |h| Tensor::randn([b, h, t, d], opts);
+            (mk(hq), mk(hkv), mk(hkv))
+        };
+        let dout = Tensor::randn([b, hq, t, d], opts);
+        Self { q, k, v, dout }
+    }
 }
 
 fn tag(c: &Case) -> String {
@@ -95,44 +98,36 @@ fn reference(c: &Case, q: &Tensor, k: &Tensor, v: &Tensor, slopes: Option<&Tenso
     }
 }
 
-/// Forward and gradients: [o, dq, dk, dv] against the fp32 reference; determinism.
+// Forward and gradients: [o, dq, dk, dv] against the fp32 reference; determinism.
 #[cfg(lcm_cuda)]
-#[test]
-fn cuda_kernel_matches_reference_forward_and_gradients() {
-    let Some(dev) = cuda_or_skip("cuda_kernel_matches_reference_forward_and_gradients") else {
-        return;
-    };
+common::cuda_test!(cuda_kernel_matches_reference_forward_and_gradients, |dev| {
     tch::manual_seed(16);
     for (path, c) in per_path(&attn_paths(dev), CASES) {
-        check_against_reference(c, &inputs(c, dev), dev, path);
+        check_against_reference(c, &Inputs::random(c, dev), dev, path);
     }
-}
+});
 
-/// The forward's lazy rescaling (cuda/swa_fwd.cu, softmax_update): key tiles are visited newest
-/// first and the running max moves only when a row's max passes it by more than 8 (base 2).
-/// Here every 150th key is 6 times longer, so that a row meets its largest scores in an
-/// older tile (well past the slack: the accumulator must be rescaled mid-row), with and
-/// without ALiBi.
+// The forward's lazy rescaling (cuda/swa_fwd.cu, softmax_update): key tiles are visited newest
+// first and the running max moves only when a row's max passes it by more than 8 (base 2).
+// Here every 150th key is 6 times longer, so that a row meets its largest scores in an
+// older tile (well past the slack: the accumulator must be rescaled mid-row), with and
+// without ALiBi.
 #[cfg(lcm_cuda)]
-#[test]
-fn cuda_kernel_rescales_when_an_older_key_dominates() {
-    let Some(dev) = cuda_or_skip("cuda_kernel_rescales_when_an_older_key_dominates") else {
-        return;
-    };
+common::cuda_test!(cuda_kernel_rescales_when_an_older_key_dominates, |dev| {
     tch::manual_seed(17);
     const SPIKED: &[Case] = &[
         (1, 4, 4, 1100, 64, Some(512), false, false),
         (1, 12, 12, 1100, 64, Some(512), true, false),
     ];
     for (path, &c) in per_path(&attn_paths(dev), SPIKED) {
-        let mut x = inputs(&c, dev);
+        let mut x = Inputs::random(&c, dev);
         let t = c.3;
         let spikes = Tensor::arange(t, (Kind::Int64, dev)).remainder(150).eq(7);
         let gain = spikes.to_kind(Kind::BFloat16) * 5.0 + 1.0;
         x.k = &x.k * gain.view([1, 1, t, 1]);
         check_against_reference(&c, &x, dev, path);
     }
-}
+});
 
 #[cfg(lcm_cuda)]
 fn check_against_reference(c: &Case, x: &Inputs, dev: Device, path: AttnPath) {
@@ -144,19 +139,13 @@ fn check_against_reference(c: &Case, x: &Inputs, dev: Device, path: AttnPath) {
         kernel_supports(&x.q, &x.k, &x.v, slopes.as_ref(), scale),
         "{tag}: not supported"
     );
-    let f32s: Vec<Tensor> = [&x.q, &x.k, &x.v]
-        .iter()
-        .map(|t| t.to_kind(Kind::Float))
-        .collect();
-    let want = forward_and_grads(
+    let kernel =
+        |l: &[Tensor]| swa_cuda(&l[0], &l[1], &l[2], c.5, slopes.as_ref(), scale, path).unwrap();
+    let xs = [&x.q, &x.k, &x.v];
+    let (got, want) = kernel_and_reference(
+        kernel,
         |l| reference(c, &l[0], &l[1], &l[2], slopes.as_ref()),
-        &[&f32s[0], &f32s[1], &f32s[2]],
-        &x.dout,
-    );
-    poison_cuda_allocator(dev);
-    let got = forward_and_grads(
-        |l| swa_cuda(&l[0], &l[1], &l[2], c.5, slopes.as_ref(), scale, path).unwrap(),
-        &[&x.q, &x.k, &x.v],
+        &xs,
         &x.dout,
     );
     assert_eq!(got[0].kind(), Kind::BFloat16, "{tag}: output dtype");
@@ -179,30 +168,22 @@ fn check_against_reference(c: &Case, x: &Inputs, dev: Device, path: AttnPath) {
     }
     // Run to run, forward and backward are bit-identical (no atomics).
     poison_cuda_allocator(dev);
-    let again = forward_and_grads(
-        |l| swa_cuda(&l[0], &l[1], &l[2], c.5, slopes.as_ref(), scale, path).unwrap(),
-        &[&x.q, &x.k, &x.v],
-        &x.dout,
-    );
+    let again = forward_and_grads(kernel, &xs, &x.dout);
     for (i, name) in ["o", "dq", "dk", "dv"].iter().enumerate() {
         assert!(again[i].equal(&got[i]), "{tag}: {name} not deterministic");
     }
     eprintln!("ok: {tag}: {}", errs.join(", "));
 }
 
-/// Through the dispatchers on supported CUDA inputs the kernel runs (same bits), and
-/// `sliding_window_attention_cached` (queries after a cache) matches the reference.
+// Through the dispatchers on supported CUDA inputs the kernel runs (same bits), and
+// `sliding_window_attention_cached` (queries after a cache) matches the reference.
 #[cfg(lcm_cuda)]
-#[test]
-fn dispatch_on_cuda_uses_the_kernel() {
+common::cuda_test!(dispatch_on_cuda_uses_the_kernel, |dev| {
     use lcm::ops::swa::swa_cuda;
-    let Some(dev) = cuda_or_skip("dispatch_on_cuda_uses_the_kernel") else {
-        return;
-    };
     let path = lcm::ops::path::attn_path_on(dev, 64);
     tch::manual_seed(17);
     let c: Case = (2, 4, 2, 200, 64, Some(64), true, true);
-    let x = inputs(&c, dev);
+    let x = Inputs::random(&c, dev);
     let slopes = alibi_slopes(4, dev);
     let a = swa_cuda(&x.q, &x.k, &x.v, Some(64), Some(&slopes), 0.125, path).unwrap();
     assert!(sliding_window_attention(&x.q, &x.k, &x.v, 64, Some(&slopes), 0.125).equal(&a));
@@ -222,18 +203,14 @@ fn dispatch_on_cuda_uses_the_kernel() {
     .narrow(2, 150, 50);
     assert_rel_norm("cached", &got, &want, 1e-2);
     assert_close_scaled("cached", &got, &want);
-}
+});
 
 /// Inputs the kernel does not take run the previous path: fp32 and head dim 32 (CPU and
 /// CUDA) are the reference bit for bit.
 #[test]
 fn dispatch_falls_back_for_unsupported_inputs() {
     tch::manual_seed(18);
-    let mut devices = vec![Device::Cpu];
-    if let Some(dev) = cuda_or_skip("dispatch_falls_back_for_unsupported_inputs (CUDA part)") {
-        devices.push(dev);
-    }
-    for dev in devices {
+    for dev in cpu_and_cuda("dispatch_falls_back_for_unsupported_inputs") {
         for &(kind, d) in &[(Kind::Float, 64i64), (Kind::BFloat16, 32)] {
             if kind == Kind::BFloat16 && dev.is_cuda() {
                 continue; // goes to SDPA on CUDA, not the reference

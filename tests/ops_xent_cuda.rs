@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::{cuda_or_skip, poison_cuda_allocator};
+use common::poison_cuda_allocator;
 use lcm::ops::xent::IGNORE;
 use lcm::ops::{cross_entropy, cross_entropy_reference};
 use tch::{Device, Kind, Tensor};
@@ -134,11 +134,7 @@ fn check(tag: &str, x: &Tensor, t: &Tensor) {
 }
 
 #[cfg(lcm_cuda)]
-#[test]
-fn cuda_kernel_matches_reference() {
-    let Some(dev) = cuda_or_skip("cuda_kernel_matches_reference") else {
-        return;
-    };
+common::cuda_test!(cuda_kernel_matches_reference, |dev| {
     tch::manual_seed(11);
     for kind in [Kind::Float, Kind::BFloat16] {
         for n in ROWS {
@@ -168,51 +164,47 @@ fn cuda_kernel_matches_reference() {
             &targets(64, 1000, 5, dev),
         );
     }
-}
+});
 
-/// Logits starting at every element offset within a 16-byte line (the forward splits each
-/// row at its own boundary; the backward, whose gradient buffer is aligned, falls back to
-/// the scalar kernel), a transposed (non-contiguous) view, and leading axes (B, T, V).
+// Logits starting at every element offset within a 16-byte line (the forward splits each
+// row at its own boundary; the backward, whose gradient buffer is aligned, falls back to
+// the scalar kernel), a transposed (non-contiguous) view, and leading axes (B, T, V).
 #[cfg(lcm_cuda)]
-#[test]
-fn cuda_kernel_takes_misaligned_strided_and_batched_logits() {
-    let Some(dev) = cuda_or_skip("cuda_kernel_takes_misaligned_strided_and_batched_logits") else {
-        return;
-    };
-    tch::manual_seed(12);
-    for kind in [Kind::Float, Kind::BFloat16] {
-        let per_line = 16 / kind.elt_size_in_bytes() as i64;
-        for (n, v) in [(5i64, 1000i64), (3, 50277), (4, 13)] {
-            let flat = (Tensor::randn([n * v + per_line], (Kind::Float, dev)) * 3.0).to_kind(kind);
-            for offset in 0..=per_line {
-                let x = flat.narrow(0, offset, n * v).view([n, v]);
-                let t = targets(n, v, 3, dev);
-                check(&format!("{kind:?} N={n} V={v} offset {offset}"), &x, &t);
+common::cuda_test!(
+    cuda_kernel_takes_misaligned_strided_and_batched_logits,
+    |dev| {
+        tch::manual_seed(12);
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let per_line = 16 / kind.elt_size_in_bytes() as i64;
+            for (n, v) in [(5i64, 1000i64), (3, 50277), (4, 13)] {
+                let flat =
+                    (Tensor::randn([n * v + per_line], (Kind::Float, dev)) * 3.0).to_kind(kind);
+                for offset in 0..=per_line {
+                    let x = flat.narrow(0, offset, n * v).view([n, v]);
+                    let t = targets(n, v, 3, dev);
+                    check(&format!("{kind:?} N={n} V={v} offset {offset}"), &x, &t);
+                }
             }
+            let x = (Tensor::randn([50277, 6], (Kind::Float, dev)) * 3.0)
+                .to_kind(kind)
+                .transpose(0, 1);
+            check(
+                &format!("{kind:?} transposed"),
+                &x,
+                &targets(6, 50277, 3, dev),
+            );
+            let x = (Tensor::randn([2, 150, 1000], (Kind::Float, dev)) * 3.0).to_kind(kind);
+            let t = targets(300, 1000, 4, dev).view([2, 150]);
+            check(&format!("{kind:?} (B, T, V)"), &x, &t);
         }
-        let x = (Tensor::randn([50277, 6], (Kind::Float, dev)) * 3.0)
-            .to_kind(kind)
-            .transpose(0, 1);
-        check(
-            &format!("{kind:?} transposed"),
-            &x,
-            &targets(6, 50277, 3, dev),
-        );
-        let x = (Tensor::randn([2, 150, 1000], (Kind::Float, dev)) * 3.0).to_kind(kind);
-        let t = targets(300, 1000, 4, dev).view([2, 150]);
-        check(&format!("{kind:?} (B, T, V)"), &x, &t);
     }
-}
+);
 
-/// A target outside [0, V) other than IGNORE gives a NaN loss and a zero gradient row, as
-/// the reference does; the other rows are unaffected.
+// A target outside [0, V) other than IGNORE gives a NaN loss and a zero gradient row, as
+// the reference does; the other rows are unaffected.
 #[cfg(lcm_cuda)]
-#[test]
-fn cuda_out_of_range_target_gives_nan_loss() {
+common::cuda_test!(cuda_out_of_range_target_gives_nan_loss, |dev| {
     use lcm::ops::xent::cross_entropy_cuda;
-    let Some(dev) = cuda_or_skip("cuda_out_of_range_target_gives_nan_loss") else {
-        return;
-    };
     tch::manual_seed(13);
     let v = 1000i64;
     for kind in [Kind::Float, Kind::BFloat16] {
@@ -250,19 +242,15 @@ fn cuda_out_of_range_target_gives_nan_loss() {
             "{kind:?}: NaN rows differ from the reference's"
         );
     }
-}
+});
 
-/// Through the dispatcher a CUDA tensor of fp32 or bf16 runs the kernel (same bits); fp16
-/// runs the reference. The trainer's mean over scored targets on a GPU matches the
-/// reference's, gradient included.
+// Through the dispatcher a CUDA tensor of fp32 or bf16 runs the kernel (same bits); fp16
+// runs the reference. The trainer's mean over scored targets on a GPU matches the
+// reference's, gradient included.
 #[cfg(lcm_cuda)]
-#[test]
-fn dispatch_on_cuda_uses_the_kernel() {
+common::cuda_test!(dispatch_on_cuda_uses_the_kernel, |dev| {
     use lcm::ops::xent::cross_entropy_cuda;
     use lcm::train::trainer::lm_loss;
-    let Some(dev) = cuda_or_skip("dispatch_on_cuda_uses_the_kernel") else {
-        return;
-    };
     tch::manual_seed(14);
     for kind in [Kind::Float, Kind::BFloat16] {
         let x = Tensor::randn([64, 50304], (kind, dev));
@@ -293,16 +281,12 @@ fn dispatch_on_cuda_uses_the_kernel() {
     // The mean's gradient reaches each row as 1 / (scored targets).
     let dloss = 1.0 / t.ne(IGNORE).sum(Kind::Float).double_value(&[]);
     assert_close("lm_loss dlogits", &grad, &want_grad, e * dloss, 1e-2 + e);
-}
+});
 
-/// The bridge's checks on CUDA inputs name the bad input.
+// The bridge's checks on CUDA inputs name the bad input.
 #[cfg(lcm_cuda)]
-#[test]
-fn bridge_reports_errors_on_cuda() {
+common::cuda_test!(bridge_reports_errors_on_cuda, |dev| {
     use lcm::ops::xent::{cross_entropy_cuda, cross_entropy_cuda_forward_raw};
-    let Some(dev) = cuda_or_skip("bridge_reports_errors_on_cuda") else {
-        return;
-    };
     let x = Tensor::randn([4, 8], (Kind::Float, dev));
     let err = |r: lcm::Result<Tensor>| r.unwrap_err().to_string();
     let e = err(cross_entropy_cuda(
@@ -342,4 +326,4 @@ fn bridge_reports_errors_on_cuda() {
     )
     .unwrap();
     assert_eq!(l.size(), [0]);
-}
+});

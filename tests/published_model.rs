@@ -19,15 +19,10 @@ fn published_models_find_the_needle_on_cpu() {
         stdout
     };
     lcm(&[
-        "preprocess",
-        "pile",
-        "--input",
-        shard.to_str().unwrap(),
-        "--output",
-        prefix.to_str().unwrap(),
-        "--workers",
-        "2",
-    ]);
+        &data_util::preprocess_args(&shard, &prefix)[..],
+        &["--workers", "2"],
+    ]
+    .concat());
     let cases = [
         ("drt-niah-c8", "passkey"),
         ("drt-niah-c8-sniah", "passkey"),

@@ -366,17 +366,25 @@ fn bf16_keeps_fp32_master_weights() {
     }
 }
 
-/// A sampler whose every window is a `task` row with `n_keys` facts.
-fn synthetic_sampler(task: &str, n_keys: usize, seq_len: i64) -> (TrainConfig, Sampler) {
+/// A sampled window: (sample index, tokens, no-loss mask, answer mask).
+type Row = (u64, Vec<u32>, Vec<bool>, Vec<bool>);
+
+/// The first 50 windows of a sampler whose every window is a `task` row with 3 facts, of
+/// `seq_len` tokens.
+fn synthetic_rows(task: &str, seq_len: usize) -> Vec<Row> {
     let dir = tempfile::tempdir().unwrap();
     let mut v = tiny(dir.path());
     v["seq_len"] = json!(seq_len);
     v["data"]["synthetic"]["task"] = json!(task);
-    v["data"]["synthetic"]["n_keys"] = json!(n_keys);
+    v["data"]["synthetic"]["n_keys"] = json!(3);
     v["data"]["synthetic"]["rate"] = json!(1.0);
-    let c = config(v);
-    let s = Sampler::for_training(&c).unwrap();
-    (c, s)
+    let s = Sampler::for_training(&config(v)).unwrap();
+    (0..50)
+        .map(|i| {
+            let (w, ignore, answer) = s.sample(i);
+            (i, w, ignore, answer)
+        })
+        .collect()
 }
 
 /// Parses planted facts `needle name value` back out of a window (needle = [1, 1]).
@@ -395,10 +403,8 @@ fn facts(w: &[u32], key_len: usize) -> Vec<(Vec<u32>, Vec<u32>, usize)> {
 
 #[test]
 fn multi_key_rows_ask_one_of_several_needles() {
-    let (c, s) = synthetic_sampler("multi_key", 3, 56);
-    let t = c.seq_len as usize;
-    for i in 0..50 {
-        let (w, ignore, answer) = s.sample(i);
+    let t = 56;
+    for (i, w, ignore, answer) in synthetic_rows("multi_key", t) {
         let f = facts(&w, 2);
         assert_eq!(f.len(), 3, "three needles in sample {i}");
         let asked = &w[t - 3..t - 1];
@@ -423,10 +429,8 @@ fn multi_key_rows_ask_one_of_several_needles() {
 
 #[test]
 fn multi_hop_rows_chain_to_the_key() {
-    let (c, s) = synthetic_sampler("multi_hop", 3, 112);
-    let t = c.seq_len as usize;
-    for i in 0..50 {
-        let (w, _, _) = s.sample(i);
+    let t = 112;
+    for (_, w, _, _) in synthetic_rows("multi_hop", t) {
         let f = facts(&w, 2);
         assert_eq!(f.len(), 3);
         // Follow the chain from the asked name to the key, each hop to an earlier fact.
@@ -464,10 +468,8 @@ fn synthetic_task_errors_name_the_key() {
 
 #[test]
 fn variable_tracking_rows_answer_every_name_holding_the_key() {
-    let (c, s) = synthetic_sampler("variable_tracking", 3, 112);
-    let t = c.seq_len as usize;
-    for i in 0..50 {
-        let (w, _, answer) = s.sample(i);
+    let t = 112;
+    for (_, w, _, answer) in synthetic_rows("variable_tracking", t) {
         let mut f = facts(&w, 2);
         f.sort_by_key(|x| x.2);
         assert_eq!(f.len(), 3);

@@ -10,12 +10,13 @@
 
 mod run_util;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use run_util::{
-    launch2, lcm, metric, ok, stderr_of, wait_until, wait_within, weights, write_config, LCM,
+    launch2, lcm, metric, ok, stderr_of, wait_until, wait_within, weights, write_config, LAUNCH2,
+    LCM,
 };
 use serde_json::{json, Value};
 
@@ -26,16 +27,41 @@ fn config(dir: &Path, run: &str, steps: u64, gumbel: bool) -> Value {
     v
 }
 
-fn train2(cfg: &Path, args: &[&str]) -> String {
+/// `pretrain --config CFG ARGS...`
+fn pretrain_args<'a>(cfg: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
     let mut all = vec!["pretrain", "--config", cfg.to_str().unwrap()];
     all.extend_from_slice(args);
-    launch2(&all)
+    all
 }
 
-fn pretrain(cfg: &Path, args: &[&str]) -> String {
-    let mut all = vec!["pretrain", "--config", cfg.to_str().unwrap()];
-    all.extend_from_slice(args);
-    ok(lcm(&all))
+/// Writes config `v` as `d/NAME.json` and trains it on two ranks with `args`: the output.
+fn train2(d: &Path, name: &str, v: &Value, args: &[&str]) -> String {
+    launch2(&pretrain_args(&write_config(d, name, v), args))
+}
+
+/// The same in one process.
+fn pretrain(d: &Path, name: &str, v: &Value, args: &[&str]) -> String {
+    ok(lcm(&pretrain_args(&write_config(d, name, v), args)))
+}
+
+/// Trains config `two` (run folder `d/two`) on two ranks and the same with `to_one` applied
+/// (run folder `d/one`) in one process, and asserts that the runs match (`assert_same_run`
+/// within `tol` at the last step); returns the two-rank run's output.
+fn two_ranks_vs_one(
+    d: &Path,
+    two: Value,
+    to_one: impl FnOnce(&mut Value),
+    tol: f64,
+    what: &str,
+) -> String {
+    let mut one = two.clone();
+    one["checkpoint"]["dir"] = json!(d.join("one"));
+    to_one(&mut one);
+    let out = train2(d, "two", &two, &[]);
+    pretrain(d, "one", &one, &[]);
+    let steps = two["steps"].as_u64().unwrap();
+    assert_same_run(d, "two", "one", steps, tol, what);
+    out
 }
 
 fn losses(run: &Path) -> Vec<f64> {
@@ -55,6 +81,15 @@ fn weight_gap(a: &Path, b: &Path) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Runs `a` and `b` in `d` logged the same losses and hold the same weights at `step`, both
+/// within `tol`; `what` names the comparison.
+fn assert_same_run(d: &Path, a: &str, b: &str, step: u64, tol: f64, what: &str) {
+    assert_close(&losses(&d.join(a)), &losses(&d.join(b)), tol);
+    let ckpt = |run: &str| d.join(format!("{run}/step-{step:08}"));
+    let gap = weight_gap(&ckpt(a), &ckpt(b));
+    assert!(gap <= tol, "{what}: weights differ by {gap}");
+}
+
 fn assert_close(a: &[f64], b: &[f64], tol: f64) {
     assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
     for (x, y) in a.iter().zip(b) {
@@ -69,17 +104,15 @@ fn assert_close(a: &[f64], b: &[f64], tol: f64) {
 fn two_ranks_equal_one_rank_accumulating_two_micro_batches() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let two = write_config(d, "two", &config(d, "two", 5, true));
-    let err = train2(&two, &[]);
-    assert!(err.contains("data parallel: 2 ranks (gloo)"), "{err}");
-    let mut one = config(d, "one", 5, true);
-    one["grad_accum"] = json!(2);
-    let one = write_config(d, "one", &one);
-    pretrain(&one, &[]);
     // fp32: the same numbers summed in another order.
-    assert_close(&losses(&d.join("two")), &losses(&d.join("one")), 1e-6);
-    let gap = weight_gap(&d.join("two/step-00000005"), &d.join("one/step-00000005"));
-    assert!(gap <= 1e-6, "weights differ by {gap}");
+    let err = two_ranks_vs_one(
+        d,
+        config(d, "two", 5, true),
+        |one| one["grad_accum"] = json!(2),
+        1e-6,
+        "2 ranks vs 2 micro-batches",
+    );
+    assert!(err.contains("data parallel: 2 ranks (gloo)"), "{err}");
 }
 
 #[test]
@@ -89,51 +122,67 @@ fn two_ranks_equal_one_rank_with_twice_the_batch() {
     // Plain rows (no passkey rows, whose masked targets make rows' scored counts differ).
     let mut two = config(d, "two", 4, false);
     two["data"]["synthetic"] = Value::Null;
-    let mut one = two.clone();
-    let two = write_config(d, "two", &two);
-    train2(&two, &[]);
-    one["checkpoint"]["dir"] = json!(d.join("one"));
-    one["batch_size"] = json!(4);
-    let one = write_config(d, "one", &one);
-    pretrain(&one, &[]);
     // fp32: a mean of two equal-sized means against one mean.
-    assert_close(&losses(&d.join("two")), &losses(&d.join("one")), 1e-5);
-    let gap = weight_gap(&d.join("two/step-00000004"), &d.join("one/step-00000004"));
-    assert!(gap <= 1e-5, "weights differ by {gap}");
+    let twice = |one: &mut Value| one["batch_size"] = json!(4);
+    two_ranks_vs_one(d, two, twice, 1e-5, "2 ranks vs twice the batch");
 }
 
 #[test]
 fn resume_on_two_ranks_is_bit_exact_and_on_one_continues_the_same_samples() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let whole = write_config(d, "whole", &config(d, "whole", 6, true));
-    train2(&whole, &[]);
+    train2(d, "whole", &config(d, "whole", 6, true), &[]);
 
-    let split = write_config(d, "split", &config(d, "split", 6, true));
-    train2(&split, &["--stop-after", "3"]);
-    train2(&split, &["--resume", d.join("split").to_str().unwrap()]);
-    let gap = weight_gap(
-        &d.join("whole/step-00000006"),
-        &d.join("split/step-00000006"),
+    let split = config(d, "split", 6, true);
+    train2(d, "split", &split, &["--stop-after", "3"]);
+    train2(
+        d,
+        "split",
+        &split,
+        &["--resume", d.join("split").to_str().unwrap()],
     );
-    assert_eq!(gap, 0.0, "2 -> 2 ranks resume is not bit-exact");
-    assert_eq!(losses(&d.join("whole")), losses(&d.join("split")));
+    assert_same_run(
+        d,
+        "whole",
+        "split",
+        6,
+        0.0,
+        "2 -> 2 ranks resume (bit-exact)",
+    );
 
     // 2 ranks, then one rank with the same global batch (2 micro-batches of 2).
     let mut v = config(d, "onward", 6, true);
-    let onward = write_config(d, "onward", &v);
-    train2(&onward, &["--stop-after", "3"]);
+    train2(d, "onward", &v, &["--stop-after", "3"]);
     v["grad_accum"] = json!(2);
-    let onward = write_config(d, "onward", &v);
-    let err = pretrain(&onward, &["--resume", d.join("onward").to_str().unwrap()]);
+    let err = pretrain(
+        d,
+        "onward",
+        &v,
+        &["--resume", d.join("onward").to_str().unwrap()],
+    );
     assert!(err.contains("sample indices are global"), "{err}");
     assert!(err.contains("continues at sample 12"), "{err}");
-    let gap = weight_gap(
-        &d.join("whole/step-00000006"),
-        &d.join("onward/step-00000006"),
-    );
-    assert!(gap <= 1e-6, "2 -> 1 rank resume moved the weights by {gap}");
-    assert_close(&losses(&d.join("whole")), &losses(&d.join("onward")), 1e-6);
+    assert_same_run(d, "whole", "onward", 6, 1e-6, "2 -> 1 rank resume");
+}
+
+/// Sets `patch`'s leaves in `v`, objects merged key by key.
+fn merge(v: &mut Value, patch: Value) {
+    match patch {
+        Value::Object(fields) => {
+            for (k, p) in fields {
+                merge(&mut v[k.as_str()], p);
+            }
+        }
+        p => *v = p,
+    }
+}
+
+/// The config of run `run` in `d` (`steps` steps, passkey rows, Gumbel noise) with
+/// `patch` merged in, written as `d/run.json`: its path.
+fn run_config(d: &Path, steps: u64, patch: Value) -> PathBuf {
+    let mut v = config(d, "run", steps, true);
+    merge(&mut v, patch);
+    write_config(d, "run", &v)
 }
 
 /// Every tensor of `file` in checkpoint `ckpt`, by name.
@@ -203,10 +252,8 @@ fn wait_for_checkpoint(run: &Path, limit: Duration) {
 fn a_killed_rank_makes_the_other_fail_within_the_timeout_and_keeps_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut v = config(d, "run", 100_000, true);
-    v["checkpoint"]["every"] = json!(2);
-    v["dist"]["timeout_s"] = json!(20);
-    let cfg = write_config(d, "run", &v);
+    let patch = json!({ "checkpoint": { "every": 2 }, "dist": { "timeout_s": 20 } });
+    let cfg = run_config(d, 100_000, patch);
     let port = free_port();
     let mut r0 = worker(&cfg, 0, 2, port);
     let mut r1 = worker(&cfg, 1, 2, port);
@@ -230,9 +277,7 @@ fn a_killed_rank_makes_the_other_fail_within_the_timeout_and_keeps_the_checkpoin
 fn a_rank_that_cannot_reach_the_rendezvous_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut v = config(d, "run", 2, true);
-    v["dist"]["timeout_s"] = json!(3);
-    let cfg = write_config(d, "run", &v);
+    let cfg = run_config(d, 2, json!({ "dist": { "timeout_s": 3 } }));
     let port = free_port();
     let mut r1 = worker(&cfg, 1, 2, port);
     let status = wait_within(&mut r1, Duration::from_secs(60), "a rank with no master");
@@ -246,17 +291,7 @@ fn a_rank_that_cannot_reach_the_rendezvous_names_it() {
 fn launch_stops_every_worker_and_names_the_rank_that_failed() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.json");
-    let out = lcm(&[
-        "launch",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "0",
-        "--",
-        "pretrain",
-        "--config",
-        missing.to_str().unwrap(),
-    ]);
+    let out = lcm(&[&LAUNCH2[..], &pretrain_args(&missing, &[])].concat());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("launch: failed: rank"), "{err}");
@@ -267,19 +302,10 @@ fn launch_stops_every_worker_and_names_the_rank_that_failed() {
 fn ctrl_c_on_the_launcher_stops_every_worker_and_rank_0_saves() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut v = config(d, "run", 100_000, true);
-    v["checkpoint"]["every"] = json!(1000);
-    let cfg = write_config(d, "run", &v);
+    let cfg = run_config(d, 100_000, json!({ "checkpoint": { "every": 1000 } }));
     let mut launcher: Child = Command::new(LCM)
-        .args([
-            "launch",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            "0",
-            "--",
-        ])
-        .args(["pretrain", "--config", cfg.to_str().unwrap()])
+        .args(LAUNCH2)
+        .args(pretrain_args(&cfg, &[]))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -5,7 +5,7 @@
 
 mod data_util;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use data_util::lcm;
 
@@ -32,6 +32,14 @@ fn tiny(dir: &Path, steps: u64, seed: u64, lr: f64) -> TrainConfig {
     .unwrap()
 }
 
+/// The checkpoint a tiny run of `steps` steps (seed `seed`, lr 3e-3) leaves in `dir`.
+fn trained(dir: &Path, steps: u64, seed: u64) -> PathBuf {
+    train(&tiny(dir, steps, seed, 3e-3), &TrainOptions::default())
+        .unwrap()
+        .checkpoint
+        .unwrap()
+}
+
 /// Export options: `kind`, shards of `shard_bytes`, row blocks with `split_rows`.
 fn opts(kind: Kind, shard_bytes: usize, split_rows: bool, force: bool) -> Options {
     Options {
@@ -54,24 +62,44 @@ fn assert_same_weights(a: &Path, b: &Path) {
     }
 }
 
+/// Loading `dir` with `shard` removed fails naming a shard (it is not silently skipped).
+fn assert_missing_shard_is_named(dir: &Path, shard: &Path) {
+    std::fs::remove_file(shard).unwrap();
+    let err = read_weights(dir).unwrap_err().to_string();
+    assert!(err.contains("shard"), "{err}");
+}
+
 fn sorted(mut w: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w
 }
 
-#[test]
-fn shards_hold_whole_tensors_and_an_index() {
+/// The shard size of the sharding tests: 16 KiB.
+const LIMIT: usize = 16 << 10;
+
+/// A tiny run of `steps` steps (seed `seed`) in a fresh temporary folder: the folder (kept
+/// while it lives) and the checkpoint.
+fn trained_in_temp(steps: u64, seed: u64) -> (tempfile::TempDir, PathBuf) {
     let run = tempfile::tempdir().unwrap();
-    let ckpt = train(&tiny(run.path(), 2, 3, 3e-3), &TrainOptions::default())
-        .unwrap()
-        .checkpoint
-        .unwrap();
+    let ckpt = trained(run.path(), steps, seed);
+    (run, ckpt)
+}
+
+/// `export` of `ckpt` to folder `model` in a fresh temporary folder: the temporary folder
+/// (kept while it lives), `model`, and the files written.
+fn export_in_temp(ckpt: &Path, opts: &Options) -> (tempfile::TempDir, PathBuf, Vec<PathBuf>) {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("model");
+    let files = export(ckpt, &dir, opts).unwrap();
+    (out, dir, files)
+}
+
+#[test]
+fn shards_hold_whole_tensors_and_an_index() {
+    let (_run, ckpt) = trained_in_temp(2, 3);
     // The embedding (300 x 32 fp32 = 37.5 KiB) is larger than a 16 KiB shard: a shard of
     // its own, whole.
-    let limit = 16 << 10;
-    let files = export(&ckpt, &dir, &opts(Kind::Float, limit, false, false)).unwrap();
+    let (out, dir, files) = export_in_temp(&ckpt, &opts(Kind::Float, LIMIT, false, false));
     let (index, shards) = files.split_last().unwrap();
     assert_eq!(index.file_name().unwrap().to_str().unwrap(), INDEX);
     assert!(shards.len() > 2, "{} shards", shards.len());
@@ -93,7 +121,7 @@ fn shards_hold_whole_tensors_and_an_index() {
         let size = std::fs::metadata(f).unwrap().len() as usize;
         // A shard is its tensors plus a small JSON header; one over the limit is one tensor.
         assert!(
-            size <= limit + 4096 || held.len() == 1,
+            size <= LIMIT + 4096 || held.len() == 1,
             "{file}: {size} bytes"
         );
         for (name, t) in &held {
@@ -123,7 +151,7 @@ fn shards_hold_whole_tensors_and_an_index() {
 
     // bf16: every weight is the original rounded to bf16.
     let half = out.path().join("half");
-    export(&ckpt, &half, &opts(Kind::BFloat16, limit, false, false)).unwrap();
+    export(&ckpt, &half, &opts(Kind::BFloat16, LIMIT, false, false)).unwrap();
     assert_ne!(hash(&half), hash(&ckpt));
     let (_, h) = read_weights(&half).unwrap();
     for ((n, t), (_, o)) in sorted(h).iter().zip(&a) {
@@ -132,48 +160,31 @@ fn shards_hold_whole_tensors_and_an_index() {
     }
 
     // A shard the index names is missing: named, not silently skipped.
-    std::fs::remove_file(&shards[1]).unwrap();
-    let err = read_weights(&dir).unwrap_err().to_string();
-    assert!(err.contains("shard"), "{err}");
+    assert_missing_shard_is_named(&dir, &shards[1]);
 }
 
 #[test]
 fn split_rows_keeps_every_shard_under_the_limit_and_loads_back_whole() {
-    let run = tempfile::tempdir().unwrap();
-    let ckpt = train(&tiny(run.path(), 2, 3, 3e-3), &TrainOptions::default())
-        .unwrap()
-        .checkpoint
-        .unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let dir = out.path().join("model");
-    let limit = 16 << 10;
-    let files = export(&ckpt, &dir, &opts(Kind::Float, limit, true, false)).unwrap();
+    let (_run, ckpt) = trained_in_temp(2, 3);
+    let (_out, dir, files) = export_in_temp(&ckpt, &opts(Kind::Float, LIMIT, true, false));
     let (_, shards) = files.split_last().unwrap();
     assert!(shards.len() > 2, "{} shards", shards.len());
     for f in shards {
         // A shard is its tensors plus a small JSON header.
         let size = std::fs::metadata(f).unwrap().len() as usize;
-        assert!(size <= limit + 4096, "{}: {size} bytes", f.display());
+        assert!(size <= LIMIT + 4096, "{}: {size} bytes", f.display());
     }
     assert_same_weights(&ckpt, &dir);
     // Without the index (the published models in models/): the shards present, in order.
     std::fs::remove_file(dir.join(INDEX)).unwrap();
     assert_same_weights(&ckpt, &dir);
-    std::fs::remove_file(&shards[1]).unwrap();
-    let err = read_weights(&dir).unwrap_err().to_string();
-    assert!(err.contains("shard"), "{err}");
+    assert_missing_shard_is_named(&dir, &shards[1]);
 }
 
 #[test]
 fn init_starts_a_new_run_from_exported_weights() {
-    let run = tempfile::tempdir().unwrap();
-    let ckpt = train(&tiny(run.path(), 3, 3, 3e-3), &TrainOptions::default())
-        .unwrap()
-        .checkpoint
-        .unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let dir = out.path().join("model");
-    export(&ckpt, &dir, &opts(Kind::Float, 1 << 20, false, false)).unwrap();
+    let (_run, ckpt) = trained_in_temp(3, 3);
+    let (_out, dir, _) = export_in_temp(&ckpt, &opts(Kind::Float, 1 << 20, false, false));
 
     // A fresh run stopped before its first step keeps the weights it started from.
     let next = tempfile::tempdir().unwrap();
@@ -246,10 +257,7 @@ fn tree(dir: &Path) -> Vec<String> {
 fn export_refuses_every_out_that_would_lose_something() {
     let h = tempfile::tempdir().unwrap();
     let run = h.path().join("run");
-    let ckpt = train(&tiny(&run, 2, 3, 3e-3), &TrainOptions::default())
-        .unwrap()
-        .checkpoint
-        .unwrap();
+    let ckpt = trained(&run, 2, 3);
     std::fs::write(h.path().join("notes.txt"), "hi\n").unwrap();
     let before = tree(h.path());
     let s = |p: &Path| p.to_str().unwrap().to_string();
@@ -307,13 +315,7 @@ fn export_refuses_every_out_that_would_lose_something() {
     );
     assert_eq!(tree(other.path()), ["data.csv"]);
     let other_run = tempfile::tempdir().unwrap();
-    let other_ckpt = train(
-        &tiny(other_run.path(), 1, 5, 3e-3),
-        &TrainOptions::default(),
-    )
-    .unwrap()
-    .checkpoint
-    .unwrap();
+    let other_ckpt = trained(other_run.path(), 1, 5);
     let kept = tree(other_run.path());
     for out in [other_ckpt.as_path(), other_run.path()] {
         let (ok, _, err) = run_export(&run, out, &["--force"]);

@@ -21,6 +21,58 @@ pub fn cuda_or_skip(test: &str) -> Option<Device> {
     }
 }
 
+/// Declares test `$name` that needs a CUDA device and runs `$body` (a closure) on it; on a
+/// machine without one the test passes after saying so (`cuda_or_skip`, under the test's
+/// name). Put `#[cfg(lcm_cuda)]` on the call where the test needs the kernels built.
+#[allow(unused_macros)] // the CPU-only tests that include this module declare none
+macro_rules! cuda_test {
+    ($name:ident, $body:expr) => {
+        #[test]
+        fn $name() {
+            let body: fn(tch::Device) = $body;
+            if let Some(dev) = $crate::common::cuda_or_skip(stringify!($name)) {
+                body(dev)
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use cuda_test;
+
+/// The CPU, then the CUDA device when there is one (`cuda_or_skip` names `test`'s CUDA part
+/// otherwise): the devices of a test whose CUDA part is optional.
+pub fn cpu_and_cuda(test: &str) -> Vec<Device> {
+    let mut devices = vec![Device::Cpu];
+    devices.extend(cuda_or_skip(&format!("{test} (CUDA part)")));
+    devices
+}
+
+/// The inputs the GCA and HSA kernels do not take, for their dispatch-fallback tests:
+/// (device, dtype, head dim, n), n being K_CTX or the chunk size: fp32, head dim 32, and n =
+/// `too_long` (16 otherwise), on every device of `cpu_and_cuda(test)`.
+pub fn unsupported_inputs(test: &str, too_long: i64) -> Vec<(Device, Kind, i64, i64)> {
+    let cases = [
+        (Kind::Float, 64, 16),
+        (Kind::BFloat16, 32, 16),
+        (Kind::BFloat16, 64, too_long),
+    ];
+    cpu_and_cuda(test)
+        .into_iter()
+        .flat_map(|dev| cases.map(|(kind, d, n)| (dev, kind, d, n)))
+        .collect()
+}
+
+/// The kernel's output dtypes of the GCA and HSA tests ([o, dq, dk, dv, dweights]): bf16 out,
+/// and dweights in the weights' fp32.
+pub fn assert_attention_dtypes(tag: &str, got: &[Tensor]) {
+    assert_eq!(got[0].kind(), Kind::BFloat16, "{tag}: output dtype");
+    assert_eq!(
+        got[4].kind(),
+        Kind::Float,
+        "{tag}: dweights keeps the weights' dtype"
+    );
+}
+
 /// The SWA / GCA kernel paths `device` runs (every one on Hopper), for tests that run
 /// each in turn.
 pub fn attn_paths(device: Device) -> Vec<lcm::ops::path::AttnPath> {
@@ -88,6 +140,26 @@ pub fn assert_close_to_scale(got: &Tensor, want: &Tensor, what: &str) {
     );
 }
 
+/// A reference attention `got` against its naive loops `want`, both computed from the leaves
+/// `xs` (q, k, v, weights): the forward, then the gradients [dq, dk, dv, dw] of both for one
+/// random output gradient, each by `assert_close_to_scale` naming `what`. Returns got's
+/// gradients.
+pub fn assert_attention_close_to_naive(
+    what: &str,
+    got: &Tensor,
+    want: &Tensor,
+    xs: [&Tensor; 4],
+) -> Vec<Tensor> {
+    assert_close_to_scale(got, want, &format!("{what} forward"));
+    let r = got.randn_like();
+    let gg = Tensor::run_backward(&[(got * &r).sum(Kind::Float)], &xs, false, false);
+    let gw = Tensor::run_backward(&[(want * &r).sum(Kind::Float)], &xs, false, false);
+    for (name, (a, b)) in ["dq", "dk", "dv", "dw"].iter().zip(gg.iter().zip(&gw)) {
+        assert_close_to_scale(a, b, &format!("{what} {name}"));
+    }
+    gg
+}
+
 /// The output of `f` on fresh leaves copied from `xs`, then the gradient of
 /// `sum(out * dout)` with respect to each leaf, in order (the GPU op tests).
 pub fn forward_and_grads(
@@ -103,6 +175,33 @@ pub fn forward_and_grads(
     let loss = (o.to_kind(Kind::Float) * dout.to_kind(Kind::Float)).sum(Kind::Float);
     let grads = Tensor::run_backward(&[&loss], &leaves, false, false);
     std::iter::once(o.detach()).chain(grads).collect()
+}
+
+/// A bf16 kernel and its fp32 reference on the same inputs (upcast), each through
+/// `forward_and_grads`, the kernel on a NaN-poisoned allocator (an output it leaves unwritten
+/// fails): (got, want), each [output, gradient of every input...].
+pub fn kernel_and_reference(
+    kernel: impl Fn(&[Tensor]) -> Tensor,
+    reference: impl Fn(&[Tensor]) -> Tensor,
+    xs: &[&Tensor],
+    dout: &Tensor,
+) -> (Vec<Tensor>, Vec<Tensor>) {
+    let f32s: Vec<Tensor> = xs.iter().map(|t| t.to_kind(Kind::Float)).collect();
+    let want = forward_and_grads(reference, &f32s.iter().collect::<Vec<_>>(), dout);
+    poison_cuda_allocator(dout.device());
+    let got = forward_and_grads(kernel, xs, dout);
+    (got, want)
+}
+
+/// Each of `names` (the output, then the gradients) of a bf16 kernel against the fp32
+/// reference: relative L2 error <= 1e-2 and `assert_close_scaled`, failing with `tag` and the
+/// name.
+pub fn assert_outputs_close(tag: &str, names: &[&str], got: &[Tensor], want: &[Tensor]) {
+    for (i, name) in names.iter().enumerate() {
+        let what = format!("{tag} {name}");
+        assert_rel_norm(&what, &got[i], &want[i], 1e-2);
+        assert_close_scaled(&what, &got[i], &want[i]);
+    }
 }
 
 /// Max |got - want| <= 3e-2 * max |want| + 1e-3 (bf16 kernels against an fp32 reference).

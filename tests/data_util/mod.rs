@@ -26,6 +26,16 @@ pub fn tokenizer() -> &'static Tokenizer {
     TOK.get_or_init(load_tokenizer)
 }
 
+/// The ids the Hugging Face tokenizer itself gives `text` (what ours must match).
+pub fn neox_ids(text: &str) -> Vec<u32> {
+    tokenizer()
+        .inner()
+        .encode(text, true)
+        .unwrap()
+        .get_ids()
+        .to_vec()
+}
+
 /// A shard of the sample pile; fails with a clear message when it has not been built.
 pub fn sample_shard(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -42,6 +52,15 @@ pub fn sample_shard(name: &str) -> PathBuf {
 /// One JSON line of the Pile's format.
 pub fn pile_line(text: &str, set: &str) -> String {
     serde_json::json!({"text": text, "meta": {"pile_set_name": set}}).to_string()
+}
+
+/// A fresh temporary folder holding file `name` with `bytes`: the folder (kept while it lives)
+/// and the file.
+pub fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    write(&path, bytes);
+    (dir, path)
 }
 
 pub fn write(path: &Path, bytes: &[u8]) {
@@ -120,4 +139,16 @@ pub fn lcm(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The arguments of `lcm preprocess pile --input INPUT --output PREFIX`.
+pub fn preprocess_args<'a>(input: &'a Path, prefix: &'a Path) -> Vec<&'a str> {
+    let (input, prefix) = (input.to_str().unwrap(), prefix.to_str().unwrap());
+    vec!["preprocess", "pile", "--input", input, "--output", prefix]
+}
+
+/// Runs `lcm preprocess pile --input INPUT --output PREFIX EXTRA...`: (success, stdout,
+/// stderr).
+pub fn preprocess(input: &Path, prefix: &Path, extra: &[&str]) -> (bool, String, String) {
+    lcm(&[&preprocess_args(input, prefix)[..], extra].concat())
 }

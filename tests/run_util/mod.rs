@@ -54,16 +54,19 @@ pub fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &err
 }
 
+/// The launcher's arguments before a worker's: two ranks, any free port.
+pub const LAUNCH2: [&str; 6] = [
+    "launch",
+    "--nproc-per-node",
+    "2",
+    "--master-port",
+    "0",
+    "--",
+];
+
 /// `lcm launch --nproc-per-node 2 --master-port 0 -- ARGS...`, which must succeed.
 pub fn launch2<S: AsRef<str>>(args: &[S]) -> String {
-    let mut all = vec![
-        "launch",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "0",
-        "--",
-    ];
+    let mut all = LAUNCH2.to_vec();
     all.extend(args.iter().map(|a| a.as_ref()));
     ok(lcm(&all))
 }
