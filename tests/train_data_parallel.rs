@@ -196,14 +196,13 @@ fn tensors(ckpt: &Path, file: &str) -> Vec<(String, tch::Tensor)> {
 fn a_sharded_optimizer_trains_saves_and_resumes_the_same_bits() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let plain = write_config(d, "plain", &config(d, "plain", 6, true));
-    train2(&plain, &[]);
+    train2(d, "plain", &config(d, "plain", 6, true), &[]);
     // Sharded, saved at step 3 (the slices gathered) and resumed (the whole state sliced).
     let mut v = config(d, "sharded", 6, true);
     v["dist"]["shard_optimizer"] = json!(true);
-    let sharded = write_config(d, "sharded", &v);
-    train2(&sharded, &["--stop-after", "3"]);
-    let err = train2(&sharded, &["--resume", d.join("sharded").to_str().unwrap()]);
+    train2(d, "sharded", &v, &["--stop-after", "3"]);
+    let run = d.join("sharded");
+    let err = train2(d, "sharded", &v, &["--resume", run.to_str().unwrap()]);
     assert!(
         err.contains("optimizer state sharded across ranks"),
         "{err}"
