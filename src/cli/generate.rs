@@ -8,6 +8,7 @@ use lcm::eval::{Engine, GenerateOptions, Generator, Sampling};
 use super::{parse_device, parse_offload};
 
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["prompt", "prompt_file"]))]
 #[command(after_help = "Examples:
   lcm generate --checkpoint models/drt-niah-c8 --prompt 'The pass key is 71432. Remember it.'
   lcm generate --checkpoint runs/drt-tiny --prompt-file book.txt --max-new-tokens 200
@@ -22,11 +23,7 @@ pub struct Args {
     #[arg(long)]
     checkpoint: PathBuf,
     /// The prompt as text (token ids with --ids).
-    #[arg(
-        long,
-        conflicts_with = "prompt_file",
-        required_unless_present = "prompt_file"
-    )]
+    #[arg(long)]
     prompt: Option<String>,
     /// A file holding the prompt (text; token ids with --ids).
     #[arg(long)]
