@@ -3,7 +3,8 @@
 //! far, token for token, for every arch (prompts that end mid-chunk, inside the first chunk,
 //! on a chunk boundary, prefilled in several segments); each step's logits are the full
 //! forward's; sampling follows its seed, top-k and top-p; the binary streams ids that repeat
-//! run to run and fails with clear errors.
+//! run to run and the text it streams decodes them (the NeoX tokenizer from set-up), and it
+//! fails with clear errors.
 
 mod model_util;
 mod run_util;
@@ -349,4 +350,60 @@ fn lcm_generate_streams_reproducible_ids() {
     assert!(e.contains("no-run"), "{e}");
     let help = ok(lcm(&["generate", "--help"]));
     assert!(help.contains("lcm generate --checkpoint") && help.contains("--top-p"));
+}
+
+#[test]
+fn lcm_generate_streams_the_decoded_text_of_its_ids() {
+    // A tiny DRT over the NeoX vocabulary (2 steps on ids 10..64), a text prompt through
+    // the NeoX tokenizer: the streamed text is the decoding of the ids --ids prints.
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut cfg = tiny_config(&run, 2, false);
+    cfg["model"]["vocab_size"] = 50278.into();
+    cfg["model"]["drt"]["landmark_id"] = 50277.into();
+    let file = write_config(dir.path(), "cfg", &cfg);
+    ok(lcm(&["pretrain", "--config", file.to_str().unwrap()]));
+    let tok_path = lcm::info::default_tokenizer_path();
+    let tok = lcm::data::Tokenizer::load(&tok_path, "<|endoftext|>").unwrap_or_else(|e| {
+        panic!("the NeoX tokenizer (run scripts/setup.sh): {e}");
+    });
+    let prompt = "The pass key is 71432. Remember it. What is the pass key? The pass key is";
+    let mut prompt_ids = Vec::new();
+    tok.encode_into(prompt, &mut prompt_ids).unwrap();
+    let ids_file = dir.path().join("prompt-ids.txt");
+    let ids_text: Vec<String> = prompt_ids.iter().map(u32::to_string).collect();
+    std::fs::write(&ids_file, ids_text.join("\n")).unwrap();
+    let common = [
+        "--temperature",
+        "1",
+        "--seed",
+        "4",
+        "--max-new-tokens",
+        "20",
+    ];
+    let ids = generate(run.to_str().unwrap(), &ids_file, &common);
+    assert_eq!(ids.len(), 20);
+    let mut args = vec![
+        "generate",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--tokenizer",
+        tok_path.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(&common);
+    let out = lcm(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        tok.decode(&ids).unwrap() + "\n"
+    );
 }
