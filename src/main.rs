@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
     name = "lcm",
     version,
     about = "Pretrain and evaluate long-context LMs with retrieval attention (GCA/DRT, HSA)",
-    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train\n  lcm pretrain --config configs/drt-tiny.json\n  lcm plot runs/drt-tiny/metrics.jsonl\n  lcm eval niah --checkpoint runs/drt-tiny --len 1K,4K --samples 2\n  lcm export runs/drt-tiny --out models/drt-tiny"
+    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train\n  lcm pretrain --config configs/drt-tiny.json\n  lcm plot runs/drt-tiny/metrics.jsonl\n  lcm eval niah --checkpoint runs/drt-tiny --len 1K,4K --samples 2\n  lcm generate --checkpoint runs/drt-tiny --prompt-file prompt.txt --max-new-tokens 100\n  lcm export runs/drt-tiny --out models/drt-tiny"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,6 +34,8 @@ enum Command {
     /// Evaluate a checkpoint at long context: `niah` (needle in a haystack), `ppl`.
     #[command(subcommand)]
     Eval(cli::eval::Command),
+    /// Continue a prompt of any length, streaming the tokens (greedy or sampled).
+    Generate(cli::generate::Args),
     /// Weights of a checkpoint as bf16 safetensors shards with their index, to publish a model.
     Export(cli::export::Args),
     /// Start the data-parallel workers of one node: `lcm launch --nproc-per-node 8 -- pretrain ...`.
@@ -57,6 +59,7 @@ fn main() {
         Command::Pretrain(args) => cli::pretrain::run(args),
         Command::Plot(args) => cli::plot::run(args).map(|()| 0),
         Command::Eval(cmd) => cli::eval::run(cmd).map(|()| 0),
+        Command::Generate(args) => cli::generate::run(args).map(|()| 0),
         Command::Export(args) => cli::export::run(args).map(|()| 0),
         Command::Launch(args) => cli::launch::run(args),
     };

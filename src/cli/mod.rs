@@ -5,6 +5,7 @@ pub mod bench;
 pub mod corpus;
 pub mod eval;
 pub mod export;
+pub mod generate;
 pub mod info;
 pub mod launch;
 pub mod plot;

@@ -9,7 +9,7 @@ use indicatif::ProgressBar;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::{self, LanguageModel, ModelConfig, Placement, StateOptions};
+use crate::model::{self, InferenceState, LanguageModel, ModelConfig, Placement, StateOptions};
 use crate::train::{checkpoint, TrainConfig};
 
 /// A model ready for inference: weights in the compute dtype (bf16 on a GPU, fp32 on the
@@ -163,6 +163,48 @@ impl Engine {
         requested / m * m
     }
 
+    /// A fresh inference state for `batch` sequences, its chunk memory reserved for
+    /// `capacity_tokens` tokens each (it grows by itself past that).
+    pub fn new_state(
+        &self,
+        batch: i64,
+        capacity_tokens: i64,
+        placement: Placement,
+    ) -> InferenceState {
+        self.model.new_state(&StateOptions {
+            batch,
+            capacity_tokens,
+            placement,
+            kind: self.kind,
+            device: self.device,
+        })
+    }
+
+    /// Feeds `tokens (N, T)` (CPU, int64; `T` a multiple of the chunk size) after what
+    /// `state` has seen, in segments of `segment` tokens (a multiple of the chunk size);
+    /// `on_segment(start, hidden)` receives each segment's final hidden states
+    /// `(N, len, d)`, `start` counted from the first of `tokens`.
+    pub fn feed(
+        &self,
+        state: &mut InferenceState,
+        tokens: &Tensor,
+        segment: i64,
+        mut on_segment: impl FnMut(i64, &Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let t = tokens.size()[1];
+        tch::no_grad(|| -> Result<()> {
+            let mut start = 0;
+            while start < t {
+                let len = segment.min(t - start);
+                let x = tokens.narrow(1, start, len).to_device(self.device);
+                let h = self.model.forward_segment(&x, state);
+                on_segment(start, &h)?;
+                start += len;
+            }
+            Ok(())
+        })
+    }
+
     /// Feeds `tokens (N, T)` (CPU, int64; `T` a multiple of the chunk size; N sequences
     /// side by side) segment by segment; `on_segment(start, hidden)` receives each
     /// segment's final hidden states `(N, len, d)`. `progress` advances by tokens (N x len
@@ -191,24 +233,11 @@ impl Engine {
             crate::cuda::reset_peak(i);
         }
         let started = Instant::now();
-        let mut state = self.model.new_state(&StateOptions {
-            batch: n,
-            capacity_tokens: t,
-            placement: opts.placement,
-            kind: self.kind,
-            device: self.device,
-        });
-        tch::no_grad(|| -> Result<()> {
-            let mut start = 0;
-            while start < t {
-                let len = segment.min(t - start);
-                let x = tokens.narrow(1, start, len).to_device(self.device);
-                let h = self.model.forward_segment(&x, &mut state);
-                on_segment(start, &h)?;
-                start += len;
-                if let Some(p) = progress {
-                    p.inc((n * len) as u64);
-                }
+        let mut state = self.new_state(n, t, opts.placement);
+        self.feed(&mut state, tokens, segment, |start, h| {
+            on_segment(start, h)?;
+            if let Some(p) = progress {
+                p.inc((n * h.size()[1]) as u64);
             }
             Ok(())
         })?;

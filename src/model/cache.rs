@@ -129,6 +129,17 @@ impl ChunkStore {
         self.len += c;
     }
 
+    /// Forgets the chunks after the first `len` (a rollback: [`InferenceState::restore`]).
+    /// The buffers stay; the next [`ChunkStore::append`] writes over the forgotten chunks.
+    pub fn truncate(&mut self, len: i64) {
+        assert!(
+            (0..=self.len).contains(&len),
+            "truncate to {len} chunks of {}",
+            self.len
+        );
+        self.len = len;
+    }
+
     /// Every landmark so far, `(N, len, ...)`, on the compute device.
     pub fn landmarks(&self) -> Tensor {
         self.landmarks.narrow(1, 0, self.len)
@@ -218,6 +229,48 @@ impl InferenceState {
     pub fn cache_bytes(&self) -> i64 {
         self.attn.iter().map(KvCache::bytes).sum()
     }
+
+    /// What [`InferenceState::restore`] needs to undo the segments fed after this call:
+    /// positions, the window caches and carried retrievals (sharing their tensors, which a
+    /// segment replaces rather than writes into) and the chunk memory's length (a segment
+    /// only appends to it). Generation feeds its unfinished chunk padded to a whole one and
+    /// then rolls back ([`crate::eval::generate`]).
+    pub fn snapshot(&self) -> StateSnapshot {
+        StateSnapshot {
+            positions: self.positions,
+            attn: self.attn.iter().map(KvCache::snapshot).collect(),
+            store_len: self.store.as_ref().map(ChunkStore::len),
+            carried: self
+                .carried
+                .iter()
+                .map(|r| {
+                    r.as_ref().map(|r| Retrieval {
+                        weights: r.weights.shallow_clone(),
+                        indices: r.indices.shallow_clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Back to the state [`InferenceState::snapshot`] saw.
+    pub fn restore(&mut self, snapshot: StateSnapshot) {
+        self.positions = snapshot.positions;
+        self.attn = snapshot.attn;
+        self.carried = snapshot.carried;
+        if let (Some(store), Some(len)) = (self.store.as_mut(), snapshot.store_len) {
+            store.truncate(len);
+        }
+    }
+}
+
+/// An [`InferenceState`] as it was ([`InferenceState::snapshot`]).
+#[derive(Debug)]
+pub struct StateSnapshot {
+    positions: i64,
+    attn: Vec<KvCache>,
+    store_len: Option<i64>,
+    carried: Vec<Option<Retrieval>>,
 }
 
 /// How to size and place a state: the batch, the tokens it will see (to reserve the chunk

@@ -254,6 +254,17 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// A copy sharing the tensors: [`KvCache::extend`] replaces its tensors rather than
+    /// writing into them, so the copy keeps seeing the positions it was taken at (the
+    /// rollback of a speculative segment, [`crate::model::InferenceState::snapshot`]).
+    pub fn snapshot(&self) -> KvCache {
+        KvCache {
+            position: self.position,
+            k: self.k.as_ref().map(Tensor::shallow_clone),
+            v: self.v.as_ref().map(Tensor::shallow_clone),
+        }
+    }
+
     /// The cached keys and values followed by `k`/`v`; keeps what the next segment may see.
     fn extend(&mut self, k: &Tensor, v: &Tensor, mask: AttnMask) -> (Tensor, Tensor) {
         let cat = |old: &Option<Tensor>, new: &Tensor| match old {

@@ -18,7 +18,7 @@ pub mod layers;
 pub mod profile;
 pub mod swa_hsa;
 
-pub use cache::{InferenceState, Placement, StateOptions};
+pub use cache::{InferenceState, Placement, StateOptions, StateSnapshot};
 pub use config::{Arch, ModelConfig};
 
 use tch::Tensor;
