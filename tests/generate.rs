@@ -282,62 +282,49 @@ fn lcm_generate_streams_reproducible_ids() {
     assert_ne!(s, other, "another seed, the same 12 draws");
 
     // Errors name what is wrong.
-    let missing = dir.path().join("no-such-prompt.txt");
-    let e = fails(&[
-        "generate",
-        "--checkpoint",
-        &ckpt,
-        "--prompt-file",
-        missing.to_str().unwrap(),
-        "--ids",
-    ]);
-    assert!(e.contains("no-such-prompt.txt"), "{e}");
-    let empty = dir.path().join("empty.txt");
-    std::fs::write(&empty, " \n").unwrap();
-    let e = fails(&[
-        "generate",
-        "--checkpoint",
-        &ckpt,
-        "--prompt-file",
-        empty.to_str().unwrap(),
-        "--ids",
-    ]);
-    assert!(e.contains("empty.txt") && e.contains("empty"), "{e}");
-    let bad = dir.path().join("bad.txt");
-    std::fs::write(&bad, "12 x3").unwrap();
-    let e = fails(&[
-        "generate",
-        "--checkpoint",
-        &ckpt,
-        "--prompt-file",
-        bad.to_str().unwrap(),
-        "--ids",
-    ]);
-    assert!(e.contains("bad.txt") && e.contains("x3"), "{e}");
+    // A prompt file (None: absent) and what its error must name.
+    let files: [(&str, Option<&str>, &[&str]); 3] = [
+        ("no-such-prompt.txt", None, &["no-such-prompt.txt"]),
+        ("empty.txt", Some(" \n"), &["empty.txt", "empty"]),
+        ("bad.txt", Some("12 x3"), &["bad.txt", "x3"]),
+    ];
+    for (name, content, names) in files {
+        let path = dir.path().join(name);
+        if let Some(c) = content {
+            std::fs::write(&path, c).unwrap();
+        }
+        let args = ["generate", "--checkpoint", &ckpt, "--prompt-file"];
+        let e = fails(&[&args[..], &[path.to_str().unwrap(), "--ids"]].concat());
+        for n in names {
+            assert!(
+                e.contains(n),
+                "prompt file {name}: the error does not say `{n}`: {e}"
+            );
+        }
+    }
     let e = fails(&["generate", "--checkpoint", &ckpt, "--prompt", "99", "--ids"]);
     assert!(e.contains("vocabulary of 65"), "{e}");
-    let e = fails(&[
-        "generate",
-        "--checkpoint",
-        &ckpt,
-        "--prompt",
-        "1",
-        "--ids",
-        "--temperature",
-        "-1",
-    ]);
-    assert!(e.contains("--temperature"), "{e}");
-    let e = fails(&[
-        "generate",
-        "--checkpoint",
-        &ckpt,
-        "--prompt",
-        "1",
-        "--ids",
-        "--top-p",
-        "1.5",
-    ]);
-    assert!(e.contains("--top-p"), "{e}");
+    for (flag, value) in [
+        ("--temperature", "-1"),
+        ("--top-p", "1.5"),
+        ("--top-p", "0"),
+    ] {
+        let args = [
+            "generate",
+            "--checkpoint",
+            &ckpt,
+            "--prompt",
+            "1",
+            "--ids",
+            flag,
+            value,
+        ];
+        let e = fails(&args);
+        assert!(
+            e.contains(flag),
+            "{flag} {value}: the error does not name the flag: {e}"
+        );
+    }
     let nowhere = dir.path().join("no-run");
     let e = fails(&[
         "generate",

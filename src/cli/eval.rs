@@ -10,7 +10,7 @@ use lcm::eval::lengths::{format_length, parse_depths, parse_lengths};
 use lcm::eval::niah::{Haystack, NiahTask, TaskSpec};
 use lcm::eval::{plan, ppl, Engine, PrefillOptions};
 
-use super::{parse_device, parse_offload};
+use super::{parse_device, parse_offload, EngineArgs};
 use lcm::model::Placement;
 use tch::Device;
 
@@ -58,15 +58,8 @@ pub struct Common {
     /// rounded down to a multiple of the model's chunk size.
     #[arg(long = "len", value_name = "LENGTHS")]
     lengths: String,
-    /// cuda or cpu [default: cuda when available].
-    #[arg(long)]
-    device: Option<String>,
-    /// Keep the chunk memory in (pinned) host memory, only landmarks on the GPU.
-    #[arg(long, value_name = "cpu")]
-    offload: Option<String>,
-    /// Tokens per prefill segment (rounded down to a multiple of the chunk size).
-    #[arg(long, default_value_t = 16384)]
-    segment: i64,
+    #[command(flatten)]
+    engine: EngineArgs,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// No progress bar.
@@ -163,7 +156,7 @@ struct Shared {
 const EVAL_GATHER_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 fn shared(common: &Common) -> Result<Shared> {
-    let device = parse_device(common.device.as_deref())?;
+    let device = parse_device(common.engine.device.as_deref())?;
     let Some(launch) = Launch::from_env()? else {
         return Ok(Shared {
             group: None,
@@ -192,12 +185,12 @@ fn shared(common: &Common) -> Result<Shared> {
 }
 
 fn load(common: &Common, batch: i64, device: Device) -> Result<(Engine, Vec<i64>, PrefillOptions)> {
-    let placement = parse_offload(common.offload.as_deref())?;
+    let placement = parse_offload(common.engine.offload.as_deref())?;
     let lengths = parse_lengths(&common.lengths)?;
     let engine = Engine::load(&common.checkpoint, device)
         .with_context(|| format!("loading {}", common.checkpoint.display()))?;
     let prefill = PrefillOptions {
-        segment: common.segment,
+        segment: common.engine.segment,
         placement,
     };
     engine.check_lengths(&lengths)?;

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use lcm::data::tokenizer::Tokenizer;
 use lcm::eval::{Engine, GenerateOptions, Generator, Sampling};
 
-use super::{parse_device, parse_offload};
+use super::{parse_device, parse_offload, EngineArgs};
 
 #[derive(clap::Args)]
 #[command(group = clap::ArgGroup::new("input").required(true).args(["prompt", "prompt_file"]))]
@@ -53,15 +53,8 @@ pub struct Args {
     /// tokenizer.json [default: the NeoX tokenizer from set-up].
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// cuda or cpu [default: cuda when available].
-    #[arg(long)]
-    device: Option<String>,
-    /// Keep the chunk memory in (pinned) host memory, only landmarks on the GPU.
-    #[arg(long, value_name = "cpu")]
-    offload: Option<String>,
-    /// Tokens per prefill segment (rounded down to a multiple of the chunk size).
-    #[arg(long, default_value_t = 16384)]
-    segment: i64,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 /// The prompt's text and where it came from (for errors).
@@ -110,8 +103,8 @@ pub fn run(args: Args) -> Result<()> {
     if args.top_k == Some(0) {
         bail!("--top-k 0: expected at least 1");
     }
-    let device = parse_device(args.device.as_deref())?;
-    let placement = parse_offload(args.offload.as_deref())?;
+    let device = parse_device(args.engine.device.as_deref())?;
+    let placement = parse_offload(args.engine.offload.as_deref())?;
     let (text, origin) = prompt_text(&args)?;
     let tokenizer = if args.ids && !args.stop_at_eod {
         None
@@ -150,7 +143,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let opts = GenerateOptions {
-        segment: args.segment,
+        segment: args.engine.segment,
         placement,
         max_new_tokens: args.max_new_tokens,
     };

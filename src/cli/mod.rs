@@ -40,6 +40,20 @@ pub fn parse_kind(s: &str) -> Result<Kind> {
     }
 }
 
+/// Where and how the inference engine runs (`eval`, `generate`).
+#[derive(clap::Args)]
+pub struct EngineArgs {
+    /// cuda or cpu [default: cuda when available].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Keep the chunk memory in (pinned) host memory, only landmarks on the GPU.
+    #[arg(long, value_name = "cpu")]
+    pub offload: Option<String>,
+    /// Tokens per prefill segment (rounded down to a multiple of the chunk size).
+    #[arg(long, default_value_t = 16384)]
+    pub segment: i64,
+}
+
 /// `--offload`: the chunk memory on the compute device (not given) or in host memory (`cpu`).
 pub fn parse_offload(v: Option<&str>) -> Result<Placement> {
     match v {
