@@ -3,7 +3,8 @@
 //! largest id and `model.vocab_size`, instead of a panic in the embedding) in training
 //! corpora (`lcm pretrain`, `Sampler`), NIAH haystacks and perplexity corpora (`lcm eval`),
 //! including corpora without a recorded largest id (written before PREFIX.json had one, or
-//! by another tool: scanned); and counts of 0 (`--samples`, `--keys`).
+//! by another tool: scanned); counts of 0 (`--samples`, `--keys`, `--queries`, `--hops`,
+//! `--chains`) and a task's count given to another task.
 
 mod data_util;
 
@@ -165,8 +166,8 @@ fn pretrain_refuses_a_corpus_the_model_cannot_embed_before_any_step() {
     assert!(e.contains("data.eval"), "{e}");
 }
 
-/// `--samples 0` (a perplexity of exp(0) = 1.00 from no tokens, an empty grid) and
-/// `--keys 0` are refused, naming the flag.
+/// `--samples 0` (a perplexity of exp(0) = 1.00 from no tokens, an empty grid), a task's
+/// count of 0 and a count the task does not read are refused, naming the flag.
 #[test]
 fn eval_refuses_zero_samples_and_keys() {
     let (_, run, _) = setup();
@@ -178,7 +179,18 @@ fn eval_refuses_zero_samples_and_keys() {
     };
     for (flag, extra) in [
         ("--samples 0", &["--samples", "0"][..]),
-        ("--keys 0", &["--task", "mq-niah", "--keys", "0"]),
+        ("--keys 0", &["--task", "mk-niah", "--keys", "0"]),
+        ("--queries 0", &["--task", "mq-niah", "--queries", "0"]),
+        ("--hops 0", &["--task", "vt", "--hops", "0"]),
+        ("--chains 0", &["--task", "vt", "--chains", "0"]),
+        (
+            "--queries is for --task mq-niah",
+            &["--task", "vt", "--queries", "2"],
+        ),
+        (
+            "--keys is for --task mk-niah and multihop",
+            &["--keys", "2"],
+        ),
     ] {
         let (ok, stdout, err) = niah(extra);
         assert!(!ok, "{flag}: {stdout}");

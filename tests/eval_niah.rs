@@ -8,7 +8,7 @@ use lcm::data::synthetic::{PasskeyConfig, Phrasing};
 use lcm::data::{IndexedCorpus, TokenDtype};
 use lcm::eval::grid::{self, GridOptions};
 use lcm::eval::lengths::{format_length, parse_depths, parse_lengths};
-use lcm::eval::niah::{build_sample, Haystack, NiahTask, TaskSpec};
+use lcm::eval::niah::{build_sample, Haystack, NiahTask, TaskArgs, TaskSpec};
 use lcm::eval::plan::{self, Available};
 use lcm::eval::{Engine, PrefillOptions};
 use lcm::model::{ModelConfig, Placement};
@@ -21,8 +21,16 @@ fn facts() -> PasskeyConfig {
     PasskeyConfig::passkey(3, (10, 20), vec![1, 2], vec![3, 4, 5])
 }
 
+/// Three needles (mk-niah, mq-niah), hops (multihop) or chain facts (vt, one chain).
+const THREE: TaskArgs = TaskArgs {
+    keys: 3,
+    queries: 3,
+    hops: 2,
+    chains: 1,
+};
+
 fn spec(task: NiahTask) -> TaskSpec {
-    TaskSpec::new(task, Some(&facts()), 3, VOCAB, None).unwrap()
+    TaskSpec::new(task, Some(&facts()), THREE, VOCAB, None).unwrap()
 }
 
 #[test]
@@ -30,6 +38,7 @@ fn samples_put_the_fact_at_the_depth_and_the_answer_at_the_end() {
     let hay = Haystack::Random { lo: 30, hi: 60 };
     for task in [
         NiahTask::Passkey,
+        NiahTask::MkNiah,
         NiahTask::MqNiah,
         NiahTask::Multihop,
         NiahTask::Vt,
@@ -46,7 +55,8 @@ fn samples_put_the_fact_at_the_depth_and_the_answer_at_the_end() {
             let n_facts = s.tokens.windows(2).filter(|w| w == &[1, 2]).count();
             let want = if task == NiahTask::Passkey { 1 } else { 3 };
             assert_eq!(n_facts, want, "{task:?}: facts planted");
-            let answer_len = if task == NiahTask::Vt { 9 } else { 3 };
+            let many = matches!(task, NiahTask::Vt | NiahTask::MqNiah);
+            let answer_len = if many { 9 } else { 3 };
             assert_eq!(s.answer.len(), answer_len, "{task:?}");
             if depth == 0.0 {
                 assert_eq!(s.fact_position, 0, "{task:?}: depth 0 is the start");
@@ -282,21 +292,21 @@ fn the_planner_keeps_a_safety_margin() {
 #[test]
 fn s_niah_phrases_come_from_the_neox_tokenizer() {
     let path = lcm::info::default_tokenizer_path();
-    let spec = TaskSpec::new(NiahTask::SNiah, None, 1, 50278, Some(&path)).unwrap();
+    let spec = TaskSpec::new(NiahTask::SNiah, None, THREE, 50278, Some(&path)).unwrap();
     assert_eq!(spec.facts.key_len, 7);
     assert!(spec.facts.needle.len() > 5 && spec.facts.question.len() > 10);
-    let e = TaskSpec::new(NiahTask::SNiah, None, 1, VOCAB, Some(&path)).unwrap_err();
+    let e = TaskSpec::new(NiahTask::SNiah, None, THREE, VOCAB, Some(&path)).unwrap_err();
     assert!(e.to_string().contains("vocabulary"), "{e}");
     // Without a synthetic task in the training config, passkey is the reference's text one;
     // the other tasks need the config.
-    let spec = TaskSpec::new(NiahTask::Passkey, None, 1, 50278, Some(&path)).unwrap();
+    let spec = TaskSpec::new(NiahTask::Passkey, None, THREE, 50278, Some(&path)).unwrap();
     assert_eq!(spec.facts.key_len, 5);
-    let e = TaskSpec::new(NiahTask::MqNiah, None, 2, VOCAB, None).unwrap_err();
+    let e = TaskSpec::new(NiahTask::MkNiah, None, THREE, VOCAB, None).unwrap_err();
     assert!(e.to_string().contains("data.synthetic"), "{e}");
 
     // A model trained on RULER's phrasing (as a variant) is asked with the keys it learned;
     // passkey keeps the config's own phrasing.
-    let ruler = TaskSpec::new(NiahTask::SNiah, None, 1, 50278, Some(&path)).unwrap();
+    let ruler = TaskSpec::new(NiahTask::SNiah, None, THREE, 50278, Some(&path)).unwrap();
     let mut trained = facts();
     trained.variants = vec![Phrasing {
         needle: ruler.facts.needle.clone(),
@@ -305,18 +315,18 @@ fn s_niah_phrases_come_from_the_neox_tokenizer() {
         key_lo: 17,
         key_hi: 27,
     }];
-    let s = TaskSpec::new(NiahTask::SNiah, Some(&trained), 1, 50278, Some(&path)).unwrap();
+    let s = TaskSpec::new(NiahTask::SNiah, Some(&trained), THREE, 50278, Some(&path)).unwrap();
     assert_eq!(
         (s.facts.key_len, s.facts.key_lo, s.facts.key_hi),
         (6, 17, 27)
     );
     assert_eq!(s.facts.needle, ruler.facts.needle);
-    let p = TaskSpec::new(NiahTask::Passkey, Some(&trained), 1, 50278, Some(&path)).unwrap();
+    let p = TaskSpec::new(NiahTask::Passkey, Some(&trained), THREE, 50278, Some(&path)).unwrap();
     assert_eq!((p.facts.needle.clone(), p.facts.key_len), (vec![1, 2], 3));
     assert!(p.facts.variants.is_empty());
     // A variant with other phrases leaves s-niah as RULER's.
     trained.variants[0].needle = vec![7, 7];
-    let s = TaskSpec::new(NiahTask::SNiah, Some(&trained), 1, 50278, Some(&path)).unwrap();
+    let s = TaskSpec::new(NiahTask::SNiah, Some(&trained), THREE, 50278, Some(&path)).unwrap();
     assert_eq!(s.facts.key_len, 7);
 }
 

@@ -7,7 +7,7 @@ use lcm::data::IndexedCorpus;
 use lcm::dist::{Backend, Group, Launch};
 use lcm::eval::grid::{self, GridOptions, Part};
 use lcm::eval::lengths::{format_length, parse_depths, parse_lengths};
-use lcm::eval::niah::{Haystack, NiahTask, TaskSpec};
+use lcm::eval::niah::{task_label, Haystack, NiahTask, TaskArgs, TaskSpec};
 use lcm::eval::{plan, ppl, Engine, PrefillOptions};
 
 use super::{parse_device, parse_offload, EngineArgs};
@@ -22,6 +22,13 @@ pub enum Command {
   lcm eval niah --checkpoint models/drt-128m --len 4K,64K,1M,16M --task passkey
   lcm eval niah --checkpoint models/drt-128m --len 16M --offload cpu --samples 1
   lcm eval niah --checkpoint runs/drt-small --task s-niah --haystack data/tokens/sample_val
+  lcm eval niah --checkpoint models/drt-niah-c8 --len 4K,64K,1M --task mq-niah --queries 2
+  lcm eval niah --checkpoint models/drt-niah-c8 --len 4K,64K,1M --task vt --hops 2 --chains 2
+
+mq-niah: --queries needles, all asked, the answer every key in the order asked. vt: a chain
+of --hops assignments after the key's among --chains - 1 distractor chains, the answer every
+name of the asked chain. Both score the whole answer (every id the argmax, teacher-forced)
+and each part (key, name) on its own: the `per part` row and `part_hits` in results.json.
 
 Writes OUT/results.json (every sample; rewritten after each one) and OUT/heatmap.png.")]
     Niah(NiahArgs),
@@ -79,9 +86,18 @@ pub struct NiahArgs {
     samples: usize,
     #[arg(long, value_enum, default_value_t = NiahTask::Passkey)]
     task: NiahTask,
-    /// Facts for mq-niah, hops for multihop and vt (at least 1).
-    #[arg(long, default_value_t = 2)]
-    keys: usize,
+    /// Needles for mk-niah, hops for multihop (at least 1) [default: 2].
+    #[arg(long)]
+    keys: Option<usize>,
+    /// Needles for mq-niah, every one asked (at least 1) [default: 4].
+    #[arg(long)]
+    queries: Option<usize>,
+    /// Assignments after the key's in vt's chains, RULER's count (at least 1) [default: 2].
+    #[arg(long)]
+    hops: Option<usize>,
+    /// Chains in vt, the asked one and distractors (at least 1) [default: 2].
+    #[arg(long)]
+    chains: Option<usize>,
     /// A token corpus prefix, or `random` (ids from the training config's data.random)
     /// [default: the haystack the model trained on: data.random, else data.eval, else the
     /// sample corpus data/tokens/sample_val].
@@ -225,6 +241,43 @@ fn haystack_for(args: &NiahArgs, engine: &Engine) -> Result<Haystack> {
     }
 }
 
+/// The task's counts from the flags: each at least 1 and given only to a task that reads it.
+fn task_args(args: &NiahArgs) -> Result<TaskArgs> {
+    let mut out = TaskArgs::default();
+    let task = args.task;
+    for (flag, value, slot, tasks) in [
+        (
+            "--keys",
+            args.keys,
+            &mut out.keys,
+            &[NiahTask::MkNiah, NiahTask::Multihop][..],
+        ),
+        (
+            "--queries",
+            args.queries,
+            &mut out.queries,
+            &[NiahTask::MqNiah],
+        ),
+        ("--hops", args.hops, &mut out.hops, &[NiahTask::Vt]),
+        ("--chains", args.chains, &mut out.chains, &[NiahTask::Vt]),
+    ] {
+        let Some(v) = value else { continue };
+        let names: Vec<&str> = tasks.iter().map(|t| t.name()).collect();
+        if !tasks.contains(&task) {
+            bail!(
+                "{flag} is for --task {}, not {}",
+                names.join(" and "),
+                task.name()
+            );
+        }
+        if v == 0 {
+            bail!("{flag} 0: {} needs at least 1", task.name());
+        }
+        *slot = v;
+    }
+    Ok(out)
+}
+
 fn niah(args: NiahArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch 0: at least one sample at a time");
@@ -232,9 +285,7 @@ fn niah(args: NiahArgs) -> Result<()> {
     if args.samples == 0 {
         bail!("--samples 0: a cell's accuracy needs at least one sample");
     }
-    if args.keys == 0 {
-        bail!("--keys 0: mq-niah needs at least one fact, multihop and vt at least one hop");
-    }
+    let task_args = task_args(&args)?;
     let shared = shared(&args.common)?;
     let (engine, lengths, prefill) = load(&args.common, args.batch as i64, shared.device)?;
     let depths = parse_depths(&args.depths)?;
@@ -245,7 +296,7 @@ fn niah(args: NiahArgs) -> Result<()> {
     let spec = TaskSpec::new(
         args.task,
         trained,
-        args.keys,
+        task_args,
         engine.config().vocab_size,
         args.tokenizer.as_deref(),
     )?;
@@ -253,7 +304,7 @@ fn niah(args: NiahArgs) -> Result<()> {
     let (ckpt, step) = engine.checkpoint.clone().expect("loaded from a checkpoint");
     eprintln!(
         "{} on {} (step {step}), {}{}, haystack: {}, {} sample(s) per cell",
-        spec.task.name(),
+        task_label(spec.task.name(), &spec.args()),
         ckpt.display(),
         lcm::util::device_name(engine.device),
         if prefill.placement == Placement::Host {

@@ -21,8 +21,13 @@ pub enum Task {
     /// for `name_n` and the answer is the key at the end of `n_keys` hops.
     MultiHop,
     /// RULER's variable tracking: the same chain, but the question gives the key and the
-    /// answer is every name that holds it, in chain order (`n_keys * key_len` ids).
+    /// answer is every name that holds it, in chain order (`n_keys * key_len` ids). With
+    /// `chains` > 1, the other chains are distractors, each ending at its own key.
     VariableTracking,
+    /// RULER's multi-query NIAH: `n_keys` needles `needle name_i key_i` (names and keys all
+    /// different); the question lists every name and the answer is their keys in that
+    /// order (`n_keys * key_len` ids). The needles sit in another, random order.
+    MultiQuery,
 }
 
 /// A synthetic retrieval row: needles planted in the window and a question at its end,
@@ -33,9 +38,14 @@ pub enum Task {
 pub struct PasskeyConfig {
     #[serde(default)]
     pub task: Task,
-    /// Needles (multi_key) or hops (multi_hop); 1 for passkey.
+    /// Needles (multi_key, multi_query), hops (multi_hop) or a chain's facts
+    /// (variable_tracking: `n_keys - 1` hops in RULER's count); 1 for passkey.
     #[serde(default = "one")]
     pub n_keys: usize,
+    /// variable_tracking: chains of `n_keys` facts each, the first asked, the others
+    /// distractors (RULER's `num_chains`); 1 for every other task.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub chains: usize,
     /// Fraction of training windows that get a synthetic row.
     pub rate: f64,
     /// Tokens in each key and each name.
@@ -101,6 +111,32 @@ fn one() -> usize {
     1
 }
 
+fn is_one(x: &usize) -> bool {
+    *x == 1
+}
+
+/// The ids of one synthetic question, before they are placed.
+#[derive(Debug, Clone)]
+pub struct Drawn {
+    /// Every planted fact (`needle key`, or `needle name value`): the asked chain's facts
+    /// first, in chain order, then each distractor chain's; a multi-query's in the order
+    /// asked.
+    pub facts: Vec<Vec<u32>>,
+    /// The chain of each fact (facts of one chain stay in order); 0 outside chain tasks.
+    pub chain: Vec<usize>,
+    /// The fact the question is about: the one NIAH places at the depth.
+    pub answering: usize,
+    /// The order a training row places the facts in (chains interleaved at random, a
+    /// multi-query's needles shuffled), each chain's facts still in order.
+    pub order: Vec<usize>,
+    /// Ids after the question: the asked name(s), or a variable-tracking key.
+    pub asked: Vec<u32>,
+    pub answer: Vec<u32>,
+    /// Parts of the answer scored one by one (each `key_len` ids): a multi-query's keys, a
+    /// variable-tracking chain's names; 1 for the other tasks.
+    pub parts: usize,
+}
+
 fn bad(key: &str, msg: impl Into<String>) -> Error {
     Error::Config {
         key: format!("data.synthetic.{key}"),
@@ -120,6 +156,7 @@ impl PasskeyConfig {
         PasskeyConfig {
             task: Task::Passkey,
             n_keys: 1,
+            chains: 1,
             rate: 1.0,
             key_len,
             key_lo,
@@ -190,8 +227,14 @@ impl PasskeyConfig {
                 "must be 1 for passkey and at least 1 otherwise",
             ));
         }
+        if self.chains == 0 || (self.task != Task::VariableTracking && self.chains != 1) {
+            return Err(bad(
+                "chains",
+                "must be 1 (the default) except for variable_tracking, where it is at least 1",
+            ));
+        }
         let distinct = ((self.key_hi - self.key_lo) as f64).powi(self.key_len as i32);
-        if (self.n_keys as f64 + 1.0) > distinct / 2.0 {
+        if (self.distinct_ids() as f64) > distinct / 2.0 {
             return Err(bad(
                 "n_keys",
                 format!("too many for {distinct} possible names"),
@@ -217,6 +260,14 @@ impl PasskeyConfig {
         Ok(())
     }
 
+    /// Names and keys a row draws pairwise different.
+    fn distinct_ids(&self) -> usize {
+        match self.task {
+            Task::MultiQuery => 2 * self.n_keys,
+            _ => self.chains * (self.n_keys + 1),
+        }
+    }
+
     /// Tokens of one planted fact.
     fn fact_len(&self) -> usize {
         self.needle.len()
@@ -229,18 +280,18 @@ impl PasskeyConfig {
     /// Ids of the answer at the end of the row.
     fn answer_len(&self) -> usize {
         match self.task {
-            Task::VariableTracking => self.n_keys * self.key_len,
+            Task::VariableTracking | Task::MultiQuery => self.n_keys * self.key_len,
             _ => self.key_len,
         }
     }
 
     /// Tokens of every fact, the question (with its name) and the answer.
     fn row_len(&self) -> usize {
-        let facts = self.fact_len() * self.n_keys;
-        let asked = if self.task == Task::Passkey {
-            0
-        } else {
-            self.key_len
+        let facts = self.fact_len() * self.n_keys * self.chains;
+        let asked = match self.task {
+            Task::Passkey => 0,
+            Task::MultiQuery => self.n_keys * self.key_len,
+            _ => self.key_len,
         };
         facts + self.question.len() + asked + self.answer_len()
     }
@@ -254,13 +305,117 @@ impl PasskeyConfig {
     /// `n` random keys, pairwise different (so a question has one answer).
     fn distinct_keys(&self, n: usize, rng: &mut SplitMix64) -> Vec<Vec<u32>> {
         let mut keys: Vec<Vec<u32>> = Vec::with_capacity(n);
+        self.more_distinct_keys(&mut keys, n, rng);
+        keys
+    }
+
+    /// Adds random keys to `keys` until it holds `n`, each different from all before.
+    fn more_distinct_keys(&self, keys: &mut Vec<Vec<u32>>, n: usize, rng: &mut SplitMix64) {
         while keys.len() < n {
             let k = self.random_key(rng);
             if !keys.contains(&k) {
                 keys.push(k);
             }
         }
-        keys
+    }
+
+    /// Draws one question's facts, asked ids and answer (the row's or NIAH sample's ids
+    /// before placement). The draws of passkey, multi_key, multi_hop and one-chain
+    /// variable_tracking are those these tasks always made, so their rows and samples stay
+    /// what they were.
+    pub fn draw(&self, rng: &mut SplitMix64) -> Drawn {
+        let fact = |parts: &[&[u32]]| [&[self.needle.as_slice()], parts].concat().concat();
+        let one = |facts: Vec<Vec<u32>>, answering, asked, answer| Drawn {
+            chain: vec![0; facts.len()],
+            order: (0..facts.len()).collect(),
+            facts,
+            answering,
+            asked,
+            answer,
+            parts: 1,
+        };
+        match self.task {
+            Task::Passkey => {
+                let key = self.random_key(rng);
+                one(vec![fact(&[&key])], 0, vec![], key)
+            }
+            Task::MultiKey => {
+                let names = self.distinct_keys(self.n_keys, rng);
+                let keys: Vec<Vec<u32>> = (0..self.n_keys).map(|_| self.random_key(rng)).collect();
+                let facts = names
+                    .iter()
+                    .zip(&keys)
+                    .map(|(n, k)| fact(&[n, k]))
+                    .collect();
+                let j = rng.below(self.n_keys as u64) as usize;
+                one(facts, j, names[j].clone(), keys[j].clone())
+            }
+            Task::MultiQuery => {
+                let n = self.n_keys;
+                let mut names = self.distinct_keys(2 * n, rng);
+                let keys = names.split_off(n);
+                let mut order: Vec<usize> = (0..n).collect();
+                shuffle(&mut order, rng);
+                Drawn {
+                    facts: names
+                        .iter()
+                        .zip(&keys)
+                        .map(|(n, k)| fact(&[n, k]))
+                        .collect(),
+                    chain: vec![0; n],
+                    answering: 0,
+                    order,
+                    asked: names.concat(),
+                    answer: keys.concat(),
+                    parts: n,
+                }
+            }
+            Task::MultiHop | Task::VariableTracking => {
+                // Chain c: name_0 holds its key, name_i holds name_{i-1}. Names and keys of
+                // all chains differ; chain 0 is asked.
+                let n = self.n_keys;
+                let mut ids = self.distinct_keys(n + 1, rng);
+                self.more_distinct_keys(&mut ids, self.chains * (n + 1), rng);
+                let mut facts = Vec::with_capacity(self.chains * n);
+                for chain in ids.chunks(n + 1) {
+                    let (names, key) = (&chain[..n], &chain[n]);
+                    for i in 0..n {
+                        let value = if i == 0 { key } else { &names[i - 1] };
+                        facts.push(fact(&[&names[i], value]));
+                    }
+                }
+                let chain: Vec<usize> = (0..facts.len()).map(|i| i / n).collect();
+                // A uniformly random interleaving of the chains, each kept in order.
+                let mut order: Vec<usize> = (0..facts.len()).collect();
+                if self.chains > 1 {
+                    let mut labels = chain.clone();
+                    shuffle(&mut labels, rng);
+                    let mut next: Vec<usize> = (0..self.chains).map(|c| c * n).collect();
+                    order = labels
+                        .into_iter()
+                        .map(|c| {
+                            next[c] += 1;
+                            next[c] - 1
+                        })
+                        .collect();
+                }
+                let (names, key) = (&ids[..n], &ids[n]);
+                let (asked, answer, parts) = if self.task == Task::MultiHop {
+                    (names[n - 1].clone(), key.clone(), 1)
+                } else {
+                    (key.clone(), names.concat(), n)
+                };
+                Drawn {
+                    facts,
+                    chain,
+                    answering: 0,
+                    order,
+                    asked,
+                    answer,
+                    parts,
+                }
+            }
+        }
     }
 
     /// Writes a row into `window` (seq_len + 1 tokens, inputs then the last target) and
@@ -287,51 +442,19 @@ impl PasskeyConfig {
         let n = window.len() - jitter;
         let (window, ignore, answer) =
             (&mut window[..n], &mut ignore[..n - 1], &mut answer[..n - 1]);
-        // Facts: (tokens, the range within them that cannot be predicted).
-        let (facts, asked, key): (Vec<Vec<u32>>, Vec<u32>, Vec<u32>) = match self.task {
-            Task::Passkey => {
-                let key = self.random_key(rng);
-                (vec![[self.needle.as_slice(), &key].concat()], vec![], key)
-            }
-            Task::MultiKey => {
-                let names = self.distinct_keys(self.n_keys, rng);
-                let keys: Vec<Vec<u32>> = (0..self.n_keys).map(|_| self.random_key(rng)).collect();
-                let facts = names
-                    .iter()
-                    .zip(&keys)
-                    .map(|(nm, k)| [self.needle.as_slice(), nm, k].concat())
-                    .collect();
-                let j = rng.below(self.n_keys as u64) as usize;
-                (facts, names[j].clone(), keys[j].clone())
-            }
-            Task::MultiHop | Task::VariableTracking => {
-                // name_0 holds the key; name_i holds name_{i-1}. Names and key all differ.
-                let mut ids = self.distinct_keys(self.n_keys + 1, rng);
-                let key = ids.pop().unwrap();
-                let names = ids;
-                let facts = (0..self.n_keys)
-                    .map(|i| {
-                        let value = if i == 0 { &key } else { &names[i - 1] };
-                        [self.needle.as_slice(), &names[i], value].concat()
-                    })
-                    .collect();
-                if self.task == Task::MultiHop {
-                    (facts, names[self.n_keys - 1].clone(), key)
-                } else {
-                    (facts, key, names.concat())
-                }
-            }
-        };
+        let drawn = self.draw(rng);
+        let (asked, key) = (&drawn.asked, &drawn.answer);
         // The end of the window: question, the asked name (if any), the answer.
         let ans_start = n - key.len();
         let q_start = ans_start - asked.len() - self.question.len();
         window[q_start..q_start + self.question.len()].copy_from_slice(&self.question);
-        window[q_start + self.question.len()..ans_start].copy_from_slice(&asked);
-        window[ans_start..].copy_from_slice(&key);
+        window[q_start + self.question.len()..ans_start].copy_from_slice(asked);
+        window[ans_start..].copy_from_slice(key);
         answer[ans_start - 1..n - 1].fill(true);
         // Facts in order at random non-overlapping places, all ending min_gap before the
         // answer: draw the free space before each fact, sorted.
-        let total: usize = facts.iter().map(Vec::len).sum();
+        let facts: Vec<&Vec<u32>> = drawn.order.iter().map(|&i| &drawn.facts[i]).collect();
+        let total: usize = facts.iter().map(|f| f.len()).sum();
         let limit = ans_start.saturating_sub(self.min_gap).min(q_start);
         let free = limit - total;
         let mut gaps: Vec<usize> = (0..facts.len())
@@ -347,12 +470,19 @@ impl PasskeyConfig {
             }
         }
         let mut used = 0;
-        for (fact, gap) in facts.iter().zip(gaps) {
+        for (fact, gap) in facts.into_iter().zip(gaps) {
             let p = gap + used;
             window[p..p + fact.len()].copy_from_slice(fact);
             let secret = p + self.needle.len();
             ignore[secret.saturating_sub(1)..p + fact.len() - 1].fill(true);
             used += fact.len();
         }
+    }
+}
+
+/// Shuffles `items` uniformly (Fisher-Yates).
+pub fn shuffle<T>(items: &mut [T], rng: &mut SplitMix64) {
+    for i in (1..items.len()).rev() {
+        items.swap(i, rng.below(i as u64 + 1) as usize);
     }
 }

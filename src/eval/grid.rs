@@ -2,6 +2,7 @@
 //! the accuracy table, and writes `results.json` (every sample, rewritten atomically after
 //! each, so an interrupted run keeps what it measured) and `heatmap.png`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -9,7 +10,9 @@ use tch::{Kind, Tensor};
 
 use super::engine::{Engine, PrefillOptions};
 use super::lengths::format_length;
-use super::niah::{build_sample, sample_seed, score, Haystack, Sample, TaskSpec};
+use super::niah::{
+    build_sample, describe_args, sample_seed, score, task_label, Haystack, Sample, TaskSpec,
+};
 use crate::error::{Error, Result};
 use crate::util::{write_atomic, SplitMix64};
 
@@ -61,6 +64,10 @@ pub struct SampleResult {
     pub prediction: Vec<u32>,
     pub hit: bool,
     pub single_token_hit: bool,
+    /// mq-niah and vt: whether each part of the answer (a queried key, a chain's name) is
+    /// all argmax, teacher-forced; absent for one-part answers and older results.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_hits: Vec<bool>,
     /// The prefill's seconds over the samples it held (`batch`): the time a sample cost.
     pub prefill_seconds: f64,
     /// Tokens per second of the prefill, all its samples together.
@@ -80,11 +87,19 @@ pub struct Cell {
     pub samples: usize,
     pub accuracy: f64,
     pub single_token_accuracy: f64,
+    /// The fraction of answer parts hit (mq-niah's keys, vt's names) over the cell's
+    /// samples; absent for one-part answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_accuracy: Option<f64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub task: String,
+    /// The task's counts by flag (`queries`, `hops`, `chains`, `keys`); empty for passkey
+    /// and s-niah and in results written before lcm recorded them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub task_args: BTreeMap<String, usize>,
     pub checkpoint: Option<String>,
     pub step: Option<u64>,
     /// SHA-256 of the model's weights (results of other weights never merge); absent in
@@ -102,7 +117,20 @@ pub struct Report {
     pub samples: Vec<SampleResult>,
 }
 
+/// The fraction of the parts of `samples`' answers hit; None when none has parts.
+fn part_accuracy<'a>(samples: impl Iterator<Item = &'a SampleResult>) -> Option<f64> {
+    let (hit, all) = samples
+        .flat_map(|s| &s.part_hits)
+        .fold((0usize, 0usize), |(h, n), &p| (h + usize::from(p), n + 1));
+    (all > 0).then(|| hit as f64 / all as f64)
+}
+
 impl Report {
+    /// The task with its counts, e.g. `mq-niah (queries 4)`.
+    pub fn task_label(&self) -> String {
+        task_label(&self.task, &self.task_args)
+    }
+
     fn cell_results(&self, length: i64, depth: f64) -> impl Iterator<Item = &SampleResult> {
         self.samples
             .iter()
@@ -125,6 +153,7 @@ impl Report {
                     accuracy: rs.iter().filter(|r| r.hit).count() as f64 / n,
                     single_token_accuracy: rs.iter().filter(|r| r.single_token_hit).count() as f64
                         / n,
+                    part_accuracy: part_accuracy(rs.iter().copied()),
                 });
             }
         }
@@ -186,6 +215,16 @@ impl Report {
             }
             s.push('\n');
         }
+        if part_accuracy(self.samples.iter()).is_some() {
+            s += &format!("{:<14}", "per part");
+            for &l in &self.lengths {
+                match part_accuracy(self.samples.iter().filter(|r| r.length == l)) {
+                    Some(a) => s += &format!("{:>9.1}", 100.0 * a),
+                    None => s += &format!("{:>9}", "-"),
+                }
+            }
+            s.push('\n');
+        }
         s
     }
 
@@ -220,6 +259,13 @@ impl Report {
             };
             if r.task != merged.task {
                 return Err(differs("task", merged.task.clone(), r.task.clone()));
+            }
+            if r.task_args != merged.task_args {
+                let args = |r: &Report| match r.task_args.is_empty() {
+                    true => "none recorded".to_string(),
+                    false => describe_args(&r.task_args),
+                };
+                return Err(differs("task counts", args(&merged), args(&r)));
             }
             match (&merged.weights_sha256, &r.weights_sha256) {
                 (Some(a), Some(b)) if a != b => {
@@ -318,6 +364,7 @@ pub fn run(
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let mut report = Report {
         task: spec.task.name().to_string(),
+        task_args: spec.args(),
         checkpoint: engine
             .checkpoint
             .as_ref()
@@ -431,6 +478,7 @@ pub fn run(
                 prediction: sc.prediction,
                 hit: sc.hit,
                 single_token_hit: sc.single_token_hit,
+                part_hits: sc.part_hits,
                 prefill_seconds: stats.seconds / rows as f64,
                 tokens_per_second: stats.tokens_per_second(),
                 batch: rows as usize,

@@ -6,13 +6,16 @@
 //!
 //! Layout of a sample of length L: `haystack[..p] fact haystack[p..] question asked answer`,
 //! the answer's last token at position L-1, `p = round(depth * H)` over the `H` haystack
-//! tokens (depth 0: the very start; 1: right before the question). Other facts (distractor
-//! keys, the rest of a chain) sit at seeded random places, after the answering fact for a
-//! chain. The task's ids (needle phrase, question, key range and length) come from the
+//! tokens (depth 0: the very start; 1: right before the question). Other facts sit at
+//! seeded random places: mk-niah's distractors anywhere, mq-niah's other needles one in
+//! each other N-th of the haystack, the rest of the asked chain after its first fact, vt's
+//! distractor chains anywhere (each chain in order). mq-niah and vt answer in parts (the
+//! keys asked, the chain's names), each also scored alone. The task's ids (needle phrase, question, key range and length) come from the
 //! checkpoint's training config (`data.synthetic`), so a model is asked what it was taught;
 //! without one, `passkey` is the GCA reference's text passkey, and `s-niah` is always
 //! RULER's; both phrases go through the NeoX tokenizer.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -31,11 +34,16 @@ pub enum NiahTask {
     /// RULER single NIAH: "One of the special magic numbers for long-context is: ..."
     /// with a 7-token random key (needs the NeoX tokenizer).
     SNiah,
-    /// Multi-key NIAH: several named keys; the question names one.
+    /// RULER's multi-key NIAH: `--keys` named keys; the question names one.
+    MkNiah,
+    /// RULER's multi-query NIAH: `--queries` named keys; the question names them all and
+    /// the answer is every key, in the order asked.
     MqNiah,
     /// A chain of `--keys` hops from the asked name to the key.
     Multihop,
-    /// Variable tracking: every name in the chain that holds the key.
+    /// RULER's variable tracking: a chain of `--hops` assignments after the one of the key,
+    /// among `--chains - 1` distractor chains; the question gives the key, the answer is
+    /// every name in its chain.
     Vt,
 }
 
@@ -44,10 +52,52 @@ impl NiahTask {
         match self {
             NiahTask::Passkey => "passkey",
             NiahTask::SNiah => "s-niah",
+            NiahTask::MkNiah => "mk-niah",
             NiahTask::MqNiah => "mq-niah",
             NiahTask::Multihop => "multihop",
             NiahTask::Vt => "vt",
         }
+    }
+}
+
+/// The counts a task is built with (`--keys`, `--queries`, `--hops`, `--chains`); each task
+/// reads its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskArgs {
+    /// mk-niah's needles, multihop's hops.
+    pub keys: usize,
+    /// mq-niah's needles, all asked.
+    pub queries: usize,
+    /// vt's assignments after the key's (RULER's `num_hops`): `hops + 1` names a chain.
+    pub hops: usize,
+    /// vt's chains, the asked one included (RULER's `num_chains`).
+    pub chains: usize,
+}
+
+impl Default for TaskArgs {
+    fn default() -> Self {
+        TaskArgs {
+            keys: 2,
+            queries: 4,
+            hops: 2,
+            chains: 2,
+        }
+    }
+}
+
+/// Task counts as `hops 2, chains 2`.
+pub fn describe_args(args: &BTreeMap<String, usize>) -> String {
+    args.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A task with its counts, e.g. `mq-niah (queries 4)`; the name alone without counts.
+pub fn task_label(task: &str, args: &BTreeMap<String, usize>) -> String {
+    match args.is_empty() {
+        true => task.to_string(),
+        false => format!("{task} ({})", describe_args(args)),
     }
 }
 
@@ -65,12 +115,11 @@ const RULER_QUESTION: &str =
 
 impl TaskSpec {
     /// The task as the model was trained on it: `trained` is the checkpoint's
-    /// `data.synthetic`; `keys` the facts for mq-niah / hops for multihop and vt.
-    /// `tokenizer` is needed for s-niah.
+    /// `data.synthetic`; `args` the task's counts. `tokenizer` is needed for s-niah.
     pub fn new(
         task: NiahTask,
         trained: Option<&PasskeyConfig>,
-        keys: usize,
+        args: TaskArgs,
         vocab: i64,
         tokenizer: Option<&Path>,
     ) -> Result<Self> {
@@ -97,19 +146,45 @@ impl TaskSpec {
                 )))
             }
         };
-        facts.task = match task {
-            NiahTask::Passkey | NiahTask::SNiah => Task::Passkey,
-            NiahTask::MqNiah => Task::MultiKey,
-            NiahTask::Multihop => Task::MultiHop,
-            NiahTask::Vt => Task::VariableTracking,
-        };
-        facts.n_keys = if facts.task == Task::Passkey {
-            1
-        } else {
-            keys.max(1)
+        (facts.task, facts.n_keys, facts.chains) = match task {
+            NiahTask::Passkey | NiahTask::SNiah => (Task::Passkey, 1, 1),
+            NiahTask::MkNiah => (Task::MultiKey, args.keys.max(1), 1),
+            NiahTask::MqNiah => (Task::MultiQuery, args.queries.max(1), 1),
+            NiahTask::Multihop => (Task::MultiHop, args.keys.max(1), 1),
+            NiahTask::Vt => (Task::VariableTracking, args.hops + 1, args.chains.max(1)),
         };
         facts.min_gap = 0;
+        if facts.task != Task::Passkey {
+            // Too many names for the key range would never finish drawing distinct ones.
+            facts.validate(i64::MAX, vocab).map_err(|e| match e {
+                Error::Config { key, message } => Error::Invalid(format!(
+                    "{}: {key} of the checkpoint's task: {message}",
+                    task_label(
+                        task.name(),
+                        &TaskSpec {
+                            task,
+                            facts: facts.clone()
+                        }
+                        .args()
+                    )
+                )),
+                e => e,
+            })?;
+        }
         Ok(TaskSpec { task, facts })
+    }
+
+    /// The counts the task was built with, by flag name (none for passkey and s-niah), as
+    /// `results.json` records them.
+    pub fn args(&self) -> BTreeMap<String, usize> {
+        let f = &self.facts;
+        let pairs: Vec<(&str, usize)> = match self.task {
+            NiahTask::Passkey | NiahTask::SNiah => vec![],
+            NiahTask::MkNiah | NiahTask::Multihop => vec![("keys", f.n_keys)],
+            NiahTask::MqNiah => vec![("queries", f.n_keys)],
+            NiahTask::Vt => vec![("hops", f.n_keys - 1), ("chains", f.chains)],
+        };
+        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 
     /// Index of the answer token the reference scores alone.
@@ -224,9 +299,18 @@ pub struct Sample {
     pub answer: Vec<u32>,
     /// Where the answering fact starts.
     pub fact_position: usize,
+    /// Where each fact starts, in the order of [`crate::data::synthetic::Drawn::facts`]:
+    /// mq-niah's in the order asked, a chain task's chain by chain.
+    pub fact_positions: Vec<usize>,
+    /// Parts of the answer scored one by one (mq-niah's keys, vt's names), each
+    /// `answer.len() / parts` ids.
+    pub parts: usize,
 }
 
-/// Builds a sample of `length` tokens with the answering fact at `depth`.
+/// Builds a sample of `length` tokens with the answering fact at `depth`. The other facts:
+/// mk-niah's anywhere; mq-niah's one in each other N-th of the haystack (the depth's N-th
+/// holds the answering one), so that the N needles are spread; a chain's after the
+/// answering fact, in order; a distractor chain's anywhere, in order. All seeded by `rng`.
 pub fn build_sample(
     spec: &TaskSpec,
     length: usize,
@@ -235,58 +319,9 @@ pub fn build_sample(
     rng: &mut SplitMix64,
 ) -> Result<Sample> {
     let f = &spec.facts;
-    let key = |rng: &mut SplitMix64| -> Vec<u32> {
-        (0..f.key_len)
-            .map(|_| f.key_lo + rng.below((f.key_hi - f.key_lo) as u64) as u32)
-            .collect()
-    };
-    let distinct = |n: usize, rng: &mut SplitMix64| {
-        let mut out: Vec<Vec<u32>> = Vec::with_capacity(n);
-        while out.len() < n {
-            let k = key(rng);
-            if !out.contains(&k) {
-                out.push(k);
-            }
-        }
-        out
-    };
-    let fact = |parts: &[&[u32]]| [&[f.needle.as_slice()], parts].concat().concat();
-    // (facts in placement order, index of the answering fact, asked name, answer)
-    let (facts, answering, asked, answer): (Vec<Vec<u32>>, usize, Vec<u32>, Vec<u32>) = match f.task
-    {
-        Task::Passkey => {
-            let k = key(rng);
-            (vec![fact(&[&k])], 0, vec![], k)
-        }
-        Task::MultiKey => {
-            let names = distinct(f.n_keys, rng);
-            let keys: Vec<Vec<u32>> = (0..f.n_keys).map(|_| key(rng)).collect();
-            let j = rng.below(f.n_keys as u64) as usize;
-            let facts = names
-                .iter()
-                .zip(&keys)
-                .map(|(n, k)| fact(&[n, k]))
-                .collect();
-            (facts, j, names[j].clone(), keys[j].clone())
-        }
-        Task::MultiHop | Task::VariableTracking => {
-            let mut ids = distinct(f.n_keys + 1, rng);
-            let k = ids.pop().expect("n_keys + 1 ids");
-            let names = ids;
-            let facts = (0..f.n_keys)
-                .map(|i| {
-                    let value = if i == 0 { &k } else { &names[i - 1] };
-                    fact(&[&names[i], value])
-                })
-                .collect();
-            if f.task == Task::MultiHop {
-                (facts, 0, names[f.n_keys - 1].clone(), k)
-            } else {
-                (facts, 0, k, names.concat())
-            }
-        }
-    };
-    let tail_len = f.question.len() + asked.len() + answer.len();
+    let drawn = f.draw(rng);
+    let (facts, answering) = (&drawn.facts, drawn.answering);
+    let tail_len = f.question.len() + drawn.asked.len() + drawn.answer.len();
     let facts_len: usize = facts.iter().map(Vec::len).sum();
     if facts_len + tail_len >= length {
         return Err(Error::Invalid(format!(
@@ -296,51 +331,74 @@ pub fn build_sample(
     }
     let h = length - tail_len - facts_len;
     let hay = haystack.fill(h, rng)?;
-    // Haystack offsets where each fact goes: the answering one at the depth; a chain's
-    // others after it, others anywhere.
+    // Haystack offsets where each fact goes, by fact.
     let at = ((depth.clamp(0.0, 1.0) * h as f64).round() as usize).min(h);
-    let mut places: Vec<(usize, usize)> = vec![(at, answering)];
-    let chain = matches!(f.task, Task::MultiHop | Task::VariableTracking);
-    let mut later: Vec<usize> = Vec::new();
-    for i in (0..facts.len()).filter(|&i| i != answering) {
-        let p = if chain {
-            at + rng.below((h - at) as u64 + 1) as usize
-        } else {
-            rng.below(h as u64 + 1) as usize
-        };
-        later.push(p);
-        places.push((p, i));
-    }
-    if chain {
-        // Keep the chain in order after the answering fact.
-        later.sort_unstable();
-        for (slot, p) in places.iter_mut().skip(1).zip(&later) {
-            slot.0 = *p;
+    let mut offsets = vec![at; facts.len()];
+    let anywhere = |rng: &mut SplitMix64| rng.below(h as u64 + 1) as usize;
+    match f.task {
+        Task::Passkey => {}
+        Task::MultiKey => {
+            for (i, o) in offsets.iter_mut().enumerate() {
+                if i != answering {
+                    *o = anywhere(rng);
+                }
+            }
+        }
+        Task::MultiQuery => {
+            // N strata of the haystack; the depth's holds the answering needle, the others
+            // one needle each, in shuffled order.
+            let n = facts.len();
+            let stratum = |s: usize| (s * h / n, (s + 1) * h / n);
+            let mine = (0..n).rposition(|s| stratum(s).0 <= at).unwrap_or(0);
+            let mut others: Vec<usize> = (0..n).filter(|&s| s != mine).collect();
+            crate::data::synthetic::shuffle(&mut others, rng);
+            for (i, s) in (1..n).zip(others) {
+                let (lo, hi) = stratum(s);
+                offsets[i] = lo + rng.below((hi - lo).max(1) as u64) as usize;
+            }
+        }
+        Task::MultiHop | Task::VariableTracking => {
+            // The asked chain after its first fact, the others anywhere, each in order.
+            for c in 0..f.chains {
+                let of: Vec<usize> = (0..facts.len()).filter(|&i| drawn.chain[i] == c).collect();
+                let from = if c == 0 { at } else { 0 };
+                let skip = usize::from(c == 0);
+                let mut places: Vec<usize> = of[skip..]
+                    .iter()
+                    .map(|_| from + rng.below((h - from) as u64 + 1) as usize)
+                    .collect();
+                places.sort_unstable();
+                for (&i, p) in of[skip..].iter().zip(places) {
+                    offsets[i] = p;
+                }
+            }
         }
     }
+    // At one offset the answering fact comes first, then the others in their order.
+    let mut places: Vec<(usize, usize)> = offsets.iter().copied().zip(0..).collect();
     places.sort_by_key(|&(p, i)| (p, i != answering, i));
     let mut tokens = Vec::with_capacity(length);
     let mut from = 0;
-    let mut fact_position = 0;
+    let mut fact_positions = vec![0; facts.len()];
     for &(p, i) in &places {
         tokens.extend_from_slice(&hay[from..p]);
-        if i == answering {
-            fact_position = tokens.len();
-        }
+        fact_positions[i] = tokens.len();
         tokens.extend_from_slice(&facts[i]);
         from = p;
     }
     tokens.extend_from_slice(&hay[from..]);
     tokens.extend_from_slice(&f.question);
-    tokens.extend_from_slice(&asked);
+    tokens.extend_from_slice(&drawn.asked);
     let answer_start = tokens.len();
-    tokens.extend_from_slice(&answer);
+    tokens.extend_from_slice(&drawn.answer);
     debug_assert_eq!(tokens.len(), length);
     Ok(Sample {
         tokens,
         answer_start,
-        answer,
-        fact_position,
+        answer: drawn.answer,
+        fact_position: fact_positions[answering],
+        fact_positions,
+        parts: drawn.parts,
     })
 }
 
@@ -350,14 +408,29 @@ pub struct Score {
     pub prediction: Vec<u32>,
     pub hit: bool,
     pub single_token_hit: bool,
+    /// For an answer of several parts (mq-niah, vt), whether each part's ids are all the
+    /// argmax (teacher-forced, as `hit`); empty for one part.
+    pub part_hits: Vec<bool>,
 }
 
 pub fn score(spec: &TaskSpec, sample: &Sample, prediction: Vec<u32>) -> Score {
     let single = spec.single_token(sample.answer.len());
+    let part_hits = if sample.parts > 1 {
+        let len = sample.answer.len() / sample.parts;
+        sample
+            .answer
+            .chunks(len)
+            .zip(prediction.chunks(len))
+            .map(|(a, p)| a == p)
+            .collect()
+    } else {
+        vec![]
+    };
     Score {
         hit: prediction == sample.answer,
         single_token_hit: prediction.get(single) == sample.answer.get(single),
         prediction,
+        part_hits,
     }
 }
 

@@ -32,7 +32,7 @@ pub fn draw(report: &Report, out: &Path) -> Result<()> {
         if text {
             builder
                 .caption(
-                    format!("{} accuracy (%), exact match", report.task),
+                    format!("{} accuracy (%), exact match", report.task_label()),
                     ("sans-serif", 20),
                 )
                 .x_label_area_size(36)
