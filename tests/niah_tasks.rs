@@ -232,44 +232,28 @@ fn variable_tracking_rows_interleave_distractor_chains() {
     );
 }
 
-fn config_error(cfg: &PasskeyConfig) -> String {
-    cfg.validate(80, 64).unwrap_err().to_string()
-}
+/// Bad counts, each named by its key: (task, n_keys, chains, the key, why).
+const BAD_COUNTS: [(Task, usize, usize, &str, &str); 4] = [
+    (Task::MultiKey, 2, 2, "chains", "only vt has chains"),
+    (Task::VariableTracking, 2, 0, "chains", "no chain"),
+    // 1000 possible names: 2 x 400 needles' names and keys cannot all differ.
+    (Task::MultiQuery, 400, 1, "n_keys", "too many names"),
+    // 3 chains of 3 facts do not fit 80 tokens.
+    (Task::VariableTracking, 3, 3, "min_gap", "over seq_len"),
+];
 
 #[test]
 fn synthetic_task_counts_are_validated_by_key() {
-    let base = |task| PasskeyConfig {
-        task,
-        n_keys: 2,
-        ..facts()
-    };
-    let cfg = PasskeyConfig {
-        chains: 2,
-        ..base(Task::MultiKey)
-    };
-    assert!(config_error(&cfg).contains("data.synthetic.chains"));
-    let cfg = PasskeyConfig {
-        chains: 0,
-        ..base(Task::VariableTracking)
-    };
-    assert!(config_error(&cfg).contains("data.synthetic.chains"));
-    // 1000 possible names: 2 x 400 needles' names and keys cannot all differ.
-    let cfg = PasskeyConfig {
-        n_keys: 400,
-        ..base(Task::MultiQuery)
-    };
-    assert!(config_error(&cfg).contains("data.synthetic.n_keys"));
-    // 3 chains of 3 facts do not fit 80 tokens.
-    let cfg = PasskeyConfig {
-        n_keys: 3,
-        chains: 3,
-        ..base(Task::VariableTracking)
-    };
-    let e = config_error(&cfg);
-    assert!(
-        e.contains("data.synthetic.min_gap") && e.contains("seq_len"),
-        "{e}"
-    );
+    for (task, n_keys, chains, key, why) in BAD_COUNTS {
+        let cfg = PasskeyConfig {
+            task,
+            n_keys,
+            chains,
+            ..facts()
+        };
+        let e = cfg.validate(80, 64).unwrap_err().to_string();
+        assert!(e.contains(&format!("data.synthetic.{key}")), "{why}: {e}");
+    }
     // The training config's JSON names the key too.
     let dir = tempfile::tempdir().unwrap();
     let mut v = tiny_config(&dir.path().join("run"), 1, true);
