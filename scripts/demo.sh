@@ -44,3 +44,12 @@ echo "[demo] lcm eval niah: passkey exact match (%) at 1x, 16x and 256x the trai
 $lcm eval niah --checkpoint runs/passkey-toy --len 64,1K,16K --samples 10 --device cpu \
   --quiet --out runs/passkey-toy/niah
 echo "[demo] done: the table above; runs/passkey-toy/niah/heatmap.png"
+
+# The same task and recipe with SWA+HSA (the NeurIPS 2025 paper's model) of the same size.
+echo "[demo] lcm pretrain --config configs/passkey-toy-hsa.json (CPU, a few minutes)"
+rm -rf runs/passkey-toy-hsa
+$lcm pretrain --config configs/passkey-toy-hsa.json
+echo "[demo] lcm eval niah: the SWA+HSA toy's exact match (%) at 1x, 16x and 256x"
+$lcm eval niah --checkpoint runs/passkey-toy-hsa --len 64,1K,16K --samples 10 --device cpu \
+  --quiet --out runs/passkey-toy-hsa/niah
+echo "[demo] done: the table above; runs/passkey-toy-hsa/niah/heatmap.png"
