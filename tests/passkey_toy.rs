@@ -4,21 +4,10 @@
 
 mod passkey_util;
 
-use passkey_util::{train_and_check, Probe};
+use passkey_util::{probe, train_and_check};
 
 #[test]
 fn passkey_toy_learns_and_extrapolates() {
-    let probes = [
-        Probe {
-            times: 1,
-            rows: 128,
-            batch: 32,
-        },
-        Probe {
-            times: 16,
-            rows: 48,
-            batch: 8,
-        },
-    ];
+    let probes = [probe(1, 128, 32), probe(16, 48, 8)];
     train_and_check("configs/passkey-toy.json", 1000, &probes, 0.9);
 }

@@ -25,6 +25,11 @@ pub struct Probe {
     pub batch: u64,
 }
 
+/// The probe at `times` the training length: `rows` rows in batches of `batch`.
+pub const fn probe(times: i64, rows: u64, batch: u64) -> Probe {
+    Probe { times, rows, batch }
+}
+
 /// Trains `config` (relative to the crate root) for `steps` steps with the needle past the
 /// window, checks that each curriculum stage trained at its own length, then asserts an
 /// exact match of at least `want` at every probe.
