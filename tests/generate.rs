@@ -2,9 +2,9 @@
 //! engine's caches equals the argmax of the full forward over the prompt and the tokens so
 //! far, token for token, for every arch (prompts that end mid-chunk, inside the first chunk,
 //! on a chunk boundary, prefilled in several segments); each step's logits are the full
-//! forward's; sampling follows its seed, top-k and top-p; the binary streams ids that repeat
-//! run to run and the text it streams decodes them (the NeoX tokenizer from set-up), and it
-//! fails with clear errors.
+//! forward's; a snapshot restored forgets the tokens after it; sampling follows its seed,
+//! top-k and top-p; the binary streams ids that repeat run to run and the text it streams
+//! decodes them (the NeoX tokenizer from set-up), and it fails with clear errors.
 
 mod model_util;
 mod run_util;
@@ -111,6 +111,42 @@ fn the_chunk_memory_is_offloadable_and_never_keeps_a_peeked_chunk() {
         ids
     };
     assert_eq!(run(Placement::Device), run(Placement::Host));
+}
+
+/// A snapshot taken after the prompt, then tokens forced past two chunk boundaries (fed for
+/// real), then a restore: the logits and greedy tokens are those of a generator that never
+/// saw the forced tokens, and a DRT's memory holds only the chunks it had (every arch).
+#[test]
+fn a_restored_generator_forgets_what_came_after_its_snapshot() {
+    for arch in ARCHS {
+        tch::manual_seed(14);
+        let engine = Engine::random(&tiny(arch), Device::Cpu).unwrap();
+        let start = prompt(6, 2);
+        let opts = GenerateOptions {
+            segment: 4,
+            placement: Placement::Device,
+            max_new_tokens: 12,
+        };
+        let mut fresh = Generator::new(&engine, &start, Sampling::greedy(), &opts).unwrap();
+        let want: Vec<i64> = (0..7).map(|_| fresh.next_token().unwrap()).collect();
+
+        let mut g = Generator::new(&engine, &start, Sampling::greedy(), &opts).unwrap();
+        let chunks = |g: &Generator| g.state().store.as_ref().map(|s| s.len());
+        let before = (g.logits().to_vec(), chunks(&g));
+        let snapshot = g.snapshot();
+        for id in prompt(9, 3) {
+            g.push(id).unwrap();
+        }
+        assert_ne!(
+            g.logits(),
+            before.0.as_slice(),
+            "{arch}: the forced tokens ran"
+        );
+        g.restore(snapshot);
+        assert_eq!((g.logits().to_vec(), chunks(&g)), before, "{arch}");
+        let got: Vec<i64> = (0..7).map(|_| g.next_token().unwrap()).collect();
+        assert_eq!(got, want, "{arch}: greedy tokens after the restore");
+    }
 }
 
 #[test]

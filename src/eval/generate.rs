@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::Engine;
 use crate::error::{Error, Result};
-use crate::model::{Arch, InferenceState, Placement};
+use crate::model::{Arch, InferenceState, Placement, StateSnapshot};
 use crate::util::SplitMix64;
 
 /// How the next token is chosen from the logits.
@@ -89,6 +89,14 @@ impl Default for GenerateOptions {
             max_new_tokens: 64,
         }
     }
+}
+
+/// A [`Generator`] as it was ([`Generator::snapshot`]).
+pub struct GeneratorSnapshot {
+    state: StateSnapshot,
+    pending: Vec<i64>,
+    logits: Vec<f32>,
+    rng: SplitMix64,
 }
 
 /// One sequence being extended a token at a time.
@@ -189,6 +197,28 @@ impl<'a> Generator<'a> {
     /// The next token's logits `(V,)`, before any masking or temperature.
     pub fn logits(&self) -> &[f32] {
         &self.logits
+    }
+
+    /// What [`Generator::restore`] needs to come back to this point: the sequence so far,
+    /// the next logits and the sampling draws. Nothing is copied but the unfinished chunk and
+    /// the logits ([`InferenceState::snapshot`]).
+    pub fn snapshot(&self) -> GeneratorSnapshot {
+        GeneratorSnapshot {
+            state: self.state.snapshot(),
+            pending: self.pending.clone(),
+            logits: self.logits.clone(),
+            rng: self.rng.clone(),
+        }
+    }
+
+    /// Back to the point [`Generator::snapshot`] saw, forgetting every token pushed or
+    /// generated since: the next token comes as it would have come then (e.g. greedy
+    /// generation after scoring a forced continuation, `lcm eval niah --score generate`).
+    pub fn restore(&mut self, snapshot: GeneratorSnapshot) {
+        self.state.restore(snapshot.state);
+        self.pending = snapshot.pending;
+        self.logits = snapshot.logits;
+        self.rng = snapshot.rng;
     }
 
     /// Chooses the next token ([`Sampling`]) and feeds it; returns it.
