@@ -146,6 +146,8 @@ fn grid_matches_full_forward(engine: &Engine, batch: usize) {
         out: out.path().to_path_buf(),
         progress: false,
         part: Default::default(),
+        scoring: Default::default(),
+        slack: 0,
     };
     let report = grid::run(engine, &spec, &hay, &opts).unwrap();
     assert_eq!(report.samples.len(), 12);
@@ -355,6 +357,8 @@ fn small_grid(
         out: out.to_path_buf(),
         progress: false,
         part: Default::default(),
+        scoring: Default::default(),
+        slack: 0,
     }
 }
 

@@ -7,7 +7,7 @@ use lcm::data::IndexedCorpus;
 use lcm::dist::{Backend, Group, Launch};
 use lcm::eval::grid::{self, GridOptions, Part};
 use lcm::eval::lengths::{format_length, parse_depths, parse_lengths};
-use lcm::eval::niah::{task_label, Haystack, NiahTask, TaskArgs, TaskSpec};
+use lcm::eval::niah::{task_label, Haystack, NiahTask, Scoring, TaskArgs, TaskSpec, DEFAULT_SLACK};
 use lcm::eval::{plan, ppl, Engine, PrefillOptions};
 
 use super::{parse_device, parse_offload, EngineArgs};
@@ -24,11 +24,22 @@ pub enum Command {
   lcm eval niah --checkpoint runs/drt-small --task s-niah --haystack data/tokens/sample_val
   lcm eval niah --checkpoint models/drt-niah-c8 --len 4K,64K,1M --task mq-niah --queries 2
   lcm eval niah --checkpoint models/drt-niah-c8 --len 4K,64K,1M --task vt --hops 2 --chains 2
+  lcm eval niah --checkpoint models/drt-niah-c8 --len 4K,64K,1M --score generate
+  lcm eval niah --checkpoint models/drt-niah-c8 --len 64K --task mq-niah --score generate --slack 16
 
 mq-niah: --queries needles, all asked, the answer every key in the order asked. vt: a chain
 of --hops assignments after the key's among --chains - 1 distractor chains, the answer every
-name of the asked chain. Both score the whole answer (every id the argmax, teacher-forced)
-and each part (key, name) on its own: the `per part` row and `part_hits` in results.json.
+name of the asked chain. Both score the whole answer and each part (key, name) on its own:
+the `per part` row and `part_hits` in results.json.
+
+--score teacher-forced (the default) prefills the whole sample: a hit needs every answer
+token to be the argmax after the true tokens before it. --score generate scores as RULER
+does: the sample is prefilled up to and including the question, then the answer's length
+plus --slack (default 8) tokens are generated greedily (as `lcm generate`), and a hit is
+the answer's ids appearing as a contiguous run in the generated ids (containment, by ids); a
+part is hit when its ids appear anywhere in them. results.json records the scoring, and per
+sample the generated ids; the table adds the same samples' teacher-forced score. Samples
+then run one at a time (--batch 1).
 
 Writes OUT/results.json (every sample; rewritten after each one) and OUT/heatmap.png.")]
     Niah(NiahArgs),
@@ -110,6 +121,14 @@ pub struct NiahArgs {
     /// chip idle at batch 1. Memory grows with it (the planner checks).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// How a sample is scored: teacher-forced (every answer token the argmax after the true
+    /// tokens) or generate (greedy generation after the question contains the answer's ids,
+    /// RULER's containment).
+    #[arg(long = "score", value_enum, default_value_t = Scoring::TeacherForced)]
+    scoring: Scoring,
+    /// With --score generate: tokens generated past the answer's length [default: 8].
+    #[arg(long)]
+    slack: Option<usize>,
     /// Output folder [default: runs/eval-niah].
     #[arg(long, default_value = "runs/eval-niah")]
     out: PathBuf,
@@ -286,6 +305,20 @@ fn niah(args: NiahArgs) -> Result<()> {
         bail!("--samples 0: a cell's accuracy needs at least one sample");
     }
     let task_args = task_args(&args)?;
+    let slack = match (args.scoring, args.slack) {
+        (Scoring::Generate, slack) => slack.unwrap_or(DEFAULT_SLACK),
+        (scoring, Some(_)) => bail!(
+            "--slack is for --score generate, not {} (teacher-forced scoring generates nothing)",
+            scoring.name()
+        ),
+        (_, None) => 0,
+    };
+    if args.scoring == Scoring::Generate && args.batch != 1 {
+        bail!(
+            "--batch {} with --score generate: each sample generates alone; use --batch 1",
+            args.batch
+        );
+    }
     let shared = shared(&args.common)?;
     let (engine, lengths, prefill) = load(&args.common, args.batch as i64, shared.device)?;
     let depths = parse_depths(&args.depths)?;
@@ -302,8 +335,12 @@ fn niah(args: NiahArgs) -> Result<()> {
     )?;
     let haystack = haystack_for(&args, &engine)?;
     let (ckpt, step) = engine.checkpoint.clone().expect("loaded from a checkpoint");
+    let scoring = match args.scoring {
+        Scoring::TeacherForced => Scoring::TeacherForced.describe().to_string(),
+        Scoring::Generate => format!("{} (slack {slack})", Scoring::Generate.describe()),
+    };
     eprintln!(
-        "{} on {} (step {step}), {}{}, haystack: {}, {} sample(s) per cell",
+        "{} on {} (step {step}), {}{}, haystack: {}, {} sample(s) per cell, scored: {scoring}",
         task_label(spec.task.name(), &spec.args()),
         ckpt.display(),
         lcm::util::device_name(engine.device),
@@ -325,6 +362,8 @@ fn niah(args: NiahArgs) -> Result<()> {
         out: args.out.clone(),
         progress: !args.common.quiet && shared.part.rank == 0,
         part: shared.part,
+        scoring: args.scoring,
+        slack,
     };
     let mut report = grid::run(&engine, &spec, &haystack, &opts)?;
     if let Some(group) = &shared.group {

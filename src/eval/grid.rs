@@ -1,6 +1,8 @@
 //! `lcm eval niah`: runs the lengths x depths x samples grid through the engine, prints
 //! the accuracy table, and writes `results.json` (every sample, rewritten atomically after
-//! each, so an interrupted run keeps what it measured) and `heatmap.png`.
+//! each, so an interrupted run keeps what it measured) and `heatmap.png`. A sample is
+//! scored teacher-forced (one prefill of the whole sample, the argmax at the answer
+//! positions) or by greedy generation after the question ([`Scoring`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,10 +10,12 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::engine::{Engine, PrefillOptions};
+use super::engine::{Engine, PrefillOptions, PrefillStats};
+use super::generate::{choose, GenerateOptions, Generator, Sampling};
 use super::lengths::format_length;
 use super::niah::{
-    build_sample, describe_args, sample_seed, score, task_label, Haystack, Sample, TaskSpec,
+    build_sample, describe_args, sample_seed, score, score_generated, task_label, Haystack, Sample,
+    Score, Scoring, TaskSpec,
 };
 use crate::error::{Error, Result};
 use crate::util::{write_atomic, SplitMix64};
@@ -28,6 +32,9 @@ pub struct GridOptions {
     pub progress: bool,
     /// The share of the grid this process runs (one rank of a data-parallel launch).
     pub part: Part,
+    pub scoring: Scoring,
+    /// Under [`Scoring::Generate`], the tokens generated past the answer's length.
+    pub slack: usize,
 }
 
 /// Rank `rank` of `world` runs every `world`-th prefill (a cell's batch of samples) of the
@@ -65,9 +72,14 @@ pub struct SampleResult {
     pub hit: bool,
     pub single_token_hit: bool,
     /// mq-niah and vt: whether each part of the answer (a queried key, a chain's name) is
-    /// all argmax, teacher-forced; absent for one-part answers and older results.
+    /// hit, by the report's scoring (all argmax teacher-forced; found in `generated`);
+    /// absent for one-part answers and older results.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub part_hits: Vec<bool>,
+    /// Under [`Scoring::Generate`], the ids generated greedily after the question (the
+    /// answer's length plus the report's `slack`); absent when teacher-forced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generated: Vec<u32>,
     /// The prefill's seconds over the samples it held (`batch`): the time a sample cost.
     pub prefill_seconds: f64,
     /// Tokens per second of the prefill, all its samples together.
@@ -113,6 +125,13 @@ pub struct Report {
     pub lengths: Vec<i64>,
     pub depths: Vec<f64>,
     pub samples_per_cell: usize,
+    /// How `hit` and `part_hits` were scored; results written before lcm recorded it were
+    /// teacher-forced.
+    #[serde(default)]
+    pub scoring: Scoring,
+    /// Under [`Scoring::Generate`], the tokens generated past the answer's length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<usize>,
     pub cells: Vec<Cell>,
     pub samples: Vec<SampleResult>,
 }
@@ -215,6 +234,21 @@ impl Report {
             }
             s.push('\n');
         }
+        if self.scoring == Scoring::Generate {
+            // The same samples' exact match, teacher-forced, from their predictions.
+            s += &format!("{:<14}", "teacher-forced");
+            for &l in &self.lengths {
+                let rs: Vec<_> = self.samples.iter().filter(|r| r.length == l).collect();
+                match rs.is_empty() {
+                    true => s += &format!("{:>9}", "-"),
+                    false => {
+                        let hit = rs.iter().filter(|r| r.prediction == r.answer).count();
+                        s += &format!("{:>9.1}", 100.0 * hit as f64 / rs.len() as f64)
+                    }
+                }
+            }
+            s.push('\n');
+        }
         if part_accuracy(self.samples.iter()).is_some() {
             s += &format!("{:<14}", "per part");
             for &l in &self.lengths {
@@ -236,11 +270,12 @@ impl Report {
     }
 
     /// One report from the grids of several runs over different lengths (e.g. 16M alone, on
-    /// a machine that had the time for it later): the same task, model weights (their hash;
-    /// for results without one, the same checkpoint folder and step), haystack and depths,
-    /// or an error naming the file that differs. Lengths come out in increasing order.
-    /// A length's samples are seeded by its place in `--len`, so a length run alone draws
-    /// other samples (from the same distribution) than it does second in a list.
+    /// a machine that had the time for it later): the same task, scoring (and slack), model
+    /// weights (their hash; for results without one, the same checkpoint folder and step),
+    /// haystack and depths, or an error naming the file that differs. Lengths come out in
+    /// increasing order. A length's samples are seeded by its place in `--len`, so a length
+    /// run alone draws other samples (from the same distribution) than it does second in a
+    /// list.
     pub fn merge(reports: Vec<(PathBuf, Report)>) -> Result<Report> {
         let mut it = reports.into_iter();
         let (first_path, mut merged) = it
@@ -259,6 +294,13 @@ impl Report {
             };
             if r.task != merged.task {
                 return Err(differs("task", merged.task.clone(), r.task.clone()));
+            }
+            if (r.scoring, r.slack) != (merged.scoring, merged.slack) {
+                let how = |r: &Report| match r.slack {
+                    Some(n) => format!("{} (slack {n})", r.scoring.name()),
+                    None => r.scoring.name().to_string(),
+                };
+                return Err(differs("scoring", how(&merged), how(&r)));
             }
             if r.task_args != merged.task_args {
                 let args = |r: &Report| match r.task_args.is_empty() {
@@ -361,6 +403,12 @@ pub fn run(
             opts.depths.len()
         )));
     }
+    if opts.scoring == Scoring::Generate && opts.batch != 1 {
+        return Err(Error::Invalid(format!(
+            "batch {} with scoring by generation: each sample generates alone (batch 1)",
+            opts.batch
+        )));
+    }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let mut report = Report {
         task: spec.task.name().to_string(),
@@ -378,6 +426,8 @@ pub fn run(
         lengths: opts.lengths.clone(),
         depths: opts.depths.clone(),
         samples_per_cell: opts.samples,
+        scoring: opts.scoring,
+        slack: (opts.scoring == Scoring::Generate).then_some(opts.slack),
         cells: vec![],
         samples: vec![],
     };
@@ -440,33 +490,32 @@ pub fn run(
             )));
         }
         let rows = built.len() as i64;
-        let tokens = Tensor::from_slice(&ids).view([rows, used]);
-        // Targets: logits at p predict token p+1. Each row keeps its answer span.
-        let spans: Vec<(i64, i64)> = built
-            .iter()
-            .map(|(_, x)| (x.answer_start as i64 - 1, x.answer.len() as i64))
-            .collect();
-        let mut picked: Vec<Vec<Tensor>> = built.iter().map(|_| Vec::new()).collect();
-        let stats = engine.prefill(&tokens, &opts.prefill, bar.as_ref(), |start, h| {
-            let len = h.size()[1];
-            for (row, &(first, n_ans)) in spans.iter().enumerate() {
-                let lo = first.max(start);
-                let hi = (first + n_ans).min(start + len);
-                if lo < hi {
-                    picked[row].push(h.get(row as i64).narrow(0, lo - start, hi - lo));
-                }
-            }
-            Ok(())
-        })?;
-        for (((&s, (seed, sample)), parts), (_, n_ans)) in
-            group.iter().zip(built).zip(picked).zip(spans)
-        {
-            debug_assert_eq!(parts.iter().map(|p| p.size()[0]).sum::<i64>(), n_ans);
-            let hidden = Tensor::cat(&parts, 0);
-            let logits = tch::no_grad(|| engine.model.head(&hidden)).to_kind(Kind::Float);
-            let pred: Vec<i64> = Vec::try_from(logits.argmax(-1, false).view([-1]))
-                .map_err(|e| Error::Invalid(format!("predictions: {e}")))?;
-            let sc = score(spec, &sample, pred.iter().map(|&p| p as u32).collect());
+        // Per sample: its scores, generated ids (none teacher-forced) and the prefill's
+        // stats over the samples it held.
+        let scored: Vec<(Score, Vec<u32>, PrefillStats)> = match opts.scoring {
+            Scoring::TeacherForced => teacher_forced(
+                engine,
+                spec,
+                &built,
+                &ids,
+                used,
+                &opts.prefill,
+                bar.as_ref(),
+            )?,
+            Scoring::Generate => built
+                .iter()
+                .map(|(_, sample)| {
+                    let (prediction, generated, stats) =
+                        generate_sample(engine, sample, opts.slack, &opts.prefill)?;
+                    if let Some(b) = &bar {
+                        b.inc(used as u64);
+                    }
+                    let sc = score_generated(spec, sample, prediction, &generated);
+                    Ok((sc, generated, stats))
+                })
+                .collect::<Result<_>>()?,
+        };
+        for ((&s, (seed, sample)), (sc, generated, stats)) in group.iter().zip(built).zip(scored) {
             report.samples.push(SampleResult {
                 length,
                 used_length: used,
@@ -479,6 +528,7 @@ pub fn run(
                 hit: sc.hit,
                 single_token_hit: sc.single_token_hit,
                 part_hits: sc.part_hits,
+                generated,
                 prefill_seconds: stats.seconds / rows as f64,
                 tokens_per_second: stats.tokens_per_second(),
                 batch: rows as usize,
@@ -495,4 +545,110 @@ pub fn run(
         b.finish_and_clear();
     }
     Ok(report)
+}
+
+/// Scores a cell's batch of samples (`ids`, their tokens side by side, `used` each)
+/// teacher-forced: one prefill of the whole samples, the argmax at each answer position.
+fn teacher_forced(
+    engine: &Engine,
+    spec: &TaskSpec,
+    built: &[(u64, Sample)],
+    ids: &[i64],
+    used: i64,
+    prefill: &PrefillOptions,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<Vec<(Score, Vec<u32>, PrefillStats)>> {
+    let rows = built.len() as i64;
+    let tokens = Tensor::from_slice(ids).view([rows, used]);
+    // Targets: logits at p predict token p+1. Each row keeps its answer span.
+    let spans: Vec<(i64, i64)> = built
+        .iter()
+        .map(|(_, x)| (x.answer_start as i64 - 1, x.answer.len() as i64))
+        .collect();
+    let mut picked: Vec<Vec<Tensor>> = built.iter().map(|_| Vec::new()).collect();
+    let stats = engine.prefill(&tokens, prefill, bar, |start, h| {
+        let len = h.size()[1];
+        for (row, &(first, n_ans)) in spans.iter().enumerate() {
+            let lo = first.max(start);
+            let hi = (first + n_ans).min(start + len);
+            if lo < hi {
+                picked[row].push(h.get(row as i64).narrow(0, lo - start, hi - lo));
+            }
+        }
+        Ok(())
+    })?;
+    built
+        .iter()
+        .zip(picked)
+        .zip(spans)
+        .map(|(((_, sample), parts), (_, n_ans))| {
+            debug_assert_eq!(parts.iter().map(|p| p.size()[0]).sum::<i64>(), n_ans);
+            let hidden = Tensor::cat(&parts, 0);
+            let logits = tch::no_grad(|| engine.model.head(&hidden)).to_kind(Kind::Float);
+            let pred: Vec<i64> = Vec::try_from(logits.argmax(-1, false).view([-1]))
+                .map_err(|e| Error::Invalid(format!("predictions: {e}")))?;
+            let sc = score(spec, sample, pred.iter().map(|&p| p as u32).collect());
+            Ok((sc, vec![], stats))
+        })
+        .collect()
+}
+
+/// One sample under [`Scoring::Generate`], through the [`Generator`] of `lcm generate`: its
+/// tokens up to and including the question are prefilled; the teacher-forced argmax at
+/// each answer position is read by pushing the answer, which is then rolled back; the
+/// answer's length plus `slack` tokens are generated greedily. Returns the teacher-forced
+/// prediction, the generated ids and the stats of the prefill (its tokens and seconds; the
+/// peak GPU memory of the whole sample).
+pub fn generate_sample(
+    engine: &Engine,
+    sample: &Sample,
+    slack: usize,
+    prefill: &PrefillOptions,
+) -> Result<(Vec<u32>, Vec<u32>, PrefillStats)> {
+    let prompt: Vec<i64> = sample.tokens[..sample.answer_start]
+        .iter()
+        .map(|&t| t as i64)
+        .collect();
+    let new_tokens = sample.answer.len() + slack;
+    let opts = GenerateOptions {
+        segment: prefill.segment,
+        placement: prefill.placement,
+        max_new_tokens: new_tokens,
+    };
+    let cuda_index = match engine.device {
+        tch::Device::Cuda(i) => Some(i),
+        _ => None,
+    };
+    if let Some(i) = cuda_index {
+        tch::Cuda::synchronize(i as i64);
+        crate::cuda::reset_peak(i);
+    }
+    let started = std::time::Instant::now();
+    let mut g = Generator::new(engine, &prompt, Sampling::greedy(), &opts)?;
+    if let Some(i) = cuda_index {
+        tch::Cuda::synchronize(i as i64);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (memory_bytes, landmark_bytes) = g.state().store.as_ref().map_or((0, 0), |s| s.bytes());
+    let after_question = g.snapshot();
+    // The first argmax over every id, as the teacher-forced prefill reads it (greedy
+    // choice draws nothing from the generator).
+    let mut unused = SplitMix64::new(0);
+    let mut prediction = Vec::with_capacity(sample.answer.len());
+    for &id in &sample.answer {
+        prediction.push(choose(g.logits(), &Sampling::greedy(), &mut unused) as u32);
+        g.push(id as i64)?;
+    }
+    g.restore(after_question);
+    let generated = (0..new_tokens)
+        .map(|_| g.next_token().map(|id| id as u32))
+        .collect::<Result<Vec<u32>>>()?;
+    let stats = PrefillStats {
+        tokens: prompt.len() as i64,
+        seconds,
+        peak_device_bytes: cuda_index.and_then(crate::cuda::peak_allocated),
+        memory_bytes,
+        landmark_bytes,
+    };
+    Ok((prediction, generated, stats))
 }

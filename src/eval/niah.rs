@@ -1,6 +1,7 @@
 //! Needle in a haystack (seed-report 7): a grid of lengths x depths x samples, each sample
 //! a haystack with its fact(s) planted at the depth and the question at the end, scored
-//! teacher-forced: a hit needs every answer token to be the argmax. The reference's
+//! teacher-forced (a hit needs every answer token to be the argmax) or, as RULER does, by
+//! greedy generation after the question containing the answer ([`Scoring`]). The reference's
 //! single-token score (the first answer token for passkey / single NIAH, the last for the
 //! others) is reported beside it, for comparison with its tables.
 //!
@@ -402,6 +403,51 @@ pub fn build_sample(
     })
 }
 
+/// How a sample's answer is scored (`--score`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scoring {
+    /// The whole sample is prefilled, answer included; a hit needs every answer token to be
+    /// the argmax after the true tokens before it (exact match, teacher-forced).
+    #[default]
+    TeacherForced,
+    /// RULER's: the sample is prefilled up to and including the question, then the answer's
+    /// length plus `--slack` tokens are generated greedily; a hit when the answer's ids
+    /// appear as a contiguous run in the generated ids (containment).
+    Generate,
+}
+
+impl Scoring {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scoring::TeacherForced => "teacher-forced",
+            Scoring::Generate => "generate",
+        }
+    }
+
+    /// What a hit means.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Scoring::TeacherForced => "exact match, teacher-forced",
+            Scoring::Generate => "greedy generation contains the answer",
+        }
+    }
+
+    /// [`Scoring::describe`] in a few words (the heatmap's title).
+    pub fn short(self) -> &'static str {
+        match self {
+            Scoring::TeacherForced => "exact match",
+            Scoring::Generate => "by generation",
+        }
+    }
+}
+
+/// Tokens generated past the answer's length under [`Scoring::Generate`] unless `--slack`
+/// says otherwise: room for a few tokens before the answer.
+pub const DEFAULT_SLACK: usize = 8;
+
 /// The scores of one sample from the argmax predictions at its answer positions.
 #[derive(Debug, Clone, Serialize)]
 pub struct Score {
@@ -411,6 +457,34 @@ pub struct Score {
     /// For an answer of several parts (mq-niah, vt), whether each part's ids are all the
     /// argmax (teacher-forced, as `hit`); empty for one part.
     pub part_hits: Vec<bool>,
+}
+
+/// Whether `needle` occurs in `ids` as a contiguous run (an empty needle always does).
+pub fn contains(ids: &[u32], needle: &[u32]) -> bool {
+    needle.is_empty() || ids.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The scores of one sample under [`Scoring::Generate`]: `hit` when the whole answer occurs
+/// in `generated` as a contiguous run, each part (mq-niah's keys, vt's names) hit when its
+/// ids occur anywhere in `generated` (RULER's `string_match_all` per part). The single-token
+/// score and `prediction` stay the teacher-forced ones, from `prediction`.
+pub fn score_generated(
+    spec: &TaskSpec,
+    sample: &Sample,
+    prediction: Vec<u32>,
+    generated: &[u32],
+) -> Score {
+    let mut sc = score(spec, sample, prediction);
+    sc.hit = contains(generated, &sample.answer);
+    if sample.parts > 1 {
+        let len = sample.answer.len() / sample.parts;
+        sc.part_hits = sample
+            .answer
+            .chunks(len)
+            .map(|part| contains(generated, part))
+            .collect();
+    }
+    sc
 }
 
 pub fn score(spec: &TaskSpec, sample: &Sample, prediction: Vec<u32>) -> Score {

@@ -32,7 +32,11 @@ pub fn draw(report: &Report, out: &Path) -> Result<()> {
         if text {
             builder
                 .caption(
-                    format!("{} accuracy (%), exact match", report.task_label()),
+                    format!(
+                        "{} accuracy (%), {}",
+                        report.task_label(),
+                        report.scoring.short()
+                    ),
                     ("sans-serif", 20),
                 )
                 .x_label_area_size(36)
