@@ -1,6 +1,6 @@
-//! `lcm eval niah` and `lcm eval ppl` under a launch of 2 ranks (Gloo, CPU): each rank runs
-//! its share of the samples, rank 0 writes the merged result, and it equals a one-process
-//! run with the same seed, sample for sample.
+//! `lcm eval niah` (teacher-forced and scored by generation) and `lcm eval ppl` under a
+//! launch of 2 ranks (Gloo, CPU): each rank runs its share of the samples, rank 0 writes the
+//! merged result, and it equals a one-process run with the same seed, sample for sample.
 
 mod run_util;
 
@@ -36,7 +36,8 @@ fn samples(out: &Path) -> Vec<Value> {
                 s["fact_position"],
                 s["answer"],
                 s["prediction"],
-                s["hit"]
+                s["hit"],
+                s["generated"]
             ])
         })
         .collect()
@@ -81,6 +82,51 @@ fn niah_on_two_ranks_equals_one_process_sample_for_sample() {
     let (a, b) = (samples(&one), samples(&two));
     assert_eq!(a.len(), 2 * 2 * 3);
     assert_eq!(a, b);
+}
+
+/// The same under `--score generate`: each rank generates for its own samples, and rank 0
+/// writes every sample's generated ids and the scoring.
+#[test]
+fn niah_scored_by_generation_on_two_ranks_equals_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = checkpoint(dir.path());
+    let one = dir.path().join("one");
+    let two = dir.path().join("two");
+    let grid = |out: &Path| {
+        let out = out.to_str().unwrap();
+        let extra = [
+            "--depths",
+            "0,1",
+            "--samples",
+            "3",
+            "--score",
+            "generate",
+            "--slack",
+            "3",
+            "--out",
+            out,
+        ];
+        eval_args("niah", &run, &extra)
+    };
+    ok(lcm(&grid(&one)));
+    let text = launch2(&grid(&two));
+    assert!(
+        text.contains("2 ranks: the grid's samples merged on rank 0"),
+        "{text}"
+    );
+    let (a, b) = (samples(&one), samples(&two));
+    assert_eq!(a.len(), 2 * 2 * 3);
+    assert_eq!(a, b);
+    for s in &b {
+        // [.., answer, prediction, hit, generated]: the answer's 2 ids and the slack's 3.
+        assert_eq!(s[8].as_array().unwrap().len(), 2 + 3, "{s}");
+    }
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(two.join("results.json")).unwrap()).unwrap();
+    assert_eq!(
+        (v["scoring"].as_str(), v["slack"].as_u64()),
+        (Some("generate"), Some(3))
+    );
 }
 
 #[test]
