@@ -31,18 +31,18 @@ struct Case {
 /// The shapes tested, as (b, l, h, p, g, n, chunk, initial): the chunk divides the length
 /// with one group; it does not, with two groups and an initial state; one group per head
 /// and a one-token tail; a chunk longer than the sequence; chunks of one token.
-const SHAPES: [(i64, i64, i64, i64, i64, i64, i64, bool); 5] = [
-    (2, 16, 4, 3, 1, 5, 4, false),
-    (2, 13, 4, 3, 2, 5, 4, true),
-    (1, 15, 3, 2, 3, 4, 7, true),
-    (2, 6, 2, 4, 1, 3, 16, true),
-    (1, 5, 2, 2, 2, 2, 1, false),
+const SHAPES: [([i64; 7], bool); 5] = [
+    ([2, 16, 4, 3, 1, 5, 4], false),
+    ([2, 13, 4, 3, 2, 5, 4], true),
+    ([1, 15, 3, 2, 3, 4, 7], true),
+    ([2, 6, 2, 4, 1, 3, 16], true),
+    ([1, 5, 2, 2, 2, 2, 1], false),
 ];
 
 fn cases() -> Vec<Case> {
     SHAPES
         .iter()
-        .map(|&(b, l, h, p, g, n, chunk, initial)| Case {
+        .map(|&([b, l, h, p, g, n, chunk], initial)| Case {
             b,
             l,
             h,
