@@ -118,6 +118,8 @@ fn direct(cfg: &Mamba2Config, p: &HashMap<String, Tensor>, x: &Tensor) -> Tensor
 
 #[test]
 fn block_matches_direct_computation() {
+    // Hundreds of tiny ops: one thread beats a pool that other processes contend for.
+    tch::set_num_threads(1);
     tch::manual_seed(1);
     let clamped = Mamba2Config {
         dt_floor: 0.02,
@@ -162,6 +164,8 @@ fn segmented(blk: &Mamba2Block, x: &Tensor, lens: &[i64], state: &mut Mamba2Stat
 
 #[test]
 fn full_forward_equals_step_decoding_and_segments() {
+    // Hundreds of tiny ops: one thread beats a pool that other processes contend for.
+    tch::set_num_threads(1);
     tch::manual_seed(2);
     for kind in [Kind::Double, Kind::Float] {
         for cfg in [
@@ -219,6 +223,8 @@ fn full_forward_equals_step_decoding_and_segments() {
 /// state beyond).
 #[test]
 fn block_is_causal() {
+    // Hundreds of tiny ops: one thread beats a pool that other processes contend for.
+    tch::set_num_threads(1);
     tch::manual_seed(3);
     let cfg = tiny(2);
     let (_vs, blk) = block(&cfg, Kind::Double);
