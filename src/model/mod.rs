@@ -4,6 +4,8 @@
 //! * `swa_hsa`: sliding window + Hierarchical Sparse Attention ([`swa_hsa`], seed-report 3.4).
 //! * `swa`, `dense`: baselines without retrieval ([`baseline`]).
 //!
+//! [`mamba2`] holds the Mamba2 block (RAMba's layers, seed-report 3.3), not yet an arch.
+//!
 //! Attention runs through [`crate::ops`], so the CUDA kernels replace the references
 //! without the models knowing. Parameter names are stable (checkpoints are saved by name);
 //! each arch's module lists its names.
@@ -15,6 +17,7 @@ pub mod drt;
 pub mod encoder;
 pub mod flops;
 pub mod layers;
+pub mod mamba2;
 pub mod profile;
 pub mod swa_hsa;
 

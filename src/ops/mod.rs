@@ -11,6 +11,7 @@ pub mod hsa;
 pub mod path;
 pub mod retrieval;
 pub mod rmsnorm;
+pub mod ssd;
 pub mod swa;
 pub mod xent;
 
@@ -21,6 +22,7 @@ pub use retrieval::{
     token_retrieval_blocked, token_retrieval_reference, Retrieval, SlotWeighting,
 };
 pub use rmsnorm::{rms_norm, rms_norm_reference};
+pub use ssd::{ssd, ssd_chunked, ssd_recurrent, ssd_step};
 pub use swa::{
     bidirectional_attention, bidirectional_attention_reference, causal_attention,
     causal_attention_reference, sliding_window_attention, sliding_window_attention_cached,
