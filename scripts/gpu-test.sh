@@ -52,6 +52,7 @@ run)
   use_torch "${2:-$default_torch}"
   log=${OUT:-/tmp}/gpu-tests.log
   : >"$log"
+  export LCM_TEST_BIN=$bin/lcm
   "$bin/lcm" info | tee -a "$log"
   status=0
   for t in "$bin"/*; do

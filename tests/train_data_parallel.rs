@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use run_util::{
-    launch2, lcm, metric, ok, stderr_of, wait_until, wait_within, weights, write_config, LAUNCH2,
-    LCM,
+    launch2, lcm, lcm_bin, metric, ok, stderr_of, wait_until, wait_within, weights, write_config,
+    LAUNCH2,
 };
 use serde_json::{json, Value};
 
@@ -229,7 +229,7 @@ fn free_port() -> u16 {
 
 /// A worker started by hand, as torchrun or Slurm would.
 fn worker(cfg: &Path, rank: u64, world: u64, port: u16) -> Child {
-    Command::new(LCM)
+    Command::new(lcm_bin())
         .args(["pretrain", "--config", cfg.to_str().unwrap()])
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", world.to_string())
@@ -302,7 +302,7 @@ fn ctrl_c_on_the_launcher_stops_every_worker_and_rank_0_saves() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cfg = run_config(d, 100_000, json!({ "checkpoint": { "every": 1000 } }));
-    let mut launcher: Child = Command::new(LCM)
+    let mut launcher: Child = Command::new(lcm_bin())
         .args(LAUNCH2)
         .args(pretrain_args(&cfg, &[]))
         .stdout(Stdio::null())

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lcm::lock::OutputLock;
 use lcm::train::{checkpoint, train, TrainConfig, TrainOptions};
-use run_util::{lcm, metric, signal, stderr_of, tiny_config, wait_until, wait_within, LCM};
+use run_util::{lcm, lcm_bin, metric, signal, stderr_of, tiny_config, wait_until, wait_within};
 use serde_json::{json, Value};
 
 /// The tiny DRT on random ids, a checkpoint every 2 steps.
@@ -157,7 +157,7 @@ fn start_long_run(dir: &Path) -> (std::process::Child, PathBuf) {
     let mut v = config(&run, 1_000_000);
     v["checkpoint"]["every"] = json!(1_000_000);
     let file = run_util::write_config(dir, "long", &v);
-    let child = Command::new(LCM)
+    let child = Command::new(lcm_bin())
         .args(["pretrain", "--config", file.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

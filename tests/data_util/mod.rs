@@ -130,10 +130,12 @@ pub fn jsonl(docs: &[(String, &str)]) -> Vec<u8> {
 
 /// Runs the `lcm` binary of this build: (success, stdout, stderr).
 pub fn lcm(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lcm"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(
+        std::env::var_os("LCM_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lcm").into()),
+    )
+    .args(args)
+    .output()
+    .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

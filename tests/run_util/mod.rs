@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tch::Tensor;
 
-pub const LCM: &str = env!("CARGO_BIN_EXE_lcm");
+/// The `lcm` binary under test: this build's, or `LCM_TEST_BIN` where the test executables
+/// run apart from their build tree (`scripts/gpu-test.sh run` on a machine without cargo).
+pub fn lcm_bin() -> std::ffi::OsString {
+    std::env::var_os("LCM_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lcm").into())
+}
 
 /// A DRT small enough to train a step in well under a second on CPU, on random ids in
 /// [10, 64), with passkey rows when `passkey`; checkpoints in `run`.
@@ -44,7 +48,7 @@ pub fn write_config(dir: &Path, name: &str, v: &Value) -> PathBuf {
 }
 
 pub fn lcm<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(LCM).args(args).output().unwrap()
+    Command::new(lcm_bin()).args(args).output().unwrap()
 }
 
 /// Stdout then stderr of a run that must have succeeded.
