@@ -4,7 +4,7 @@
 
 mod run_util;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lcm::data::indexed::IndexedWriter;
 use lcm::data::TokenDtype;
@@ -53,24 +53,17 @@ fn eval_args(kind: &str, run: &str, extra: &[&str]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn niah_on_two_ranks_equals_one_process_sample_for_sample() {
+/// The NIAH grid of one process and of two ranks (with `flags` after the shared ones): the
+/// folders' sample lists, asserted equal and merged on rank 0, with the two-rank folder.
+fn niah_one_and_two(flags: &[&str]) -> (Vec<Value>, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let run = checkpoint(dir.path());
     let one = dir.path().join("one");
     let two = dir.path().join("two");
     let grid = |out: &Path| {
-        let out = out.to_str().unwrap();
-        let extra = [
-            "--depths",
-            "0,1",
-            "--samples",
-            "3",
-            "--batch",
-            "2",
-            "--out",
-            out,
-        ];
+        let mut extra = vec!["--depths", "0,1", "--samples", "3"];
+        extra.extend_from_slice(flags);
+        extra.extend(["--out", out.to_str().unwrap()]);
         eval_args("niah", &run, &extra)
     };
     ok(lcm(&grid(&one)));
@@ -82,41 +75,19 @@ fn niah_on_two_ranks_equals_one_process_sample_for_sample() {
     let (a, b) = (samples(&one), samples(&two));
     assert_eq!(a.len(), 2 * 2 * 3);
     assert_eq!(a, b);
+    (b, two, dir)
+}
+
+#[test]
+fn niah_on_two_ranks_equals_one_process_sample_for_sample() {
+    niah_one_and_two(&["--batch", "2"]);
 }
 
 /// The same under `--score generate`: each rank generates for its own samples, and rank 0
 /// writes every sample's generated ids and the scoring.
 #[test]
 fn niah_scored_by_generation_on_two_ranks_equals_one_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = checkpoint(dir.path());
-    let one = dir.path().join("one");
-    let two = dir.path().join("two");
-    let grid = |out: &Path| {
-        let out = out.to_str().unwrap();
-        let extra = [
-            "--depths",
-            "0,1",
-            "--samples",
-            "3",
-            "--score",
-            "generate",
-            "--slack",
-            "3",
-            "--out",
-            out,
-        ];
-        eval_args("niah", &run, &extra)
-    };
-    ok(lcm(&grid(&one)));
-    let text = launch2(&grid(&two));
-    assert!(
-        text.contains("2 ranks: the grid's samples merged on rank 0"),
-        "{text}"
-    );
-    let (a, b) = (samples(&one), samples(&two));
-    assert_eq!(a.len(), 2 * 2 * 3);
-    assert_eq!(a, b);
+    let (b, two, _dir) = niah_one_and_two(&["--score", "generate", "--slack", "3"]);
     for s in &b {
         // [.., answer, prediction, hit, generated]: the answer's 2 ids and the slack's 3.
         assert_eq!(s[8].as_array().unwrap().len(), 2 + 3, "{s}");
