@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use lcm::train::config::{apply_override, TrainConfig};
+use lcm::train::config::{apply_override, CurriculumStage, TrainConfig};
 use lcm::train::sampler::{sample_range, Sampler, IGNORE};
 use lcm::train::schedule::learning_rate;
 use lcm::train::{checkpoint, train, TrainOptions};
@@ -29,6 +29,17 @@ fn tiny(dir: &Path) -> Value {
         "checkpoint": { "dir": dir, "every": 0, "keep": 5 },
         "log": { "every": 1, "eval_every": 3, "eval_batches": 1 }
     })
+}
+
+/// A curriculum stage that changes the needle's gap alone.
+fn gap(seq_len: i64, min_gap: usize) -> CurriculumStage {
+    CurriculumStage {
+        until: 1,
+        seq_len,
+        min_gap: Some(min_gap),
+        key_lo: None,
+        key_hi: None,
+    }
 }
 
 fn config(v: Value) -> TrainConfig {
@@ -235,6 +246,52 @@ fn curriculum_and_answer_only_loss() {
         let err = TrainConfig::from_json(bad).unwrap_err().to_string();
         assert!(err.contains(named), "{err} does not name {named}");
     }
+}
+
+/// A stage's key range: the stage's rows draw their keys from it, the rows after the
+/// curriculum from `data.synthetic`'s; a range the vocabulary cannot hold, or one beside
+/// variants, is refused naming the stage.
+#[test]
+fn a_stage_draws_its_keys_from_its_own_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = tiny(dir.path());
+    v["data"]["synthetic"]["rate"] = json!(1.0);
+    v["data"]["synthetic"]["answer_only"] = json!(true);
+    v["data"]["synthetic"]["key_lo"] = json!(10);
+    v["data"]["synthetic"]["key_hi"] = json!(64);
+    v["curriculum"] = json!([{ "until": 2, "seq_len": 56, "key_lo": 2, "key_hi": 10 }]);
+    let c = config(v.clone());
+    let s = Sampler::for_training(&c).unwrap();
+    let keys = |stage: Option<&CurriculumStage>| -> Vec<i64> {
+        let b = s.batch_at(0..16, 56, stage, tch::Device::Cpu);
+        let t = Vec::<i64>::try_from(b.targets.flatten(0, -1)).unwrap();
+        t.into_iter().filter(|&x| x != IGNORE).collect()
+    };
+    let staged = keys(c.stage_at(0));
+    let plain = keys(c.stage_at(2));
+    assert_eq!((staged.len(), plain.len()), (32, 32));
+    assert!(staged.iter().all(|k| (2..10).contains(k)), "{staged:?}");
+    assert!(plain.iter().all(|k| (10..64).contains(k)), "{plain:?}");
+    // A stage that changes nothing of the rows draws them as the plain run does.
+    assert!(c.curriculum[0]
+        .synthetic(c.data.synthetic.as_ref().unwrap())
+        .is_some());
+    assert!(gap(56, 20)
+        .synthetic(c.data.synthetic.as_ref().unwrap())
+        .is_none());
+    let mut bad = v.clone();
+    bad["curriculum"][0]["key_hi"] = json!(100);
+    let err = TrainConfig::from_json(bad).unwrap_err().to_string();
+    assert!(
+        err.contains("key_hi") && err.contains("curriculum[0]"),
+        "{err}"
+    );
+    let mut bad = v;
+    bad["data"]["synthetic"]["variants"] = json!([{
+        "needle": [1], "question": [0], "key_len": 2, "key_lo": 2, "key_hi": 10
+    }]);
+    let err = TrainConfig::from_json(bad).unwrap_err().to_string();
+    assert!(err.contains("curriculum[0].key_lo"), "{err}");
 }
 
 #[test]
@@ -497,7 +554,7 @@ fn batch_loss_equals_the_loss_of_the_full_logits() {
     v["batch_size"] = json!(6);
     let cfg = config(v);
     let sampler = Sampler::for_training(&cfg).unwrap();
-    let batch = sampler.batch_at(0..6, 56, Some(20), tch::Device::Cpu);
+    let batch = sampler.batch_at(0..6, 56, Some(&gap(56, 20)), tch::Device::Cpu);
     let ignored = batch.targets.eq(IGNORE).sum(Kind::Int64).int64_value(&[]);
     assert!(ignored > 0 && ignored < 6 * 56, "{ignored} ignored targets");
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
@@ -541,7 +598,7 @@ fn eval_loss_equals_the_loss_of_the_full_logits() {
     v["batch_size"] = json!(4);
     let cfg = config(v);
     let sampler = Sampler::for_training(&cfg).unwrap();
-    let batch = sampler.batch_at(0..4, 56, Some(20), tch::Device::Cpu);
+    let batch = sampler.batch_at(0..4, 56, Some(&gap(56, 20)), tch::Device::Cpu);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let model = lcm::model::build(&vs.root(), &cfg.model).unwrap();
     let want = tch::no_grad(|| lm_loss(&model.forward(&batch.inputs, false), &batch.targets))

@@ -14,7 +14,7 @@ use tch::{Device, Tensor};
 use crate::data::indexed::IndexedCorpus;
 use crate::data::synthetic::PasskeyConfig;
 use crate::error::{Error, Result};
-use crate::train::config::{RandomHaystack, TrainConfig};
+use crate::train::config::{CurriculumStage, RandomHaystack, TrainConfig};
 use crate::util::SplitMix64;
 
 /// Targets that carry no loss: the cross-entropy op's ignore index.
@@ -103,12 +103,13 @@ impl Sampler {
         self.sample_at(index, seq_len, None)
     }
 
-    /// Sample `index` at `seq_len` tokens, synthetic rows with `min_gap` if given.
+    /// Sample `index` at `seq_len` tokens, synthetic rows as curriculum stage `stage`
+    /// changes them, if given.
     pub fn sample_at(
         &self,
         index: u64,
         seq_len: usize,
-        min_gap: Option<usize>,
+        stage: Option<&CurriculumStage>,
     ) -> (Vec<u32>, Vec<bool>, Vec<bool>) {
         let mut rng = SplitMix64::for_item(self.seed, index);
         let n = seq_len + 1;
@@ -134,15 +135,9 @@ impl Sampler {
         let mut answer = vec![false; seq_len];
         if let Some(p) = &self.passkey {
             if rng.unit() < p.rate {
-                match min_gap {
-                    Some(g) if g != p.min_gap => {
-                        let staged = PasskeyConfig {
-                            min_gap: g,
-                            ..p.clone()
-                        };
-                        staged.insert(&mut window, &mut ignore, &mut answer, &mut rng)
-                    }
-                    _ => p.insert(&mut window, &mut ignore, &mut answer, &mut rng),
+                match stage.and_then(|s| s.synthetic(p)) {
+                    Some(staged) => staged.insert(&mut window, &mut ignore, &mut answer, &mut rng),
+                    None => p.insert(&mut window, &mut ignore, &mut answer, &mut rng),
                 }
                 if p.answer_only {
                     ignore.iter_mut().zip(&answer).for_each(|(i, &a)| *i = !a);
@@ -162,13 +157,12 @@ impl Sampler {
         self.batch_at(indices, seq_len, None, device)
     }
 
-    /// As [`Sampler::batch_len`], synthetic rows with `min_gap` if given (a curriculum
-    /// stage's).
+    /// As [`Sampler::batch_len`], synthetic rows as curriculum stage `stage` changes them.
     pub fn batch_at(
         &self,
         indices: Range<u64>,
         seq_len: usize,
-        min_gap: Option<usize>,
+        stage: Option<&CurriculumStage>,
         device: Device,
     ) -> Batch {
         assert!(
@@ -182,7 +176,7 @@ impl Sampler {
         let mut targets = Vec::with_capacity(b as usize * t);
         let mut answers = Vec::with_capacity(b as usize * t);
         for i in indices {
-            let (w, ignore, answer) = self.sample_at(i, t, min_gap);
+            let (w, ignore, answer) = self.sample_at(i, t, stage);
             inputs.extend(w[..t].iter().map(|&x| x as i64));
             targets.extend((0..t).map(|j| if ignore[j] { IGNORE } else { w[j + 1] as i64 }));
             answers.extend(answer);

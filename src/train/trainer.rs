@@ -499,10 +499,10 @@ impl<'a> Run<'a> {
                 b,
             );
             let range = self.first_sample + local.start..self.first_sample + local.end;
-            let min_gap = cfg.stage_at(step).and_then(|s| s.min_gap);
+            let stage = cfg.stage_at(step);
             let batch = self
                 .sampler
-                .batch_at(range, seq_len as usize, min_gap, self.device);
+                .batch_at(range, seq_len as usize, stage, self.device);
             let answer_weight = cfg.data.synthetic.as_ref().and_then(|s| s.answer_weight);
             let (loss, hits) = batch_loss(self.model.as_ref(), &batch, answer_weight);
             // Armed before the host waits for the loss, so the Reducer's walk of the graph
