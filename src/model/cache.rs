@@ -5,10 +5,10 @@
 //! retrieval, which serves the next segment's first chunk.
 //!
 //! Memory per token is constant except the chunk memory: a sliding-window layer keeps
-//! `window` positions and a Mamba2 block one state whatever the length. The chunk memory lives on the compute device
-//! or, with [`Placement::Host`], in (pinned) host memory with only the landmarks on the
-//! device; then each segment's retrieved chunks are gathered on the host, once per distinct
-//! chunk, and copied over in one transfer.
+//! `window` positions and a Mamba2 block one state whatever the length. The chunk memory
+//! lives on the compute device or, with [`Placement::Host`], in (pinned) host memory with
+//! only the landmarks on the device; then each segment's retrieved chunks are gathered on
+//! the host, once per distinct chunk, and copied over in one transfer.
 
 use tch::{Device, Kind, Tensor};
 
@@ -244,9 +244,9 @@ impl InferenceState {
 
     /// What [`InferenceState::restore`] needs to undo the segments fed after this call:
     /// positions, the window caches, Mamba2 states and carried retrievals (sharing their
-    /// tensors, which a segment replaces rather than writes into) and the chunk memory's length (a segment
-    /// only appends to it). Generation feeds its unfinished chunk padded to a whole one and
-    /// then rolls back ([`crate::eval::generate`]).
+    /// tensors, which a segment replaces rather than writes into) and the chunk memory's
+    /// length (a segment only appends to it). Generation feeds its unfinished chunk padded
+    /// to a whole one and then rolls back ([`crate::eval::generate`]).
     pub fn snapshot(&self) -> StateSnapshot {
         StateSnapshot {
             positions: self.positions,

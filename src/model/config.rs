@@ -2,10 +2,10 @@
 //!
 //! Common fields sit at the top level; each chunked arch has its own section (`drt` for
 //! `arch: "drt"`, `hsa` for `arch: "swa_hsa"`, `ramba` and `mamba2` for `arch: "ramba"`)
-//! and the baselines take `n_layers`. Parsing is
-//! strict: an unknown key, a wrong type, a bad enum value or an inconsistent value is an
-//! error that names the key (`model.drt.topk`) and what is allowed. Serialising gives back
-//! a complete config (defaults filled in) that parses to the same value.
+//! and the baselines take `n_layers`. Parsing is strict: an unknown key, a wrong type, a bad
+//! enum value or an inconsistent value is an error that names the key (`model.drt.topk`)
+//! and what is allowed. Serialising gives back a complete config (defaults filled in) that
+//! parses to the same value.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
