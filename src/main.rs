@@ -29,7 +29,7 @@ enum Command {
     /// Inspect a token corpus: `stats`, `cat --doc N`.
     #[command(subcommand)]
     Corpus(cli::corpus::Command),
-    /// Train a model (drt, swa_hsa, swa, dense) from a JSON config.
+    /// Train a model (drt, swa_hsa, ramba, swa, dense) from a JSON config.
     Pretrain(cli::pretrain::Args),
     /// Evaluate a checkpoint at long context: `niah` (needle in a haystack), `ppl`.
     #[command(subcommand)]

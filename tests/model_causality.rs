@@ -50,7 +50,7 @@ fn every_arch_is_causal_in_eval_and_train_modes() {
     for arch in ARCHS {
         check(arch, false);
     }
-    for arch in ["drt", "swa_hsa"] {
+    for arch in ["drt", "swa_hsa", "ramba"] {
         check(arch, true);
     }
 }

@@ -72,6 +72,7 @@ fn shipped_configs_parse_round_trip_and_build() {
     for want in [
         "drt-tiny",
         "swa-hsa-tiny",
+        "ramba-tiny",
         "swa-tiny",
         "dense-tiny",
         "drt-128m",
@@ -308,4 +309,119 @@ fn hsa_section_validation() {
     );
     let bad = with(v, &["hsa", "retrieval_heads"], json!(4));
     assert!(error(bad).contains("model.hsa.retrieval_heads"));
+}
+
+fn ramba_json() -> Value {
+    json!({"arch": "ramba", "vocab_size": 40, "d_model": 32, "n_heads": 4, "n_kv_heads": 2,
+           "ramba": {"chunk_size": 4, "topk": 2, "lower_layers": 1, "upper_layers": 4,
+                     "groups": 2, "mamba_per_hsa": 2},
+           "mamba2": {"d_state": 8, "headdim": 8}})
+}
+
+#[test]
+fn ramba_sections_validate_and_errors_name_the_key() {
+    let cfg = ModelConfig::from_json(&ramba_json()).unwrap();
+    // Defaults: the Mamba2 block takes the model's width and norm epsilon, the encoder the
+    // reference's SwiGLU width floor(8 d / 3 / 64) * 64 (here 64) and the model's kv heads.
+    let m = cfg.mamba2.as_ref().unwrap();
+    assert_eq!(
+        (m.d_model, m.norm_eps, m.expand, m.d_conv),
+        (32, 1e-5, 2, 4)
+    );
+    let r = cfg.ramba.as_ref().unwrap();
+    assert_eq!(
+        (r.encoder_kv_heads, r.retrieval_heads, r.retrieval_dim),
+        (2, 2, 32)
+    );
+    assert_eq!((cfg.d_ff, r.hsa_per_group(), r.train_segment), (64, 1, 0));
+    assert!(
+        !cfg.qk_norm,
+        "the reference's RAMba has no HSA q/k norm by default"
+    );
+    let again: ModelConfig = serde_json::from_value(serde_json::to_value(&cfg).unwrap()).unwrap();
+    assert_eq!(cfg, again, "JSON round trip");
+    // Without a mamba2 section: mamba_ssm's defaults at the model's width.
+    let mut v = ramba_json();
+    v.as_object_mut().unwrap().remove("mamba2");
+    let m = ModelConfig::from_json(&v).unwrap().mamba2.unwrap();
+    assert_eq!((m.d_model, m.d_state, m.headdim), (32, 128, 64));
+
+    let cases: Vec<(Value, &[&str])> = vec![
+        (
+            {
+                let mut v = ramba_json();
+                v.as_object_mut().unwrap().remove("ramba");
+                v
+            },
+            &["model.ramba", "required for arch"],
+        ),
+        (
+            with(ramba_json(), &["ramba", "upper_layers"], json!(3)),
+            &["model.ramba.upper_layers", "multiple"],
+        ),
+        (
+            with(ramba_json(), &["ramba", "upper_layers"], json!(2)),
+            &[
+                "model.ramba.upper_layers",
+                "groups x model.ramba.mamba_per_hsa = 4",
+            ],
+        ),
+        (
+            with(ramba_json(), &["ramba", "mamba_per_hsa"], json!(0)),
+            &["model.ramba.mamba_per_hsa", "positive"],
+        ),
+        (
+            with(ramba_json(), &["ramba", "mamba_per_gca"], json!(2)),
+            &["model.ramba.mamba_per_gca", "unknown key", "mamba_per_hsa"],
+        ),
+        (
+            with(ramba_json(), &["ramba", "encoder_kv_heads"], json!(3)),
+            &["model.ramba.encoder_kv_heads", "divide"],
+        ),
+        (
+            with(ramba_json(), &["ramba", "retrieval_heads"], json!(4)),
+            &["model.ramba.retrieval_heads"],
+        ),
+        (
+            with(ramba_json(), &["ramba", "train_segment"], json!(-1)),
+            &["model.ramba.train_segment"],
+        ),
+        (
+            with(ramba_json(), &["ramba", "weighting"], json!("argmax")),
+            &["model.ramba.weighting", "stick_breaking"],
+        ),
+        (
+            with(ramba_json(), &["mamba2", "headdim"], json!(7)),
+            &["model.mamba2.headdim", "does not divide"],
+        ),
+        (
+            with(ramba_json(), &["mamba2", "d_model"], json!(64)),
+            &["model.mamba2.d_model", "model.d_model = 32"],
+        ),
+        (
+            with(ramba_json(), &["mamba2", "d_sate"], json!(8)),
+            &["model.mamba2", "d_sate"],
+        ),
+        (
+            with(ramba_json(), &["mamba2", "dt_min"], json!("small")),
+            &["model.mamba2.dt_min"],
+        ),
+        (
+            with(tiny_json(), &["mamba2"], json!({})),
+            &["model.mamba2", "not used by arch", "ramba"],
+        ),
+        (
+            with(tiny_json(), &["ramba"], ramba_json()["ramba"].clone()),
+            &["model.ramba", "not used by arch"],
+        ),
+    ];
+    for (v, needles) in cases {
+        let msg = error(v.clone());
+        for needle in needles {
+            assert!(
+                msg.contains(needle),
+                "error for {v} is {msg:?}, lacking {needle:?}"
+            );
+        }
+    }
 }

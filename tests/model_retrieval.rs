@@ -1,14 +1,16 @@
 //! Retrieval inside the models: visibility (DRT: the choice serving chunk c only holds
-//! chunks <= c-2; HSA: token t only reads chunks d with (d+1)*S <= t), with and without
-//! Gumbel noise; and gradients of the LM loss reach the retrieval scores (through the
-//! retrieval query's parameters and the landmark keys) and every encoder parameter: the
-//! property that makes retrieval learnable.
+//! chunks <= c-2; HSA, in SWA+HSA and RAMba: token t only reads chunks d with
+//! (d+1)*S <= t), with and without Gumbel noise; and gradients of the LM loss reach the
+//! retrieval scores (through the retrieval query's parameters and the landmark keys) and
+//! every encoder parameter: the property that makes retrieval learnable.
 
 mod model_util;
 
 use lcm::model::drt::Drt;
+use lcm::model::ramba::Ramba;
 use lcm::model::swa_hsa::SwaHsa;
 use lcm::model::{LanguageModel, ModelConfig};
+use lcm::ops::Retrieval;
 use model_util::{lm_loss, tiny, tokens};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -69,6 +71,23 @@ fn drt_chunk_c_reads_only_chunks_before_c_minus_1() {
     }
 }
 
+/// Token t of an HSA arch reads only chunks d with (d+1)*S <= t, in descending order.
+fn check_hsa_visibility(retrievals: &[Retrieval], s: i64, l: i64) {
+    for r in retrievals {
+        for t in 0..l {
+            let idx = r.indices.select(1, t); // (N, r, K)
+            let max = idx.max().int64_value(&[]);
+            assert!((max + 1) * s <= t || max < 0, "token {t} reads chunk {max}");
+            // Slots are in descending chunk order, empty (-1) ones last.
+            let sorted = idx.sort(-1, true).0;
+            assert!(
+                sorted.eq_tensor(&idx).all().int64_value(&[]) == 1,
+                "token {t} order"
+            );
+        }
+    }
+}
+
 #[test]
 fn hsa_token_t_reads_only_completed_chunks() {
     tch::manual_seed(22);
@@ -76,19 +95,19 @@ fn hsa_token_t_reads_only_completed_chunks() {
     let (s, l) = (4, 40);
     for train in [false, true] {
         let out = tch::no_grad(|| m.forward_detailed(&tokens(2, l), train));
-        for r in &out.retrievals {
-            for t in 0..l {
-                let idx = r.indices.select(1, t); // (N, r, K)
-                let max = idx.max().int64_value(&[]);
-                assert!((max + 1) * s <= t || max < 0, "token {t} reads chunk {max}");
-                // Slots are in descending chunk order, empty (-1) ones last.
-                let sorted = idx.sort(-1, true).0;
-                assert!(
-                    sorted.eq_tensor(&idx).all().int64_value(&[]) == 1,
-                    "token {t} order"
-                );
-            }
-        }
+        check_hsa_visibility(&out.retrievals, s, l);
+    }
+}
+
+#[test]
+fn ramba_token_t_reads_only_completed_chunks() {
+    tch::manual_seed(25);
+    let (_vs, m) = fresh("ramba", Ramba::new);
+    let (s, l) = (4, 40);
+    for train in [false, true] {
+        let out = tch::no_grad(|| m.forward_detailed(&tokens(2, l), train));
+        assert_eq!(out.retrievals.len(), 2, "one retrieval per group");
+        check_hsa_visibility(&out.retrievals, s, l);
     }
 }
 
@@ -158,6 +177,24 @@ fn hsa_gradients_reach_retrieval_scores_and_encoder() {
         "groups.1.retrieval.q_proj.weight",
         "chunking.lmk_proj.weight",
         "chunking.cls_emb",
+    ];
+    check_grads(&vs, loss, &names, "chunking.encoder.");
+}
+
+#[test]
+fn ramba_gradients_reach_retrieval_scores_and_encoder() {
+    tch::manual_seed(26);
+    let (vs, loss) = fresh_loss("ramba", Ramba::new, |m, x| {
+        m.forward_detailed(x, true).hidden
+    });
+    let names = [
+        "groups.0.retrieval.q_proj.weight",
+        "groups.1.retrieval.q_proj.weight",
+        "chunking.lmk_proj.weight",
+        "chunking.cls_emb",
+        "groups.1.hsa.0.q_proj.weight",
+        "lower.0.mixer.A_log",
+        "groups.1.layers.0.mixer.dt_bias",
     ];
     check_grads(&vs, loss, &names, "chunking.encoder.");
 }

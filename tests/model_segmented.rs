@@ -1,8 +1,9 @@
 //! Segmented inference (the engine behind `lcm eval`) against the full-sequence forward:
 //! feeding a sequence segment by segment, with the window caches and the chunk memory
 //! carried between segments, gives the same logits as one forward over the whole sequence,
-//! for every arch, uneven segment lengths, segments shorter than the window, and the chunk
-//! memory on the device or offloaded to the host. fp32 on CPU: logits agree to 2e-5 of
+//! for every arch, uneven segment lengths, segments shorter than the window (and, for
+//! RAMba, than a chunk of the SSD scan), and the chunk memory on the device or offloaded to
+//! the host. fp32 on CPU: logits agree to 2e-5 of
 //! their largest magnitude (the only differences are summation orders, e.g. retrieval scores
 //! taken in blocks).
 
@@ -84,7 +85,8 @@ fn segmented_inference_matches_the_full_forward() {
 
 #[test]
 fn window_caches_stay_bounded_while_the_memory_grows() {
-    for arch in ["drt", "swa_hsa", "swa"] {
+    // RAMba's per-layer state is its Mamba2 blocks' conv inputs and SSM states.
+    for arch in ["drt", "swa_hsa", "ramba", "swa"] {
         tch::manual_seed(6);
         let (_vs, model) = build(&tiny(arch));
         let x = tokens(1, 160);
@@ -101,6 +103,9 @@ fn window_caches_stay_bounded_while_the_memory_grows() {
             sizes.iter().all(|&s| s == sizes[0]),
             "{arch}: window caches changed size with the length: {sizes:?}"
         );
+        if let Some(store) = &state.store {
+            assert_eq!(store.len(), 40, "{arch}: the memory holds every chunk");
+        }
     }
     // The dense baseline keeps every position: its cache grows.
     let (_vs, model) = build(&tiny("dense"));
@@ -120,7 +125,13 @@ fn window_caches_stay_bounded_while_the_memory_grows() {
 common::cuda_test!(
     segmented_inference_matches_the_full_forward_on_cuda,
     |dev| {
-        for name in ["drt-tiny", "swa-hsa-tiny", "swa-tiny", "dense-tiny"] {
+        for name in [
+            "drt-tiny",
+            "swa-hsa-tiny",
+            "ramba-tiny",
+            "swa-tiny",
+            "dense-tiny",
+        ] {
             let path = format!("configs/models/{name}.json");
             let text = std::fs::read_to_string(&path).expect("config");
             let cfg =

@@ -2,9 +2,10 @@
 //! need on the compute device and in host memory, and whether that fits.
 //!
 //! The estimate adds the weights, the chunk memory (the only part that grows with the
-//! length), the window caches and one segment's activations, with the reference ops'
-//! largest intermediates spelled out (blocked sliding-window scores, GCA/HSA per-chunk
-//! scores and gathered chunks, retrieval score blocks), then a 25% margin and 1 GiB for
+//! length), the window caches or Mamba2 states and one segment's activations, with the
+//! reference ops' largest intermediates spelled out (blocked sliding-window scores, GCA/HSA
+//! per-chunk scores and gathered chunks, retrieval score blocks, the chunked SSD scan's
+//! per-chunk decay matrices), then a 25% margin and 1 GiB for
 //! the allocator and libraries. `lcm bench prefill` prints it beside the measured peak.
 //! A prefill is admitted only when that estimate fits in [`USABLE`] of the memory free now:
 //! the rest is a safety margin for what the estimate misses and for what other processes
@@ -12,6 +13,7 @@
 
 use crate::eval::lengths::format_length;
 use crate::eval::{Engine, PrefillOptions};
+use crate::model::hsa::HsaSpec;
 use crate::model::{Arch, ModelConfig, Placement};
 use crate::ops::retrieval::RETRIEVAL_BLOCK;
 
@@ -28,6 +30,8 @@ pub struct Estimate {
     pub memory: f64,
     /// Landmarks (always on the compute device).
     pub landmarks: f64,
+    /// Window caches (attention archs) or Mamba2 states (ramba): constant in the length
+    /// except for `dense`.
     pub caches: f64,
     pub activations: f64,
     pub placement: Placement,
@@ -91,6 +95,9 @@ pub fn estimate(
     placement: Placement,
     elt: usize,
 ) -> Estimate {
+    if cfg.arch == Arch::Ramba {
+        return estimate_ramba(cfg, params, tokens, segment, placement, elt);
+    }
     let e = elt as f64;
     let (d, hq, hkv, hd) = (
         cfg.d_model as f64,
@@ -126,7 +133,7 @@ pub fn estimate(
                 (h.lower_layers + h.upper_layers) as f64,
             )
         }
-        Arch::Swa | Arch::Dense => (
+        Arch::Swa | Arch::Dense | Arch::Ramba => (
             segment as f64,
             0.0,
             0.0,
@@ -163,18 +170,8 @@ pub fn estimate(
             act += gathered + gca + retrieval + encoder;
         }
         Arch::SwaHsa => {
-            let h = cfg.hsa.as_ref().expect("validated");
-            let (k, s) = (h.topk as f64, h.chunk_size as f64);
-            let g = hq / hkv;
-            // HSA's gathered chunks per token, its per-slot scores and outputs; retrieval
-            // scores per token and retrieval head over a block of chunks.
-            let gathered = p * hkv * k * s * hd * 2.0 * e;
-            let hsa = p * hkv * k * g * (s * (4.0 + 4.0 + e) + hd * 4.0);
-            let r = h.retrieval_heads as f64;
-            let retrieval =
-                p * r * (total_chunks.min(RETRIEVAL_BLOCK as f64) + 2.0 * k) * 4.0 * 3.0;
-            let encoder = c * hq * (s + 1.0) * (s + 1.0) * (8.0 + e) + c * (s + 1.0) * d * e * 12.0;
-            act += gathered + hsa + retrieval + encoder;
+            let spec = HsaSpec::of(cfg).expect("validated");
+            act += hsa_activations(cfg, &spec, p, total_chunks, e);
         }
         _ => {}
     }
@@ -184,6 +181,73 @@ pub fn estimate(
         landmarks,
         caches,
         activations: act,
+        placement,
+    }
+}
+
+/// One segment's HSA intermediates (`swa_hsa`, `ramba`) over `p` positions with
+/// `total_chunks` chunks in the memory: HSA's gathered chunks per token, its per-slot
+/// scores and outputs; retrieval scores per token and retrieval head over a block of
+/// chunks; the encoder over the segment's chunks.
+fn hsa_activations(cfg: &ModelConfig, h: &HsaSpec, p: f64, total_chunks: f64, e: f64) -> f64 {
+    let (d, hq, hkv, hd) = (
+        cfg.d_model as f64,
+        h.n_heads as f64,
+        h.kv_heads as f64,
+        h.head_dim as f64,
+    );
+    let (k, s) = (h.topk as f64, h.chunk_size as f64);
+    let c = p / s;
+    let g = hq / hkv;
+    let gathered = p * hkv * k * s * hd * 2.0 * e;
+    let hsa = p * hkv * k * g * (s * (4.0 + 4.0 + e) + hd * 4.0);
+    let r = h.retrieval_heads as f64;
+    let retrieval = p * r * (total_chunks.min(RETRIEVAL_BLOCK as f64) + 2.0 * k) * 4.0 * 3.0;
+    let encoder = c * hq * (s + 1.0) * (s + 1.0) * (8.0 + e) + c * (s + 1.0) * d * e * 12.0;
+    gathered + hsa + retrieval + encoder
+}
+
+/// [`estimate`] for `ramba`: the chunk memory and landmarks as `swa_hsa`'s; per Mamba2
+/// block its state (conv inputs in the weights' dtype, the SSM state in fp32); one
+/// segment's activations: the fp32 residual stream, one Mamba2 block's (in_proj output,
+/// conv, the scan's fp32 inputs, its per-chunk `(Q, Q)` decay and score matrices per head,
+/// per-chunk states, the gated norm) and the HSA intermediates.
+fn estimate_ramba(
+    cfg: &ModelConfig,
+    params: i64,
+    tokens: i64,
+    segment: i64,
+    placement: Placement,
+    elt: usize,
+) -> Estimate {
+    let e = elt as f64;
+    let (r, m) = (
+        cfg.ramba.as_ref().expect("validated"),
+        cfg.mamba2.as_ref().expect("validated"),
+    );
+    let spec = HsaSpec::of(cfg).expect("validated");
+    let (s, p) = (r.chunk_size as f64, segment as f64);
+    let total_chunks = (tokens as f64 / s).ceil();
+    let (hkv, hd) = (spec.kv_heads as f64, spec.head_dim as f64);
+    let memory = total_chunks * s * hkv * hd * 2.0 * e;
+    let landmarks = total_chunks * r.retrieval_dim as f64 * e;
+    let (h, pd, n) = (m.nheads() as f64, m.headdim as f64, m.d_state as f64);
+    let (di, conv) = (m.d_inner() as f64, m.conv_dim() as f64);
+    let blocks = (r.lower_layers + r.upper_layers) as f64;
+    let caches = blocks * (conv * (m.d_conv - 1) as f64 * e + h * pd * n * 4.0);
+    let q = m.chunk_size.min(segment.max(1)) as f64;
+    let scan = p * h * q * 4.0 * 5.0
+        + p * m.ngroups as f64 * q * 4.0 * 2.0
+        + 3.0 * (p / q).ceil() * h * pd * n * 4.0;
+    let block = p * m.d_in_proj() as f64 * e + p * conv * (2.0 * e + 4.0) + p * di * 4.0 * 8.0;
+    let hidden = p * cfg.d_model as f64 * 4.0 * 6.0;
+    let activations = hidden + block + scan + hsa_activations(cfg, &spec, p, total_chunks, e);
+    Estimate {
+        weights: params as f64 * e,
+        memory,
+        landmarks,
+        caches,
+        activations,
         placement,
     }
 }

@@ -1,17 +1,19 @@
 //! What a model keeps between the segments of a long sequence (segmented inference, the
 //! engine behind `lcm eval`): per self-attention layer the keys of its window
-//! ([`KvCache`]), the chunk memory that grows with the length ([`ChunkStore`]), and for
-//! DRT each group's last retrieval, which serves the next segment's first chunk.
+//! ([`KvCache`]), per Mamba2 block its conv inputs and SSM state ([`Mamba2State`]), the
+//! chunk memory that grows with the length ([`ChunkStore`]), and for DRT each group's last
+//! retrieval, which serves the next segment's first chunk.
 //!
 //! Memory per token is constant except the chunk memory: a sliding-window layer keeps
-//! `window` positions whatever the length. The chunk memory lives on the compute device
-//! or, with [`Placement::Host`], in (pinned) host memory with only the landmarks on the
-//! device; then each segment's retrieved chunks are gathered on the host, once per distinct
-//! chunk, and copied over in one transfer.
+//! `window` positions and a Mamba2 block one state whatever the length. The chunk memory
+//! lives on the compute device or, with [`Placement::Host`], in (pinned) host memory with
+//! only the landmarks on the device; then each segment's retrieved chunks are gathered on
+//! the host, once per distinct chunk, and copied over in one transfer.
 
 use tch::{Device, Kind, Tensor};
 
 pub use super::layers::KvCache;
+use super::mamba2::Mamba2State;
 use crate::ops::Retrieval;
 
 /// Where the chunk memory's keys and values live.
@@ -207,6 +209,8 @@ pub struct InferenceState {
     pub positions: i64,
     /// One per self-attention layer, in the order the model runs them.
     pub attn: Vec<KvCache>,
+    /// One per Mamba2 block, in the order the model runs them (RAMba).
+    pub mamba: Vec<Mamba2State>,
     /// The chunk memory (none for the baselines).
     pub store: Option<ChunkStore>,
     /// DRT: per retrieval group, the last landmark's choice `(N, 1, K)`, which serves the
@@ -215,30 +219,46 @@ pub struct InferenceState {
 }
 
 impl InferenceState {
-    /// A fresh state for `layers` self-attention layers and `groups` DRT groups.
+    /// A fresh state for `layers` self-attention layers and `groups` DRT groups (no
+    /// Mamba2 blocks: a model with some pushes their states onto `mamba`).
     pub fn new(layers: usize, groups: usize, store: Option<ChunkStore>) -> Self {
         InferenceState {
             positions: 0,
             attn: (0..layers).map(|_| KvCache::default()).collect(),
+            mamba: Vec::new(),
             store,
             carried: (0..groups).map(|_| None).collect(),
         }
     }
 
-    /// Bytes held by the window caches.
+    /// Bytes held per layer: the window caches and the Mamba2 states.
     pub fn cache_bytes(&self) -> i64 {
-        self.attn.iter().map(KvCache::bytes).sum()
+        let b = |t: &Tensor| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
+        self.attn.iter().map(KvCache::bytes).sum::<i64>()
+            + self
+                .mamba
+                .iter()
+                .map(|m| b(&m.conv) + b(&m.ssm))
+                .sum::<i64>()
     }
 
     /// What [`InferenceState::restore`] needs to undo the segments fed after this call:
-    /// positions, the window caches and carried retrievals (sharing their tensors, which a
-    /// segment replaces rather than writes into) and the chunk memory's length (a segment
-    /// only appends to it). Generation feeds its unfinished chunk padded to a whole one and
-    /// then rolls back ([`crate::eval::generate`]).
+    /// positions, the window caches, Mamba2 states and carried retrievals (sharing their
+    /// tensors, which a segment replaces rather than writes into) and the chunk memory's
+    /// length (a segment only appends to it). Generation feeds its unfinished chunk padded
+    /// to a whole one and then rolls back ([`crate::eval::generate`]).
     pub fn snapshot(&self) -> StateSnapshot {
         StateSnapshot {
             positions: self.positions,
             attn: self.attn.iter().map(KvCache::snapshot).collect(),
+            mamba: self
+                .mamba
+                .iter()
+                .map(|m| Mamba2State {
+                    conv: m.conv.shallow_clone(),
+                    ssm: m.ssm.shallow_clone(),
+                })
+                .collect(),
             store_len: self.store.as_ref().map(ChunkStore::len),
             carried: self
                 .carried
@@ -257,6 +277,7 @@ impl InferenceState {
     pub fn restore(&mut self, snapshot: StateSnapshot) {
         self.positions = snapshot.positions;
         self.attn = snapshot.attn;
+        self.mamba = snapshot.mamba;
         self.carried = snapshot.carried;
         if let (Some(store), Some(len)) = (self.store.as_mut(), snapshot.store_len) {
             store.truncate(len);
@@ -269,6 +290,7 @@ impl InferenceState {
 pub struct StateSnapshot {
     positions: i64,
     attn: Vec<KvCache>,
+    mamba: Vec<Mamba2State>,
     store_len: Option<i64>,
     carried: Vec<Option<Retrieval>>,
 }

@@ -1,14 +1,16 @@
 //! The model configuration: the `model` section of a training config.
 //!
 //! Common fields sit at the top level; each chunked arch has its own section (`drt` for
-//! `arch: "drt"`, `hsa` for `arch: "swa_hsa"`) and the baselines take `n_layers`. Parsing is
-//! strict: an unknown key, a wrong type, a bad enum value or an inconsistent value is an
-//! error that names the key (`model.drt.topk`) and what is allowed. Serialising gives back
-//! a complete config (defaults filled in) that parses to the same value.
+//! `arch: "drt"`, `hsa` for `arch: "swa_hsa"`, `ramba` and `mamba2` for `arch: "ramba"`)
+//! and the baselines take `n_layers`. Parsing is strict: an unknown key, a wrong type, a bad
+//! enum value or an inconsistent value is an error that names the key (`model.drt.topk`)
+//! and what is allowed. Serialising gives back a complete config (defaults filled in) that
+//! parses to the same value.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::mamba2::Mamba2Config;
 use crate::error::{Error, Result};
 
 /// Which model to build.
@@ -19,6 +21,8 @@ pub enum Arch {
     Drt,
     /// Sliding-window layers with Hierarchical Sparse Attention (seed-report 3.4).
     SwaHsa,
+    /// Mamba2 layers with Hierarchical Sparse Attention (RAMba, seed-report 3.3).
+    Ramba,
     /// Sliding-window attention only (baseline).
     Swa,
     /// Full causal attention (baseline).
@@ -106,6 +110,47 @@ pub struct HsaConfig {
     pub residual_warmup_steps: u64,
 }
 
+/// RAMba settings (`model.ramba`): Mamba2 blocks below and above, HSA layers without an
+/// MLP in between (seed-report 3.3). The Mamba2 blocks' own settings are `model.mamba2`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RambaConfig {
+    /// Tokens per chunk S.
+    pub chunk_size: i64,
+    pub topk: i64,
+    /// Bidirectional encoder layers (at least 1: the landmark is the encoder's CLS output).
+    pub encoder_layers: i64,
+    /// Key/value heads of the encoder's attention (the reference's `num_key_value_heads`;
+    /// `model.n_kv_heads` is the HSA memory's, the reference's `num_kv_heads`).
+    pub encoder_kv_heads: i64,
+    /// Mamba2 blocks before the chunking layer.
+    pub lower_layers: i64,
+    /// Retrieval groups; each is a retrieval then its share of `upper_layers` as
+    /// `[HSA layer, mamba_per_hsa Mamba2 blocks]` repeated.
+    pub groups: i64,
+    /// Mamba2 blocks after the chunking layer, all groups together.
+    pub upper_layers: i64,
+    /// Mamba2 blocks after each HSA layer (the reference's `num_mamba_per_gca`).
+    pub mamba_per_hsa: i64,
+    /// Retrieval heads r (1, or the number of kv heads).
+    pub retrieval_heads: i64,
+    /// Width of the retrieval query/landmark over all retrieval heads.
+    pub retrieval_dim: i64,
+    pub weighting: Weighting,
+    /// Softmax-off-by-one inside each chunk (`sm_n = 1`).
+    pub softmax_one: bool,
+    pub gumbel: bool,
+    /// In training only, every Mamba2 block restarts from the zero state every this many
+    /// tokens (the reference's `segment_size`), while HSA spans the whole sequence. 0 = off.
+    pub train_segment: i64,
+}
+
+impl RambaConfig {
+    /// HSA layers per group.
+    pub fn hsa_per_group(&self) -> i64 {
+        self.upper_layers / self.groups / self.mamba_per_hsa
+    }
+}
+
 /// The whole model section.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelConfig {
@@ -115,11 +160,12 @@ pub struct ModelConfig {
     pub d_model: i64,
     pub n_heads: i64,
     pub n_kv_heads: i64,
-    /// SwiGLU hidden width.
+    /// SwiGLU hidden width, also the chunk encoder's (for `ramba` only the encoder's;
+    /// default there the reference's `floor(8 d_model / 3 / 64) * 64`).
     pub d_ff: i64,
     pub norm_eps: f64,
     /// Sliding window W: a query sees itself and W past positions (landmarks included).
-    /// Ignored by `dense`.
+    /// Ignored by `dense` and `ramba`.
     pub window: i64,
     pub positional: Positional,
     /// Per-head RMSNorm on q and k in the decoder self-attention.
@@ -135,6 +181,11 @@ pub struct ModelConfig {
     pub drt: Option<DrtConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hsa: Option<HsaConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ramba: Option<RambaConfig>,
+    /// The Mamba2 blocks of `ramba` (`d_model` and `norm_eps` default to the model's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mamba2: Option<Mamba2Config>,
 }
 
 impl<'de> Deserialize<'de> for ModelConfig {
@@ -254,6 +305,51 @@ impl HsaConfig {
     }
 }
 
+impl RambaConfig {
+    fn from_json(path: &str, v: &Value, n_kv_heads: i64, d_model: i64) -> Result<Self> {
+        let mut f = Fields::new(path, v)?;
+        let c = RambaConfig {
+            chunk_size: f.required("chunk_size")?,
+            topk: f.required("topk")?,
+            encoder_layers: f.or("encoder_layers", 1)?,
+            encoder_kv_heads: f.or("encoder_kv_heads", n_kv_heads)?,
+            lower_layers: f.required("lower_layers")?,
+            groups: f.or("groups", 1)?,
+            upper_layers: f.required("upper_layers")?,
+            mamba_per_hsa: f.required("mamba_per_hsa")?,
+            retrieval_heads: f.or("retrieval_heads", n_kv_heads)?,
+            retrieval_dim: f.or("retrieval_dim", d_model)?,
+            weighting: f.or("weighting", Weighting::StickBreaking)?,
+            softmax_one: f.or("softmax_one", false)?,
+            gumbel: f.or("gumbel", false)?,
+            train_segment: f.or("train_segment", 0)?,
+        };
+        f.finish()?;
+        Ok(c)
+    }
+}
+
+/// The `mamba2` section at `path`, its `d_model` and `norm_eps` defaulting to the model's
+/// (a `d_model` that differs from the model's is an error naming it).
+fn mamba2_from_json(path: &str, v: &Value, d_model: i64, norm_eps: f64) -> Result<Mamba2Config> {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        if let Some(d) = o.get("d_model").and_then(Value::as_i64) {
+            ensure(d == d_model, &format!("{path}.d_model"), || {
+                format!("{d} differs from model.d_model = {d_model} (leave it out)")
+            })?;
+        }
+        o.entry("d_model").or_insert(d_model.into());
+        o.entry("norm_eps").or_insert(norm_eps.into());
+    }
+    Mamba2Config::from_json(path, &v)
+}
+
+/// The chunk encoder's SwiGLU width in the reference's RAMba: `floor(8 d / 3 / 64) * 64`.
+pub fn ramba_encoder_d_ff(d_model: i64) -> i64 {
+    d_model * 8 / 3 / 64 * 64
+}
+
 /// `Err` naming `key` unless `ok`.
 fn ensure(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<()> {
     if ok {
@@ -281,13 +377,17 @@ impl ModelConfig {
             d_model,
             n_heads,
             n_kv_heads,
-            d_ff: f.required("d_ff")?,
+            d_ff: match arch {
+                Arch::Ramba => f.or("d_ff", ramba_encoder_d_ff(d_model))?,
+                _ => f.required("d_ff")?,
+            },
             norm_eps: f.or("norm_eps", 1e-5)?,
             window: f.or("window", 0)?,
             positional: f.or(
                 "positional",
                 match arch {
-                    Arch::SwaHsa => Positional::Rope,
+                    // ramba has no self-attention but its encoder's, which uses RoPE.
+                    Arch::SwaHsa | Arch::Ramba => Positional::Rope,
                     _ => Positional::Alibi,
                 },
             )?,
@@ -298,6 +398,8 @@ impl ModelConfig {
             n_layers: f.get("n_layers")?,
             drt: None,
             hsa: None,
+            ramba: None,
+            mamba2: None,
         };
         if let Some((v, path)) = f.section("drt") {
             c.drt = Some(DrtConfig::from_json(&path, v)?);
@@ -305,21 +407,35 @@ impl ModelConfig {
         if let Some((v, path)) = f.section("hsa") {
             c.hsa = Some(HsaConfig::from_json(&path, v, n_kv_heads, d_model)?);
         }
+        if let Some((v, path)) = f.section("ramba") {
+            c.ramba = Some(RambaConfig::from_json(&path, v, n_kv_heads, d_model)?);
+        }
+        let mamba2 = f.section("mamba2");
+        if let Some((v, path)) = &mamba2 {
+            c.mamba2 = Some(mamba2_from_json(path, v, d_model, c.norm_eps)?);
+        } else if arch == Arch::Ramba {
+            // The section is optional for ramba: mamba_ssm's defaults at the model's width.
+            c.mamba2 = Some(Mamba2Config {
+                norm_eps: c.norm_eps,
+                ..Mamba2Config::new(d_model)
+            });
+        }
         f.finish()?;
         c.validate()?;
         Ok(c)
     }
 
-    /// Head width.
-    /// Tokens per memory chunk of a chunked arch (drt, swa_hsa); None for swa/dense.
+    /// Tokens per memory chunk of a chunked arch (drt, swa_hsa, ramba); None for swa/dense.
     pub fn chunk_size(&self) -> Option<i64> {
         match self.arch {
             Arch::Drt => self.drt.as_ref().map(|d| d.chunk_size),
             Arch::SwaHsa => self.hsa.as_ref().map(|h| h.chunk_size),
+            Arch::Ramba => self.ramba.as_ref().map(|r| r.chunk_size),
             Arch::Swa | Arch::Dense => None,
         }
     }
 
+    /// Head width.
     pub fn head_dim(&self) -> i64 {
         self.d_model / self.n_heads
     }
@@ -359,7 +475,7 @@ impl ModelConfig {
         ensure(self.init_std > 0.0, "model.init_std", || {
             format!("must be positive, got {}", self.init_std)
         })?;
-        if self.arch != Arch::Dense {
+        if !matches!(self.arch, Arch::Dense | Arch::Ramba) {
             positive(self.window, "model.window")?;
         }
         let arch = serde_json::to_value(self.arch).unwrap_or_default();
@@ -385,11 +501,33 @@ impl ModelConfig {
             Arch::SwaHsa => need(self.hsa.is_some(), "model.hsa")?,
             _ => only(self.hsa.is_some(), "model.hsa", "swa_hsa")?,
         }
+        match self.arch {
+            Arch::Ramba => {
+                need(self.ramba.is_some(), "model.ramba")?;
+                need(self.mamba2.is_some(), "model.mamba2")?;
+            }
+            _ => {
+                only(self.ramba.is_some(), "model.ramba", "ramba")?;
+                only(self.mamba2.is_some(), "model.mamba2", "ramba")?;
+            }
+        }
         if let Some(d) = &self.drt {
             self.validate_drt(d)?;
         }
         if let Some(h) = &self.hsa {
             self.validate_hsa(h)?;
+        }
+        if let Some(r) = &self.ramba {
+            self.validate_ramba(r)?;
+        }
+        if let Some(m) = &self.mamba2 {
+            m.validate("model.mamba2")?;
+            ensure(m.d_model == self.d_model, "model.mamba2.d_model", || {
+                format!(
+                    "{} differs from model.d_model = {} (leave it out)",
+                    m.d_model, self.d_model
+                )
+            })?;
         }
         Ok(())
     }
@@ -428,6 +566,64 @@ impl ModelConfig {
                 )
             },
         )
+    }
+
+    fn validate_ramba(&self, r: &RambaConfig) -> Result<()> {
+        positive(r.chunk_size, "model.ramba.chunk_size")?;
+        positive(r.topk, "model.ramba.topk")?;
+        positive(r.encoder_layers, "model.ramba.encoder_layers")?;
+        positive(r.groups, "model.ramba.groups")?;
+        positive(r.mamba_per_hsa, "model.ramba.mamba_per_hsa")?;
+        positive(r.retrieval_heads, "model.ramba.retrieval_heads")?;
+        ensure(
+            r.encoder_kv_heads > 0 && self.n_heads % r.encoder_kv_heads == 0,
+            "model.ramba.encoder_kv_heads",
+            || {
+                format!(
+                    "must divide model.n_heads = {}, got {}",
+                    self.n_heads, r.encoder_kv_heads
+                )
+            },
+        )?;
+        ensure(r.lower_layers >= 0, "model.ramba.lower_layers", || {
+            format!("must be >= 0, got {}", r.lower_layers)
+        })?;
+        let per = r.groups * r.mamba_per_hsa;
+        ensure(
+            r.upper_layers > 0 && r.upper_layers % per == 0,
+            "model.ramba.upper_layers",
+            || {
+                format!(
+                    "must be a positive multiple of model.ramba.groups x model.ramba.mamba_per_hsa \
+                     = {per} (each group's share is [HSA layer, mamba_per_hsa Mamba2 blocks] \
+                     repeated), got {}",
+                    r.upper_layers
+                )
+            },
+        )?;
+        ensure(
+            r.retrieval_heads == 1 || r.retrieval_heads == self.n_kv_heads,
+            "model.ramba.retrieval_heads",
+            || {
+                format!(
+                    "must be 1 or model.n_kv_heads = {}, got {}",
+                    self.n_kv_heads, r.retrieval_heads
+                )
+            },
+        )?;
+        ensure(
+            r.retrieval_dim > 0 && r.retrieval_dim % r.retrieval_heads == 0,
+            "model.ramba.retrieval_dim",
+            || {
+                format!(
+                    "must be a positive multiple of retrieval_heads, got {}",
+                    r.retrieval_dim
+                )
+            },
+        )?;
+        ensure(r.train_segment >= 0, "model.ramba.train_segment", || {
+            format!("must be >= 0 (0 = off), got {}", r.train_segment)
+        })
     }
 
     fn validate_hsa(&self, h: &HsaConfig) -> Result<()> {

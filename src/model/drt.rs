@@ -200,6 +200,7 @@ impl Drt {
             layers: d.encoder_layers,
             prenorm: true,
             qwen_style: false,
+            kv_heads: cfg.n_kv_heads,
         };
         Ok(Drt {
             lower: (0..d.decoder_layers[0])

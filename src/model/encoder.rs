@@ -23,6 +23,9 @@ pub struct EncoderSpec {
     pub prenorm: bool,
     /// Per-head q/k RMSNorm and q/k/v biases (HSA's Qwen2-style layers).
     pub qwen_style: bool,
+    /// Key/value heads of the attention (`model.n_kv_heads`, or RAMba's
+    /// `encoder_kv_heads`).
+    pub kv_heads: i64,
 }
 
 impl ChunkEncoder {
@@ -30,7 +33,7 @@ impl ChunkEncoder {
         let attn = AttnSpec {
             d_model: cfg.d_model,
             n_heads: cfg.n_heads,
-            n_kv_heads: cfg.n_kv_heads,
+            n_kv_heads: spec.kv_heads,
             mask: AttnMask::Bidirectional,
             positional: Positional::Rope,
             rope_theta: cfg.rope_theta,

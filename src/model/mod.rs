@@ -1,10 +1,12 @@
-//! The models: a config (JSON, validated) builds one of four archs behind one trait.
+//! The models: a config (JSON, validated) builds one of five archs behind one trait.
 //!
 //! * `drt`: Grouped Cross Attention with landmarks ([`drt`], seed-report 2).
 //! * `swa_hsa`: sliding window + Hierarchical Sparse Attention ([`swa_hsa`], seed-report 3.4).
+//! * `ramba`: Mamba2 blocks + Hierarchical Sparse Attention ([`ramba`], seed-report 3.3),
+//!   its Mamba2 block in [`mamba2`].
 //! * `swa`, `dense`: baselines without retrieval ([`baseline`]).
 //!
-//! [`mamba2`] holds the Mamba2 block (RAMba's layers, seed-report 3.3), not yet an arch.
+//! [`hsa`] holds the HSA pieces `swa_hsa` and `ramba` share.
 //!
 //! Attention runs through [`crate::ops`], so the CUDA kernels replace the references
 //! without the models knowing. Parameter names are stable (checkpoints are saved by name);
@@ -16,9 +18,11 @@ pub mod config;
 pub mod drt;
 pub mod encoder;
 pub mod flops;
+pub mod hsa;
 pub mod layers;
 pub mod mamba2;
 pub mod profile;
+pub mod ramba;
 pub mod swa_hsa;
 
 pub use cache::{InferenceState, Placement, StateOptions, StateSnapshot};
@@ -66,6 +70,7 @@ pub fn build(vs: &tch::nn::Path, cfg: &ModelConfig) -> crate::Result<Box<dyn Lan
     Ok(match cfg.arch {
         Arch::Drt => Box::new(drt::Drt::new(vs, cfg)?),
         Arch::SwaHsa => Box::new(swa_hsa::SwaHsa::new(vs, cfg)?),
+        Arch::Ramba => Box::new(ramba::Ramba::new(vs, cfg)?),
         Arch::Swa | Arch::Dense => Box::new(baseline::Transformer::new(vs, cfg)?),
     })
 }

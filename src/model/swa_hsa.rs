@@ -14,7 +14,8 @@
 //!   -> norm -> lm_head
 //! ```
 //! The chunking layer runs once, on the output of the lower layers; all groups read the
-//! same memory. Parameter names: `embed.weight`, `lower.<i>.*`, `chunking.{cls_emb,
+//! same memory. The chunking layer, the retrieval and the HSA attention are [`super::hsa`]'s,
+//! shared with `ramba`. Parameter names: `embed.weight`, `lower.<i>.*`, `chunking.{cls_emb,
 //! encoder.*, lmk_proj.weight, k_proj.weight, v_proj.weight, k_norm.weight}`,
 //! `groups.<g>.retrieval.{norm.weight, q_proj.weight}`, `groups.<g>.hsa.{attn_norm,
 //! q_proj, q_norm, o_proj, mlp_norm, mlp.*}`, `groups.<g>.layers.<i>.*`, `norm.weight`.
@@ -22,45 +23,18 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::cache::{ChunkStore, InferenceState, StateOptions};
-use super::config::{HsaConfig, ModelConfig, Weighting};
-use super::encoder::{ChunkEncoder, EncoderSpec};
+use super::cache::{InferenceState, StateOptions};
+use super::config::{HsaConfig, ModelConfig};
 use super::flops;
-use super::layers::{embedding, linear, AttnMask, AttnSpec, Block, LmHead, RmsNorm, SwiGlu};
+use super::hsa::{self, Chunking, HsaAttention, HsaSpec, RetrievalLayer};
+use super::layers::{embedding, AttnMask, AttnSpec, Block, LmHead, RmsNorm, SwiGlu};
 use super::LanguageModel;
-use crate::ops::{self, Retrieval, SlotWeighting};
+use crate::ops::Retrieval;
 
-/// The chunk memory every HSA layer reads.
-struct Memory {
-    /// `(N, C*S, Hkv, hd)`.
-    k: Tensor,
-    v: Tensor,
-    /// `(N, C, r, dr/r)`.
-    landmarks: Tensor,
-}
-
-#[derive(Debug)]
-struct Chunking {
-    cls_emb: Tensor,
-    encoder: ChunkEncoder,
-    lmk_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    k_norm: Option<RmsNorm>,
-}
-
-#[derive(Debug)]
-struct RetrievalLayer {
-    norm: RmsNorm,
-    q_proj: nn::Linear,
-}
-
+/// The HSA attention with its MLP: `x + MLP(norm(x + attn(x)))`.
 #[derive(Debug)]
 struct HsaLayer {
-    attn_norm: RmsNorm,
-    q_proj: nn::Linear,
-    q_norm: Option<RmsNorm>,
-    o_proj: nn::Linear,
+    attn: HsaAttention,
     mlp_norm: RmsNorm,
     mlp: SwiGlu,
 }
@@ -75,6 +49,7 @@ struct Group {
 #[derive(Debug)]
 pub struct SwaHsa {
     cfg: ModelConfig,
+    spec: HsaSpec,
     embed: nn::Embedding,
     lower: Vec<Block>,
     chunking: Chunking,
@@ -100,7 +75,6 @@ impl SwaHsa {
             message: "required for arch swa_hsa".into(),
         })?;
         let (dm, std, eps) = (cfg.d_model, cfg.init_std, cfg.norm_eps);
-        let hd = cfg.head_dim();
         let spec = AttnSpec {
             d_model: dm,
             n_heads: cfg.n_heads,
@@ -113,45 +87,17 @@ impl SwaHsa {
             eps,
             std,
         };
-        let cp = vs / "chunking";
-        let chunking = Chunking {
-            cls_emb: cp.var(
-                "cls_emb",
-                &[1, 1, dm],
-                nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: std,
-                },
-            ),
-            encoder: ChunkEncoder::new(
-                &cp / "encoder",
-                cfg,
-                EncoderSpec {
-                    layers: h.encoder_layers,
-                    prenorm: false,
-                    qwen_style: true,
-                },
-            ),
-            lmk_proj: linear(&cp / "lmk_proj", dm, h.retrieval_dim, std),
-            k_proj: linear(&cp / "k_proj", dm, cfg.n_kv_heads * hd, std),
-            v_proj: linear(&cp / "v_proj", dm, cfg.n_kv_heads * hd, std),
-            k_norm: cfg.qk_norm.then(|| RmsNorm::new(&cp / "k_norm", hd, eps)),
-        };
+        let hs = HsaSpec::of(cfg).expect("an swa_hsa config");
+        let chunking = Chunking::new(vs / "chunking", cfg, hs);
         let per_group = h.upper_layers / h.groups;
         let groups = (0..h.groups)
             .map(|g| {
                 let gp = vs / "groups" / g;
-                let (rp, hp) = (&gp / "retrieval", &gp / "hsa");
+                let hp = &gp / "hsa";
                 Group {
-                    retrieval: RetrievalLayer {
-                        norm: RmsNorm::new(&rp / "norm", dm, eps),
-                        q_proj: linear(&rp / "q_proj", dm, h.retrieval_dim, std),
-                    },
+                    retrieval: RetrievalLayer::new(&gp / "retrieval", hs),
                     hsa: HsaLayer {
-                        attn_norm: RmsNorm::new(&hp / "attn_norm", dm, eps),
-                        q_proj: linear(&hp / "q_proj", dm, cfg.n_heads * hd, std),
-                        q_norm: cfg.qk_norm.then(|| RmsNorm::new(&hp / "q_norm", hd, eps)),
-                        o_proj: linear(&hp / "o_proj", cfg.n_heads * hd, dm, std),
+                        attn: HsaAttention::new(&hp, hs),
                         mlp_norm: RmsNorm::new(&hp / "mlp_norm", dm, eps),
                         mlp: SwiGlu::new(&hp / "mlp", dm, cfg.d_ff, std),
                     },
@@ -172,91 +118,13 @@ impl SwaHsa {
             lm_head: LmHead::new(vs, &embed, cfg),
             embed,
             cfg: cfg.clone(),
+            spec: hs,
             step: 0,
         })
     }
 
     fn hsa(&self) -> &HsaConfig {
         self.cfg.hsa.as_ref().expect("validated at construction")
-    }
-
-    fn chunk_memory(&self, x: &Tensor) -> Memory {
-        let h = self.hsa();
-        let (n, l, dm) = (x.size()[0], x.size()[1], self.cfg.d_model);
-        let (s, c) = (h.chunk_size, l / h.chunk_size);
-        let ch = &self.chunking;
-        let cls = ch.cls_emb.to_kind(x.kind()).expand([n * c, 1, dm], false);
-        let enc = ch
-            .encoder
-            .forward(&Tensor::cat(&[x.view([n * c, s, dm]), cls], 1));
-        let r = h.retrieval_heads;
-        let landmarks = ch
-            .lmk_proj
-            .forward(&enc.select(1, s))
-            .view([n, c, r, h.retrieval_dim / r]);
-        let body = enc.narrow(1, 0, s);
-        let (hkv, hd) = (self.cfg.n_kv_heads, self.cfg.head_dim());
-        let mut k = ch.k_proj.forward(&body).view([n, l, hkv, hd]);
-        if let Some(kn) = &ch.k_norm {
-            k = kn.forward(&k);
-        }
-        let v = ch.v_proj.forward(&body).view([n, l, hkv, hd]);
-        Memory { k, v, landmarks }
-    }
-
-    /// The retrieval queries of hidden states `x (N, L, d)`: `(N, L, r, retrieval_dim / r)`
-    /// over the `r` retrieval heads.
-    fn retrieval_queries(&self, layer: &RetrievalLayer, x: &Tensor) -> Tensor {
-        let h = self.hsa();
-        let (n, l) = (x.size()[0], x.size()[1]);
-        let r = h.retrieval_heads;
-        layer
-            .q_proj
-            .forward(&layer.norm.forward(x))
-            .view([n, l, r, h.retrieval_dim / r])
-    }
-
-    fn retrieve(&self, layer: &RetrievalLayer, x: &Tensor, mem: &Memory, train: bool) -> Retrieval {
-        let h = self.hsa();
-        let q = self.retrieval_queries(layer, x);
-        ops::token_retrieval(
-            &q,
-            &mem.landmarks,
-            h.chunk_size,
-            h.topk,
-            self.slot_weighting(),
-            train && h.gumbel,
-        )
-    }
-
-    fn slot_weighting(&self) -> SlotWeighting {
-        match self.hsa().weighting {
-            Weighting::StickBreaking => SlotWeighting::StickBreaking,
-            Weighting::Softmax => SlotWeighting::Softmax,
-        }
-    }
-
-    /// Retrieval for a segment whose first token is number `first`, against every landmark
-    /// in `store` (the segment's own chunks included).
-    fn retrieve_segment(
-        &self,
-        layer: &RetrievalLayer,
-        x: &Tensor,
-        store: &ChunkStore,
-        first: i64,
-    ) -> Retrieval {
-        let h = self.hsa();
-        let q = self.retrieval_queries(layer, x);
-        let lmk = store.landmarks();
-        ops::token_retrieval_blocked(
-            &q,
-            &lmk,
-            first,
-            h.chunk_size,
-            h.topk,
-            self.slot_weighting(),
-            ops::retrieval::RETRIEVAL_BLOCK,
-        )
     }
 
     /// The HSA layer over memory `k`/`v (N, C*S, Hkv, hd)`, chunks named by `r.indices`.
@@ -268,24 +136,8 @@ impl SwaHsa {
         v: &Tensor,
         r: &Retrieval,
     ) -> Tensor {
-        let h = self.hsa();
-        let (n, l) = (x.size()[0], x.size()[1]);
-        let (hq, hkv, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim());
-        let mut q = layer
-            .q_proj
-            .forward(&layer.attn_norm.forward(x))
-            .view([n, l, hq, hd]);
-        if let Some(qn) = &layer.q_norm {
-            q = qn.forward(&q);
-        }
-        // One retrieval head serves every kv head.
-        let nk = r.indices.size()[3];
-        let w = r.weights.expand([n, l, hkv, nk], false);
-        let idx = r.indices.expand([n, l, hkv, nk], false);
-        let scale = 1.0 / (hd as f64).sqrt();
-        let o = ops::hsa(&q, k, v, &w, &idx, h.chunk_size, scale, h.softmax_one);
-        let o = layer.o_proj.forward(&o.reshape([n, l, hq * hd]));
-        if self.step < h.residual_warmup_steps {
+        let o = layer.attn.forward(x, k, v, r);
+        if self.step < self.hsa().residual_warmup_steps {
             let r = x + o; // warm-up layout: the HSA output joins the residual stream
             &r + layer.mlp.forward(&layer.mlp_norm.forward(&r))
         } else {
@@ -305,10 +157,10 @@ impl SwaHsa {
         for layer in &self.lower {
             x = layer.forward(&x);
         }
-        let mem = self.chunk_memory(&x);
+        let mem = self.chunking.forward(&x);
         let mut retrievals = Vec::new();
         for g in &self.groups {
-            let r = self.retrieve(&g.retrieval, &x, &mem, train);
+            let r = g.retrieval.forward(&x, &mem, train);
             x = self.hsa_layer(&g.hsa, &x, &mem.k, &mem.v, &r);
             for layer in &g.layers {
                 x = layer.forward(&x);
@@ -326,35 +178,23 @@ impl SwaHsa {
     /// One inference segment: `tokens (N, c*S)` after what `state` has seen. Returns the
     /// final-normed hidden states `(N, c*S, d)`.
     pub fn forward_segment(&self, tokens: &Tensor, state: &mut InferenceState) -> Tensor {
-        let h = self.hsa();
-        let s = h.chunk_size;
-        let (n, l) = (tokens.size()[0], tokens.size()[1]);
-        let c = l / s;
+        let l = tokens.size()[1];
         let mut x = self.embed.forward(tokens);
         let mut caches = state.attn.iter_mut();
         for layer in &self.lower {
             x = layer.forward_cached(&x, caches.next().expect("one cache per layer"));
         }
-        let mem = self.chunk_memory(&x);
+        let mem = self.chunking.forward(&x);
         let store = state
             .store
             .as_mut()
             .expect("an SWA+HSA state has a chunk store");
-        let (hkv, hd) = (self.cfg.n_kv_heads, self.cfg.head_dim());
-        let kv = |m: &Tensor| m.view([n, c, s, hkv, hd]);
-        store.append(&kv(&mem.k), &kv(&mem.v), &mem.landmarks);
+        self.chunking.append(store, &mem);
         let first = state.positions;
         for g in &self.groups {
-            let r = self.retrieve_segment(&g.retrieval, &x, store, first);
-            // Only the chunks this segment reads, renumbered: the HSA op then never
-            // touches (or copies) the whole memory.
-            let (k, v, local) = store.compact(&r.gather_indices());
-            let flat = |m: Tensor| m.reshape([n, -1, hkv, hd]);
-            let r = Retrieval {
-                indices: local.masked_fill(&r.indices.lt(0), -1),
-                weights: r.weights,
-            };
-            x = self.hsa_layer(&g.hsa, &x, &flat(k), &flat(v), &r);
+            let r = g.retrieval.segment(&x, store, first);
+            let (k, v, r) = hsa::segment_memory(store, r);
+            x = self.hsa_layer(&g.hsa, &x, &k, &v, &r);
             for layer in &g.layers {
                 x = layer.forward_cached(&x, caches.next().expect("one cache per layer"));
             }
@@ -383,25 +223,14 @@ impl LanguageModel for SwaHsa {
     /// on average), the HSA layer's q/o projections, `K*S` keys and MLP; the output head;
     /// forward+backward = 3 x forward ([`flops`]).
     fn flops_per_token(&self, t: i64) -> f64 {
-        let (cfg, h) = (&self.cfg, self.hsa());
-        let s = h.chunk_size;
-        let c = (t / s).max(1) as f64;
-        let dm = cfg.d_model as f64;
-        let inner = (cfg.n_heads * cfg.head_dim()) as f64;
-        let kv = (cfg.n_kv_heads * cfg.head_dim()) as f64;
-        let dr = h.retrieval_dim as f64;
+        let (cfg, h, hs) = (&self.cfg, self.hsa(), &self.spec);
         let window_keys = flops::mean_window_keys(t, cfg.window);
         let swa_layers = (h.lower_layers + h.upper_layers) as f64;
         let mut f = swa_layers * flops::block_forward(cfg, window_keys);
-        let ratio = (s + 1) as f64 / s as f64;
-        f += ratio * h.encoder_layers as f64 * flops::block_forward(cfg, (s + 1) as f64);
-        f += 4.0 * dm * kv + 2.0 * dm * dr / s as f64;
-        let k = (h.topk as f64).min(c);
-        let per_group = 2.0 * dm * dr
-            + 2.0 * dr * c / 2.0
-            + 4.0 * dm * inner
-            + flops::attention(cfg, k * s as f64)
-            + 6.0 * dm * cfg.d_ff as f64;
+        f += hsa::chunking_flops(cfg, hs);
+        let per_group = hsa::retrieval_flops(hs, t)
+            + hsa::attention_flops(cfg, hs, t)
+            + 6.0 * cfg.d_model as f64 * cfg.d_ff as f64;
         f += h.groups as f64 * per_group;
         3.0 * (f + flops::lm_head_forward(cfg))
     }
@@ -412,21 +241,8 @@ impl LanguageModel for SwaHsa {
 
     fn new_state(&self, opts: &StateOptions) -> InferenceState {
         let h = self.hsa();
-        let chunks = (opts.capacity_tokens + h.chunk_size - 1) / h.chunk_size;
-        let r = h.retrieval_heads;
-        let store = ChunkStore::new(
-            opts.batch,
-            chunks,
-            h.chunk_size,
-            self.cfg.n_kv_heads,
-            self.cfg.head_dim(),
-            &[r, h.retrieval_dim / r],
-            opts.kind,
-            opts.device,
-            opts.placement,
-        );
         let layers = (h.lower_layers + h.upper_layers) as usize;
-        InferenceState::new(layers, 0, Some(store))
+        InferenceState::new(layers, 0, Some(self.spec.new_store(opts)))
     }
 
     fn forward_segment(&self, tokens: &Tensor, state: &mut InferenceState) -> Tensor {

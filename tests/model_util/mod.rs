@@ -30,6 +30,20 @@ pub fn tiny(arch: &str) -> ModelConfig {
                        "groups": 2, "weighting": "softmax", "gumbel": true}),
             );
         }
+        "ramba" => {
+            // Mamba2 below and above two groups of one HSA layer each; the scan in chunks of
+            // 8, so a 48-token sequence and every segment boundary cross scan chunks.
+            o.insert(
+                "ramba".into(),
+                json!({"chunk_size": 4, "topk": 2, "lower_layers": 1, "upper_layers": 2,
+                       "groups": 2, "mamba_per_hsa": 1, "weighting": "softmax",
+                       "gumbel": true}),
+            );
+            o.insert(
+                "mamba2".into(),
+                json!({"d_state": 8, "headdim": 8, "ngroups": 2, "chunk_size": 8}),
+            );
+        }
         _ => {
             o.insert("n_layers".into(), json!(2));
         }
@@ -37,7 +51,7 @@ pub fn tiny(arch: &str) -> ModelConfig {
     ModelConfig::from_json(&v).expect("tiny config")
 }
 
-pub const ARCHS: [&str; 4] = ["drt", "swa_hsa", "swa", "dense"];
+pub const ARCHS: [&str; 5] = ["drt", "swa_hsa", "ramba", "swa", "dense"];
 
 pub fn build(cfg: &ModelConfig) -> (nn::VarStore, Box<dyn LanguageModel>) {
     let vs = nn::VarStore::new(Device::Cpu);
