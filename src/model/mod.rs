@@ -5,6 +5,8 @@
 //! * `swa`, `dense`: baselines without retrieval ([`baseline`]).
 //!
 //! [`mamba2`] holds the Mamba2 block (RAMba's layers, seed-report 3.3), not yet an arch.
+//! [`reference`] names a DRT's weights as the reference implementation does (`lcm export
+//! --names reference`).
 //!
 //! Attention runs through [`crate::ops`], so the CUDA kernels replace the references
 //! without the models knowing. Parameter names are stable (checkpoints are saved by name);
@@ -19,6 +21,7 @@ pub mod flops;
 pub mod layers;
 pub mod mamba2;
 pub mod profile;
+pub mod reference;
 pub mod swa_hsa;
 
 pub use cache::{InferenceState, Placement, StateOptions, StateSnapshot};
