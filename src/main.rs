@@ -42,6 +42,10 @@ enum Command {
     Launch(cli::launch::Args),
     /// Draw the loss curve of a training run's metrics.jsonl as a PNG.
     Plot(cli::plot::Args),
+    /// The lcm side of the fidelity harness against the reference implementation
+    /// (docs/fidelity.md): `init` a model, `grads` of one forward and backward.
+    #[command(subcommand, hide = true)]
+    Debug(cli::debug::Command),
 }
 
 fn main() {
@@ -62,6 +66,7 @@ fn main() {
         Command::Generate(args) => cli::generate::run(args).map(|()| 0),
         Command::Export(args) => cli::export::run(args).map(|()| 0),
         Command::Launch(args) => cli::launch::run(args),
+        Command::Debug(cmd) => cli::debug::run(cmd).map(|()| 0),
     };
     let code = result.unwrap_or_else(|e| {
         match &rank {

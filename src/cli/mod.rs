@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod corpus;
+pub mod debug;
 pub mod eval;
 pub mod export;
 pub mod generate;
