@@ -16,8 +16,9 @@ use lcm::model::reference::{
     reference_config, to_reference,
 };
 use lcm::model::{self, ModelConfig};
+use lcm::train::checkpoint::read_state;
 use lcm::train::debug::init_checkpoint;
-use lcm::train::export::{export, Naming, Options};
+use lcm::train::export::{export, import_reference, Naming, Options};
 use lcm::train::weights::read_weights;
 use serde_json::{json, Value};
 use tch::{nn, Device, Kind, Tensor};
@@ -484,4 +485,27 @@ fn debug_commands_write_what_the_harness_reads() {
             .double_value(&[])
             > 0.0
     );
+}
+
+#[test]
+fn import_brings_an_export_back_as_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, tie) in [false, true].into_iter().enumerate() {
+        let cfg = config(drt_json(&[1, 2], tie, json!({"drt": {"topk": 3}})));
+        let init = init_checkpoint(&cfg, 5, &dir.path().join(format!("init{i}"))).unwrap();
+        let refd = dir.path().join(format!("ref{i}"));
+        export_to(&init, &refd, Kind::Float, Naming::Reference, false).unwrap();
+        let back = dir.path().join(format!("back{i}"));
+        import_reference(&refd, &back, Kind::Float).unwrap();
+        assert_eq!(read_state(&back).unwrap().config.model, cfg);
+        let (_, a) = read_weights(&init).unwrap();
+        let (_, b) = read_weights(&back).unwrap();
+        let (a, b) = (by_name(a), by_name(b));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (n, t) in &a {
+            assert!(t.equal(&b[n]), "{n}");
+        }
+        let e = import_reference(&refd, &back, Kind::Float).unwrap_err();
+        assert!(e.to_string().contains("exists"), "{e}");
+    }
 }

@@ -7,6 +7,7 @@ pub mod debug;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod import;
 pub mod info;
 pub mod launch;
 pub mod plot;

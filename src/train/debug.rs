@@ -104,7 +104,7 @@ pub fn forward_backward(
     }
     let mut vs = nn::VarStore::new(opts.device);
     let mut built = match cfg.arch {
-        Arch::Drt => Built::Drt(Drt::new(&vs.root(), cfg)?),
+        Arch::Drt => Built::Drt(Box::new(Drt::new(&vs.root(), cfg)?)),
         _ => Built::Other(model::build(&vs.root(), cfg)?),
     };
     built.model_mut().set_step(state.step);
@@ -182,21 +182,21 @@ pub fn forward_backward(
 
 /// The model [`forward_backward`] runs: a DRT as itself, for its retrievals.
 enum Built {
-    Drt(Drt),
+    Drt(Box<Drt>),
     Other(Box<dyn LanguageModel>),
 }
 
 impl Built {
     fn model(&self) -> &dyn LanguageModel {
         match self {
-            Built::Drt(m) => m,
+            Built::Drt(m) => m.as_ref(),
             Built::Other(m) => m.as_ref(),
         }
     }
 
     fn model_mut(&mut self) -> &mut dyn LanguageModel {
         match self {
-            Built::Drt(m) => m,
+            Built::Drt(m) => m.as_mut(),
             Built::Other(m) => m.as_mut(),
         }
     }

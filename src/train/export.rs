@@ -383,3 +383,64 @@ fn replace_export(tmp: &Path, out: &Path, names: &[String], meta: &str) -> Resul
     };
     swap().map_err(incomplete)
 }
+
+/// `lcm import`: a DRT under the reference implementation's names (a folder holding its
+/// `config.json` and safetensors weights: `model.safetensors`, or shards with or without
+/// their index, as [`export`] with [`Naming::Reference`] writes) as an lcm checkpoint folder
+/// `out` (which must not exist): `model.safetensors` in `kind` and a `state.json` at step 0
+/// whose training config carries the model ([`TrainConfig::for_model`]), which `lcm eval`,
+/// `lcm export` and `pretrain --init` read. The reference's own checkpoints are pickled
+/// (`model0_<step>.bin`); docs/fidelity.md shows the conversion to safetensors. Returns
+/// `out`.
+///
+/// [`TrainConfig::for_model`]: crate::train::TrainConfig::for_model
+pub fn import_reference(src: &Path, out: &Path, kind: Kind) -> Result<PathBuf> {
+    if std::fs::symlink_metadata(out).is_ok() {
+        return Err(Error::Invalid(format!(
+            "--out {} exists; an import writes a new folder",
+            out.display()
+        )));
+    }
+    let p = src.join("config.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?;
+    let cfg = reference::config_from_reference(&v)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?;
+    let (file, tensors) = read_weights(src)?;
+    let mut tensors = reference::from_reference(&cfg, tensors)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?;
+    for (_, t) in tensors.iter_mut() {
+        *t = t.to_kind(kind).contiguous();
+    }
+    let state = crate::train::checkpoint::State {
+        step: 0,
+        samples: 0,
+        tokens: 0,
+        seed: 0,
+        world: 1,
+        lcm_version: env!("CARGO_PKG_VERSION").into(),
+        config: crate::train::TrainConfig::for_model(cfg)?,
+    };
+    let out_abs = resolved(out)?;
+    let parent = out_abs.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let leaf = out_abs.file_name().unwrap_or_default().to_string_lossy();
+    let prefix = format!(".{leaf}.tmp-import-");
+    crate::util::sweep_stale(parent, &prefix, "");
+    let tmp = parent.join(format!("{prefix}{}", std::process::id()));
+    let write = || -> Result<()> {
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        weights::write(&tmp.join(weights::SINGLE), &tensors)?;
+        let p = tmp.join("state.json");
+        let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::Invalid(e.to_string()))?;
+        std::fs::write(&p, json).map_err(|e| Error::io(&p, e))?;
+        std::fs::rename(&tmp, &out_abs).map_err(|e| Error::io(&out_abs, e))
+    };
+    let done = write();
+    if done.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    done?;
+    Ok(out.to_path_buf())
+}
