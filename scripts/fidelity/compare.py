@@ -17,26 +17,31 @@ Steps (each lcm step is a command of the product):
      load_state_dict(strict=True) of WORK/reference, train() mode without Gumbel noise,
      forward(labels=tokens, output_logits=True), backward
   6. per tensor: max |lcm - ref|, that over max |ref| (rel), and the relative L2 error,
-     against the tolerance of the dtype; exit status 1 if any tensor is out of tolerance
+     against the tolerance of the dtype; per retrieval group, the chosen chunks and their
+     weights; exit status 1 if any tensor is out of tolerance or a name is missing.
+     With bf16 the reference's top-k takes lcm's chunks (its own choice is reported) and a
+     second reference run in fp32 gives each side's error against the exact value.
 
 Requirements: torch (the project venv's: .venv/bin/python), and for the reference
-transformers 4.36.2, einops 0.8.0 and numpy < 2 (requirements.txt), e.g. in a folder of
-their own on PYTHONPATH (nothing is installed into the repository or its venv):
+transformers 4.36.2 and einops 0.8.0 with what they import, pinned in requirements.txt,
+in a folder of their own on PYTHONPATH (nothing is installed into the repository or its
+venv):
   .venv/bin/python -m pip install --no-deps --target /tmp/fidelity-site \\
       -r scripts/fidelity/requirements.txt
 The reference checkout is fetched, never vendored:
   git clone https://github.com/ant-research/long-context-modeling /tmp/ref   (HEAD aa7fa60)
 
-CPU, fp32 (a few chunks; about a minute with the debug build):
+CPU, fp32 (8 chunks of 63; seconds with the debug build; cpu-suite.sh runs the set of
+docs/fidelity.md):
   PYTHONPATH=/tmp/fidelity-site .venv/bin/python scripts/fidelity/compare.py \\
       --reference /tmp/ref --lcm target/debug/lcm --model configs/models/drt-tiny.json \\
-      --set d_model=128 --set n_heads=4 --set window=64 --set drt.chunk_size=63 \\
-      --set drt.topk=4 --len 630 --batch 2 --device cpu --dtype f32
+      --set vocab_size=1000 --set drt.landmark_id=999 --set drt.chunk_size=63 \\
+      --len 504 --batch 2 --device cpu --dtype f32
 
 GPU, bf16, 16K tokens at the paper's geometry (configs/models/drt-128m.json): build here,
 then carry .device/fidelity (scripts/fidelity/prepare-device.sh: the reference checkout
 as a tarball, the wheels above for the GPU image's Python, lcm):
-  scripts/fidelity/prepare-device.sh            # here: fills .device/fidelity/
+  scripts/fidelity/prepare-device.sh --reference /tmp/ref   # here: fills .device/fidelity/
   # there (run with carry [".device/fidelity"]):
   scripts/fidelity/device.sh --model configs/models/drt-128m.json --len 16380 --batch 1 \\
       --device cuda --dtype bf16 --report $OUT/fidelity-16k-bf16.json
@@ -46,7 +51,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import struct
 import subprocess
 import sys
