@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
     name = "lcm",
     version,
     about = "Pretrain and evaluate long-context LMs with retrieval attention (GCA/DRT, HSA)",
-    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train\n  lcm pretrain --config configs/drt-tiny.json\n  lcm plot runs/drt-tiny/metrics.jsonl\n  lcm eval niah --checkpoint runs/drt-tiny --len 1K,4K --samples 2\n  lcm generate --checkpoint runs/drt-tiny --prompt-file prompt.txt --max-new-tokens 100\n  lcm export runs/drt-tiny --out models/drt-tiny"
+    after_help = "Examples:\n  lcm info\n  lcm bench rmsnorm --device cuda --dtype bf16\n  lcm preprocess pile --input data/sample-pile/train --output data/tokens/sample_train\n  lcm corpus stats data/tokens/sample_train\n  lcm pretrain --config configs/drt-tiny.json\n  lcm plot runs/drt-tiny/metrics.jsonl\n  lcm eval niah --checkpoint runs/drt-tiny --len 1K,4K --samples 2\n  lcm generate --checkpoint runs/drt-tiny --prompt-file prompt.txt --max-new-tokens 100\n  lcm export runs/drt-tiny --out models/drt-tiny\n  lcm export runs/drt-128m --out /tmp/drt-ref --names reference --dtype f32"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,12 +36,20 @@ enum Command {
     Eval(cli::eval::Command),
     /// Continue a prompt of any length, streaming the tokens (greedy or sampled).
     Generate(cli::generate::Args),
-    /// Weights of a checkpoint as bf16 safetensors shards with their index, to publish a model.
+    /// Weights of a checkpoint as bf16 safetensors shards with their index, to publish a model
+    /// (`--names reference`: a DRT under the reference implementation's names).
     Export(cli::export::Args),
+    /// A DRT under the reference implementation's names (config.json, safetensors) as an lcm
+    /// checkpoint.
+    Import(cli::import::Args),
     /// Start the data-parallel workers of one node: `lcm launch --nproc-per-node 8 -- pretrain ...`.
     Launch(cli::launch::Args),
     /// Draw the loss curve of a training run's metrics.jsonl as a PNG.
     Plot(cli::plot::Args),
+    /// The lcm side of the fidelity harness against the reference implementation
+    /// (docs/fidelity.md): `init` a model, `grads` of one forward and backward.
+    #[command(subcommand, hide = true)]
+    Debug(cli::debug::Command),
 }
 
 fn main() {
@@ -61,7 +69,9 @@ fn main() {
         Command::Eval(cmd) => cli::eval::run(cmd).map(|()| 0),
         Command::Generate(args) => cli::generate::run(args).map(|()| 0),
         Command::Export(args) => cli::export::run(args).map(|()| 0),
+        Command::Import(args) => cli::import::run(args).map(|()| 0),
         Command::Launch(args) => cli::launch::run(args),
+        Command::Debug(cmd) => cli::debug::run(cmd).map(|()| 0),
     };
     let code = result.unwrap_or_else(|e| {
         match &rank {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use data_util::lcm;
 
 use lcm::eval::Engine;
-use lcm::train::export::{export, Options};
+use lcm::train::export::{export, Naming, Options};
 use lcm::train::weights::{read_weights, weight_files, INDEX};
 use lcm::train::{train, TrainConfig, TrainOptions};
 use serde_json::json;
@@ -47,6 +47,7 @@ fn opts(kind: Kind, shard_bytes: usize, split_rows: bool, force: bool) -> Option
         shard_bytes,
         split_rows,
         force,
+        names: Naming::Lcm,
     }
 }
 

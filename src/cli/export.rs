@@ -9,13 +9,23 @@ use lcm::train::{checkpoint, export};
   lcm export runs/drt-niah/step-00003000 --out /tmp/m --dtype f32 --shard-mib 64
   lcm export runs/drt-niah --out models/drt-niah --force     # replace that export
   lcm export runs/drt-niah --out /tmp/m --split-rows         # no file over --shard-mib
+  lcm export runs/drt-128m --out /tmp/drt-ref --names reference --dtype f32
 
 The folder holds model-0000i-of-0000N.safetensors shards of whole tensors, their index
 model.safetensors.index.json (as HF transformers reads it) and state.json (the training config):
 `lcm eval niah --checkpoint models/drt-niah` loads it, `lcm pretrain --init` starts from it.
 --out must not exist; with --force it may be an earlier export (its shards and state.json
 are replaced, other files such as a model card stay) or an empty folder. It is never the
-source checkpoint or run folder, inside one or around one, a file, or another folder.")]
+source checkpoint or run folder, inside one or around one, a file, or another folder.
+
+--names reference writes a DRT under the state-dict names of the reference implementation
+(ant-research/long-context-modeling, model/DRT.py: DRTForCausalLM), with its ALiBi buffers
+(fp32) and the tied lm_head.weight, and its config.json instead of state.json, so that
+  model = DRTForCausalLM(LlamaConfig(**json.load(open('OUT/config.json'))))
+  model.load_state_dict(<the shards' tensors>)       # strict
+takes them as they are. Only DRTs the reference expresses export so (ALiBi, no q/k norm,
+n_kv_heads = n_heads, rope_theta 10000, chunk_size 63 mod 64 with the landmark slot zeroed
+or 0 mod 64 with it dropped); docs/fidelity.md says what the names map and what differs.")]
 pub struct Args {
     /// A checkpoint (step-* folder) or a run folder (its newest checkpoint).
     checkpoint: PathBuf,
@@ -37,6 +47,10 @@ pub struct Args {
     /// them on load, other tools see the blocks.
     #[arg(long)]
     split_rows: bool,
+    /// Parameter names: lcm's own (lcm loads them), or `reference`: the reference DRT's
+    /// state dict with its config.json (a DRT only; see below).
+    #[arg(long, default_value = "lcm", value_parser = ["lcm", "reference"])]
+    names: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -54,6 +68,10 @@ pub fn run(args: Args) -> Result<()> {
         shard_bytes: args.shard_mib << 20,
         split_rows: args.split_rows,
         force: args.force,
+        names: match args.names.as_str() {
+            "reference" => export::Naming::Reference,
+            _ => export::Naming::Lcm,
+        },
     };
     let files = export::export(&ckpt, &args.out, &opts)?;
     for f in &files {

@@ -3,9 +3,11 @@
 
 pub mod bench;
 pub mod corpus;
+pub mod debug;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod import;
 pub mod info;
 pub mod launch;
 pub mod plot;

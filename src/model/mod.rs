@@ -7,6 +7,8 @@
 //! * `swa`, `dense`: baselines without retrieval ([`baseline`]).
 //!
 //! [`hsa`] holds the HSA pieces `swa_hsa` and `ramba` share.
+//! [`reference`] names a DRT's weights as the reference implementation does (`lcm export
+//! --names reference`).
 //!
 //! Attention runs through [`crate::ops`], so the CUDA kernels replace the references
 //! without the models knowing. Parameter names are stable (checkpoints are saved by name);
@@ -23,6 +25,7 @@ pub mod layers;
 pub mod mamba2;
 pub mod profile;
 pub mod ramba;
+pub mod reference;
 pub mod swa_hsa;
 
 pub use cache::{InferenceState, Placement, StateOptions, StateSnapshot};

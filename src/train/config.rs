@@ -313,6 +313,25 @@ impl TrainConfig {
         Ok(c)
     }
 
+    /// A training config that carries only `model`, around a placeholder run (one step of
+    /// one sequence of two chunks on a random haystack): the `state.json` of a checkpoint
+    /// that no training wrote, such as a freshly initialised model (`lcm debug init`).
+    pub fn for_model(model: ModelConfig) -> Result<Self> {
+        let seq_len = 2 * model.chunk_size().unwrap_or(1);
+        let hi = match &model.drt {
+            Some(d) => d.landmark_id.max(1),
+            None => model.vocab_size,
+        };
+        let model = serde_json::to_value(&model).map_err(|e| Error::Invalid(e.to_string()))?;
+        Self::from_json(serde_json::json!({
+            "model": model,
+            "data": { "random": { "lo": 0, "hi": hi } },
+            "steps": 1,
+            "batch_size": 1,
+            "seq_len": seq_len,
+        }))
+    }
+
     /// `data.synthetic.end_jitter` unset: one chunk's worth (see its doc).
     fn fill_end_jitter(&mut self) {
         let chunk = self.model.chunk_size().unwrap_or(1);

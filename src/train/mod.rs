@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data_parallel;
+pub mod debug;
 pub mod export;
 pub mod metrics;
 pub mod optim;
