@@ -2,6 +2,10 @@
 
 use std::path::Path;
 
+mod run_util;
+
+use run_util::{assert_same_checkpoint, weights};
+
 use lcm::train::config::{apply_override, CurriculumStage, TrainConfig};
 use lcm::train::sampler::{sample_range, Sampler, IGNORE};
 use lcm::train::schedule::learning_rate;
@@ -44,12 +48,6 @@ fn gap(seq_len: i64, min_gap: usize) -> CurriculumStage {
 
 fn config(v: Value) -> TrainConfig {
     TrainConfig::from_json(v).unwrap()
-}
-
-fn weights(ckpt: &Path) -> Vec<(String, Tensor)> {
-    let mut w = Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
 }
 
 #[test]
@@ -339,21 +337,7 @@ fn resume_is_exact_on_cpu() {
     .unwrap();
     assert_eq!(rest.step, 6);
     let (pa, pb) = (full.checkpoint.unwrap(), rest.checkpoint.unwrap());
-    let (wa, wb) = (weights(&pa), weights(&pb));
-    assert_eq!(wa.len(), wb.len());
-    for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
-        assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs after resume");
-    }
-    let ma = Tensor::read_safetensors(pa.join("optim.safetensors")).unwrap();
-    let mb: std::collections::HashMap<_, _> =
-        Tensor::read_safetensors(pb.join("optim.safetensors"))
-            .unwrap()
-            .into_iter()
-            .collect();
-    for (n, t) in &ma {
-        assert!(t.equal(&mb[n]), "optimizer state {n} differs after resume");
-    }
+    assert_same_checkpoint(&pa, &pb);
     assert_eq!(checkpoint::read_state(&pb).unwrap().samples, 6 * 2);
     // Training moved the weights and the metrics file has one line a step.
     let metrics = std::fs::read_to_string(b.path().join("metrics.jsonl")).unwrap();

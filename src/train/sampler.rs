@@ -111,6 +111,24 @@ impl Sampler {
         seq_len: usize,
         stage: Option<&CurriculumStage>,
     ) -> (Vec<u32>, Vec<bool>, Vec<bool>) {
+        let staged = self.staged(stage);
+        self.sample_with(index, seq_len, staged.as_ref())
+    }
+
+    /// The synthetic rows as curriculum stage `stage` changes them, if it changes them.
+    fn staged(&self, stage: Option<&CurriculumStage>) -> Option<PasskeyConfig> {
+        let p = self.passkey.as_ref()?;
+        stage?.synthetic(p)
+    }
+
+    /// Sample `index` at `seq_len` tokens, synthetic rows from `staged` where given, else
+    /// from the sampler's own config.
+    fn sample_with(
+        &self,
+        index: u64,
+        seq_len: usize,
+        staged: Option<&PasskeyConfig>,
+    ) -> (Vec<u32>, Vec<bool>, Vec<bool>) {
         let mut rng = SplitMix64::for_item(self.seed, index);
         let n = seq_len + 1;
         let mut window: Vec<u32> = match &self.haystack {
@@ -135,10 +153,9 @@ impl Sampler {
         let mut answer = vec![false; seq_len];
         if let Some(p) = &self.passkey {
             if rng.unit() < p.rate {
-                match stage.and_then(|s| s.synthetic(p)) {
-                    Some(staged) => staged.insert(&mut window, &mut ignore, &mut answer, &mut rng),
-                    None => p.insert(&mut window, &mut ignore, &mut answer, &mut rng),
-                }
+                staged
+                    .unwrap_or(p)
+                    .insert(&mut window, &mut ignore, &mut answer, &mut rng);
                 if p.answer_only {
                     ignore.iter_mut().zip(&answer).for_each(|(i, &a)| *i = !a);
                 }
@@ -175,8 +192,9 @@ impl Sampler {
         let mut inputs = Vec::with_capacity(b as usize * t);
         let mut targets = Vec::with_capacity(b as usize * t);
         let mut answers = Vec::with_capacity(b as usize * t);
+        let staged = self.staged(stage);
         for i in indices {
-            let (w, ignore, answer) = self.sample_at(i, t, stage);
+            let (w, ignore, answer) = self.sample_with(i, t, staged.as_ref());
             inputs.extend(w[..t].iter().map(|&x| x as i64));
             targets.extend((0..t).map(|j| if ignore[j] { IGNORE } else { w[j + 1] as i64 }));
             answers.extend(answer);

@@ -127,6 +127,25 @@ pub fn weights(ckpt: &Path) -> Vec<(String, Tensor)> {
     w
 }
 
+/// Asserts that checkpoints `a` and `b` hold the same weights and optimizer state, bit for
+/// bit (an uninterrupted run against a stopped and resumed one).
+pub fn assert_same_checkpoint(a: &Path, b: &Path) {
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(wa.len(), wb.len());
+    for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs after resume");
+    }
+    let ma = Tensor::read_safetensors(a.join("optim.safetensors")).unwrap();
+    let mb: std::collections::HashMap<_, _> = Tensor::read_safetensors(b.join("optim.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    for (n, t) in &ma {
+        assert!(t.equal(&mb[n]), "optimizer state {n} differs after resume");
+    }
+}
+
 pub fn signal(child: &Child, sig: i32) {
     unsafe { libc::kill(child.id() as i32, sig) };
 }
